@@ -1,0 +1,375 @@
+#!/bin/bash
+# Builds the QuantumOS guest image of a variant (image-builder/variants/NAME/)
+# in two cached steps:
+#
+#   rootfs  mmdebstrap --variant=minbase of the variant's package list (plus
+#           packaging/cells/packages.list), kept as a tarball under
+#           $QUANTUM_CACHE/rootfs/<sha256 of its inputs>/rootfs.tar
+#   image   that rootfs + the project's files (binaries, packaging/, the test
+#           agent), users and unit states, kept under
+#           $QUANTUM_CACHE/image/<variant>/<sha256 of rootfs hash + files>/ as
+#             tree/        the composed root directory (systemd-nspawn -D)
+#             disk.raw     an ext4 image of tree/ (QEMU, virtio, root=/dev/vda)
+#             vmlinuz, initrd.img, cmdline   for QEMU -kernel/-initrd/-append
+#             image.env    what the test harness reads (paths relative to it)
+#           and $QUANTUM_CACHE/image/<variant>/current -> <hash>
+#
+# Both steps are skipped when their hash is already in the cache, so a second
+# run costs seconds; neither step needs the cache to be warm.
+#
+# usage: build-rootfs.sh [rootfs|image|path] [--variant NAME]
+#   rootfs  build (or find) the rootfs tarball only
+#   image   build (or find) the rootfs, then compose the image (default)
+#   path    print the directory of the current image, build nothing
+# environment: QUANTUM_CACHE (default: <repo>/.cache), QUANTUM_MIRROR and
+#   QUANTUM_SECURITY_MIRROR (default: the mirrors this machine's apt uses),
+#   SOURCE_DATE_EPOCH (default: a fixed date, so it does not change the hash).
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+SELF="$REPO/image-builder/build-rootfs.sh"
+CACHE=${QUANTUM_CACHE:-$REPO/.cache}
+VARIANT=test-guest
+ACTION=image
+# Bump when the rootfs recipe below changes in a way its inputs do not show.
+ROOTFS_RECIPE=rootfs-v1
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        rootfs|image|path) ACTION=$1 ;;
+        --variant) VARIANT=${2:?--variant needs a name}; shift ;;
+        --variant=*) VARIANT=${1#--variant=} ;;
+        -h|--help) sed -n '2,/^set -euo/p' "$SELF" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+        *) echo "build-rootfs.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+
+VARIANT_DIR="$REPO/image-builder/variants/$VARIANT"
+CELLS_PACKAGES="$REPO/packaging/cells/packages.list"
+IMAGES="$CACHE/image/$VARIANT"
+
+stage() { printf '==> build-rootfs[%s]: %s\n' "$VARIANT" "$*"; }
+note() { printf '    note: %s\n' "$*"; }
+die() { printf 'build-rootfs.sh: error: %s\n' "$*" >&2; exit 1; }
+now() { date +%s; }
+
+# Lines of a declarative file without comments and blank lines.
+data_lines() { sed -e 's/#.*//' -e 's/[[:space:]]*$//' -e '/^[[:space:]]*$/d' "$1"; }
+conf() { data_lines "$VARIANT_DIR/image.conf" | sed -n "s/^$1=//p" | tail -n1; }
+
+[ -d "$VARIANT_DIR" ] || die "no variant '$VARIANT' (expected $VARIANT_DIR)"
+
+if [ "$ACTION" = path ]; then
+    [ -e "$IMAGES/current/image.env" ] || die "no image built for '$VARIANT' yet (run: make image)"
+    readlink -f "$IMAGES/current"
+    exit 0
+fi
+
+[ "$(id -u)" -eq 0 ] || die "must run as root (mmdebstrap, file ownership in the image)"
+for tool in mmdebstrap mkfs.ext4 systemctl systemd-sysusers sha256sum; do
+    command -v "$tool" >/dev/null || die "$tool is missing: run scripts/install-deps.sh (make deps)"
+done
+
+SUITE=$(conf SUITE); SUITE=${SUITE:-bookworm}
+export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-1747699200}
+
+# The URI that this machine's apt uses for SUITE, so the guest comes from the
+# same mirror (a local one, a snapshot or deb.debian.org).
+apt_uri() {
+    local suite=$1 uri=""
+    if compgen -G '/etc/apt/sources.list.d/*.sources' >/dev/null; then
+        uri=$(awk -v want="$suite" '
+            function flush() { if (u != "" && (" " s " ") ~ (" " want " ")) { print u; found = 1; exit } u = ""; s = "" }
+            /^[[:space:]]*#/ { next }
+            /^[[:space:]]*$/ { flush(); next }
+            /^URIs:/ { u = $2 }
+            /^Suites:/ { $1 = ""; s = $0; gsub(/^ +| +$/, "", s) }
+            END { if (!found) flush() }
+        ' /etc/apt/sources.list.d/*.sources | head -n1)
+    fi
+    if [ -z "$uri" ] && [ -f /etc/apt/sources.list ]; then
+        uri=$(awk -v want="$suite" '$1 == "deb" {
+                for (i = 2; i < NF; i++) if ($i ~ /^[a-z]+:\/\//) { if ($(i + 1) == want) print $i; break } }' \
+            /etc/apt/sources.list | head -n1)
+    fi
+    printf '%s\n' "$uri"
+}
+
+MIRROR=${QUANTUM_MIRROR:-$(apt_uri "$SUITE")}
+MIRROR=${MIRROR:-http://deb.debian.org/debian}
+SECURITY_MIRROR=${QUANTUM_SECURITY_MIRROR:-$(apt_uri "$SUITE-security")}
+SECURITY_MIRROR=${SECURITY_MIRROR:-http://deb.debian.org/debian-security}
+
+mkdir -p "$CACHE/rootfs" "$IMAGES"
+# One build at a time per cache (a second `make image` waits for the first).
+exec 9>"$CACHE/.build.lock"
+flock 9
+
+# ---------------------------------------------------------------- rootfs ---
+
+package_list() {
+    {
+        data_lines "$VARIANT_DIR/packages"
+        if [ -f "$CELLS_PACKAGES" ]; then data_lines "$CELLS_PACKAGES"; fi
+    } | awk '{ print $1 }' | LC_ALL=C sort -u
+}
+
+rootfs_inputs() {
+    echo "recipe $ROOTFS_RECIPE"
+    echo "variant $VARIANT"
+    echo "suite $SUITE"
+    echo "arch amd64"
+    echo "mirror $MIRROR"
+    echo "security-mirror $SECURITY_MIRROR"
+    echo "source-date-epoch $SOURCE_DATE_EPOCH"
+    echo "mmdebstrap $(mmdebstrap --version | awk '{ print $2 }')"
+    package_list | sed 's/^/package /'
+    if [ -f "$VARIANT_DIR/initramfs-modules" ]; then
+        data_lines "$VARIANT_DIR/initramfs-modules" | sed 's/^/initramfs-module /'
+    fi
+}
+
+ROOTFS_HASH=$(rootfs_inputs | sha256sum | cut -c1-64)
+ROOTFS_DIR="$CACHE/rootfs/$ROOTFS_HASH"
+ROOTFS_TAR="$ROOTFS_DIR/rootfs.tar"
+
+build_rootfs() {
+    if [ -f "$ROOTFS_TAR" ]; then
+        stage "rootfs $ROOTFS_HASH is cached ($ROOTFS_TAR)"
+        return
+    fi
+    [ -f "$CELLS_PACKAGES" ] || note "no $CELLS_PACKAGES yet: only the variant's packages"
+    local started tmp packages
+    started=$(now)
+    tmp="$ROOTFS_DIR.tmp"
+    rm -rf "$tmp"
+    mkdir -p "$tmp"
+    rootfs_inputs >"$tmp/inputs.txt"
+    packages=$(package_list | paste -sd, -)
+    stage "building rootfs $ROOTFS_HASH with mmdebstrap ($SUITE from $MIRROR; log: $tmp/mmdebstrap.log)"
+    stage "packages: ${packages//,/ }"
+
+    local -a hooks=()
+    if [ -f "$VARIANT_DIR/initramfs-modules" ]; then
+        # Before the kernel is installed, so its initramfs is built once and
+        # small: only the modules listed (MODULES=list).
+        hooks+=(--essential-hook="mkdir -p \"\$1/etc/initramfs-tools/conf.d\" \"\$1/usr/share/initramfs-tools/modules.d\"")
+        hooks+=(--essential-hook="echo MODULES=list > \"\$1/etc/initramfs-tools/conf.d/quantumos\"")
+        hooks+=(--essential-hook="sed -e 's/#.*//' -e '/^[[:space:]]*\$/d' '$VARIANT_DIR/initramfs-modules' > \"\$1/usr/share/initramfs-tools/modules.d/quantumos\"")
+    fi
+
+    if ! mmdebstrap \
+        --variant=minbase \
+        --arch=amd64 \
+        --format=tar \
+        --include="$packages" \
+        --aptopt='APT::Install-Recommends "false"' \
+        --aptopt='Acquire::Languages "none"' \
+        --dpkgopt='path-exclude=/usr/share/man/*' \
+        --dpkgopt='path-exclude=/usr/share/info/*' \
+        --dpkgopt='path-exclude=/usr/share/locale/*' \
+        --dpkgopt='path-include=/usr/share/locale/locale.alias' \
+        "${hooks[@]}" \
+        "$SUITE" "$tmp/rootfs.tar" \
+        "deb $MIRROR $SUITE main" \
+        "deb $MIRROR $SUITE-updates main" \
+        "deb $SECURITY_MIRROR $SUITE-security main" \
+        >"$tmp/mmdebstrap.log" 2>&1
+    then
+        tail -n 40 "$tmp/mmdebstrap.log" >&2
+        die "mmdebstrap failed (full log: $tmp/mmdebstrap.log)"
+    fi
+    rm -rf "$ROOTFS_DIR"
+    mv "$tmp" "$ROOTFS_DIR"
+    stage "rootfs built in $(( $(now) - started )) s: $ROOTFS_TAR ($(du -h "$ROOTFS_TAR" | cut -f1))"
+    prune_rootfs
+}
+
+# Keeps the two newest rootfs tarballs; a rootfs is 300-700 MB.
+prune_rootfs() {
+    local old
+    for old in $(ls -1td "$CACHE"/rootfs/*/ 2>/dev/null | tail -n +3); do
+        old=${old%/}
+        [ "$old" = "$ROOTFS_DIR" ] && continue
+        note "pruning old rootfs $(basename "$old")"
+        rm -rf "$old"
+    done
+}
+
+build_rootfs
+[ "$ACTION" = rootfs ] && exit 0
+
+# ----------------------------------------------------------------- image ---
+
+# Expands the `files` rules into lines "KIND SOURCE DESTINATION MODE" for the
+# sources that exist (KIND file or dir), and notes the rules matching nothing.
+resolve_files() {
+    local src dest mode path matched
+    while read -r src dest mode; do
+        matched=0
+        if [[ "$src" == */ ]]; then
+            for path in "$REPO"/${src%/}; do
+                [ -d "$path" ] || continue
+                matched=1
+                echo "dir ${path#"$REPO"/} $dest $mode"
+            done
+        else
+            for path in "$REPO"/$src; do
+                [ -f "$path" ] || continue
+                matched=1
+                echo "file ${path#"$REPO"/} $dest $mode"
+            done
+        fi
+        [ "$matched" -eq 1 ] || echo "missing $src $dest $mode"
+    done < <(data_lines "$VARIANT_DIR/files")
+}
+
+image_inputs() {
+    echo "rootfs $ROOTFS_HASH"
+    echo "compose-script $(sha256sum "$SELF" | cut -c1-64)"
+    local f
+    for f in files units users cmdline image.conf; do
+        [ -f "$VARIANT_DIR/$f" ] && echo "variant-$f $(sha256sum "$VARIANT_DIR/$f" | cut -c1-64)"
+    done
+    local kind src dest mode
+    while read -r kind src dest mode; do
+        case "$kind" in
+            file) echo "file $src $dest $mode $(sha256sum "$REPO/$src" | cut -c1-64)" ;;
+            dir)
+                (cd "$REPO/$src" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0r sha256sum) |
+                    sha256sum | cut -c1-64 | sed "s|^|dir $src $dest |"
+                ;;
+            missing) echo "missing $src" ;;
+        esac
+    done < <(resolve_files)
+}
+
+IMAGE_HASH=$(image_inputs | sha256sum | cut -c1-64)
+IMAGE_DIR="$IMAGES/$IMAGE_HASH"
+
+point_current() {
+    ln -sfn "$IMAGE_HASH" "$IMAGES/.current.tmp"
+    mv -T "$IMAGES/.current.tmp" "$IMAGES/current"
+}
+
+if [ -f "$IMAGE_DIR/image.env" ]; then
+    point_current
+    stage "image $IMAGE_HASH is cached ($IMAGE_DIR)"
+    exit 0
+fi
+
+started=$(now)
+TMP_IMAGE="$IMAGE_DIR.tmp"
+TREE="$TMP_IMAGE/tree"
+rm -rf "$TMP_IMAGE"
+mkdir -p "$TREE"
+image_inputs >"$TMP_IMAGE/inputs.txt"
+
+stage "composing image $IMAGE_HASH from rootfs $ROOTFS_HASH"
+tar -C "$TREE" --numeric-owner --xattrs --xattrs-include='*' -xpf "$ROOTFS_TAR"
+
+stage "installing project files"
+while read -r kind src dest mode; do
+    case "$kind" in
+        file)
+            install -D -m "$mode" -o root -g root "$REPO/$src" "$TREE$dest$(basename "$src")"
+            echo "    $src -> $dest"
+            ;;
+        dir)
+            mkdir -p "$TREE$dest"
+            cp -r --no-preserve=ownership "$REPO/$src" "$TREE$dest"
+            chmod -R u=rwX,go=rX "$TREE$dest$(basename "$src")"
+            echo "    $src/ -> $dest"
+            ;;
+        missing) note "skipped $src (nothing there yet)" ;;
+    esac
+done < <(resolve_files)
+
+stage "system identity"
+HOSTNAME_=$(conf HOSTNAME); HOSTNAME_=${HOSTNAME_:-quantumos}
+echo "$HOSTNAME_" >"$TREE/etc/hostname"
+printf '127.0.0.1\tlocalhost\n127.0.1.1\t%s\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' \
+    "$HOSTNAME_" >"$TREE/etc/hosts"
+# Every boot gets its own machine id (an empty file, not a missing one, so
+# that boots are not "first boots").
+: >"$TREE/etc/machine-id"
+rm -f "$TREE/var/lib/dbus/machine-id"
+
+stage "system users (sysusers.d) and login users"
+systemd-sysusers --root="$TREE" >/dev/null
+while read -r user groups; do
+    primary=${groups%%,*}
+    chroot "$TREE" groupadd -f "$primary"
+    for g in ${groups//,/ }; do chroot "$TREE" groupadd -f "$g"; done
+    if ! chroot "$TREE" id "$user" >/dev/null 2>&1; then
+        chroot "$TREE" useradd --create-home --shell /bin/bash \
+            --gid "$primary" --groups "$groups" "$user"
+    fi
+    # No password: the user is logged in on the serial console automatically
+    # and cannot log in any other way.
+    chroot "$TREE" passwd --lock "$user" >/dev/null
+    echo "    $user (groups: $groups)"
+done < <(data_lines "$VARIANT_DIR/users")
+
+stage "unit states"
+while read -r action unit; do
+    if ! [ -e "$TREE/usr/lib/systemd/system/$unit" ] && ! [ -e "$TREE/lib/systemd/system/$unit" ] &&
+        ! [ -e "$TREE/etc/systemd/system/$unit" ]; then
+        note "not installed, not ${action}d: $unit"
+        continue
+    fi
+    systemctl --root="$TREE" --quiet "$action" "$unit"
+    echo "    $action $unit"
+done < <(data_lines "$VARIANT_DIR/units")
+
+stage "kernel and initramfs for QEMU"
+KERNEL=$(ls -1 "$TREE"/boot/vmlinuz-* 2>/dev/null | sort -V | tail -n1)
+[ -n "$KERNEL" ] || die "the rootfs has no /boot/vmlinuz-* (is linux-image-amd64 in the package list?)"
+KVER=${KERNEL##*/vmlinuz-}
+[ -f "$TREE/boot/initrd.img-$KVER" ] || die "the rootfs has no /boot/initrd.img-$KVER"
+cp "$KERNEL" "$TMP_IMAGE/vmlinuz"
+cp "$TREE/boot/initrd.img-$KVER" "$TMP_IMAGE/initrd.img"
+data_lines "$VARIANT_DIR/cmdline" | tr '\n' ' ' | sed 's/ *$//' >"$TMP_IMAGE/cmdline"
+echo "    kernel $KVER, initrd $(du -h "$TMP_IMAGE/initrd.img" | cut -f1), cmdline: $(cat "$TMP_IMAGE/cmdline")"
+
+DISK_MIB=$(conf DISK_SIZE_MIB); DISK_MIB=${DISK_MIB:-4096}
+TREE_MIB=$(du -sm "$TREE" | cut -f1)
+[ "$TREE_MIB" -lt $((DISK_MIB * 3 / 4)) ] ||
+    die "the tree ($TREE_MIB MiB) does not fit well in DISK_SIZE_MIB=$DISK_MIB: raise it in $VARIANT_DIR/image.conf"
+stage "ext4 disk image: $DISK_MIB MiB, $TREE_MIB MiB used (mkfs.ext4 -d)"
+E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH mkfs.ext4 -q -F -d "$TREE" -L quantumos-root \
+    -U 5154554d-0000-4000-8000-000000000001 -E root_owner=0:0 \
+    "$TMP_IMAGE/disk.raw" "${DISK_MIB}M"
+
+MEMORY=$(conf VM_MEMORY_MIB)
+CPUS=$(conf VM_CPUS)
+cat >"$TMP_IMAGE/image.env" <<EOF
+# Written by image-builder/build-rootfs.sh; read by tests/vm (quantum-vmtest).
+# Paths are relative to this file's directory.
+VARIANT=$VARIANT
+IMAGE_HASH=$IMAGE_HASH
+ROOTFS_HASH=$ROOTFS_HASH
+KERNEL_VERSION=$KVER
+KERNEL=vmlinuz
+INITRD=initrd.img
+CMDLINE_FILE=cmdline
+DISK=disk.raw
+TREE=tree
+VM_MEMORY_MIB=${MEMORY:-2560}
+VM_CPUS=${CPUS:-2}
+EOF
+
+rm -rf "$IMAGE_DIR"
+mv "$TMP_IMAGE" "$IMAGE_DIR"
+previous=$(readlink "$IMAGES/current" 2>/dev/null || true)
+point_current
+stage "image built in $(( $(now) - started )) s: $IMAGE_DIR"
+
+# Keeps the new image and the one before it; each is ~1.5 GB (tree + disk).
+for old in "$IMAGES"/*/; do
+    old=$(basename "$old")
+    case "$old" in "$IMAGE_HASH"|"$previous"|current) continue ;; esac
+    note "pruning old image $old"
+    rm -rf "${IMAGES:?}/$old"
+done

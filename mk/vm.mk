@@ -1,0 +1,41 @@
+# VM and container test tier: rootfs, guest image, nspawn and QEMU tests.
+# Included by the top-level Makefile. Everything here runs as root.
+#
+#   make deps         install what the test tiers need (scripts/install-deps.sh)
+#   make rootfs       the variant's Debian rootfs (mmdebstrap, cached by hash)
+#   make image        release binaries + rootfs + project files -> guest image
+#   make test-nspawn  smoke test in a systemd-nspawn container
+#   make test-vm      smoke test in a QEMU VM (TCG)
+#   make vm-run       boot the image under QEMU on this terminal, as `quantum`
+#
+# QUANTUM_CACHE (default .cache/) is where rootfs and images are kept; point
+# it outside the clone (e.g. /var/cache/quantumos) to share it between clones.
+
+VM_VARIANT ?= test-guest
+CARGO ?= cargo
+VM_BUILD := image-builder/build-rootfs.sh --variant $(VM_VARIANT)
+# The tests fail, rather than skip, when the image they were promised is missing.
+VM_TEST_ENV := QUANTUM_VMTEST_REQUIRE_IMAGE=1
+
+.PHONY: deps rootfs image release-bins test-nspawn test-vm vm-run
+
+deps:
+	bash scripts/install-deps.sh
+
+rootfs: deps
+	bash $(VM_BUILD) rootfs
+
+release-bins:
+	$(CARGO) build --release -p quantumd -p quantumctl
+
+image: deps release-bins
+	bash $(VM_BUILD) image
+
+test-nspawn: image
+	$(VM_TEST_ENV) $(CARGO) test -p quantum-vmtest --test nspawn
+
+test-vm: image
+	$(VM_TEST_ENV) $(CARGO) test -p quantum-vmtest --test qemu
+
+vm-run: image
+	$(CARGO) run -q -p quantum-vmtest --bin quantum-vm -- run --variant $(VM_VARIANT)

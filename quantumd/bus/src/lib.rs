@@ -1,0 +1,148 @@
+//! The D-Bus contract of quantumd: names, the `#[proxy]` of the
+//! `org.quantumos.Quantum1` interface, its wire types and its errors.
+//!
+//! Architecture invariant: this crate is the only one that knows the wire
+//! format, and it never depends on the daemon. quantumd implements the
+//! interface described by [`Quantum1Proxy`]; quantumctl, the desktop and the
+//! tests talk through the proxy.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+use zbus::zvariant::Type;
+
+/// Well-known name of quantumd on the system bus.
+pub const BUS_NAME: &str = "org.quantumos.Quantum1";
+/// The one object quantumd exports.
+pub const OBJECT_PATH: &str = "/org/quantumos/Quantum1";
+/// Interface name, also the prefix of its error names.
+pub const INTERFACE: &str = "org.quantumos.Quantum1";
+/// Environment variable that picks a private bus (also `--bus`).
+pub const BUS_ADDRESS_ENV: &str = "QUANTUM_BUS_ADDRESS";
+
+/// Polkit action required by every call that changes state.
+pub const ACTION_MANAGE: &str = "org.quantumos.cells.manage";
+
+/// One running (or recently ended) cell instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
+pub struct CellInfo {
+    /// Instance id, unique on this node: `<cell>.<n>`.
+    pub instance: String,
+    /// The cell's name from its manifest.
+    pub cell: String,
+    /// `starting`, `running`, `stopping`, `exited`, `failed`.
+    pub state: String,
+    /// Why the cell is in this state, for humans ("exited with status 1").
+    pub reason: String,
+    /// The systemd unit (or cgroup path) that carries it.
+    pub unit: String,
+    /// Main process id, 0 when not running.
+    pub pid: u32,
+    /// Instance id of the parent cell, empty for a top-level cell.
+    pub parent: String,
+    /// Wall-clock start time, microseconds since the Unix epoch.
+    pub started_usec: u64,
+}
+
+/// Everything quantumd knows of one instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
+pub struct CellDetail {
+    pub info: CellInfo,
+    /// Where the manifest came from (catalog path or file).
+    pub manifest_path: String,
+    /// Version from the manifest.
+    pub version: String,
+    /// The argument vector after parameter substitution.
+    pub argv: Vec<String>,
+    /// Parameter values in effect, defaults included.
+    pub params: HashMap<String, String>,
+    /// The resource limits and sandbox settings applied, as the backend
+    /// names them (`MemoryMax` -> `268435456`).
+    pub properties: HashMap<String, String>,
+    /// Instance ids of needed cells started for this one and of its children.
+    pub needs: Vec<String>,
+    pub children: Vec<String>,
+    /// Restarts within the current restart window.
+    pub restarts: u32,
+    /// Exit status of the last run, or -1.
+    pub last_exit: i32,
+}
+
+/// Errors of the interface, mapped to D-Bus error names
+/// `org.quantumos.Quantum1.Error.<Variant>`; the text is for humans.
+#[derive(Debug, zbus::DBusError)]
+#[zbus(prefix = "org.quantumos.Quantum1.Error")]
+pub enum Error {
+    /// A transport-level failure (the daemon is not running, a timeout...).
+    #[zbus(error)]
+    ZBus(zbus::Error),
+    /// No cell, catalog entry or instance by that name.
+    NotFound(String),
+    /// The manifest, or a parameter for it, is invalid.
+    InvalidManifest(String),
+    /// The caller is not authorized (polkit said no).
+    AccessDenied(String),
+    /// Refused by policy: blacklisted after too many restarts, a dependency
+    /// that could not be started...
+    Refused(String),
+    /// The runtime backend (systemd, cgroups) failed.
+    Backend(String),
+}
+
+impl Error {
+    /// The human message, without the D-Bus error name.
+    pub fn message(&self) -> String {
+        match self {
+            Error::ZBus(e) => e.to_string(),
+            Error::NotFound(m) | Error::InvalidManifest(m) | Error::AccessDenied(m) | Error::Refused(m) | Error::Backend(m) => m.clone(),
+        }
+    }
+}
+
+/// The `org.quantumos.Quantum1` interface as seen by a client.
+#[zbus::proxy(
+    interface = "org.quantumos.Quantum1",
+    default_service = "org.quantumos.Quantum1",
+    default_path = "/org/quantumos/Quantum1",
+    gen_blocking = false
+)]
+pub trait Quantum1 {
+    /// Starts a cell. `source` is a catalog cell name or an absolute path to
+    /// a `cell.toml`; `params` fills its placeholders; relative `path`
+    /// parameters (given or default) are resolved against `cwd`, the
+    /// caller's working directory (empty: the manifest's directory). Needed
+    /// cells are started first, children after. Returns the new instance.
+    fn run(&self, source: &str, params: HashMap<String, String>, cwd: &str) -> Result<CellInfo, Error>;
+
+    /// Stops an instance (by id) or every instance of a cell (by name),
+    /// children first and needed cells last. Returns the stopped instance ids.
+    fn stop(&self, target: &str) -> Result<Vec<String>, Error>;
+
+    /// Every instance quantumd knows of.
+    fn list(&self) -> Result<Vec<CellInfo>, Error>;
+
+    /// One instance, by id or by cell name (the newest instance of it).
+    fn inspect(&self, target: &str) -> Result<CellDetail, Error>;
+
+    /// Emitted on every state change of an instance.
+    #[zbus(signal)]
+    fn cell_state_changed(&self, instance: &str, cell: &str, state: &str, reason: &str) -> zbus::Result<()>;
+
+    /// `systemd` or `cgroup`, with what it cannot enforce on this host.
+    #[zbus(property)]
+    fn backend(&self) -> zbus::Result<String>;
+
+    /// quantumd's version.
+    #[zbus(property)]
+    fn version(&self) -> zbus::Result<String>;
+}
+
+/// Connects to the bus quantumd listens on: `address` if given, else
+/// `$QUANTUM_BUS_ADDRESS`, else the system bus.
+pub async fn connect(address: Option<&str>) -> zbus::Result<zbus::Connection> {
+    let from_env = std::env::var(BUS_ADDRESS_ENV).ok().filter(|s| !s.is_empty());
+    match address.map(str::to_owned).or(from_env) {
+        Some(addr) => zbus::connection::Builder::address(addr.as_str())?.build().await,
+        None => zbus::Connection::system().await,
+    }
+}

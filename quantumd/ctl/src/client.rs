@@ -1,0 +1,145 @@
+//! The commands that talk to quantumd. Errors name the cell and the cause,
+//! never a bare D-Bus error string.
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+
+use anyhow::{anyhow, Context};
+use quantum_bus::{Error, Quantum1Proxy};
+
+use crate::cli::CliCommand;
+use crate::output;
+
+/// A failed request: printed, then exit status 1.
+fn request_failed(what: &str, e: Error) -> anyhow::Error {
+    match e {
+        Error::ZBus(z) => unreachable_daemon(z),
+        other => anyhow!("{what}: {}", other.message()),
+    }
+}
+
+/// Transport failures get a hint instead of the raw error.
+fn unreachable_daemon(e: zbus::Error) -> anyhow::Error {
+    let hint = "is quantumd running? (systemctl status quantumd)";
+    match &e {
+        zbus::Error::MethodError(name, _, _) if name.as_str() == "org.freedesktop.DBus.Error.ServiceUnknown" => {
+            anyhow!("quantumd is not running on this bus; {hint}")
+        }
+        zbus::Error::FDO(f) if matches!(**f, zbus::fdo::Error::ServiceUnknown(_)) => {
+            anyhow!("quantumd is not running on this bus; {hint}")
+        }
+        _ => anyhow!("cannot talk to quantumd: {e}; {hint}"),
+    }
+}
+
+struct Failed(anyhow::Error);
+
+pub fn run(bus: Option<&str>, command: CliCommand) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let conn = quantum_bus::connect(bus).await.map_err(|e| {
+            anyhow!("cannot connect to {}: {e}", bus.map_or("the system bus".to_owned(), |b| format!("bus {b}")))
+        })?;
+        let proxy = Quantum1Proxy::new(&conn).await.context("creating the quantumd proxy")?;
+        match execute(&proxy, command).await {
+            Ok(()) => Ok(ExitCode::SUCCESS),
+            Err(Failed(e)) => {
+                eprintln!("quantumctl: {e:#}");
+                // Transport problems are "could not ask", status 2.
+                let code = if e.to_string().contains("quantumd") && e.to_string().contains("systemctl status") { 2 } else { 1 };
+                Ok(ExitCode::from(code))
+            }
+        }
+    })
+}
+
+async fn execute(proxy: &Quantum1Proxy<'_>, command: CliCommand) -> Result<(), Failed> {
+    match command {
+        CliCommand::Validate { .. } => unreachable!("validate runs without a daemon"),
+        CliCommand::Run { cell, params, json } => {
+            let params = parse_params(&params).map_err(Failed)?;
+            let source = source_of(&cell).map_err(Failed)?;
+            let cwd = std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default();
+            let info = proxy.run(&source, params, &cwd).await.map_err(|e| Failed(request_failed(&format!("cannot run {cell}"), e)))?;
+            if json {
+                output::json(&info);
+            } else {
+                println!("{}", output::started(&info));
+            }
+        }
+        CliCommand::Stop { targets } => {
+            let mut failed = None;
+            for t in targets {
+                match proxy.stop(&t).await {
+                    Ok(ids) => println!("stopped {}", ids.join(", ")),
+                    Err(e) => {
+                        let e = request_failed(&format!("cannot stop {t}"), e);
+                        eprintln!("quantumctl: {e:#}");
+                        failed = Some(anyhow!("some cells were not stopped"));
+                    }
+                }
+            }
+            if let Some(e) = failed {
+                return Err(Failed(e));
+            }
+        }
+        CliCommand::List { json } => {
+            let cells = proxy.list().await.map_err(|e| Failed(request_failed("cannot list cells", e)))?;
+            if json {
+                output::json(&cells);
+            } else {
+                print!("{}", output::table(&cells));
+            }
+        }
+        CliCommand::Inspect { target, json } => {
+            let d = proxy.inspect(&target).await.map_err(|e| Failed(request_failed(&format!("cannot inspect {target}"), e)))?;
+            if json {
+                output::json(&d);
+            } else {
+                print!("{}", output::detail(&d));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// NAME=VALUE pairs.
+fn parse_params(args: &[String]) -> anyhow::Result<HashMap<String, String>> {
+    args.iter()
+        .map(|a| {
+            a.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .ok_or_else(|| anyhow!("parameter {a:?} is not NAME=VALUE"))
+        })
+        .collect()
+}
+
+/// A catalog name stays a name; anything that looks like a path becomes an
+/// absolute path, since quantumd does not share our working directory.
+fn source_of(cell: &str) -> anyhow::Result<String> {
+    let looks_like_path = cell.contains('/') || cell.ends_with(".toml") || cell == "." || cell == "..";
+    if !looks_like_path {
+        return Ok(cell.to_owned());
+    }
+    let p = std::fs::canonicalize(cell).with_context(|| format!("cannot find {cell}"))?;
+    Ok(p.display().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_must_be_name_value_pairs() {
+        let p = parse_params(&["port=8080".into(), "cmd=a=b".into()]).unwrap();
+        assert_eq!(p["port"], "8080");
+        assert_eq!(p["cmd"], "a=b");
+        assert!(parse_params(&["port".into()]).is_err());
+    }
+
+    #[test]
+    fn catalog_names_are_not_paths() {
+        assert_eq!(source_of("web-server").unwrap(), "web-server");
+        assert!(source_of("./does-not-exist.toml").is_err());
+    }
+}

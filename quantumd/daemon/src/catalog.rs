@@ -1,0 +1,111 @@
+//! Finding and validating manifests: catalog cells by name, or files by path.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use quantum_model::{validate_set, CellName, Manifest, ManifestSource};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("no cell named \"{name}\" in the catalog ({dir})")]
+    NotFound { name: String, dir: PathBuf },
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("\"{0}\" is neither a cell name nor an absolute path to a cell.toml")]
+    BadSource(String),
+}
+
+/// A manifest with the child manifests it references, all validated.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub path: PathBuf,
+    pub manifest: Manifest,
+    /// (path, manifest) of each `[[child]]` entry, in order.
+    pub children: Vec<(PathBuf, Manifest)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Catalog {
+    pub dir: PathBuf,
+}
+
+impl Catalog {
+    /// Names of the cells in the catalog directory.
+    pub fn names(&self) -> BTreeSet<CellName> {
+        std::fs::read_dir(&self.dir)
+            .map(|rd| {
+                rd.flatten()
+                    .filter(|e| e.path().join("cell.toml").is_file())
+                    .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// `source` is a catalog cell name or an absolute path to a cell.toml
+    /// (or to a directory holding one).
+    pub fn resolve(&self, source: &str) -> Result<Resolved, CatalogError> {
+        let path = if source.starts_with('/') {
+            let p = PathBuf::from(source);
+            if p.is_dir() { p.join("cell.toml") } else { p }
+        } else if source.parse::<CellName>().is_ok() {
+            let p = self.dir.join(source).join("cell.toml");
+            if !p.is_file() {
+                return Err(CatalogError::NotFound { name: source.to_owned(), dir: self.dir.clone() });
+            }
+            p
+        } else {
+            return Err(CatalogError::BadSource(source.to_owned()));
+        };
+        self.load(&path)
+    }
+
+    /// A cell needed by the manifest at `from`: a sibling directory first
+    /// (`../NAME/cell.toml`), then the catalog.
+    pub fn resolve_needed(&self, name: &CellName, from: &Path) -> Result<Resolved, CatalogError> {
+        if let Some(sibling) = from.parent().and_then(Path::parent).map(|d| d.join(name.as_str()).join("cell.toml")) {
+            if sibling.is_file() {
+                return self.load(&sibling);
+            }
+        }
+        self.resolve(name.as_str())
+    }
+
+    pub fn load(&self, path: &Path) -> Result<Resolved, CatalogError> {
+        let text = std::fs::read_to_string(path).map_err(|source| CatalogError::Read { path: path.to_owned(), source })?;
+        let shown = path.display().to_string();
+        let mut known = self.names();
+        // Needed cells may also be siblings of this manifest.
+        if let Some(parent_dir) = path.parent().and_then(Path::parent) {
+            known.extend(Catalog { dir: parent_dir.to_owned() }.names());
+        }
+        let set = validate_set(
+            vec![ManifestSource { path: shown.clone(), text }],
+            &mut |p| std::fs::read_to_string(p).map_err(|e| e.to_string()),
+            &known,
+        );
+        if !set.is_valid() {
+            let lines: Vec<String> = set.errors.iter().map(ToString::to_string).collect();
+            return Err(CatalogError::Invalid(lines.join("\n")));
+        }
+        let mut manifests = set.manifests.into_iter();
+        let Some((_, manifest)) = manifests.find(|(p, _)| *p == shown) else {
+            return Err(CatalogError::Invalid(format!("{shown}: not a valid manifest")));
+        };
+        let dir = path.parent().unwrap_or(Path::new("/"));
+        let children = manifest
+            .children
+            .iter()
+            .map(|c| {
+                let p = dir.join(&c.manifest);
+                let text = std::fs::read_to_string(&p).map_err(|source| CatalogError::Read { path: p.clone(), source })?;
+                let m = quantum_model::parse_manifest(&text)
+                    .map_err(|_| CatalogError::Invalid(format!("{}: invalid child manifest", p.display())))?;
+                Ok((p, m))
+            })
+            .collect::<Result<Vec<_>, CatalogError>>()?;
+        Ok(Resolved { path: path.to_owned(), manifest, children })
+    }
+}

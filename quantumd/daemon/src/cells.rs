@@ -1,0 +1,991 @@
+//! The cells quantumd runs and the one loop that changes them.
+//!
+//! Every trigger — a bus command, a unit that ended, a start or stop that
+//! finished, a restart timer, the periodic tick — arrives as an [`Event`] on
+//! one channel and is handled here, in order. Slow work (talking to systemd)
+//! runs in spawned tasks that report back with another event, so the loop
+//! never waits on the backend.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use quantum_bus::{CellDetail, CellInfo};
+use quantum_model::placeholder::substitute;
+use quantum_model::{Manifest, ParamType, Restart};
+use tokio::sync::mpsc;
+
+use crate::catalog::{Catalog, Resolved};
+use crate::command::{Command, CommandError, Reply};
+use crate::config::Config;
+use crate::runtime::spec::{family_slice, instance_of_unit};
+use crate::runtime::{Exit, Limits, Runtime, Sandbox, SliceSpec, UnitEvent, UnitSpec};
+use crate::store::{Record, Store};
+
+#[derive(Debug)]
+pub enum Event {
+    Command(Command),
+    Unit(UnitEvent),
+    /// A unit's start finished (pid or error).
+    Started { instance: String, result: Result<u32, String> },
+    /// All units of a run finished starting, or one failed (`failed`).
+    PlanDone { root: String, ids: Vec<String>, failed: Option<String>, reply: Reply<CellInfo> },
+    /// Units of a stop are gone.
+    StopDone { ids: Vec<String>, reason: String, reply: Option<Reply<Vec<String>>> },
+    /// A restart's back-off has passed.
+    Restart(String),
+    Tick,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    Starting,
+    Running,
+    Restarting,
+    Stopping,
+}
+
+impl State {
+    fn as_str(self) -> &'static str {
+        match self {
+            State::Starting => "starting",
+            State::Running => "running",
+            State::Restarting => "restarting",
+            State::Stopping => "stopping",
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Instance {
+    record: Record,
+    /// `None` for a unit adopted without a readable manifest.
+    manifest: Option<Arc<Manifest>>,
+    spec: UnitSpec,
+    state: State,
+    reason: String,
+    pid: u32,
+    children: Vec<String>,
+    needed_by: BTreeSet<String>,
+    failures: VecDeque<Instant>,
+    last_exit: i32,
+    /// Last CPU usage seen and since when it has not changed.
+    idle: Option<(u64, Instant)>,
+}
+
+/// One step of a run, done in order by a spawned task.
+enum Step {
+    Slice(SliceSpec),
+    Unit(String, UnitSpec),
+}
+
+/// One step of a stop.
+enum StopStep {
+    Unit(String),
+    Slice(String),
+}
+
+pub struct Cells {
+    runtime: Runtime,
+    store: Store,
+    catalog: Catalog,
+    config: Config,
+    instances: BTreeMap<String, Instance>,
+    ended: VecDeque<CellInfo>,
+    /// Cell name -> (until, why).
+    blacklist: HashMap<String, (Instant, String)>,
+    next_id: u64,
+    events: mpsc::UnboundedSender<Event>,
+    bus: Option<zbus::Connection>,
+}
+
+fn now_usec() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+}
+
+/// Backoff before the n-th restart in a window: 0.5 s, 1 s, 2 s ... 30 s.
+fn backoff(n: usize) -> Duration {
+    let exp = n.saturating_sub(1).min(6) as u32;
+    Duration::from_millis(500 * 2u64.pow(exp)).min(Duration::from_secs(30))
+}
+
+impl Cells {
+    pub fn new(runtime: Runtime, store: Store, config: Config, events: mpsc::UnboundedSender<Event>) -> Cells {
+        Cells {
+            runtime,
+            store,
+            catalog: Catalog { dir: config.catalog.clone() },
+            config,
+            instances: BTreeMap::new(),
+            ended: VecDeque::new(),
+            blacklist: HashMap::new(),
+            next_id: 1,
+            events,
+            bus: None,
+        }
+    }
+
+    pub fn set_bus(&mut self, conn: zbus::Connection) {
+        self.bus = Some(conn);
+    }
+
+    pub fn running_count(&self) -> usize {
+        self.instances.values().filter(|i| i.state == State::Running).count()
+    }
+
+    // ----- re-adoption -------------------------------------------------
+
+    /// Takes back every cell unit still running after a restart of
+    /// quantumd, and accounts for the ones that ended meanwhile.
+    pub async fn readopt(&mut self) -> Result<usize, crate::runtime::RuntimeError> {
+        let records = self.store.load_all();
+        let live: HashMap<String, u32> = self.runtime.list().await?.into_iter().map(|u| (u.unit, u.pid)).collect();
+        let mut seen_units = BTreeSet::new();
+        for r in records {
+            self.bump_id(&r.instance);
+            match live.get(&r.unit) {
+                Some(&pid) => {
+                    seen_units.insert(r.unit.clone());
+                    self.adopt(r, pid).await;
+                }
+                None => {
+                    tracing::info!(instance = %r.instance, "cell ended while quantumd was not running");
+                    self.store.remove(&r.instance);
+                    self.ended.push_back(info_of_record(&r, "exited", "ended while quantumd was not running"));
+                }
+            }
+        }
+        for (unit, pid) in &live {
+            if seen_units.contains(unit) {
+                continue;
+            }
+            let Some(id) = instance_of_unit(unit) else { continue };
+            self.bump_id(id);
+            let cell = id.rsplit_once('.').map_or(id, |(c, _)| c).to_owned();
+            tracing::warn!(unit, "found a cell unit without a record; adopting it");
+            let manifest_path = self.catalog.dir.join(&cell).join("cell.toml");
+            let record = Record {
+                instance: id.to_owned(),
+                cell,
+                unit: unit.clone(),
+                slice: self.config.cell_slice.clone(),
+                manifest_path,
+                params: BTreeMap::new(),
+                parent: None,
+                needs: vec![],
+                auto_started: false,
+                family_slice: None,
+                started_usec: now_usec(),
+            };
+            if let Err(e) = self.store.save(&record) {
+                tracing::error!(error = %e, "cannot record adopted unit");
+            }
+            self.adopt(record, *pid).await;
+        }
+        // Rebuild the links that records keep one side of.
+        let links: Vec<(String, Option<String>, Vec<String>)> =
+            self.instances.values().map(|i| (i.record.instance.clone(), i.record.parent.clone(), i.record.needs.clone())).collect();
+        for (id, parent, needs) in links {
+            if let Some(p) = parent.and_then(|p| self.instances.get_mut(&p)) {
+                p.children.push(id.clone());
+            }
+            for n in needs {
+                if let Some(n) = self.instances.get_mut(&n) {
+                    n.needed_by.insert(id.clone());
+                }
+            }
+        }
+        Ok(self.instances.len())
+    }
+
+    fn bump_id(&mut self, id: &str) {
+        if let Some(n) = id.rsplit_once('.').and_then(|(_, n)| n.parse::<u64>().ok()) {
+            self.next_id = self.next_id.max(n + 1);
+        }
+    }
+
+    async fn adopt(&mut self, record: Record, pid: u32) {
+        let resolved = self.catalog.load(&record.manifest_path).ok();
+        let manifest = resolved.map(|r| Arc::new(r.manifest));
+        let spec = match &manifest {
+            Some(m) => self.build_spec(&record, m).unwrap_or_else(|_| bare_spec(&record)),
+            None => bare_spec(&record),
+        };
+        self.runtime.adopt(&record.unit).await;
+        tracing::info!(instance = %record.instance, unit = %record.unit, pid, "re-adopted cell");
+        self.instances.insert(
+            record.instance.clone(),
+            Instance {
+                record,
+                manifest,
+                spec,
+                state: State::Running,
+                reason: "re-adopted after a quantumd restart".into(),
+                pid,
+                children: vec![],
+                needed_by: BTreeSet::new(),
+                failures: VecDeque::new(),
+                last_exit: -1,
+                idle: None,
+            },
+        );
+    }
+
+    // ----- the loop -----------------------------------------------------
+
+    pub async fn handle(&mut self, event: Event) {
+        match event {
+            Event::Command(c) => self.command(c).await,
+            Event::Unit(u) => self.unit_ended(u).await,
+            Event::Started { instance, result } => self.started(&instance, result).await,
+            Event::PlanDone { root, ids, failed, reply } => self.plan_done(root, ids, failed, reply).await,
+            Event::StopDone { ids, reason, reply } => self.stop_done(ids, &reason, reply).await,
+            Event::Restart(id) => self.restart(&id),
+            Event::Tick => self.tick().await,
+        }
+    }
+
+    async fn command(&mut self, c: Command) {
+        match c {
+            Command::Run { source, params, cwd, reply } => {
+                if let Err(e) = self.run(&source, params, &cwd, reply) {
+                    tracing::info!(source, error = %e, "run refused");
+                }
+            }
+            Command::Stop { target, reply } => self.stop(&target, reply),
+            Command::List { reply } => {
+                let _ = reply.send(Ok(self.list()));
+            }
+            Command::Inspect { target, reply } => {
+                let _ = reply.send(self.inspect(&target));
+            }
+        }
+    }
+
+    async fn emit(&self, id: &str, cell: &str, state: &str, reason: &str) {
+        tracing::info!(instance = id, cell, state, reason, "cell state changed");
+        if let Some(conn) = &self.bus {
+            let r = conn
+                .emit_signal(None::<()>, quantum_bus::OBJECT_PATH, quantum_bus::INTERFACE, "CellStateChanged", &(id, cell, state, reason))
+                .await;
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "cannot emit CellStateChanged");
+            }
+        }
+    }
+
+    // ----- run ------------------------------------------------------------
+
+    /// Plans the run (needs, the cell, its children), records every
+    /// instance, and hands the starts to a task. On error nothing is left
+    /// behind and the reply carries the reason.
+    fn run(&mut self, source: &str, params: HashMap<String, String>, cwd: &str, reply: Reply<CellInfo>) -> Result<(), CommandError> {
+        let result = self.catalog.resolve(source).map_err(|e| match e {
+            crate::catalog::CatalogError::NotFound { .. } => CommandError::NotFound(e.to_string()),
+            _ => CommandError::Invalid(e.to_string()),
+        });
+        let resolved = match result {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = reply.send(Err(e.clone()));
+                return Err(e);
+            }
+        };
+        let mut steps = Vec::new();
+        let mut created = Vec::new();
+        let slice = self.config.cell_slice.clone();
+        match self.plan(resolved, params, cwd, None, &slice, false, &mut steps, &mut created, &mut Vec::new()) {
+            Ok(root) => {
+                self.spawn_plan(root, created, steps, reply);
+                Ok(())
+            }
+            Err(e) => {
+                for id in created.iter().rev() {
+                    if let Some(inst) = self.instances.remove(id) {
+                        self.store.remove(id);
+                        for n in &inst.record.needs {
+                            if let Some(n) = self.instances.get_mut(n) {
+                                n.needed_by.remove(id);
+                            }
+                        }
+                    }
+                }
+                let _ = reply.send(Err(e.clone()));
+                Err(e)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn plan(
+        &mut self,
+        resolved: Resolved,
+        given: HashMap<String, String>,
+        cwd: &str,
+        parent: Option<&str>,
+        slice: &str,
+        auto_started: bool,
+        steps: &mut Vec<Step>,
+        created: &mut Vec<String>,
+        stack: &mut Vec<String>,
+    ) -> Result<String, CommandError> {
+        let m = Arc::new(resolved.manifest);
+        let name = m.name.to_string();
+        if stack.contains(&name) {
+            return Err(CommandError::Invalid(format!("cell \"{name}\": needs form a cycle: {} -> {name}", stack.join(" -> "))));
+        }
+        if let Some((until, why)) = self.blacklist.get(&name) {
+            if *until > Instant::now() {
+                let left = until.saturating_duration_since(Instant::now()).as_secs();
+                return Err(CommandError::Refused(format!("cell \"{name}\" is blacklisted for another {left}s: {why}")));
+            }
+        }
+        let manifest_dir = resolved.path.parent().unwrap_or(Path::new("/")).to_owned();
+        let base = if cwd.is_empty() { manifest_dir.clone() } else { PathBuf::from(cwd) };
+        let params = resolve_params(&m, given, &base)?;
+
+        // Needed cells first: reuse a running top-level instance, or start one.
+        stack.push(name.clone());
+        let mut needs = Vec::new();
+        for needed in &m.needs {
+            let reuse = self
+                .instances
+                .values()
+                .find(|i| i.record.cell == needed.as_str() && i.record.parent.is_none() && matches!(i.state, State::Running | State::Starting))
+                .map(|i| i.record.instance.clone());
+            let id = match reuse {
+                Some(id) => id,
+                None => {
+                    let r = self.catalog.resolve_needed(needed, &resolved.path).map_err(|e| {
+                        CommandError::NotFound(format!("cell \"{name}\" needs \"{needed}\", which cannot be found: {e}"))
+                    })?;
+                    let slice = self.config.cell_slice.clone();
+                    self.plan(r, HashMap::new(), "", None, &slice, true, steps, created, stack)?
+                }
+            };
+            needs.push(id);
+        }
+        stack.pop();
+
+        let id = format!("{name}.{}", self.next_id);
+        self.next_id += 1;
+        let family = (!m.children.is_empty()).then(|| family_slice(slice, &id));
+        if let Some(f) = &family {
+            steps.push(Step::Slice(SliceSpec {
+                name: f.clone(),
+                parent: slice.to_owned(),
+                description: format!("QuantumOS cell family {id}"),
+                limits: Limits::of(&m),
+            }));
+        }
+        let record = Record {
+            instance: id.clone(),
+            cell: name.clone(),
+            unit: crate::runtime::unit_name(&id),
+            slice: family.clone().unwrap_or_else(|| slice.to_owned()),
+            manifest_path: resolved.path.clone(),
+            params,
+            parent: parent.map(str::to_owned),
+            needs: needs.clone(),
+            auto_started,
+            family_slice: family.clone(),
+            started_usec: now_usec(),
+        };
+        let spec = self.build_spec(&record, &m)?;
+        self.store.save(&record).map_err(|e| CommandError::Backend(format!("cell \"{name}\": {e}")))?;
+        for n in &needs {
+            if let Some(n) = self.instances.get_mut(n) {
+                n.needed_by.insert(id.clone());
+            }
+        }
+        steps.push(Step::Unit(id.clone(), spec.clone()));
+        created.push(id.clone());
+        self.instances.insert(
+            id.clone(),
+            Instance {
+                record,
+                manifest: Some(m.clone()),
+                spec,
+                state: State::Starting,
+                reason: "starting".into(),
+                pid: 0,
+                children: vec![],
+                needed_by: BTreeSet::new(),
+                failures: VecDeque::new(),
+                last_exit: -1,
+                idle: None,
+            },
+        );
+
+        for (child, (path, cm)) in m.children.iter().zip(resolved.children) {
+            for _ in 0..child.count {
+                let r = Resolved { path: path.clone(), manifest: cm.clone(), children: child_manifests(&path, &cm)? };
+                let fam = family.clone().unwrap_or_else(|| slice.to_owned());
+                let cid = self.plan(r, HashMap::new(), "", Some(&id), &fam, false, steps, created, &mut vec![name.clone()])?;
+                if let Some(p) = self.instances.get_mut(&id) {
+                    p.children.push(cid);
+                }
+            }
+        }
+        Ok(id)
+    }
+
+    fn build_spec(&self, r: &Record, m: &Manifest) -> Result<UnitSpec, CommandError> {
+        let value = |n: &str| r.params.get(n).cloned();
+        let subst = |s: &String| {
+            substitute(s, value).map_err(|p| CommandError::Invalid(format!("cell \"{}\": parameter \"{p}\" has no value", r.cell)))
+        };
+        let argv = match &m.program {
+            quantum_model::Program::Exec(argv) => argv.iter().map(subst).collect::<Result<Vec<_>, _>>()?,
+            quantum_model::Program::Artifact(a) => {
+                // Bundles (and their verified artifacts) arrive with the trust
+                // work; until then an artifact cell cannot run.
+                return Err(CommandError::Refused(format!(
+                    "cell \"{}\" runs artifact {} from a bundle; running bundles is not supported yet",
+                    r.cell, a.path
+                )));
+            }
+        };
+        let mut env = BTreeMap::from([
+            ("QUANTUM_CELL".to_owned(), r.cell.clone()),
+            ("QUANTUM_INSTANCE".to_owned(), r.instance.clone()),
+        ]);
+        for (k, v) in &r.params {
+            env.insert(format!("QUANTUM_PARAM_{}", k.to_uppercase().replace('-', "_")), v.clone());
+        }
+        Ok(UnitSpec {
+            instance: r.instance.clone(),
+            cell: r.cell.clone(),
+            unit: r.unit.clone(),
+            slice: r.slice.clone(),
+            description: format!("QuantumOS cell {} ({})", r.cell, m.description),
+            argv,
+            env,
+            limits: Limits::of(m),
+            sandbox: Sandbox {
+                user: m.isolation.user,
+                network: m.isolation.network,
+                readable: m.isolation.readable.iter().map(subst).collect::<Result<_, _>>()?,
+                writable: m.isolation.writable.iter().map(subst).collect::<Result<_, _>>()?,
+                inaccessible: vec![self.config.state_dir.display().to_string()],
+            },
+        })
+    }
+
+    fn spawn_plan(&self, root: String, ids: Vec<String>, steps: Vec<Step>, reply: Reply<CellInfo>) {
+        let runtime = self.runtime.clone();
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            let mut done: Vec<StopStep> = Vec::new();
+            let mut failed = None;
+            for step in steps {
+                match step {
+                    Step::Slice(s) => match runtime.start_slice(&s).await {
+                        Ok(()) => done.push(StopStep::Slice(s.name)),
+                        Err(e) => {
+                            failed = Some(format!("cannot create slice {}: {e}", s.name));
+                            break;
+                        }
+                    },
+                    Step::Unit(id, spec) => {
+                        let result = runtime.start(&spec).await.map_err(|e| e.to_string());
+                        let err = result.as_ref().err().cloned();
+                        let _ = events.send(Event::Started { instance: id.clone(), result });
+                        if let Some(e) = err {
+                            failed = Some(format!("cell instance {id} did not start: {e}"));
+                            break;
+                        }
+                        done.push(StopStep::Unit(spec.unit));
+                    }
+                }
+            }
+            if failed.is_some() {
+                // Undo in reverse: nothing half-assembled is left running.
+                for step in done.into_iter().rev() {
+                    let _ = match step {
+                        StopStep::Unit(u) => runtime.stop(&u).await,
+                        StopStep::Slice(s) => runtime.stop_slice(&s).await,
+                    };
+                }
+            }
+            let _ = events.send(Event::PlanDone { root, ids, failed, reply });
+        });
+    }
+
+    async fn started(&mut self, id: &str, result: Result<u32, String>) {
+        let Some(inst) = self.instances.get_mut(id) else { return };
+        match result {
+            Ok(pid) => {
+                inst.pid = pid;
+                if inst.state == State::Starting {
+                    inst.state = State::Running;
+                    inst.reason = format!("running as pid {pid}");
+                    let (cell, reason) = (inst.record.cell.clone(), inst.reason.clone());
+                    self.emit(id, &cell, "running", &reason).await;
+                }
+            }
+            Err(e) => {
+                inst.reason = e;
+            }
+        }
+    }
+
+    async fn plan_done(&mut self, root: String, ids: Vec<String>, failed: Option<String>, reply: Reply<CellInfo>) {
+        match failed {
+            None => {
+                let info = self.instances.get(&root).map(info_of).unwrap_or_else(|| {
+                    // It already ended (a short job); report how.
+                    self.ended.iter().rev().find(|i| i.instance == root).cloned().unwrap_or_else(|| CellInfo {
+                        instance: root.clone(),
+                        cell: String::new(),
+                        state: "exited".into(),
+                        reason: String::new(),
+                        unit: String::new(),
+                        pid: 0,
+                        parent: String::new(),
+                        started_usec: 0,
+                    })
+                });
+                let _ = reply.send(Ok(info));
+            }
+            Some(why) => {
+                for id in ids.iter().rev() {
+                    self.finish(id, "failed", &why).await;
+                }
+                let _ = reply.send(Err(CommandError::Backend(why)));
+            }
+        }
+    }
+
+    // ----- stop -----------------------------------------------------------
+
+    fn stop(&mut self, target: &str, reply: Reply<Vec<String>>) {
+        let roots: Vec<String> = if self.instances.contains_key(target) {
+            vec![target.to_owned()]
+        } else {
+            self.instances.values().filter(|i| i.record.cell == target && i.record.parent.is_none()).map(|i| i.record.instance.clone()).collect()
+        };
+        if roots.is_empty() {
+            let what = if target.contains('.') { "instance" } else { "running cell" };
+            let _ = reply.send(Err(CommandError::NotFound(format!("no {what} \"{target}\""))));
+            return;
+        }
+        for r in &roots {
+            let users: Vec<String> = self.instances[r].needed_by.iter().filter(|u| !roots.contains(u)).cloned().collect();
+            if !users.is_empty() {
+                let _ = reply.send(Err(CommandError::Refused(format!("{r} is needed by {}; stop that first", users.join(", ")))));
+                return;
+            }
+        }
+        let (ids, steps) = self.stop_plan(&roots);
+        self.spawn_stop(ids, steps, "stopped on request".into(), Some(reply));
+    }
+
+    /// What stopping `roots` takes: children first, then each root, then the
+    /// needed cells that were started only for them and nobody else uses.
+    fn stop_plan(&mut self, roots: &[String]) -> (Vec<String>, Vec<StopStep>) {
+        let mut ids = Vec::new();
+        let mut steps = Vec::new();
+        let mut leaving: BTreeSet<String> = BTreeSet::new();
+        for r in roots {
+            self.collect_family(r, &mut ids, &mut steps, &mut leaving);
+        }
+        // Needed cells whose every user is leaving go last.
+        let mut i = 0;
+        while i < ids.len() {
+            let needs = self.instances.get(&ids[i]).map(|x| x.record.needs.clone()).unwrap_or_default();
+            for n in needs {
+                let Some(ni) = self.instances.get(&n) else { continue };
+                if ni.record.auto_started && !leaving.contains(&n) && ni.needed_by.iter().all(|u| leaving.contains(u)) {
+                    self.collect_family(&n, &mut ids, &mut steps, &mut leaving);
+                }
+            }
+            i += 1;
+        }
+        for id in &ids {
+            if let Some(inst) = self.instances.get_mut(id) {
+                inst.state = State::Stopping;
+            }
+        }
+        (ids, steps)
+    }
+
+    fn collect_family(&self, id: &str, ids: &mut Vec<String>, steps: &mut Vec<StopStep>, leaving: &mut BTreeSet<String>) {
+        let Some(inst) = self.instances.get(id) else { return };
+        if !leaving.insert(id.to_owned()) {
+            return;
+        }
+        for c in &inst.children {
+            self.collect_family(c, ids, steps, leaving);
+        }
+        ids.push(id.to_owned());
+        steps.push(StopStep::Unit(inst.record.unit.clone()));
+        if let Some(f) = &inst.record.family_slice {
+            steps.push(StopStep::Slice(f.clone()));
+        }
+    }
+
+    fn spawn_stop(&self, ids: Vec<String>, steps: Vec<StopStep>, reason: String, reply: Option<Reply<Vec<String>>>) {
+        let runtime = self.runtime.clone();
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            for step in steps {
+                let r = match &step {
+                    StopStep::Unit(u) => runtime.stop(u).await,
+                    StopStep::Slice(s) => runtime.stop_slice(s).await,
+                };
+                if let Err(e) = r {
+                    tracing::error!(error = %e, "stop failed");
+                }
+            }
+            let _ = events.send(Event::StopDone { ids, reason, reply });
+        });
+    }
+
+    async fn stop_done(&mut self, ids: Vec<String>, reason: &str, reply: Option<Reply<Vec<String>>>) {
+        for id in &ids {
+            self.finish(id, "stopped", reason).await;
+        }
+        if let Some(reply) = reply {
+            let _ = reply.send(Ok(ids));
+        }
+    }
+
+    /// Forgets a live instance: record removed, links cut, moved to `ended`.
+    async fn finish(&mut self, id: &str, state: &str, reason: &str) {
+        let Some(inst) = self.instances.remove(id) else { return };
+        self.store.remove(id);
+        for n in &inst.record.needs {
+            if let Some(n) = self.instances.get_mut(n) {
+                n.needed_by.remove(id);
+            }
+        }
+        if let Some(p) = inst.record.parent.as_ref().and_then(|p| self.instances.get_mut(p)) {
+            p.children.retain(|c| c != id);
+        }
+        let mut info = info_of(&inst);
+        info.state = state.to_owned();
+        info.reason = reason.to_owned();
+        info.pid = 0;
+        self.emit(id, &inst.record.cell, state, reason).await;
+        self.ended.push_back(info);
+        while self.ended.len() > self.config.keep_ended {
+            self.ended.pop_front();
+        }
+    }
+
+    // ----- exits, restarts, blacklisting ------------------------------------
+
+    async fn unit_ended(&mut self, ev: UnitEvent) {
+        let Some(id) = instance_of_unit(&ev.unit).map(str::to_owned) else { return };
+        let Some(inst) = self.instances.get_mut(&id) else { return };
+        inst.last_exit = ev.exit.code();
+        if inst.state == State::Stopping {
+            return;
+        }
+        let what = ev.exit.describe();
+        let policy = inst.manifest.as_ref().map(|m| m.lifecycle);
+        let should_restart = match policy.map(|l| l.restart) {
+            Some(Restart::Always) => true,
+            Some(Restart::OnFailure) => !ev.exit.is_success(),
+            _ => false,
+        };
+        let cell = inst.record.cell.clone();
+        if should_restart {
+            let l = policy.unwrap_or_default();
+            let now = Instant::now();
+            inst.failures.retain(|t| now.duration_since(*t) < l.restart_window.as_std());
+            inst.failures.push_back(now);
+            let n = inst.failures.len();
+            if n as u32 > l.max_restarts {
+                let why = format!("{what}; it ended {n} times within {} (max-restarts {})", l.restart_window, l.max_restarts);
+                let until = now + Duration::from_secs(self.config.blacklist_seconds);
+                tracing::warn!(cell, instance = id, reason = why, "cell blacklisted");
+                self.blacklist.insert(cell.clone(), (until, why.clone()));
+                self.end_family(&id, "failed", &format!("blacklisted: {why}")).await;
+                return;
+            }
+            let delay = backoff(n);
+            inst.state = State::Restarting;
+            inst.pid = 0;
+            inst.reason = format!("{what}; restart {n} of {} in {:.1}s", l.max_restarts, delay.as_secs_f32());
+            let reason = inst.reason.clone();
+            self.emit(&id, &cell, "restarting", &reason).await;
+            let events = self.events.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let _ = events.send(Event::Restart(id));
+            });
+            return;
+        }
+        let state = if ev.exit.is_success() { "exited" } else { "failed" };
+        self.end_family(&id, state, &what).await;
+    }
+
+    /// An instance ended on its own: stop what hangs on it (children,
+    /// needed cells started for it alone) and forget it.
+    async fn end_family(&mut self, id: &str, state: &str, reason: &str) {
+        let (ids, steps) = self.stop_plan(&[id.to_owned()]);
+        self.finish(id, state, reason).await;
+        let rest: Vec<String> = ids.into_iter().filter(|i| i != id).collect();
+        let steps: Vec<StopStep> = steps
+            .into_iter()
+            .filter(|s| !matches!(s, StopStep::Unit(u) if instance_of_unit(u) == Some(id)))
+            .collect();
+        if !rest.is_empty() || !steps.is_empty() {
+            self.spawn_stop(rest, steps, format!("{id} ended"), None);
+        }
+    }
+
+    fn restart(&mut self, id: &str) {
+        let Some(inst) = self.instances.get_mut(id) else { return };
+        if inst.state != State::Restarting {
+            return;
+        }
+        inst.state = State::Starting;
+        let spec = inst.spec.clone();
+        let runtime = self.runtime.clone();
+        let events = self.events.clone();
+        let id = id.to_owned();
+        tokio::spawn(async move {
+            let result = runtime.start(&spec).await;
+            match result {
+                Ok(pid) => {
+                    let _ = events.send(Event::Started { instance: id, result: Ok(pid) });
+                }
+                Err(e) => {
+                    // A failed restart counts as another failure.
+                    let _ = events.send(Event::Unit(UnitEvent { unit: spec.unit, exit: Exit::Other(e.to_string()) }));
+                }
+            }
+        });
+    }
+
+    // ----- periodic work ------------------------------------------------
+
+    async fn tick(&mut self) {
+        let now = Instant::now();
+        self.blacklist.retain(|_, (until, _)| *until > now);
+        let mut idle = Vec::new();
+        for inst in self.instances.values_mut() {
+            let Some(m) = &inst.manifest else { continue };
+            let timeout = m.lifecycle.idle_timeout;
+            if inst.state != State::Running || timeout.is_zero() || !inst.needed_by.is_empty() || !inst.children.is_empty() || inst.record.parent.is_some() {
+                continue;
+            }
+            let Some(usage) = self.runtime.cpu_usage_usec(&inst.record.unit, &inst.record.slice) else { continue };
+            match inst.idle {
+                Some((last, since)) if last == usage => {
+                    if now.duration_since(since) >= timeout.as_std() {
+                        idle.push((inst.record.instance.clone(), timeout));
+                    }
+                }
+                _ => inst.idle = Some((usage, now)),
+            }
+        }
+        for (id, timeout) in idle {
+            tracing::info!(instance = id, "stopping idle cell");
+            let (ids, steps) = self.stop_plan(std::slice::from_ref(&id));
+            self.spawn_stop(ids, steps, format!("idle for {timeout}"), None);
+        }
+    }
+
+    // ----- reads ------------------------------------------------------------
+
+    fn list(&self) -> Vec<CellInfo> {
+        let mut v: Vec<CellInfo> = self.ended.iter().cloned().collect();
+        v.extend(self.instances.values().map(info_of));
+        v
+    }
+
+    fn inspect(&self, target: &str) -> Result<CellDetail, CommandError> {
+        let inst = self.instances.get(target).or_else(|| {
+            self.instances.values().filter(|i| i.record.cell == target).max_by_key(|i| i.record.started_usec)
+        });
+        let Some(inst) = inst else {
+            if let Some(info) = self.ended.iter().rev().find(|i| i.instance == target || i.cell == target) {
+                return Ok(CellDetail {
+                    info: info.clone(),
+                    manifest_path: String::new(),
+                    version: String::new(),
+                    argv: vec![],
+                    params: HashMap::new(),
+                    properties: HashMap::new(),
+                    needs: vec![],
+                    children: vec![],
+                    restarts: 0,
+                    last_exit: -1,
+                });
+            }
+            return Err(CommandError::NotFound(format!("no cell or instance \"{target}\"")));
+        };
+        Ok(CellDetail {
+            info: info_of(inst),
+            manifest_path: inst.record.manifest_path.display().to_string(),
+            version: inst.manifest.as_ref().map(|m| m.version.to_string()).unwrap_or_default(),
+            argv: inst.spec.argv.clone(),
+            params: inst.record.params.clone().into_iter().collect(),
+            properties: self.runtime.properties(&inst.spec).into_iter().collect(),
+            needs: inst.record.needs.clone(),
+            children: inst.children.clone(),
+            restarts: inst.failures.len() as u32,
+            last_exit: inst.last_exit,
+        })
+    }
+}
+
+fn info_of(i: &Instance) -> CellInfo {
+    CellInfo {
+        instance: i.record.instance.clone(),
+        cell: i.record.cell.clone(),
+        state: i.state.as_str().to_owned(),
+        reason: i.reason.clone(),
+        unit: i.record.unit.clone(),
+        pid: i.pid,
+        parent: i.record.parent.clone().unwrap_or_default(),
+        started_usec: i.record.started_usec,
+    }
+}
+
+fn info_of_record(r: &Record, state: &str, reason: &str) -> CellInfo {
+    CellInfo {
+        instance: r.instance.clone(),
+        cell: r.cell.clone(),
+        state: state.to_owned(),
+        reason: reason.to_owned(),
+        unit: r.unit.clone(),
+        pid: 0,
+        parent: r.parent.clone().unwrap_or_default(),
+        started_usec: r.started_usec,
+    }
+}
+
+/// The spec of a unit adopted without a manifest: enough to stop it.
+fn bare_spec(r: &Record) -> UnitSpec {
+    UnitSpec {
+        instance: r.instance.clone(),
+        cell: r.cell.clone(),
+        unit: r.unit.clone(),
+        slice: r.slice.clone(),
+        description: format!("QuantumOS cell {}", r.cell),
+        argv: vec![],
+        env: BTreeMap::new(),
+        limits: Limits { memory_min: 0, memory_max: 0, cpu_quota_centis: 0, cpu_weight: 0, io_weight: 0, tasks_max: 0 },
+        sandbox: Sandbox {
+            user: quantum_model::UserMode::Dynamic,
+            network: quantum_model::Network::None,
+            readable: vec![],
+            writable: vec![],
+            inaccessible: vec![],
+        },
+    }
+}
+
+fn child_manifests(path: &Path, m: &Manifest) -> Result<Vec<(PathBuf, Manifest)>, CommandError> {
+    let dir = path.parent().unwrap_or(Path::new("/"));
+    m.children
+        .iter()
+        .map(|c| {
+            let p = dir.join(&c.manifest);
+            let text = std::fs::read_to_string(&p).map_err(|e| CommandError::Invalid(format!("cannot read {}: {e}", p.display())))?;
+            let cm = quantum_model::parse_manifest(&text).map_err(|_| CommandError::Invalid(format!("{}: invalid manifest", p.display())))?;
+            Ok((p, cm))
+        })
+        .collect()
+}
+
+/// Parameter values for a run: the given ones checked against their
+/// declared types, defaults for the rest, relative paths made absolute
+/// against `base`.
+pub fn resolve_params(m: &Manifest, mut given: HashMap<String, String>, base: &Path) -> Result<BTreeMap<String, String>, CommandError> {
+    let cell = m.name.as_str();
+    let mut out = BTreeMap::new();
+    let declared: Vec<&str> = m.params.keys().map(String::as_str).collect();
+    if let Some(unknown) = given.keys().find(|k| !m.params.contains_key(*k)) {
+        let takes = if declared.is_empty() { "it takes none".to_owned() } else { format!("it takes {}", declared.join(", ")) };
+        return Err(CommandError::Invalid(format!("cell \"{cell}\" has no parameter \"{unknown}\" ({takes})")));
+    }
+    for (name, spec) in &m.params {
+        let value = match given.remove(name).or_else(|| spec.default.clone()) {
+            Some(v) => v,
+            None => return Err(CommandError::Invalid(format!("cell \"{cell}\" needs parameter \"{name}\" ({}: {})", spec.kind, spec.description))),
+        };
+        spec.kind.check(&value).map_err(|e| CommandError::Invalid(format!("cell \"{cell}\", parameter \"{name}\": {e}")))?;
+        let value = if spec.kind == ParamType::Path && !value.starts_with('/') {
+            normalize(&base.join(&value))
+        } else {
+            value
+        };
+        out.insert(name.clone(), value);
+    }
+    Ok(out)
+}
+
+/// `/a/b/./c/..` -> `/a/b` without touching the file system.
+fn normalize(p: &Path) -> String {
+    let mut parts: Vec<&std::ffi::OsStr> = Vec::new();
+    for c in p.components() {
+        match c {
+            std::path::Component::Normal(s) => parts.push(s),
+            std::path::Component::ParentDir => {
+                parts.pop();
+            }
+            _ => {}
+        }
+    }
+    let mut s = String::from("/");
+    s.push_str(&parts.iter().map(|p| p.to_string_lossy()).collect::<Vec<_>>().join("/"));
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(src: &str) -> Manifest {
+        quantum_model::parse_manifest(src).unwrap()
+    }
+
+    const WEB: &str = r#"
+[cell]
+name = "web"
+version = "1.0.0"
+description = "serve"
+exec = ["/usr/bin/python3", "-m", "http.server", "--directory", "{dir}", "{port}"]
+[params.dir]
+type = "path"
+default = "."
+[params.port]
+type = "port"
+default = 8080
+[params.token]
+type = "string"
+"#;
+
+    #[test]
+    fn params_get_defaults_types_and_absolute_paths() {
+        let m = manifest(WEB);
+        let given = HashMap::from([("token".to_owned(), "x".to_owned()), ("dir".to_owned(), "../srv".to_owned())]);
+        let p = resolve_params(&m, given, Path::new("/home/u/work")).unwrap();
+        assert_eq!(p["dir"], "/home/u/srv");
+        assert_eq!(p["port"], "8080");
+
+        let err = resolve_params(&m, HashMap::new(), Path::new("/")).unwrap_err().to_string();
+        assert_eq!(err, "cell \"web\" needs parameter \"token\" (string: )");
+        let bad_port = HashMap::from([("token".to_owned(), "x".to_owned()), ("port".to_owned(), "http".to_owned())]);
+        let err = resolve_params(&m, bad_port, Path::new("/")).unwrap_err().to_string();
+        assert!(err.contains("parameter \"port\": \"http\" is not a port"), "{err}");
+        let unknown = HashMap::from([("prot".to_owned(), "1".to_owned())]);
+        let err = resolve_params(&m, unknown, Path::new("/")).unwrap_err().to_string();
+        assert_eq!(err, "cell \"web\" has no parameter \"prot\" (it takes dir, port, token)");
+    }
+
+    #[test]
+    fn restart_backoff_doubles_and_is_capped() {
+        assert_eq!(backoff(1), Duration::from_millis(500));
+        assert_eq!(backoff(2), Duration::from_secs(1));
+        assert_eq!(backoff(3), Duration::from_secs(2));
+        assert_eq!(backoff(50), Duration::from_secs(30));
+    }
+}

@@ -1,0 +1,46 @@
+//! The one internal command API of quantumd. The D-Bus interface decodes a
+//! call into a [`Command`] and forwards it to the main loop; tests and any
+//! later front end do the same.
+
+use std::collections::HashMap;
+
+use quantum_bus::{CellDetail, CellInfo};
+use tokio::sync::oneshot;
+
+pub type Reply<T> = oneshot::Sender<Result<T, CommandError>>;
+
+#[derive(Debug)]
+pub enum Command {
+    Run { source: String, params: HashMap<String, String>, cwd: String, reply: Reply<CellInfo> },
+    Stop { target: String, reply: Reply<Vec<String>> },
+    List { reply: Reply<Vec<CellInfo>> },
+    Inspect { target: String, reply: Reply<CellDetail> },
+}
+
+/// Why a command failed; the text names the cell and the cause.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CommandError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Refused(String),
+    #[error("{0}")]
+    Backend(String),
+    #[error("{0}")]
+    Denied(String),
+}
+
+/// The one mapping of internal errors to D-Bus errors.
+impl From<CommandError> for quantum_bus::Error {
+    fn from(e: CommandError) -> Self {
+        match e {
+            CommandError::NotFound(m) => quantum_bus::Error::NotFound(m),
+            CommandError::Invalid(m) => quantum_bus::Error::InvalidManifest(m),
+            CommandError::Refused(m) => quantum_bus::Error::Refused(m),
+            CommandError::Backend(m) => quantum_bus::Error::Backend(m),
+            CommandError::Denied(m) => quantum_bus::Error::AccessDenied(m),
+        }
+    }
+}

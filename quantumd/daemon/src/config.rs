@@ -1,0 +1,89 @@
+//! quantumd's configuration: `/etc/quantumos/quantumd.toml`, overridden by
+//! command-line flags. Every default is written down once, here.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub const DEFAULT_CONFIG: &str = "/etc/quantumos/quantumd.toml";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendChoice {
+    /// systemd when it is PID 1, cgroup v2 otherwise.
+    Auto,
+    Systemd,
+    Cgroup,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct Config {
+    /// Directory of catalog cells (`NAME/cell.toml`).
+    pub catalog: PathBuf,
+    /// Where instance records live (re-adoption after a restart).
+    pub state_dir: PathBuf,
+    pub backend: BackendChoice,
+    /// The slice every cell runs under (systemd backend).
+    pub cell_slice: String,
+    /// cgroup v2 mount used by the cgroup backend.
+    pub cgroup_root: PathBuf,
+    /// How long a cell stays refused after exceeding its restarts.
+    pub blacklist_seconds: u64,
+    /// How many ended instances `list` keeps showing.
+    pub keep_ended: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            catalog: PathBuf::from("/usr/share/quantumos/cells"),
+            state_dir: PathBuf::from("/var/lib/quantumd"),
+            backend: BackendChoice::Auto,
+            cell_slice: "quantum.slice".to_owned(),
+            cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+            blacklist_seconds: 600,
+            keep_ended: 64,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+}
+
+impl Config {
+    /// Reads `path`; a missing file at the default location means defaults.
+    pub fn load(path: &Path, required: bool) -> Result<Config, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => return Ok(Config::default()),
+            Err(source) => return Err(ConfigError::Read { path: path.to_owned(), source }),
+        };
+        toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.to_owned(), message: e.to_string().trim().to_owned() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_config_parses_and_unknown_keys_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("q.toml");
+        std::fs::write(&p, "backend = \"cgroup\"\nstate-dir = \"/tmp/x\"\n").unwrap();
+        let c = Config::load(&p, true).unwrap();
+        assert_eq!(c.backend, BackendChoice::Cgroup);
+        assert_eq!(c.state_dir, PathBuf::from("/tmp/x"));
+        std::fs::write(&p, "bakend = \"cgroup\"\n").unwrap();
+        let err = Config::load(&p, true).unwrap_err().to_string();
+        assert!(err.contains("unknown field `bakend`"), "{err}");
+        assert!(Config::load(&dir.path().join("missing"), false).is_ok());
+        assert!(Config::load(&dir.path().join("missing"), true).is_err());
+    }
+}

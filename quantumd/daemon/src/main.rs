@@ -1,0 +1,64 @@
+//! quantumd: parse the configuration, build the pieces, run the loop.
+
+mod catalog;
+mod cells;
+mod command;
+mod config;
+mod interface;
+mod logging;
+mod main_loop;
+mod polkit;
+mod runtime;
+mod store;
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use config::{BackendChoice, Config};
+
+/// The QuantumOS system daemon: assembles cells as resource-limited,
+/// sandboxed units and serves org.quantumos.Quantum1 on D-Bus.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+struct Args {
+    /// Configuration file.
+    #[arg(long, default_value = config::DEFAULT_CONFIG)]
+    config: PathBuf,
+    /// Serve on this bus instead of the system bus (tests, development).
+    #[arg(long, env = quantum_bus::BUS_ADDRESS_ENV, value_name = "ADDRESS")]
+    bus: Option<String>,
+    /// Runtime backend (overrides the configuration).
+    #[arg(long, value_enum)]
+    backend: Option<BackendChoice>,
+    /// State directory (overrides the configuration).
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Catalog directory (overrides the configuration).
+    #[arg(long, value_name = "DIR")]
+    catalog: Option<PathBuf>,
+    /// cgroup v2 mount for the cgroup backend (overrides the configuration).
+    #[arg(long, value_name = "DIR")]
+    cgroup_root: Option<PathBuf>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    logging::init();
+    let required = args.config != PathBuf::from(config::DEFAULT_CONFIG);
+    let mut config = Config::load(&args.config, required)?;
+    if let Some(b) = args.backend {
+        config.backend = b;
+    }
+    if let Some(d) = args.state_dir {
+        config.state_dir = d;
+    }
+    if let Some(d) = args.catalog {
+        config.catalog = d;
+    }
+    if let Some(d) = args.cgroup_root {
+        config.cgroup_root = d;
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(main_loop::serve(config, args.bus))
+}

@@ -1,0 +1,114 @@
+//! Start-up and the main loop: choose the backend, re-adopt running cells,
+//! take the bus name, tell systemd we are ready, then handle events until
+//! SIGTERM. Cells keep running when quantumd stops; the next quantumd
+//! re-adopts them.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+
+use crate::cells::{Cells, Event};
+use crate::config::{BackendChoice, Config};
+use crate::interface::Quantum1;
+use crate::polkit::Authorizer;
+use crate::runtime::{cgroup::CgroupRuntime, systemd::SystemdRuntime, Runtime, UnitEvent};
+use crate::store::Store;
+
+fn notify(state: &[sd_notify::NotifyState]) {
+    // Not running under systemd is fine; nothing to tell.
+    let _ = sd_notify::notify(state);
+}
+
+/// systemd is PID 1 when this directory exists (sd_booted()).
+fn systemd_booted() -> bool {
+    Path::new("/run/systemd/system").is_dir()
+}
+
+async fn build_runtime(config: &Config, events: mpsc::UnboundedSender<UnitEvent>) -> anyhow::Result<Runtime> {
+    let choice = match config.backend {
+        BackendChoice::Auto if systemd_booted() => BackendChoice::Systemd,
+        BackendChoice::Auto => BackendChoice::Cgroup,
+        other => other,
+    };
+    Ok(match choice {
+        BackendChoice::Systemd => Runtime::Systemd(
+            SystemdRuntime::connect(events, &config.cell_slice, Path::new("/sys/fs/cgroup"))
+                .await
+                .context("systemd backend")?,
+        ),
+        _ => Runtime::Cgroup(CgroupRuntime::new(&config.cgroup_root, events).context("cgroup backend")?),
+    })
+}
+
+pub async fn serve(config: Config, bus_address: Option<String>) -> anyhow::Result<()> {
+    let (unit_tx, mut unit_rx) = mpsc::unbounded_channel();
+    let runtime = build_runtime(&config, unit_tx).await?;
+    let backend = runtime.describe();
+    tracing::info!(backend = runtime.kind(), "{backend}");
+
+    let store = Store::open(&config.state_dir).with_context(|| format!("state directory {}", config.state_dir.display()))?;
+    let (event_tx, mut event_rx) = mpsc::unbounded_channel();
+    let mut cells = Cells::new(runtime, store, config, event_tx.clone());
+    let adopted = cells.readopt().await.context("re-adopting running cells")?;
+    if adopted > 0 {
+        tracing::info!(adopted, "re-adopted running cells");
+    }
+
+    let (cmd_tx, mut cmd_rx) = mpsc::channel(256);
+    let private = bus_address.is_some();
+    let builder = match &bus_address {
+        Some(addr) => zbus::connection::Builder::address(addr.as_str()).context("bus address")?,
+        None => zbus::connection::Builder::system().context("system bus")?,
+    };
+    let conn = builder.build().await.context("connecting to the bus")?;
+    let authorizer = if private {
+        tracing::warn!("private bus: access is governed by the bus alone, not polkit");
+        Authorizer::BusOnly
+    } else {
+        Authorizer::Polkit(conn.clone())
+    };
+    conn.object_server()
+        .at(quantum_bus::OBJECT_PATH, Quantum1 { commands: cmd_tx, authorizer, backend: backend.clone() })
+        .await
+        .context("exporting the interface")?;
+    conn.request_name(quantum_bus::BUS_NAME)
+        .await
+        .with_context(|| format!("taking the bus name {} (is another quantumd running, or does the D-Bus policy allow this user?)", quantum_bus::BUS_NAME))?;
+    cells.set_bus(conn.clone());
+
+    notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&format!("{} cells running; {}", cells.running_count(), backend))]);
+    tracing::info!(bus = bus_address.as_deref().unwrap_or("system"), "quantumd ready");
+
+    let watchdog = sd_notify::watchdog_enabled().is_some();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut last_count = usize::MAX;
+    loop {
+        let event = tokio::select! {
+            Some(c) = cmd_rx.recv() => Event::Command(c),
+            Some(u) = unit_rx.recv() => Event::Unit(u),
+            Some(e) = event_rx.recv() => e,
+            _ = tick.tick() => Event::Tick,
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        };
+        if matches!(event, Event::Tick) {
+            if watchdog {
+                notify(&[sd_notify::NotifyState::Watchdog]);
+            }
+            let n = cells.running_count();
+            if n != last_count {
+                last_count = n;
+                notify(&[sd_notify::NotifyState::Status(&format!("{n} cells running"))]);
+            }
+        }
+        cells.handle(event).await;
+    }
+    tracing::info!("quantumd stopping; cells keep running and will be re-adopted");
+    notify(&[sd_notify::NotifyState::Stopping]);
+    Ok(())
+}

@@ -1,0 +1,187 @@
+//! Runtime backends: how a cell instance becomes a running, limited process.
+//!
+//! Two implementations behind one set of operations: [`systemd`] (transient
+//! units over systemd's D-Bus API; the real one) and [`cgroup`] (cgroup v2
+//! directly, for hosts without systemd as PID 1). [`Runtime`] dispatches;
+//! everything above it is backend-neutral and speaks [`UnitSpec`].
+
+pub mod cgroup;
+pub mod spec;
+pub mod systemd;
+
+pub use spec::{unit_name, Limits, Sandbox, SliceSpec, UnitSpec};
+
+use tokio::sync::mpsc;
+
+/// How a unit's main process ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exit {
+    /// Exited on its own with this status.
+    Code(i32),
+    /// Killed by this signal.
+    Signal(i32),
+    /// Killed by the kernel's OOM killer (memory-max reached).
+    OutOfMemory,
+    /// Stopped or failed for a reason systemd gives ("timeout", ...).
+    Other(String),
+}
+
+impl Exit {
+    pub fn is_success(&self) -> bool {
+        matches!(self, Exit::Code(0))
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Exit::Code(0) => "exited successfully".to_owned(),
+            Exit::Code(c) => format!("exited with status {c}"),
+            Exit::Signal(s) => format!("killed by signal {}", signal_name(*s)),
+            Exit::OutOfMemory => "killed by the OOM killer: memory-max reached".to_owned(),
+            Exit::Other(r) => format!("failed: {r}"),
+        }
+    }
+
+    pub fn code(&self) -> i32 {
+        match self {
+            Exit::Code(c) => *c,
+            Exit::Signal(s) => 128 + s,
+            Exit::OutOfMemory => 128 + libc::SIGKILL,
+            Exit::Other(_) => -1,
+        }
+    }
+}
+
+fn signal_name(sig: i32) -> String {
+    let name = match sig {
+        libc::SIGHUP => "HUP",
+        libc::SIGINT => "INT",
+        libc::SIGQUIT => "QUIT",
+        libc::SIGABRT => "ABRT",
+        libc::SIGKILL => "KILL",
+        libc::SIGSEGV => "SEGV",
+        libc::SIGPIPE => "PIPE",
+        libc::SIGTERM => "TERM",
+        libc::SIGBUS => "BUS",
+        _ => return sig.to_string(),
+    };
+    name.to_owned()
+}
+
+/// A unit's main process ended.
+#[derive(Debug, Clone)]
+pub struct UnitEvent {
+    pub unit: String,
+    pub exit: Exit,
+}
+
+/// A unit found running under the cell slice (for re-adoption).
+#[derive(Debug, Clone)]
+pub struct LiveUnit {
+    pub unit: String,
+    pub pid: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("systemd refused {unit}: {message}")]
+    Systemd { unit: String, message: String },
+    #[error("systemd job for {unit} ended with result \"{result}\"")]
+    Job { unit: String, result: String },
+    #[error("cannot reach systemd on the system bus")]
+    Connect(#[source] zbus::Error),
+    #[error("{op} {path}")]
+    Cgroup { op: &'static str, path: String, source: std::io::Error },
+    #[error("cannot start {program}")]
+    Spawn { program: String, source: std::io::Error },
+}
+
+/// The backend in use; cheap to clone (shared state inside).
+#[derive(Clone)]
+pub enum Runtime {
+    Systemd(systemd::SystemdRuntime),
+    Cgroup(cgroup::CgroupRuntime),
+}
+
+impl Runtime {
+    /// One line saying which backend this is and what it cannot enforce.
+    pub fn describe(&self) -> String {
+        match self {
+            Runtime::Systemd(r) => r.describe(),
+            Runtime::Cgroup(r) => r.describe(),
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Runtime::Systemd(_) => "systemd",
+            Runtime::Cgroup(_) => "cgroup",
+        }
+    }
+
+    /// Creates the slice of a cell family (a parent and its children).
+    pub async fn start_slice(&self, slice: &SliceSpec) -> Result<(), RuntimeError> {
+        match self {
+            Runtime::Systemd(r) => r.start_slice(slice).await,
+            Runtime::Cgroup(r) => r.start_slice(slice),
+        }
+    }
+
+    pub async fn stop_slice(&self, name: &str) -> Result<(), RuntimeError> {
+        match self {
+            Runtime::Systemd(r) => r.stop_unit(name).await,
+            Runtime::Cgroup(r) => r.stop_slice(name),
+        }
+    }
+
+    /// Starts the unit and returns its main PID once the program runs.
+    pub async fn start(&self, spec: &UnitSpec) -> Result<u32, RuntimeError> {
+        match self {
+            Runtime::Systemd(r) => r.start(spec).await,
+            Runtime::Cgroup(r) => r.start(spec),
+        }
+    }
+
+    /// Stops the unit and waits until it is gone. Stopping a unit that is
+    /// already gone succeeds.
+    pub async fn stop(&self, unit: &str) -> Result<(), RuntimeError> {
+        match self {
+            Runtime::Systemd(r) => r.stop_unit(unit).await,
+            Runtime::Cgroup(r) => r.stop(unit).await,
+        }
+    }
+
+    /// Cell units that are running now.
+    pub async fn list(&self) -> Result<Vec<LiveUnit>, RuntimeError> {
+        match self {
+            Runtime::Systemd(r) => r.list().await,
+            Runtime::Cgroup(r) => r.list(),
+        }
+    }
+
+    /// Follows a unit this process did not start (re-adoption).
+    pub async fn adopt(&self, unit: &str) {
+        match self {
+            Runtime::Systemd(r) => r.watch(unit).await,
+            Runtime::Cgroup(r) => r.adopt(unit),
+        }
+    }
+
+    /// Total CPU time used by the unit, for idleness.
+    pub fn cpu_usage_usec(&self, unit: &str, slice: &str) -> Option<u64> {
+        match self {
+            Runtime::Systemd(r) => r.cpu_usage_usec(unit, slice),
+            Runtime::Cgroup(r) => r.cpu_usage_usec(unit),
+        }
+    }
+
+    /// The backend's own names and values for what `spec` asks, for inspect.
+    pub fn properties(&self, spec: &UnitSpec) -> Vec<(String, String)> {
+        match self {
+            Runtime::Systemd(_) => systemd::describe_properties(spec),
+            Runtime::Cgroup(r) => r.describe_properties(spec),
+        }
+    }
+}
+
+/// A channel of unit events from the backend to the main loop.
+pub type EventSender = mpsc::UnboundedSender<UnitEvent>;

@@ -1,0 +1,108 @@
+//! The backend-neutral description of one cell instance's unit, built from a
+//! validated manifest and the parameters of this run.
+
+use std::collections::BTreeMap;
+
+use quantum_model::{Manifest, Network, UserMode};
+
+/// Resource limits, already converted to the units systemd and cgroupfs use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    pub memory_min: u64,
+    pub memory_max: u64,
+    /// CPU quota in hundredths of a core (50 = 50 %).
+    pub cpu_quota_centis: u32,
+    pub cpu_weight: u64,
+    pub io_weight: u64,
+    pub tasks_max: u64,
+}
+
+impl Limits {
+    pub fn of(m: &Manifest) -> Limits {
+        let r = &m.resources;
+        Limits {
+            memory_min: r.memory_min.bytes(),
+            memory_max: r.memory_max.bytes(),
+            cpu_quota_centis: r.cpu_max.centis(),
+            cpu_weight: r.cpu_weight(),
+            io_weight: u64::from(r.io_weight),
+            tasks_max: u64::from(r.tasks_max),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sandbox {
+    pub user: UserMode,
+    pub network: Network,
+    pub readable: Vec<String>,
+    pub writable: Vec<String>,
+    /// Paths the cell must never see (quantumd's own state).
+    pub inaccessible: Vec<String>,
+}
+
+/// A slice holding a cell family: a parent cell and its children share it,
+/// and the parent's limits apply to the family as a whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SliceSpec {
+    pub name: String,
+    pub parent: String,
+    pub description: String,
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnitSpec {
+    pub instance: String,
+    pub cell: String,
+    /// `quantum-<cell>.<n>.service`.
+    pub unit: String,
+    pub slice: String,
+    pub description: String,
+    /// After parameter substitution; argv[0] is the program.
+    pub argv: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub limits: Limits,
+    pub sandbox: Sandbox,
+}
+
+/// `quantum-<cell>.<n>.service` for instance `<cell>.<n>`.
+pub fn unit_name(instance: &str) -> String {
+    format!("quantum-{instance}.service")
+}
+
+/// The instance id back from a unit name, if it is one of ours.
+pub fn instance_of_unit(unit: &str) -> Option<&str> {
+    let id = unit.strip_prefix("quantum-")?.strip_suffix(".service")?;
+    let (cell, n) = id.rsplit_once('.')?;
+    (!cell.is_empty() && n.parse::<u64>().is_ok()).then_some(id)
+}
+
+/// Slice name for the family of instance `id` under `parent_slice`:
+/// systemd reads '-' in slice names as nesting, so the id's dashes are
+/// escaped as `\x2d`.
+pub fn family_slice(parent_slice: &str, id: &str) -> String {
+    let base = parent_slice.strip_suffix(".slice").unwrap_or(parent_slice);
+    format!("{base}-{}.slice", id.replace('-', "\\x2d"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unit_names_round_trip_to_instance_ids() {
+        let u = unit_name("web-server.12");
+        assert_eq!(u, "quantum-web-server.12.service");
+        assert_eq!(instance_of_unit(&u), Some("web-server.12"));
+        assert_eq!(instance_of_unit("quantum-x.service"), None);
+        assert_eq!(instance_of_unit("sshd.service"), None);
+        assert_eq!(instance_of_unit("quantum-.3.service"), None);
+    }
+
+    #[test]
+    fn family_slices_nest_under_the_cell_slice() {
+        assert_eq!(family_slice("quantum.slice", "web-app.3"), "quantum-web\\x2dapp.3.slice");
+        assert_eq!(family_slice("quantum-a.1.slice", "b.2"), "quantum-a.1-b.2.slice");
+    }
+}

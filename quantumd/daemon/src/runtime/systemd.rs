@@ -1,0 +1,488 @@
+//! The systemd backend: each cell instance is a transient service started
+//! with `StartTransientUnit` on the system bus, in the cell slice. Unit state
+//! is followed through systemd's signals (`JobRemoved`, `PropertiesChanged`),
+//! never by polling.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use futures_util::StreamExt;
+use tokio::sync::oneshot;
+use zbus::zvariant::{OwnedObjectPath, OwnedValue, Value};
+
+use super::spec::{Limits, SliceSpec, UnitSpec};
+use super::{EventSender, Exit, LiveUnit, RuntimeError, UnitEvent};
+use quantum_model::{Network, UserMode};
+
+#[zbus::proxy(
+    interface = "org.freedesktop.systemd1.Manager",
+    default_service = "org.freedesktop.systemd1",
+    default_path = "/org/freedesktop/systemd1",
+    gen_blocking = false
+)]
+trait Manager {
+    fn start_transient_unit(
+        &self,
+        name: &str,
+        mode: &str,
+        properties: &[(&str, Value<'_>)],
+        aux: &[(&str, &[(&str, Value<'_>)])],
+    ) -> zbus::Result<OwnedObjectPath>;
+    fn stop_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+    fn reset_failed_unit(&self, name: &str) -> zbus::Result<()>;
+    #[allow(clippy::type_complexity)]
+    fn list_units_by_patterns(
+        &self,
+        states: &[&str],
+        patterns: &[&str],
+    ) -> zbus::Result<Vec<(String, String, String, String, String, String, OwnedObjectPath, u32, String, OwnedObjectPath)>>;
+    fn subscribe(&self) -> zbus::Result<()>;
+    #[zbus(signal)]
+    fn job_removed(&self, id: u32, job: zbus::zvariant::ObjectPath<'_>, unit: &str, result: &str) -> zbus::Result<()>;
+}
+
+/// What a finished job reported, kept until its starter asks (the signal can
+/// arrive before `StartTransientUnit` has even returned the job path).
+enum JobSlot {
+    Waiting(oneshot::Sender<String>),
+    Done(String),
+}
+
+/// Last known exit facts of a watched unit, from Service PropertiesChanged.
+#[derive(Default, Clone)]
+struct ServiceFacts {
+    result: Option<String>,
+    code: Option<i32>,
+    status: Option<i32>,
+}
+
+struct Shared {
+    jobs: Mutex<HashMap<String, JobSlot>>,
+    /// Watched units by object path.
+    watched: Mutex<HashMap<String, (String, ServiceFacts)>>,
+}
+
+#[derive(Clone)]
+pub struct SystemdRuntime {
+    conn: zbus::Connection,
+    manager: ManagerProxy<'static>,
+    shared: Arc<Shared>,
+    cell_slice: String,
+    cgroup_root: std::path::PathBuf,
+}
+
+/// `sd_bus_path_encode`: every byte outside [A-Za-z0-9] becomes `_xx`.
+fn unit_path(unit: &str) -> String {
+    let mut p = String::from("/org/freedesktop/systemd1/unit/");
+    for (i, b) in unit.bytes().enumerate() {
+        if b.is_ascii_alphabetic() || (b.is_ascii_digit() && i > 0) {
+            p.push(b as char);
+        } else {
+            p.push_str(&format!("_{b:02x}"));
+        }
+    }
+    p
+}
+
+impl SystemdRuntime {
+    /// Connects to systemd on the system bus and starts following its signals.
+    pub async fn connect(events: EventSender, cell_slice: &str, cgroup_root: &std::path::Path) -> Result<Self, RuntimeError> {
+        let conn = zbus::Connection::system().await.map_err(RuntimeError::Connect)?;
+        let manager = ManagerProxy::new(&conn).await.map_err(RuntimeError::Connect)?;
+        let shared = Arc::new(Shared { jobs: Mutex::default(), watched: Mutex::default() });
+
+        let mut jobs = manager.receive_job_removed().await.map_err(RuntimeError::Connect)?;
+        let rule = zbus::MatchRule::builder()
+            .msg_type(zbus::message::Type::Signal)
+            .sender("org.freedesktop.systemd1")
+            .and_then(|b| b.interface("org.freedesktop.DBus.Properties"))
+            .and_then(|b| b.member("PropertiesChanged"))
+            .and_then(|b| b.path_namespace("/org/freedesktop/systemd1/unit"))
+            .map_err(RuntimeError::Connect)?
+            .build();
+        let mut changes = zbus::MessageStream::for_match_rule(rule, &conn, Some(1024)).await.map_err(RuntimeError::Connect)?;
+        // systemd only broadcasts unit signals while someone has subscribed.
+        manager.subscribe().await.map_err(RuntimeError::Connect)?;
+
+        let js = shared.clone();
+        tokio::spawn(async move {
+            while let Some(sig) = jobs.next().await {
+                let Ok(args) = sig.args() else { continue };
+                let job = args.job().to_string();
+                let result = args.result().to_string();
+                let mut map = js.jobs.lock().unwrap_or_else(|e| e.into_inner());
+                match map.remove(&job) {
+                    Some(JobSlot::Waiting(tx)) => {
+                        let _ = tx.send(result);
+                    }
+                    _ => {
+                        map.insert(job, JobSlot::Done(result));
+                    }
+                }
+            }
+        });
+
+        let me = SystemdRuntime {
+            conn: conn.clone(),
+            manager: manager.clone(),
+            shared: shared.clone(),
+            cell_slice: cell_slice.to_owned(),
+            cgroup_root: cgroup_root.to_owned(),
+        };
+        let watcher = me.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(msg)) = changes.next().await {
+                watcher.on_properties_changed(&msg, &events).await;
+            }
+            tracing::error!("lost systemd's PropertiesChanged stream; cell exits are no longer seen");
+        });
+        Ok(me)
+    }
+
+    pub fn describe(&self) -> String {
+        format!("systemd: cells run as transient services in {}; every limit and sandbox setting is enforced by systemd", self.cell_slice)
+    }
+
+    async fn on_properties_changed(&self, msg: &zbus::Message, events: &EventSender) {
+        let header = msg.header();
+        let Some(path) = header.path().map(|p| p.to_string()) else { return };
+        let body = msg.body();
+        let Ok((iface, changed, _invalid)) = body.deserialize::<(String, HashMap<String, OwnedValue>, Vec<String>)>() else { return };
+        let ended = {
+            let mut watched = self.shared.watched.lock().unwrap_or_else(|e| e.into_inner());
+            let Some((_, facts)) = watched.get_mut(&path) else { return };
+            match iface.as_str() {
+                "org.freedesktop.systemd1.Service" => {
+                    if let Some(v) = changed.get("Result").and_then(|v| String::try_from(v.clone()).ok()) {
+                        facts.result = Some(v);
+                    }
+                    if let Some(v) = changed.get("ExecMainCode").and_then(|v| i32::try_from(v.clone()).ok()) {
+                        facts.code = Some(v);
+                    }
+                    if let Some(v) = changed.get("ExecMainStatus").and_then(|v| i32::try_from(v.clone()).ok()) {
+                        facts.status = Some(v);
+                    }
+                    false
+                }
+                "org.freedesktop.systemd1.Unit" => {
+                    let state = changed.get("ActiveState").and_then(|v| String::try_from(v.clone()).ok());
+                    matches!(state.as_deref(), Some("inactive" | "failed"))
+                }
+                _ => false,
+            }
+        };
+        if !ended {
+            return;
+        }
+        // The unit may be garbage-collected any moment now; ask for the
+        // final facts and fall back to what the signals already said.
+        let fresh = self.service_facts(&path).await;
+        let Some((unit, cached)) = self.shared.watched.lock().unwrap_or_else(|e| e.into_inner()).remove(&path) else { return };
+        let facts = fresh.unwrap_or(cached);
+        let exit = exit_from(&facts);
+        if !exit.is_success() {
+            // A failed unit stays loaded until reset; reset it so the name
+            // can be used again for a restart.
+            let _ = self.manager.reset_failed_unit(&unit).await;
+        }
+        let _ = events.send(UnitEvent { unit, exit });
+    }
+
+    async fn service_facts(&self, path: &str) -> Option<ServiceFacts> {
+        let props = zbus::fdo::PropertiesProxy::builder(&self.conn)
+            .destination("org.freedesktop.systemd1")
+            .ok()?
+            .path(path.to_owned())
+            .ok()?
+            .build()
+            .await
+            .ok()?;
+        let all = props.get_all("org.freedesktop.systemd1.Service".try_into().ok()?).await.ok()?;
+        Some(ServiceFacts {
+            result: all.get("Result").and_then(|v| String::try_from(v.clone()).ok()),
+            code: all.get("ExecMainCode").and_then(|v| i32::try_from(v.clone()).ok()),
+            status: all.get("ExecMainStatus").and_then(|v| i32::try_from(v.clone()).ok()),
+        })
+    }
+
+    /// Starts following `unit`'s state (after a restart of quantumd).
+    pub async fn watch(&self, unit: &str) {
+        self.shared.watched.lock().unwrap_or_else(|e| e.into_inner()).insert(unit_path(unit), (unit.to_owned(), ServiceFacts::default()));
+        // It may have ended between the listing and now.
+        let state = self.unit_state(unit).await;
+        if matches!(state.as_deref(), Some("inactive" | "failed") | None) {
+            tracing::debug!(unit, ?state, "adopted unit already ended");
+        }
+    }
+
+    async fn unit_state(&self, unit: &str) -> Option<String> {
+        let props = zbus::fdo::PropertiesProxy::builder(&self.conn)
+            .destination("org.freedesktop.systemd1")
+            .ok()?
+            .path(unit_path(unit))
+            .ok()?
+            .build()
+            .await
+            .ok()?;
+        let v = props.get("org.freedesktop.systemd1.Unit".try_into().ok()?, "ActiveState").await.ok()?;
+        String::try_from(v).ok()
+    }
+
+    async fn main_pid(&self, unit: &str) -> u32 {
+        let Ok(b) = zbus::fdo::PropertiesProxy::builder(&self.conn).destination("org.freedesktop.systemd1") else { return 0 };
+        let Ok(b) = b.path(unit_path(unit)) else { return 0 };
+        let Ok(props) = b.build().await else { return 0 };
+        let Ok(iface) = "org.freedesktop.systemd1.Service".try_into() else { return 0 };
+        props.get(iface, "MainPID").await.ok().and_then(|v| u32::try_from(v).ok()).unwrap_or(0)
+    }
+
+    /// Waits for the job at `job` to finish; returns its result string.
+    async fn wait_job(&self, job: &OwnedObjectPath) -> String {
+        let rx = {
+            let mut map = self.shared.jobs.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(JobSlot::Done(result)) = map.remove(job.as_str()) {
+                return result;
+            }
+            let (tx, rx) = oneshot::channel();
+            map.insert(job.to_string(), JobSlot::Waiting(tx));
+            rx
+        };
+        rx.await.unwrap_or_else(|_| "lost".to_owned())
+    }
+
+    pub async fn start_slice(&self, slice: &SliceSpec) -> Result<(), RuntimeError> {
+        let mut props = vec![("Description", Value::from(slice.description.clone())), ("Slice", Value::from(slice.parent.clone()))];
+        props.extend(limit_properties(&slice.limits));
+        let job = self
+            .manager
+            .start_transient_unit(&slice.name, "fail", &props, &[])
+            .await
+            .map_err(|e| RuntimeError::Systemd { unit: slice.name.clone(), message: dbus_message(&e) })?;
+        match self.wait_job(&job).await.as_str() {
+            "done" => Ok(()),
+            other => Err(RuntimeError::Job { unit: slice.name.clone(), result: other.to_owned() }),
+        }
+    }
+
+    pub async fn start(&self, spec: &UnitSpec) -> Result<u32, RuntimeError> {
+        let props = unit_properties(spec);
+        let path = unit_path(&spec.unit);
+        self.shared.watched.lock().unwrap_or_else(|e| e.into_inner()).insert(path.clone(), (spec.unit.clone(), ServiceFacts::default()));
+        let job = match self.manager.start_transient_unit(&spec.unit, "fail", &props, &[]).await {
+            Ok(job) => job,
+            Err(e) => {
+                self.shared.watched.lock().unwrap_or_else(|e| e.into_inner()).remove(&path);
+                return Err(RuntimeError::Systemd { unit: spec.unit.clone(), message: dbus_message(&e) });
+            }
+        };
+        match self.wait_job(&job).await.as_str() {
+            "done" => Ok(self.main_pid(&spec.unit).await),
+            other => {
+                self.shared.watched.lock().unwrap_or_else(|e| e.into_inner()).remove(&path);
+                let _ = self.manager.reset_failed_unit(&spec.unit).await;
+                Err(RuntimeError::Job { unit: spec.unit.clone(), result: other.to_owned() })
+            }
+        }
+    }
+
+    pub async fn stop_unit(&self, unit: &str) -> Result<(), RuntimeError> {
+        match self.manager.stop_unit(unit, "replace").await {
+            Ok(job) => {
+                let result = self.wait_job(&job).await;
+                if result != "done" {
+                    tracing::warn!(unit, result, "stop job did not finish cleanly");
+                }
+                Ok(())
+            }
+            Err(zbus::Error::MethodError(name, _, _)) if name.as_str() == "org.freedesktop.systemd1.NoSuchUnit" => Ok(()),
+            Err(e) => Err(RuntimeError::Systemd { unit: unit.to_owned(), message: dbus_message(&e) }),
+        }
+    }
+
+    pub async fn list(&self) -> Result<Vec<LiveUnit>, RuntimeError> {
+        let units = self
+            .manager
+            .list_units_by_patterns(&["active", "activating", "reloading"], &["quantum-*.service"])
+            .await
+            .map_err(|e| RuntimeError::Systemd { unit: "quantum-*.service".into(), message: dbus_message(&e) })?;
+        let mut out = Vec::new();
+        for u in units {
+            let pid = self.main_pid(&u.0).await;
+            out.push(LiveUnit { unit: u.0, pid });
+        }
+        Ok(out)
+    }
+
+    pub fn cpu_usage_usec(&self, unit: &str, slice: &str) -> Option<u64> {
+        let path = self.cgroup_root.join(slice_path(slice)).join(unit).join("cpu.stat");
+        super::cgroup::read_usage_usec(&path)
+    }
+
+}
+
+/// `a-b-c.slice` lives at `a.slice/a-b.slice/a-b-c.slice` in the cgroup tree.
+pub fn slice_path(slice: &str) -> std::path::PathBuf {
+    let base = slice.strip_suffix(".slice").unwrap_or(slice);
+    let mut path = std::path::PathBuf::new();
+    let mut prefix = String::new();
+    for part in base.split('-') {
+        if !prefix.is_empty() {
+            prefix.push('-');
+        }
+        prefix.push_str(part);
+        path.push(format!("{prefix}.slice"));
+    }
+    path
+}
+
+fn exit_from(f: &ServiceFacts) -> Exit {
+    // ExecMainCode is a CLD_* code: 1 exited, 2 killed, 3 dumped.
+    match (f.result.as_deref(), f.code, f.status) {
+        (Some("oom-kill"), _, _) => Exit::OutOfMemory,
+        (_, Some(1), Some(status)) => Exit::Code(status),
+        (_, Some(2 | 3), Some(sig)) => Exit::Signal(sig),
+        (Some("success") | None, _, _) => Exit::Code(0),
+        (Some(other), _, _) => Exit::Other(other.to_owned()),
+    }
+}
+
+/// The error text of a D-Bus error without its name.
+fn dbus_message(e: &zbus::Error) -> String {
+    match e {
+        zbus::Error::MethodError(name, Some(desc), _) => format!("{desc} ({name})"),
+        other => other.to_string(),
+    }
+}
+
+fn limit_properties(l: &Limits) -> Vec<(&'static str, Value<'static>)> {
+    vec![
+        ("MemoryAccounting", Value::from(true)),
+        ("MemoryMin", Value::from(l.memory_min)),
+        ("MemoryMax", Value::from(l.memory_max)),
+        ("CPUAccounting", Value::from(true)),
+        ("CPUQuotaPerSecUSec", Value::from(u64::from(l.cpu_quota_centis) * 10_000)),
+        ("CPUWeight", Value::from(l.cpu_weight)),
+        ("IOAccounting", Value::from(true)),
+        ("IOWeight", Value::from(l.io_weight)),
+        ("TasksAccounting", Value::from(true)),
+        ("TasksMax", Value::from(l.tasks_max)),
+    ]
+}
+
+/// Every property of the transient service for `spec`.
+pub fn unit_properties(spec: &UnitSpec) -> Vec<(&'static str, Value<'static>)> {
+    let sb = &spec.sandbox;
+    let exec: Vec<(String, Vec<String>, bool)> = vec![(spec.argv[0].clone(), spec.argv.clone(), false)];
+    let env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let mut p: Vec<(&'static str, Value<'static>)> = vec![
+        ("Description", Value::from(spec.description.clone())),
+        ("Slice", Value::from(spec.slice.clone())),
+        ("Type", Value::from("exec")),
+        ("ExecStart", Value::from(exec)),
+        ("Environment", Value::from(env)),
+        ("CollectMode", Value::from("inactive")),
+        ("TimeoutStopUSec", Value::from(5_000_000u64)),
+        ("NoNewPrivileges", Value::from(true)),
+        ("ProtectSystem", Value::from("strict")),
+        ("ProtectHome", Value::from("yes")),
+        ("PrivateTmp", Value::from(true)),
+        ("PrivateDevices", Value::from(true)),
+        ("ProtectKernelTunables", Value::from(true)),
+        ("ProtectKernelModules", Value::from(true)),
+        ("ProtectKernelLogs", Value::from(true)),
+        ("ProtectControlGroups", Value::from(true)),
+        ("ProtectClock", Value::from(true)),
+        ("RestrictSUIDSGID", Value::from(true)),
+        ("RestrictRealtime", Value::from(true)),
+        ("LockPersonality", Value::from(true)),
+    ];
+    p.extend(limit_properties(&spec.limits));
+    if sb.user == UserMode::Dynamic {
+        p.push(("DynamicUser", Value::from(true)));
+    }
+    match sb.network {
+        Network::None => p.push(("PrivateNetwork", Value::from(true))),
+        Network::Loopback => {
+            // IPAddressAllow/Deny: (family, address bytes, prefix length).
+            let allow: Vec<(i32, Vec<u8>, u32)> =
+                vec![(libc::AF_INET, vec![127, 0, 0, 0], 8), (libc::AF_INET6, [0u8; 15].iter().copied().chain([1]).collect(), 128)];
+            let deny: Vec<(i32, Vec<u8>, u32)> = vec![(libc::AF_INET, vec![0; 4], 0), (libc::AF_INET6, vec![0; 16], 0)];
+            p.push(("IPAddressAllow", Value::from(allow)));
+            p.push(("IPAddressDeny", Value::from(deny)));
+        }
+        Network::Host => {}
+    }
+    let binds = |paths: &[String]| -> Vec<(String, String, bool, u64)> { paths.iter().map(|s| (s.clone(), s.clone(), false, 0)).collect() };
+    if !sb.readable.is_empty() {
+        p.push(("BindReadOnlyPaths", Value::from(binds(&sb.readable))));
+    }
+    if !sb.writable.is_empty() {
+        p.push(("BindPaths", Value::from(binds(&sb.writable))));
+    }
+    if !sb.inaccessible.is_empty() {
+        p.push(("InaccessiblePaths", Value::from(sb.inaccessible.iter().map(|s| format!("-{s}")).collect::<Vec<_>>())));
+    }
+    p
+}
+
+/// The properties as `systemctl show` would name them, for inspect.
+pub fn describe_properties(spec: &UnitSpec) -> Vec<(String, String)> {
+    let l = &spec.limits;
+    let sb = &spec.sandbox;
+    let mut v = vec![
+        ("Slice".to_owned(), spec.slice.clone()),
+        ("MemoryMin".to_owned(), l.memory_min.to_string()),
+        ("MemoryMax".to_owned(), l.memory_max.to_string()),
+        ("CPUQuota".to_owned(), format!("{}%", l.cpu_quota_centis)),
+        ("CPUWeight".to_owned(), l.cpu_weight.to_string()),
+        ("IOWeight".to_owned(), l.io_weight.to_string()),
+        ("TasksMax".to_owned(), l.tasks_max.to_string()),
+        ("DynamicUser".to_owned(), (sb.user == UserMode::Dynamic).to_string()),
+        ("PrivateNetwork".to_owned(), (sb.network == Network::None).to_string()),
+        ("NoNewPrivileges".to_owned(), "true".to_owned()),
+        ("ProtectSystem".to_owned(), "strict".to_owned()),
+        ("ProtectHome".to_owned(), "yes".to_owned()),
+        ("PrivateTmp".to_owned(), "true".to_owned()),
+    ];
+    if sb.network == Network::Loopback {
+        v.push(("IPAddressAllow".to_owned(), "127.0.0.0/8 ::1/128".to_owned()));
+        v.push(("IPAddressDeny".to_owned(), "any".to_owned()));
+    }
+    if !sb.readable.is_empty() {
+        v.push(("BindReadOnlyPaths".to_owned(), sb.readable.join(" ")));
+    }
+    if !sb.writable.is_empty() {
+        v.push(("BindPaths".to_owned(), sb.writable.join(" ")));
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unit_paths_are_escaped_like_sd_bus() {
+        assert_eq!(unit_path("quantum-web-server.1.service"), "/org/freedesktop/systemd1/unit/quantum_2dweb_2dserver_2e1_2eservice");
+        assert_eq!(unit_path("1a.service"), "/org/freedesktop/systemd1/unit/_31a_2eservice");
+    }
+
+    #[test]
+    fn slices_map_to_nested_cgroup_directories() {
+        assert_eq!(slice_path("quantum.slice"), std::path::PathBuf::from("quantum.slice"));
+        assert_eq!(
+            slice_path("quantum-app.1.slice"),
+            std::path::PathBuf::from("quantum.slice/quantum-app.1.slice")
+        );
+    }
+
+    #[test]
+    fn exit_facts_map_to_exits() {
+        let f = |r: &str, c, s| ServiceFacts { result: Some(r.into()), code: Some(c), status: Some(s) };
+        assert_eq!(exit_from(&f("success", 1, 0)), Exit::Code(0));
+        assert_eq!(exit_from(&f("exit-code", 1, 3)), Exit::Code(3));
+        assert_eq!(exit_from(&f("signal", 2, 9)), Exit::Signal(9));
+        assert_eq!(exit_from(&f("oom-kill", 2, 9)), Exit::OutOfMemory);
+        assert_eq!(exit_from(&ServiceFacts::default()), Exit::Code(0));
+    }
+}

@@ -1,0 +1,137 @@
+//! Instance records under `<state-dir>/instances/`: written before a unit is
+//! started and removed when it is gone, so that a quantumd killed at any
+//! moment finds every unit it owns when it comes back.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Record {
+    pub instance: String,
+    pub cell: String,
+    pub unit: String,
+    pub slice: String,
+    pub manifest_path: PathBuf,
+    pub params: BTreeMap<String, String>,
+    pub parent: Option<String>,
+    /// Needed instances this one started or reuses.
+    pub needs: Vec<String>,
+    /// Started only because another cell needed it.
+    pub auto_started: bool,
+    /// The slice of this instance's family, when it has children.
+    pub family_slice: Option<String>,
+    pub started_usec: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot {op} {path}")]
+    Io { op: &'static str, path: PathBuf, source: std::io::Error },
+}
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    dir: PathBuf,
+}
+
+impl Store {
+    pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
+        let dir = state_dir.join("instances");
+        fs::create_dir_all(&dir).map_err(|source| StoreError::Io { op: "create", path: dir.clone(), source })?;
+        Ok(Store { dir })
+    }
+
+    fn path(&self, instance: &str) -> PathBuf {
+        self.dir.join(format!("{instance}.json"))
+    }
+
+    /// Writes a record atomically: a crash leaves the old one or the new one.
+    pub fn save(&self, r: &Record) -> Result<(), StoreError> {
+        let path = self.path(&r.instance);
+        let tmp = path.with_extension("json.tmp");
+        let io = |op, source| StoreError::Io { op, path: tmp.clone(), source };
+        let data = serde_json::to_vec_pretty(r).map_err(|e| io("encode", std::io::Error::other(e)))?;
+        let mut f = fs::File::create(&tmp).map_err(|e| io("create", e))?;
+        f.write_all(&data).map_err(|e| io("write", e))?;
+        f.sync_all().map_err(|e| io("sync", e))?;
+        fs::rename(&tmp, &path).map_err(|source| StoreError::Io { op: "rename", path: path.clone(), source })
+    }
+
+    pub fn remove(&self, instance: &str) {
+        let path = self.path(instance);
+        if let Err(e) = fs::remove_file(&path) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove instance record");
+            }
+        }
+    }
+
+    /// Every readable record; unreadable ones are reported and set aside
+    /// (renamed `.bad`), never silently dropped.
+    pub fn load_all(&self) -> Vec<Record> {
+        let mut out = Vec::new();
+        let Ok(rd) = fs::read_dir(&self.dir) else { return out };
+        for e in rd.flatten() {
+            let p = e.path();
+            match p.extension().and_then(|x| x.to_str()) {
+                Some("json") => {}
+                Some("tmp") => {
+                    let _ = fs::remove_file(&p);
+                    continue;
+                }
+                _ => continue,
+            }
+            match fs::read(&p).map_err(|e| e.to_string()).and_then(|d| serde_json::from_slice::<Record>(&d).map_err(|e| e.to_string())) {
+                Ok(r) => out.push(r),
+                Err(e) => {
+                    tracing::error!(path = %p.display(), error = %e, "unreadable instance record, set aside as .bad");
+                    let _ = fs::rename(&p, p.with_extension("bad"));
+                }
+            }
+        }
+        out.sort_by(|a, b| a.instance.cmp(&b.instance));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str) -> Record {
+        Record {
+            instance: id.into(),
+            cell: "web".into(),
+            unit: format!("quantum-{id}.service"),
+            slice: "quantum.slice".into(),
+            manifest_path: "/x/cell.toml".into(),
+            params: BTreeMap::from([("port".into(), "8080".into())]),
+            parent: None,
+            needs: vec![],
+            auto_started: false,
+            family_slice: None,
+            started_usec: 1,
+        }
+    }
+
+    #[test]
+    fn records_survive_a_reload_and_corrupt_ones_are_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        s.save(&record("web.1")).unwrap();
+        s.save(&record("web.2")).unwrap();
+        fs::write(dir.path().join("instances/web.3.json"), b"{ torn").unwrap();
+        fs::write(dir.path().join("instances/web.4.json.tmp"), b"partial").unwrap();
+        let loaded = s.load_all();
+        assert_eq!(loaded, vec![record("web.1"), record("web.2")]);
+        assert!(dir.path().join("instances/web.3.bad").exists());
+        assert!(!dir.path().join("instances/web.4.json.tmp").exists());
+        s.remove("web.1");
+        assert_eq!(s.load_all(), vec![record("web.2")]);
+    }
+}

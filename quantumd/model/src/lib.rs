@@ -1,0 +1,23 @@
+//! The QuantumOS data model: cell manifests (`cell.toml`), their validated
+//! value types, and the diagnostics validation produces.
+//!
+//! Architecture invariant: this crate does no I/O and knows nothing of D-Bus,
+//! systemd or cgroups. Whatever must be read from disk (child manifests) is
+//! handed in by the caller through a loader closure, so the same checks run
+//! in `quantumctl validate`, in quantumd and in the fuzzer.
+
+pub mod diagnostic;
+pub mod manifest;
+mod parse;
+pub mod placeholder;
+pub mod set;
+pub mod units;
+
+pub use diagnostic::{Diagnostic, Located, SourceMap};
+pub use manifest::{
+    Artifact, CellName, ChildRef, Isolation, Lifecycle, Manifest, Network, ParamSpec, ParamType,
+    Program, Resources, Restart, UserMode,
+};
+pub use parse::parse_manifest;
+pub use set::{validate_set, ManifestSource, ValidatedSet};
+pub use units::{ByteSize, CpuCores, Duration};

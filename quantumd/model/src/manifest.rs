@@ -1,0 +1,325 @@
+//! The typed cell manifest. Values here are already validated; the defaults
+//! of every optional key are written down once, in the `Default` impls below.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::units::{ByteSize, CpuCores, Duration};
+
+/// A cell name: 1-63 characters of `[a-z0-9-]`, starting with a letter.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct CellName(String);
+
+impl CellName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a valid cell name: use 1-63 characters of a-z, 0-9 and '-', starting with a letter")]
+pub struct CellNameError(pub String);
+
+impl FromStr for CellName {
+    type Err = CellNameError;
+    fn from_str(s: &str) -> Result<Self, CellNameError> {
+        let ok = (1..=63).contains(&s.len())
+            && s.starts_with(|c: char| c.is_ascii_lowercase())
+            && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if ok {
+            Ok(CellName(s.to_owned()))
+        } else {
+            Err(CellNameError(s.to_owned()))
+        }
+    }
+}
+
+impl TryFrom<String> for CellName {
+    type Error = CellNameError;
+    fn try_from(s: String) -> Result<Self, CellNameError> {
+        s.parse()
+    }
+}
+
+impl From<CellName> for String {
+    fn from(n: CellName) -> String {
+        n.0
+    }
+}
+
+impl fmt::Display for CellName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A parsed and validated `cell.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Manifest {
+    pub name: CellName,
+    pub version: semver::Version,
+    pub description: String,
+    pub capabilities: Vec<String>,
+    pub program: Program,
+    pub params: BTreeMap<String, ParamSpec>,
+    pub resources: Resources,
+    pub lifecycle: Lifecycle,
+    pub isolation: Isolation,
+    /// `[needs] cells`: started before this cell and stopped after it.
+    pub needs: Vec<CellName>,
+    pub children: Vec<ChildRef>,
+}
+
+/// What the cell runs: a command line, or a content-addressed artifact
+/// shipped in its bundle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Program {
+    Exec(Vec<String>),
+    Artifact(Artifact),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Artifact {
+    /// Path relative to the bundle root.
+    pub path: String,
+    /// Lower-case hex of the BLAKE3 digest.
+    pub blake3: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ParamType {
+    Path,
+    Port,
+    String,
+    Integer,
+    Duration,
+    Size,
+}
+
+impl ParamType {
+    pub const ALL: [(&'static str, ParamType); 6] = [
+        ("path", ParamType::Path),
+        ("port", ParamType::Port),
+        ("string", ParamType::String),
+        ("integer", ParamType::Integer),
+        ("duration", ParamType::Duration),
+        ("size", ParamType::Size),
+    ];
+
+    /// Checks `value` against this type; the error says what was expected.
+    pub fn check(self, value: &str) -> Result<(), String> {
+        match self {
+            ParamType::Path | ParamType::String => {
+                if value.contains('\0') {
+                    return Err("must not contain NUL bytes".into());
+                }
+                if self == ParamType::Path && value.is_empty() {
+                    return Err("a path must not be empty".into());
+                }
+                Ok(())
+            }
+            ParamType::Port => match value.parse::<u16>() {
+                Ok(p) if p > 0 => Ok(()),
+                _ => Err(format!("{value:?} is not a port: use a number from 1 to 65535")),
+            },
+            ParamType::Integer => value
+                .parse::<i64>()
+                .map(drop)
+                .map_err(|_| format!("{value:?} is not an integer")),
+            ParamType::Duration => value.parse::<Duration>().map(drop).map_err(|e| e.to_string()),
+            ParamType::Size => value.parse::<ByteSize>().map(drop).map_err(|e| e.to_string()),
+        }
+    }
+}
+
+impl fmt::Display for ParamType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = ParamType::ALL.iter().find(|(_, t)| t == self).map_or("?", |(n, _)| n);
+        f.write_str(name)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ParamSpec {
+    #[serde(rename = "type")]
+    pub kind: ParamType,
+    /// `None` makes the parameter required.
+    pub default: Option<String>,
+    pub description: String,
+}
+
+/// `[resources]`, each mapped to a systemd/cgroup property.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Resources {
+    /// -> CPUWeight (cores x 100, so the default 0.1 core is weight 10).
+    pub cpu_min: CpuCores,
+    /// -> CPUQuota (cores x 100 %).
+    pub cpu_max: CpuCores,
+    /// -> MemoryMin.
+    pub memory_min: ByteSize,
+    /// -> MemoryMax.
+    pub memory_max: ByteSize,
+    /// -> IOWeight, 1..=10000.
+    pub io_weight: u16,
+    /// -> TasksMax.
+    pub tasks_max: u32,
+    pub gpus: u32,
+}
+
+impl Default for Resources {
+    fn default() -> Self {
+        Resources {
+            cpu_min: CpuCores::from_centis(10),
+            cpu_max: CpuCores::from_centis(100),
+            memory_min: ByteSize::mib(32),
+            memory_max: ByteSize::mib(256),
+            io_weight: 100,
+            tasks_max: 64,
+            gpus: 0,
+        }
+    }
+}
+
+impl Resources {
+    /// systemd's CPUWeight for this cell's guaranteed share.
+    pub fn cpu_weight(&self) -> u64 {
+        u64::from(self.cpu_min.centis()).clamp(1, 10_000)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Restart {
+    No,
+    OnFailure,
+    Always,
+}
+
+impl Restart {
+    pub const ALL: [(&'static str, Restart); 3] =
+        [("no", Restart::No), ("on-failure", Restart::OnFailure), ("always", Restart::Always)];
+}
+
+/// `[lifecycle]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Lifecycle {
+    /// Zero means never stop for idleness.
+    pub idle_timeout: Duration,
+    pub restart: Restart,
+    /// Restarts allowed within `restart_window`; one more blacklists the cell.
+    pub max_restarts: u32,
+    pub restart_window: Duration,
+}
+
+impl Default for Lifecycle {
+    fn default() -> Self {
+        Lifecycle {
+            idle_timeout: Duration(300),
+            restart: Restart::OnFailure,
+            max_restarts: 3,
+            restart_window: Duration(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Network {
+    /// A private network namespace with no interfaces but its own loopback.
+    None,
+    /// Only the host's loopback addresses.
+    Loopback,
+    /// The host's network.
+    Host,
+}
+
+impl Network {
+    pub const ALL: [(&'static str, Network); 3] =
+        [("none", Network::None), ("loopback", Network::Loopback), ("host", Network::Host)];
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UserMode {
+    /// A transient user allocated by systemd (DynamicUser=yes).
+    Dynamic,
+    /// Root; only for cells whose signature is trusted for it.
+    Root,
+}
+
+impl UserMode {
+    pub const ALL: [(&'static str, UserMode); 2] = [("dynamic", UserMode::Dynamic), ("root", UserMode::Root)];
+}
+
+/// `[isolation]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Isolation {
+    pub network: Network,
+    pub user: UserMode,
+    pub readable: Vec<String>,
+    pub writable: Vec<String>,
+}
+
+impl Default for Isolation {
+    fn default() -> Self {
+        Isolation { network: Network::None, user: UserMode::Dynamic, readable: Vec::new(), writable: Vec::new() }
+    }
+}
+
+/// A `[[child]]` entry: `count` instances of the manifest at `manifest`
+/// (relative to the parent's file), named `name`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ChildRef {
+    pub name: CellName,
+    pub manifest: String,
+    pub count: u32,
+}
+
+impl Manifest {
+    /// Every placeholder used by the program and the isolation paths.
+    pub fn templated_strings(&self) -> impl Iterator<Item = &str> {
+        let exec: &[String] = match &self.program {
+            Program::Exec(argv) => argv,
+            Program::Artifact(_) => &[],
+        };
+        exec.iter().chain(&self.isolation.readable).chain(&self.isolation.writable).map(String::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cell_names_follow_the_contract() {
+        for good in ["a", "web-server", "x1", &"a".repeat(63)] {
+            assert!(good.parse::<CellName>().is_ok(), "{good}");
+        }
+        for bad in ["", "1a", "-a", "Web", "a_b", "a.b", &"a".repeat(64)] {
+            assert!(bad.parse::<CellName>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn param_types_check_values() {
+        assert!(ParamType::Port.check("8080").is_ok());
+        assert!(ParamType::Port.check("0").is_err());
+        assert!(ParamType::Port.check("65536").is_err());
+        assert!(ParamType::Integer.check("-3").is_ok());
+        assert!(ParamType::Size.check("1G").is_ok());
+        assert!(ParamType::Duration.check("soon").is_err());
+        assert!(ParamType::Path.check("").is_err());
+    }
+}

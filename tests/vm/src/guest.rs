@@ -1,0 +1,620 @@
+//! A booted guest: a QEMU virtual machine or a systemd-nspawn container
+//! running the image's systemd as PID 1, with the test agent
+//! (`tests/vm/guest/quantum-test-agent`) taking commands through a shared
+//! directory.
+//!
+//! The transport is deliberately dumb: the host writes `cmd/N.sh` into the
+//! share, the agent runs it and writes `cmd/N.out`, `cmd/N.err` and, last,
+//! `cmd/N.rc`, each renamed into place complete. It needs nothing in the
+//! guest but bash and a 9p mount (or a bind mount), and it keeps working
+//! while D-Bus, the network or quantumd are broken, which is exactly when a
+//! test needs to look inside.
+
+use std::fmt;
+use std::fs::{self, File};
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::str::FromStr;
+use std::sync::Mutex;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::image::Image;
+
+/// The line the agent prints on the console once it takes commands.
+pub const READY_LINE: &str = "QUANTUM-TEST-AGENT-READY";
+/// The line the agent prints when it cannot start (no share).
+const FAILED_LINE: &str = "QUANTUM-TEST-AGENT-FAILED";
+/// Where the guest sees the share.
+pub const GUEST_SHARE: &str = "/mnt/share";
+
+/// How the guest is run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// QEMU with TCG (no KVM here): the image's own kernel, real cgroup v2
+    /// limits, 35-120 s to boot.
+    Qemu,
+    /// systemd-nspawn on the host's kernel: boots in seconds, but shares the
+    /// host's cgroup setup (hybrid here, so no enforced limits).
+    Nspawn,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Qemu => "qemu",
+            Backend::Nspawn => "nspawn",
+        }
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Backend {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "qemu" | "vm" => Ok(Backend::Qemu),
+            "nspawn" | "container" => Ok(Backend::Nspawn),
+            _ => bail!("unknown backend '{s}' (expected qemu or nspawn)"),
+        }
+    }
+}
+
+/// What the container's root directory is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NspawnRoot {
+    /// The image's tree read-only under a tmpfs overlay
+    /// (`--volatile=overlay`): instant, and the cached tree is never changed.
+    VolatileOverlay,
+    /// A full copy of the image's tree in the guest's work directory.
+    Copy,
+}
+
+/// Settings of one boot. `BootConfig::for_backend` gives the defaults.
+#[derive(Debug, Clone)]
+pub struct BootConfig {
+    /// How long `wait_ready` waits for the agent's readiness line.
+    /// `QUANTUM_VM_READY_TIMEOUT` (seconds) overrides the default.
+    pub ready_timeout: Duration,
+    /// The time limit of `Guest::run`; the agent kills a command past it.
+    pub command_timeout: Duration,
+    /// How long `Drop` waits for a clean poweroff before it kills.
+    pub shutdown_grace: Duration,
+    /// Guest memory for QEMU; `None` takes the image's `VM_MEMORY_MIB`.
+    pub memory_mib: Option<u32>,
+    /// vCPUs for QEMU; `None` takes the image's `VM_CPUS`.
+    pub cpus: Option<u32>,
+    pub nspawn_root: NspawnRoot,
+    /// Keep the work directory (console log, share) after the guest is gone.
+    /// `QUANTUM_VMTEST_KEEP=1` sets it.
+    pub keep_work_dir: bool,
+}
+
+impl BootConfig {
+    pub fn for_backend(backend: Backend) -> BootConfig {
+        // A TCG boot takes 35-120 s; quantumd's start timeout (90 s) may come
+        // on top when it hangs, since the agent starts after it.
+        let ready_default = match backend {
+            Backend::Qemu => 420,
+            Backend::Nspawn => 120,
+        };
+        let ready_timeout = std::env::var("QUANTUM_VM_READY_TIMEOUT")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(ready_default);
+        BootConfig {
+            ready_timeout: Duration::from_secs(ready_timeout),
+            command_timeout: Duration::from_secs(300),
+            shutdown_grace: match backend {
+                Backend::Qemu => Duration::from_secs(20),
+                Backend::Nspawn => Duration::from_secs(10),
+            },
+            memory_mib: None,
+            cpus: None,
+            nspawn_root: NspawnRoot::VolatileOverlay,
+            keep_work_dir: std::env::var("QUANTUM_VMTEST_KEEP").is_ok_and(|v| v == "1"),
+        }
+    }
+}
+
+/// Where the guest's console goes.
+#[derive(Debug, Clone)]
+pub enum Console {
+    /// Into a log file (tests).
+    File(PathBuf),
+    /// On this terminal, interactive (`make vm-run`).
+    Terminal,
+}
+
+/// The result of a command run in the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Output {
+    /// The exit status; 124 or 137 when the agent killed it for its timeout.
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    pub fn success(&self) -> bool {
+        self.code == 0
+    }
+}
+
+impl fmt::Display for Output {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "exit code {}", self.code)?;
+        if !self.stdout.is_empty() {
+            writeln!(f, "--- stdout\n{}", self.stdout.trim_end())?;
+        }
+        if !self.stderr.is_empty() {
+            writeln!(f, "--- stderr\n{}", self.stderr.trim_end())?;
+        }
+        Ok(())
+    }
+}
+
+/// The QEMU command line for an image: TCG, direct kernel boot, the disk as
+/// a throw-away snapshot, the share over 9p.
+pub fn qemu_command(image: &Image, config: &BootConfig, share: &Path, console: &Console) -> Command {
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-name", "quantumos-test", "-machine", "pc", "-accel", "tcg,thread=multi"])
+        .args(["-smp", &config.cpus.unwrap_or(image.cpus).to_string()])
+        .args(["-m", &format!("{}M", config.memory_mib.unwrap_or(image.memory_mib))])
+        .args(["-nographic", "-no-reboot", "-nic", "none"])
+        .arg("-kernel")
+        .arg(&image.kernel)
+        .arg("-initrd")
+        .arg(&image.initrd)
+        .args(["-append", &image.cmdline])
+        .arg("-drive")
+        .arg(format!(
+            "file={},format=raw,if=virtio,snapshot=on,cache=unsafe",
+            qemu_escape(&image.disk)
+        ))
+        .arg("-virtfs")
+        .arg(format!(
+            "local,path={},mount_tag=share,security_model=none,id=share",
+            qemu_escape(share)
+        ))
+        .args(["-device", "virtio-rng-pci"]);
+    match console {
+        Console::File(log) => {
+            cmd.args(["-monitor", "none", "-serial"])
+                .arg(format!("file:{}", log.display()));
+        }
+        // Ctrl-A X quits, Ctrl-A C reaches the monitor.
+        Console::Terminal => {
+            cmd.args(["-serial", "mon:stdio"]);
+        }
+    }
+    cmd
+}
+
+/// QEMU separates option values with commas; a comma in a path is doubled.
+fn qemu_escape(path: &Path) -> String {
+    path.display().to_string().replace(',', ",,")
+}
+
+/// The systemd-nspawn command line booting `root` with the share bound at
+/// /mnt/share. `--register=no --keep-unit` because the host's PID 1 is not
+/// systemd (no machined, no scopes).
+pub fn nspawn_command(root: &Path, volatile: bool, share: &Path, console: &Console) -> Command {
+    let mut cmd = Command::new("systemd-nspawn");
+    cmd.args(["--boot", "--register=no", "--keep-unit"])
+        .arg(format!("--machine=quantum-test-{}", std::process::id()))
+        .arg("--hostname=quantumos")
+        .arg("-D")
+        .arg(root)
+        .arg(format!("--bind={}:{GUEST_SHARE}", share.display()))
+        .args(["--private-network", "--resolv-conf=off", "--timezone=off", "--link-journal=no"]);
+    if volatile {
+        cmd.arg("--volatile=overlay");
+    }
+    cmd.arg(match console {
+        Console::File(_) => "--console=read-only",
+        Console::Terminal => "--console=interactive",
+    });
+    cmd
+}
+
+/// A booted guest. Dropping it powers the guest off, and kills it for sure
+/// when that does not finish within `BootConfig::shutdown_grace`.
+///
+/// Boot one guest per test binary and run the scenarios in sequence on it:
+/// the child process is tied to the thread that booted it (it is killed if
+/// that thread dies), so a guest must not outlive the test function that
+/// booted it; a `static` guest would never be dropped.
+pub struct Guest {
+    backend: Backend,
+    config: BootConfig,
+    image: Image,
+    work: Option<tempfile::TempDir>,
+    work_path: PathBuf,
+    share: PathBuf,
+    console_log: PathBuf,
+    process: Mutex<Option<Child>>,
+    pid: u32,
+    next_command: Mutex<u64>,
+    booted_at: Instant,
+}
+
+impl Guest {
+    /// Boots `image` with the default settings of `backend`.
+    pub fn boot(image: &Image, backend: Backend) -> Result<Guest> {
+        Self::boot_with(image, backend, BootConfig::for_backend(backend))
+    }
+
+    pub fn boot_with(image: &Image, backend: Backend, config: BootConfig) -> Result<Guest> {
+        let work = tempfile::Builder::new()
+            .prefix(&format!("quantum-vmtest-{backend}-"))
+            .tempdir()
+            .context("creating the guest's work directory")?;
+        let work_path = work.path().to_path_buf();
+        let share = work_path.join("share");
+        fs::create_dir_all(share.join("cmd")).context("creating the share")?;
+        let console_log = work_path.join("console.log");
+        let log = File::create(&console_log).context("creating the console log")?;
+
+        let mut cmd = match backend {
+            Backend::Qemu => {
+                let mut cmd = qemu_command(image, &config, &share, &Console::File(console_log.clone()));
+                // QEMU's own messages (not the guest's) go beside the console log.
+                let own = File::create(work_path.join("qemu.log")).context("creating qemu.log")?;
+                cmd.stdout(Stdio::from(own.try_clone()?)).stderr(Stdio::from(own));
+                cmd
+            }
+            Backend::Nspawn => {
+                let (root, volatile) = match config.nspawn_root {
+                    NspawnRoot::VolatileOverlay => (image.tree.clone(), true),
+                    NspawnRoot::Copy => {
+                        let root = work_path.join("root");
+                        copy_tree(&image.tree, &root)?;
+                        (root, false)
+                    }
+                };
+                let mut cmd = nspawn_command(&root, volatile, &share, &Console::File(console_log.clone()));
+                // The container's console comes out on nspawn's stdout.
+                cmd.stdout(Stdio::from(log.try_clone()?)).stderr(Stdio::from(log));
+                cmd
+            }
+        };
+        cmd.stdin(Stdio::null());
+        // SAFETY: prctl is async-signal-safe and touches no memory of the
+        // parent; it makes the kernel kill the guest if the test dies
+        // without running Drop (abort, SIGKILL).
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let program = cmd.get_program().to_string_lossy().into_owned();
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {program} (is it installed? make deps)"))?;
+        let pid = child.id();
+        crate::report(format_args!(
+            "[{backend}] booting image {} ({}) as pid {pid}; console: {}",
+            image.short_hash(),
+            image.variant,
+            console_log.display()
+        ));
+        let (work, work_path) = if config.keep_work_dir {
+            (None, work.keep())
+        } else {
+            (Some(work), work_path)
+        };
+        Ok(Guest {
+            backend,
+            config,
+            image: image.clone(),
+            work,
+            work_path,
+            share,
+            console_log,
+            process: Mutex::new(Some(child)),
+            pid,
+            next_command: Mutex::new(1),
+            booted_at: Instant::now(),
+        })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub fn image(&self) -> &Image {
+        &self.image
+    }
+
+    /// The host side of the share (`/mnt/share` in the guest).
+    pub fn share(&self) -> &Path {
+        &self.share
+    }
+
+    /// The guest's work directory: console.log, share/, qemu.log.
+    pub fn work_dir(&self) -> &Path {
+        &self.work_path
+    }
+
+    /// Waits for the agent's readiness line on the console and returns the
+    /// time from boot to ready. Fails early when the guest dies, when the
+    /// agent reports that it cannot start, or after `ready_timeout`.
+    pub fn wait_ready(&self) -> Result<Duration> {
+        let deadline = self.booted_at + self.config.ready_timeout;
+        let mut seen = 0u64;
+        let mut carry = String::new();
+        loop {
+            // Read only what is new, keeping a line's worth of the old text
+            // in case the readiness line was split across two reads.
+            let new = read_from(&self.console_log, &mut seen)?;
+            let text = format!("{carry}{new}");
+            if text.contains(FAILED_LINE) {
+                bail!(
+                    "[{}] the test agent could not start\n{}",
+                    self.backend,
+                    self.console_tail(40)
+                );
+            }
+            if text.contains(READY_LINE) && self.share.join("ready").exists() {
+                let took = self.booted_at.elapsed();
+                crate::report(format_args!("[{}] ready after {:.1} s", self.backend, took.as_secs_f64()));
+                return Ok(took);
+            }
+            let mut keep_from = text.len().saturating_sub(256);
+            while !text.is_char_boundary(keep_from) {
+                keep_from += 1;
+            }
+            carry = text[keep_from..].to_owned();
+            if let Some(status) = self.exit_status()? {
+                bail!(
+                    "[{}] the guest exited ({status}) before it was ready\n{}",
+                    self.backend,
+                    self.console_tail(60)
+                );
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "[{}] no {READY_LINE} on the console within {} s\n{}",
+                    self.backend,
+                    self.config.ready_timeout.as_secs(),
+                    self.console_tail(60)
+                );
+            }
+            thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// Runs `script` (bash) in the guest as root, with the default timeout.
+    pub fn run(&self, script: &str) -> Result<Output> {
+        self.run_with_timeout(script, self.config.command_timeout)
+    }
+
+    /// Runs `script` (bash) in the guest as root; the agent kills it after
+    /// `timeout` (exit code 124, or 137 when it had to SIGKILL).
+    pub fn run_with_timeout(&self, script: &str, timeout: Duration) -> Result<Output> {
+        let n = {
+            let mut next = self.next_command.lock().unwrap_or_else(|e| e.into_inner());
+            let n = *next;
+            *next += 1;
+            n
+        };
+        self.submit(n, script, timeout)?;
+        let cmd_dir = self.share.join("cmd");
+        let rc_file = cmd_dir.join(format!("{n}.rc"));
+        // The agent kills at `timeout` and SIGKILLs 10 s later; give the
+        // guest some more before calling it stuck.
+        let deadline = Instant::now() + timeout + Duration::from_secs(30);
+        while !rc_file.exists() {
+            if let Some(status) = self.exit_status()? {
+                bail!(
+                    "[{}] the guest exited ({status}) while running: {script}\n{}",
+                    self.backend,
+                    self.console_tail(40)
+                );
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "[{}] the agent gave no result within {} s for: {script}",
+                    self.backend,
+                    (timeout + Duration::from_secs(30)).as_secs()
+                );
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        let read = |ext: &str| -> Result<String> {
+            let path = cmd_dir.join(format!("{n}.{ext}"));
+            let bytes = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            Ok(String::from_utf8_lossy(&bytes).into_owned())
+        };
+        let rc = read("rc")?;
+        let code = rc
+            .trim()
+            .parse()
+            .with_context(|| format!("the agent wrote a bad exit code '{}'", rc.trim()))?;
+        Ok(Output { code, stdout: read("out")?, stderr: read("err")? })
+    }
+
+    /// Runs `script` and returns its stdout; a non-zero exit is an error
+    /// carrying the command, its code, stdout and stderr.
+    pub fn run_ok(&self, script: &str) -> Result<String> {
+        let output = self.run(script)?;
+        if !output.success() {
+            bail!("[{}] `{script}` failed: {output}", self.backend);
+        }
+        Ok(output.stdout)
+    }
+
+    /// This boot's journal, for failure reports.
+    pub fn journal(&self) -> Result<String> {
+        self.run_ok("journalctl -b --no-pager -o short-monotonic")
+    }
+
+    /// The whole console log so far.
+    pub fn console(&self) -> String {
+        fs::read(&self.console_log)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// The last `lines` lines of the console, framed for a report.
+    pub fn console_tail(&self, lines: usize) -> String {
+        let console = self.console();
+        let all: Vec<&str> = console.lines().collect();
+        let start = all.len().saturating_sub(lines);
+        format!(
+            "--- last {} lines of the console ({})\n{}",
+            all.len() - start,
+            self.console_log.display(),
+            all[start..].join("\n")
+        )
+    }
+
+    /// Everything useful after a failure: failed units, the end of the
+    /// journal and of the console. Never fails; problems are written in.
+    pub fn diagnostics(&self) -> String {
+        let mut out = String::new();
+        let mut section = |title: &str, script: &str| {
+            out.push_str(&format!("--- {title}\n"));
+            match self.run_with_timeout(script, Duration::from_secs(60)) {
+                Ok(o) => {
+                    out.push_str(o.stdout.trim_end());
+                    if !o.stderr.trim().is_empty() {
+                        out.push_str(&format!("\n(stderr) {}", o.stderr.trim_end()));
+                    }
+                }
+                Err(e) => out.push_str(&format!("(could not ask the guest: {e:#})")),
+            }
+            out.push('\n');
+        };
+        section("failed units", "systemctl --failed --no-pager --no-legend");
+        section(
+            "journal (last 150 lines)",
+            "journalctl -b --no-pager -o short-monotonic | tail -n 150",
+        );
+        out.push_str(&self.console_tail(40));
+        out
+    }
+
+    /// Powers the guest off now (the same as dropping it).
+    pub fn poweroff(self) {}
+
+    /// Writes command `n` into the share: its timeout first, then the script
+    /// renamed into place, so the agent never sees half a script.
+    fn submit(&self, n: u64, script: &str, timeout: Duration) -> Result<()> {
+        let cmd_dir = self.share.join("cmd");
+        let secs = timeout.as_secs().max(1);
+        fs::write(cmd_dir.join(format!("{n}.timeout")), format!("{secs}\n"))
+            .context("writing the command's timeout")?;
+        let tmp = cmd_dir.join(format!(".{n}.sh.tmp"));
+        fs::write(&tmp, script).context("writing the command")?;
+        fs::rename(&tmp, cmd_dir.join(format!("{n}.sh"))).context("renaming the command into place")?;
+        Ok(())
+    }
+
+    /// `Some(status)` once the QEMU or nspawn process has exited.
+    fn exit_status(&self) -> Result<Option<ExitStatus>> {
+        let mut process = self.process.lock().unwrap_or_else(|e| e.into_inner());
+        match process.as_mut() {
+            Some(child) => child.try_wait().context("checking on the guest process"),
+            None => bail!("the guest has been shut down"),
+        }
+    }
+
+    fn shutdown(&mut self) {
+        let Some(mut child) = self.process.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+            return;
+        };
+        if matches!(child.try_wait(), Ok(None)) {
+            // A clean poweroff through the agent, when it is up; otherwise
+            // nspawn turns SIGTERM into a poweroff of the container.
+            if self.share.join("ready").exists() {
+                let n = {
+                    let mut next = self.next_command.lock().unwrap_or_else(|e| e.into_inner());
+                    *next += 1;
+                    *next - 1
+                };
+                let _ = self.submit(n, "systemctl poweroff --no-block", Duration::from_secs(30));
+            } else if self.backend == Backend::Nspawn {
+                // SAFETY: plain kill(2) on our own child's pid, which has not
+                // been reaped yet (try_wait said it is running).
+                unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGTERM) };
+            }
+            let deadline = Instant::now() + self.config.shutdown_grace;
+            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+                thread::sleep(Duration::from_millis(100));
+            }
+        }
+        if matches!(child.try_wait(), Ok(None)) {
+            crate::report(format_args!("[{}] did not power off in time: killing it", self.backend));
+            // The container's init is nspawn's child in its own PID
+            // namespace: killing it ends everything in the container.
+            for pid in children_of(self.pid) {
+                // SAFETY: kill(2) on a pid read from /proc just now.
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+            }
+            let _ = child.kill();
+        }
+        let _ = child.wait();
+        if self.work.is_none() {
+            crate::report(format_args!("[{}] kept the work directory {}", self.backend, self.work_path.display()));
+        }
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// Reads `path` from `offset` to its end, advancing `offset`.
+fn read_from(path: &Path, offset: &mut u64) -> Result<String> {
+    let mut file = File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    file.seek(SeekFrom::Start(*offset))?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    *offset += bytes.len() as u64;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// The direct children of a process, from /proc.
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut children = Vec::new();
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return children;
+    };
+    for task in tasks.flatten() {
+        if let Ok(list) = fs::read_to_string(task.path().join("children")) {
+            children.extend(list.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+        }
+    }
+    children
+}
+
+/// Copies a root tree with owners, modes, links and xattrs (cp -a).
+fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    let status = Command::new("cp")
+        .args(["-a", "--reflink=auto"])
+        .arg(from)
+        .arg(to)
+        .status()
+        .context("running cp")?;
+    if !status.success() {
+        bail!("copying {} to {} failed ({status})", from.display(), to.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,222 @@
+//! A private QuantumOS on the host for integration tests: a real
+//! dbus-daemon, a real quantumd on the cgroup v2 backend (a cgroup2 mount in
+//! a temporary directory), and quantumctl run as a user would.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn bin(name: &str) -> PathBuf {
+    let ctl = PathBuf::from(env!("CARGO_BIN_EXE_quantumctl"));
+    let p = ctl.with_file_name(name);
+    assert!(p.exists(), "{} not built: run `cargo build --workspace --bins` first", p.display());
+    p
+}
+
+/// Polls `f` until it returns Some, or panics with `what` after `limit`.
+pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub struct Node {
+    pub dir: tempfile::TempDir,
+    pub bus_address: String,
+    dbus: Child,
+    pub daemon: Option<Child>,
+    /// cgroup directory this node's cells live under.
+    pub cgroup_root: PathBuf,
+    mount: PathBuf,
+    pub catalog: PathBuf,
+}
+
+impl Node {
+    /// Starts a bus and quantumd with `catalog` (a directory of cells).
+    pub fn start(catalog: &Path) -> Node {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sock = dir.path().join("bus");
+        let conf = dir.path().join("bus.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN" "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig><type>session</type><listen>unix:path={}</listen><auth>EXTERNAL</auth>
+<policy context="default"><allow send_destination="*"/><allow eavesdrop="true"/><allow own="*"/></policy></busconfig>"#,
+                sock.display()
+            ),
+        )
+        .expect("bus config");
+        let dbus = Command::new("dbus-daemon")
+            .arg(format!("--config-file={}", conf.display()))
+            .arg("--nofork")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("dbus-daemon (apt install dbus)");
+        wait_for("the private bus socket", Duration::from_secs(10), || sock.exists().then_some(()));
+
+        let mount = dir.path().join("cgroup2");
+        std::fs::create_dir_all(&mount).expect("mkdir");
+        let st = Command::new("mount").args(["-t", "cgroup2", "none"]).arg(&mount).status().expect("mount");
+        assert!(st.success(), "cannot mount cgroup2 at {} (the host tier runs as root)", mount.display());
+        // Each node gets its own subtree of the (shared) unified hierarchy.
+        let cgroup_root = mount.join(format!("qtest-{}", std::process::id())).join(dir.path().file_name().unwrap());
+        std::fs::create_dir_all(&cgroup_root).expect("test cgroup");
+
+        let mut node = Node {
+            bus_address: format!("unix:path={}", sock.display()),
+            dir,
+            dbus,
+            daemon: None,
+            cgroup_root,
+            mount,
+            catalog: catalog.to_owned(),
+        };
+        node.start_daemon();
+        node
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn start_daemon(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("quantumd.log")).expect("log");
+        let child = Command::new(bin("quantumd"))
+            .args(["--backend", "cgroup", "--config", "/dev/null"])
+            .arg("--cgroup-root")
+            .arg(&self.cgroup_root)
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .arg("--catalog")
+            .arg(&self.catalog)
+            .env("QUANTUM_BUS_ADDRESS", &self.bus_address)
+            .env("RUST_LOG", "debug")
+            .stderr(log)
+            .spawn()
+            .expect("quantumd");
+        self.daemon = Some(child);
+        wait_for("quantumd on the bus", Duration::from_secs(20), || self.ctl(&["list"]).status.success().then_some(()));
+    }
+
+    /// kill -9, as a crash would.
+    pub fn kill_daemon(&mut self) {
+        if let Some(mut d) = self.daemon.take() {
+            let _ = d.kill();
+            let _ = d.wait();
+        }
+    }
+
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        Command::new(bin("quantumctl")).args(args).env("QUANTUM_BUS_ADDRESS", &self.bus_address).output().expect("quantumctl")
+    }
+
+    /// Runs quantumctl and returns stdout, panicking with both streams if it fails.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.ctl(args);
+        assert!(
+            out.status.success(),
+            "quantumctl {args:?} failed ({}):\nstdout: {}\nstderr: {}\ndaemon log:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("quantumd.log")).unwrap_or_default()
+    }
+
+    pub fn list(&self) -> Vec<serde_json::Value> {
+        serde_json::from_str(&self.ok(&["list", "--json"])).expect("list --json is JSON")
+    }
+
+    /// Instances in `state`, sorted by id.
+    pub fn instances(&self, state: &str) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .list()
+            .into_iter()
+            .filter(|c| c["state"] == state)
+            .map(|c| c["instance"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Every `quantum-*.service` cgroup of this node that has processes.
+    pub fn live_cgroups(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut dirs = vec![self.cgroup_root.join("quantum")];
+        while let Some(d) = dirs.pop() {
+            let Ok(rd) = std::fs::read_dir(&d) else { continue };
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.ends_with(".slice") {
+                    dirs.push(e.path());
+                } else if name.ends_with(".service") {
+                    let procs = std::fs::read_to_string(e.path().join("cgroup.procs")).unwrap_or_default();
+                    if !procs.trim().is_empty() {
+                        out.push(name);
+                    }
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill_daemon();
+        // Kill every cell process of this node, then remove its cgroups.
+        let mut dirs = vec![self.cgroup_root.clone()];
+        let mut all = Vec::new();
+        while let Some(d) = dirs.pop() {
+            all.push(d.clone());
+            if let Ok(rd) = std::fs::read_dir(&d) {
+                dirs.extend(rd.flatten().filter(|e| e.path().is_dir()).map(|e| e.path()));
+            }
+        }
+        for d in &all {
+            let _ = std::fs::write(d.join("cgroup.kill"), "1");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        for d in all.iter().rev() {
+            let _ = std::fs::remove_dir(d);
+        }
+        if let Some(p) = self.cgroup_root.parent() {
+            let _ = std::fs::remove_dir(p);
+        }
+        let _ = Command::new("umount").arg("-l").arg(&self.mount).status();
+        let _ = self.dbus.kill();
+        let _ = self.dbus.wait();
+    }
+}
+
+/// Writes `cells` (name -> cell.toml text) as a catalog in a new temp dir.
+pub fn catalog(cells: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (name, text) in cells {
+        let d = dir.path().join(name);
+        std::fs::create_dir_all(&d).expect("mkdir");
+        std::fs::write(d.join("cell.toml"), text).expect("write");
+    }
+    dir
+}
+
+/// A minimal manifest running `script` under /bin/sh.
+pub fn sh_cell(name: &str, script: &str, extra: &str) -> String {
+    format!(
+        "[cell]\nname = \"{name}\"\nversion = \"1.0.0\"\ndescription = \"test cell {name}\"\nexec = [\"/bin/sh\", \"-c\", {script:?}]\n{extra}\n"
+    )
+}

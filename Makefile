@@ -1,1 +1,51 @@
+# QuantumOS — the front door.
+#
+#   make run         boot QuantumOS in a VM on this terminal (log in as `quantum`)
+#   make test        install what is needed, then run every test tier
+#   make bench       benchmarks, printed as ratios against the obvious alternative
+#
+# Tiers, each runnable alone:
+#   make test-unit    unit tests and the cell.toml diagnostics folder
+#   make test-host    quantumd + quantumctl on a private D-Bus, real cgroup2 (root)
+#   make test-nspawn  systemd backend against systemd as PID 1 in a container
+#   make test-vm      QEMU guest: isolation and limit scenarios
+#
+# Other targets: deps, rootfs, image, vm-run, demo, lint, fmt.
+
+CARGO ?= cargo
+export CARGO_TERM_COLOR ?= never
+
+.PHONY: all run test test-unit test-host bench lint fmt demo build
+
+all: build
+
+build:
+	$(CARGO) build --workspace --bins
+
+run: vm-run
+
+test: deps lint test-unit test-host test-nspawn test-vm
+
+test-unit:
+	$(CARGO) test --workspace --exclude quantum-vmtest --lib --bins
+	$(CARGO) test -p quantum-model --tests
+
+test-host: deps build
+	$(CARGO) test -p quantumctl --tests
+
+lint:
+	$(CARGO) fmt --all --check || { echo "run 'make fmt'"; exit 1; }
+	$(CARGO) clippy --workspace --all-targets -q -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+# quantumd on a private bus on this host (cgroup backend), with a web-server
+# cell: the quickest look at the daemon without booting a VM.
+demo: build
+	bash scripts/demo.sh
+
+bench: image
+	bash scripts/bench.sh
+
 include mk/*.mk

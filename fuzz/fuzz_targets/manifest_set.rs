@@ -94,6 +94,12 @@ fuzz_target!(|data: &[u8]| {
             eprintln!("{e}");
         }
     }
+    // Each file is read once, however often and however spelled it is named
+    // (reading it again under each new spelling once made this exponential).
+    let mut read: BTreeSet<&str> = BTreeSet::new();
+    for (path, _) in &loaded {
+        assert!(read.insert(path), "{path:?} read twice");
+    }
     for (path, text) in loaded {
         texts.entry(path).or_default().push(text);
     }

@@ -41,7 +41,9 @@ pub enum CliCommand {
     /// `PATH:LINE:COL: error: FIELD: MESSAGE` on standard error. Manifests
     /// given together are also checked against each other (`needs` cycles,
     /// unknown needed cells); child manifests are read and checked too.
-    #[command(after_help = "EXAMPLES:\n    quantumctl validate cell.toml\n    quantumctl validate app/cell.toml db/cell.toml\n\nEXIT STATUS:\n    0 all valid; 1 a manifest is invalid; 2 a file cannot be read.")]
+    #[command(
+        after_help = "EXAMPLES:\n    quantumctl validate cell.toml\n    quantumctl validate app/cell.toml db/cell.toml\n\nEXIT STATUS:\n    0 all valid; 1 a manifest is invalid; 2 a file cannot be read."
+    )]
     Validate {
         /// Manifests (cell.toml files, or directories holding one).
         #[arg(required = true, value_name = "PATH")]

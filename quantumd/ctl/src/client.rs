@@ -38,7 +38,10 @@ pub fn run(bus: Option<&str>, command: CliCommand) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async move {
         let conn = quantum_bus::connect(bus).await.map_err(|e| {
-            anyhow!("cannot connect to {}: {e}", bus.map_or("the system bus".to_owned(), |b| format!("bus {b}")))
+            anyhow!(
+                "cannot connect to {}: {e}",
+                bus.map_or("the system bus".to_owned(), |b| format!("bus {b}"))
+            )
         })?;
         let proxy = Quantum1Proxy::new(&conn).await.context("creating the quantumd proxy")?;
         match execute(&proxy, command).await {
@@ -46,7 +49,11 @@ pub fn run(bus: Option<&str>, command: CliCommand) -> anyhow::Result<ExitCode> {
             Err(Failed(e)) => {
                 eprintln!("quantumctl: {e:#}");
                 // Transport problems are "could not ask", status 2.
-                let code = if e.to_string().contains("quantumd") && e.to_string().contains("systemctl status") { 2 } else { 1 };
+                let code = if e.to_string().contains("quantumd") && e.to_string().contains("systemctl status") {
+                    2
+                } else {
+                    1
+                };
                 Ok(ExitCode::from(code))
             }
         }
@@ -60,7 +67,10 @@ async fn execute(proxy: &Quantum1Proxy<'_>, command: CliCommand) -> Result<(), F
             let params = parse_params(&params).map_err(Failed)?;
             let source = source_of(&cell).map_err(Failed)?;
             let cwd = std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default();
-            let info = proxy.run(&source, params, &cwd).await.map_err(|e| Failed(request_failed(&format!("cannot run {cell}"), e)))?;
+            let info = proxy
+                .run(&source, params, &cwd)
+                .await
+                .map_err(|e| Failed(request_failed(&format!("cannot run {cell}"), e)))?;
             if json {
                 output::json(&info);
             } else {
@@ -92,7 +102,10 @@ async fn execute(proxy: &Quantum1Proxy<'_>, command: CliCommand) -> Result<(), F
             }
         }
         CliCommand::Inspect { target, json } => {
-            let d = proxy.inspect(&target).await.map_err(|e| Failed(request_failed(&format!("cannot inspect {target}"), e)))?;
+            let d = proxy
+                .inspect(&target)
+                .await
+                .map_err(|e| Failed(request_failed(&format!("cannot inspect {target}"), e)))?;
             if json {
                 output::json(&d);
             } else {

@@ -25,7 +25,10 @@ pub fn run(paths: &[PathBuf], catalog: &Path, json: bool) -> ExitCode {
     for p in paths {
         let file = if p.is_dir() { p.join("cell.toml") } else { p.clone() };
         match std::fs::read_to_string(&file) {
-            Ok(text) => inputs.push(ManifestSource { path: file.display().to_string(), text }),
+            Ok(text) => inputs.push(ManifestSource {
+                path: file.display().to_string(),
+                text,
+            }),
             Err(e) => {
                 eprintln!("quantumctl: cannot read {}: {e}", file.display());
                 return ExitCode::from(2);

@@ -20,12 +20,18 @@ fn a_cell_runs_in_its_own_cgroup_and_stop_kills_it() {
     assert_eq!(info["unit"], "quantum-sleeper.1.service");
     let pid = info["pid"].as_u64().unwrap();
     let procs = std::fs::read_to_string(node.cgroup_root.join("quantum/quantum-sleeper.1.service/cgroup.procs")).unwrap();
-    assert!(procs.lines().any(|l| l == pid.to_string()), "pid {pid} not in the cell's cgroup: {procs}");
+    assert!(
+        procs.lines().any(|l| l == pid.to_string()),
+        "pid {pid} not in the cell's cgroup: {procs}"
+    );
     assert_eq!(node.instances("running"), ["sleeper.1"]);
 
     let detail: serde_json::Value = serde_json::from_str(&node.ok(&["inspect", "sleeper", "--json"])).unwrap();
     assert_eq!(detail["argv"], serde_json::json!(["/bin/sh", "-c", "exec sleep 600"]));
-    assert_eq!(detail["properties"]["memory.max"].as_str().unwrap().split(' ').next(), Some("268435456"));
+    assert_eq!(
+        detail["properties"]["memory.max"].as_str().unwrap().split(' ').next(),
+        Some("268435456")
+    );
 
     assert_eq!(node.ok(&["stop", "sleeper"]).trim(), "stopped sleeper.1");
     assert!(std::fs::metadata(format!("/proc/{pid}")).is_err(), "pid {pid} survived stop");
@@ -44,7 +50,10 @@ fn params_are_substituted_and_bad_ones_refused_with_the_cell_named() {
     node.ok(&["run", "web-server", "port=18431", &format!("dir={}", www.display())]);
     let body = wait_for("the web-server cell to answer", LONG, || {
         let out = std::process::Command::new("python3")
-            .args(["-c", "import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:18431/hello.txt',timeout=1).read().decode(),end='')"])
+            .args([
+                "-c",
+                "import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:18431/hello.txt',timeout=1).read().decode(),end='')",
+            ])
             .output()
             .ok()?;
         out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
@@ -54,7 +63,10 @@ fn params_are_substituted_and_bad_ones_refused_with_the_cell_named() {
     let bad = node.ctl(&["run", "web-server", "port=http"]);
     assert_eq!(bad.status.code(), Some(1));
     let err = String::from_utf8_lossy(&bad.stderr);
-    assert!(err.contains("cannot run web-server: cell \"web-server\", parameter \"port\": \"http\" is not a port"), "{err}");
+    assert!(
+        err.contains("cannot run web-server: cell \"web-server\", parameter \"port\": \"http\" is not a port"),
+        "{err}"
+    );
     let unknown = node.ctl(&["run", "no-such-cell"]);
     assert_eq!(unknown.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("no cell named \"no-such-cell\" in the catalog"));
@@ -68,7 +80,11 @@ fn needed_cells_start_first_and_stop_last() {
     ]);
     let node = Node::start(cat.path());
     node.ok(&["run", "app"]);
-    assert_eq!(node.instances("running"), ["app.2", "db.1"], "db gets the first id: it starts first");
+    assert_eq!(
+        node.instances("running"),
+        ["app.2", "db.1"],
+        "db gets the first id: it starts first"
+    );
     let detail: serde_json::Value = serde_json::from_str(&node.ok(&["inspect", "app.2", "--json"])).unwrap();
     assert_eq!(detail["needs"], serde_json::json!(["db.1"]));
     let refused = node.ctl(&["stop", "db.1"]);
@@ -85,7 +101,15 @@ fn children_run_in_the_parents_family_and_stop_with_it() {
         &sh_cell("pool", "exec sleep 600", "[resources]\ncpu-max = 2.0\nmemory-max = \"512M\"\ntasks-max = 256\n[[child]]\nname = \"worker\"\nmanifest = \"worker/cell.toml\"\ncount = 2\n"),
     )]);
     std::fs::create_dir_all(cat.path().join("pool/worker")).unwrap();
-    std::fs::write(cat.path().join("pool/worker/cell.toml"), sh_cell("worker", "exec sleep 600", "[resources]\ncpu-max = 0.5\nmemory-max = \"128M\"\ntasks-max = 16")).unwrap();
+    std::fs::write(
+        cat.path().join("pool/worker/cell.toml"),
+        sh_cell(
+            "worker",
+            "exec sleep 600",
+            "[resources]\ncpu-max = 0.5\nmemory-max = \"128M\"\ntasks-max = 16",
+        ),
+    )
+    .unwrap();
     let node = Node::start(cat.path());
     node.ok(&["run", "pool"]);
     assert_eq!(node.instances("running"), ["pool.1", "worker.2", "worker.3"]);
@@ -102,14 +126,24 @@ fn children_run_in_the_parents_family_and_stop_with_it() {
 fn a_crashing_cell_is_restarted_then_blacklisted_with_a_reason() {
     let cat = catalog(&[(
         "crasher",
-        &sh_cell("crasher", "exit 3", "[lifecycle]\nrestart = \"on-failure\"\nmax-restarts = 2\nrestart-window = \"1m\""),
+        &sh_cell(
+            "crasher",
+            "exit 3",
+            "[lifecycle]\nrestart = \"on-failure\"\nmax-restarts = 2\nrestart-window = \"1m\"",
+        ),
     )]);
     let node = Node::start(cat.path());
     node.ctl(&["run", "crasher"]);
     let failed = wait_for("crasher to be blacklisted", LONG, || {
-        node.list().into_iter().find(|c| c["state"] == "failed").map(|c| c["reason"].as_str().unwrap_or_default().to_owned())
+        node.list()
+            .into_iter()
+            .find(|c| c["state"] == "failed")
+            .map(|c| c["reason"].as_str().unwrap_or_default().to_owned())
     });
-    assert_eq!(failed, "blacklisted: exited with status 3; it ended 3 times within 1m (max-restarts 2)");
+    assert_eq!(
+        failed,
+        "blacklisted: exited with status 3; it ended 3 times within 1m (max-restarts 2)"
+    );
     let again = node.ctl(&["run", "crasher"]);
     assert_eq!(again.status.code(), Some(1));
     let err = String::from_utf8_lossy(&again.stderr);
@@ -122,7 +156,10 @@ fn an_idle_cell_is_stopped_after_its_idle_timeout() {
     let node = Node::start(cat.path());
     node.ok(&["run", "idler"]);
     let reason = wait_for("the idle cell to stop", LONG, || {
-        node.list().into_iter().find(|c| c["state"] == "stopped").map(|c| c["reason"].as_str().unwrap_or_default().to_owned())
+        node.list()
+            .into_iter()
+            .find(|c| c["state"] == "stopped")
+            .map(|c| c["reason"].as_str().unwrap_or_default().to_owned())
     });
     assert_eq!(reason, "idle for 2s");
     assert!(node.live_cgroups().is_empty());
@@ -161,5 +198,8 @@ fn quantumctl_without_a_daemon_says_so() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.starts_with("quantumctl: cannot connect to bus unix:path=/nonexistent/bus"), "{err}");
+    assert!(
+        err.starts_with("quantumctl: cannot connect to bus unix:path=/nonexistent/bus"),
+        "{err}"
+    );
 }

@@ -4,8 +4,16 @@
 use std::process::Command;
 
 fn validate(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_quantumctl")).arg("validate").args(args).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = Command::new(env!("CARGO_BIN_EXE_quantumctl"))
+        .arg("validate")
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn manifests() -> String {
@@ -53,13 +61,19 @@ fn manifests_given_together_are_checked_together() {
     let dir = format!("{}/bad/needs-cycle", manifests());
     let (code, _, err) = validate(&[&format!("{dir}/a.toml"), &format!("{dir}/b.toml"), &format!("{dir}/c.toml")]);
     assert_eq!(code, 1);
-    assert!(err.contains("a.toml:8:10: error: needs.cells[0]: needing \"b\" makes a cycle: a -> b -> c -> a"), "{err}");
+    assert!(
+        err.contains("a.toml:8:10: error: needs.cells[0]: needing \"b\" makes a cycle: a -> b -> c -> a"),
+        "{err}"
+    );
 }
 
 #[test]
 fn json_output_lists_every_problem() {
     let bad = format!("{}/bad/min-above-max.toml", manifests());
-    let out = Command::new(env!("CARGO_BIN_EXE_quantumctl")).args(["validate", "--json", &bad]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_quantumctl"))
+        .args(["validate", "--json", &bad])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v.as_array().unwrap().len(), 2);

@@ -49,11 +49,18 @@ impl Catalog {
     pub fn resolve(&self, source: &str) -> Result<Resolved, CatalogError> {
         let path = if source.starts_with('/') {
             let p = PathBuf::from(source);
-            if p.is_dir() { p.join("cell.toml") } else { p }
+            if p.is_dir() {
+                p.join("cell.toml")
+            } else {
+                p
+            }
         } else if source.parse::<CellName>().is_ok() {
             let p = self.dir.join(source).join("cell.toml");
             if !p.is_file() {
-                return Err(CatalogError::NotFound { name: source.to_owned(), dir: self.dir.clone() });
+                return Err(CatalogError::NotFound {
+                    name: source.to_owned(),
+                    dir: self.dir.clone(),
+                });
             }
             p
         } else {
@@ -65,7 +72,11 @@ impl Catalog {
     /// A cell needed by the manifest at `from`: a sibling directory first
     /// (`../NAME/cell.toml`), then the catalog.
     pub fn resolve_needed(&self, name: &CellName, from: &Path) -> Result<Resolved, CatalogError> {
-        if let Some(sibling) = from.parent().and_then(Path::parent).map(|d| d.join(name.as_str()).join("cell.toml")) {
+        if let Some(sibling) = from
+            .parent()
+            .and_then(Path::parent)
+            .map(|d| d.join(name.as_str()).join("cell.toml"))
+        {
             if sibling.is_file() {
                 return self.load(&sibling);
             }
@@ -74,12 +85,20 @@ impl Catalog {
     }
 
     pub fn load(&self, path: &Path) -> Result<Resolved, CatalogError> {
-        let text = std::fs::read_to_string(path).map_err(|source| CatalogError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| CatalogError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         let shown = path.display().to_string();
         let mut known = self.names();
         // Needed cells may also be siblings of this manifest.
         if let Some(parent_dir) = path.parent().and_then(Path::parent) {
-            known.extend(Catalog { dir: parent_dir.to_owned() }.names());
+            known.extend(
+                Catalog {
+                    dir: parent_dir.to_owned(),
+                }
+                .names(),
+            );
         }
         let set = validate_set(
             vec![ManifestSource { path: shown.clone(), text }],
@@ -106,6 +125,10 @@ impl Catalog {
                 Ok((p, m))
             })
             .collect::<Result<Vec<_>, CatalogError>>()?;
-        Ok(Resolved { path: path.to_owned(), manifest, children })
+        Ok(Resolved {
+            path: path.to_owned(),
+            manifest,
+            children,
+        })
     }
 }

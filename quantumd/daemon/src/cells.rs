@@ -28,11 +28,23 @@ pub enum Event {
     Command(Command),
     Unit(UnitEvent),
     /// A unit's start finished (pid or error).
-    Started { instance: String, result: Result<u32, String> },
+    Started {
+        instance: String,
+        result: Result<u32, String>,
+    },
     /// All units of a run finished starting, or one failed (`failed`).
-    PlanDone { root: String, ids: Vec<String>, failed: Option<String>, reply: Reply<CellInfo> },
+    PlanDone {
+        root: String,
+        ids: Vec<String>,
+        failed: Option<String>,
+        reply: Reply<CellInfo>,
+    },
     /// Units of a stop are gone.
-    StopDone { ids: Vec<String>, reason: String, reply: Option<Reply<Vec<String>>> },
+    StopDone {
+        ids: Vec<String>,
+        reason: String,
+        reply: Option<Reply<Vec<String>>>,
+    },
     /// A restart's back-off has passed.
     Restart(String),
     Tick,
@@ -101,7 +113,10 @@ pub struct Cells {
 }
 
 fn now_usec() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
 }
 
 /// Backoff before the n-th restart in a window: 0.5 s, 1 s, 2 s ... 30 s.
@@ -115,7 +130,9 @@ impl Cells {
         Cells {
             runtime,
             store,
-            catalog: Catalog { dir: config.catalog.clone() },
+            catalog: Catalog {
+                dir: config.catalog.clone(),
+            },
             config,
             instances: BTreeMap::new(),
             ended: VecDeque::new(),
@@ -152,7 +169,8 @@ impl Cells {
                 None => {
                     tracing::info!(instance = %r.instance, "cell ended while quantumd was not running");
                     self.store.remove(&r.instance);
-                    self.ended.push_back(info_of_record(&r, "exited", "ended while quantumd was not running"));
+                    self.ended
+                        .push_back(info_of_record(&r, "exited", "ended while quantumd was not running"));
                 }
             }
         }
@@ -184,8 +202,11 @@ impl Cells {
             self.adopt(record, *pid).await;
         }
         // Rebuild the links that records keep one side of.
-        let links: Vec<(String, Option<String>, Vec<String>)> =
-            self.instances.values().map(|i| (i.record.instance.clone(), i.record.parent.clone(), i.record.needs.clone())).collect();
+        let links: Vec<(String, Option<String>, Vec<String>)> = self
+            .instances
+            .values()
+            .map(|i| (i.record.instance.clone(), i.record.parent.clone(), i.record.needs.clone()))
+            .collect();
         for (id, parent, needs) in links {
             if let Some(p) = parent.and_then(|p| self.instances.get_mut(&p)) {
                 p.children.push(id.clone());
@@ -248,7 +269,12 @@ impl Cells {
 
     async fn command(&mut self, c: Command) {
         match c {
-            Command::Run { source, params, cwd, reply } => {
+            Command::Run {
+                source,
+                params,
+                cwd,
+                reply,
+            } => {
                 if let Err(e) = self.run(&source, params, &cwd, reply) {
                     tracing::info!(source, error = %e, "run refused");
                 }
@@ -267,7 +293,13 @@ impl Cells {
         tracing::info!(instance = id, cell, state, reason, "cell state changed");
         if let Some(conn) = &self.bus {
             let r = conn
-                .emit_signal(None::<()>, quantum_bus::OBJECT_PATH, quantum_bus::INTERFACE, "CellStateChanged", &(id, cell, state, reason))
+                .emit_signal(
+                    None::<()>,
+                    quantum_bus::OBJECT_PATH,
+                    quantum_bus::INTERFACE,
+                    "CellStateChanged",
+                    &(id, cell, state, reason),
+                )
                 .await;
             if let Err(e) = r {
                 tracing::warn!(error = %e, "cannot emit CellStateChanged");
@@ -295,7 +327,17 @@ impl Cells {
         let mut steps = Vec::new();
         let mut created = Vec::new();
         let slice = self.config.cell_slice.clone();
-        match self.plan(resolved, params, cwd, None, &slice, false, &mut steps, &mut created, &mut Vec::new()) {
+        match self.plan(
+            resolved,
+            params,
+            cwd,
+            None,
+            &slice,
+            false,
+            &mut steps,
+            &mut created,
+            &mut Vec::new(),
+        ) {
             Ok(root) => {
                 self.spawn_plan(root, created, steps, reply);
                 Ok(())
@@ -333,12 +375,17 @@ impl Cells {
         let m = Arc::new(resolved.manifest);
         let name = m.name.to_string();
         if stack.contains(&name) {
-            return Err(CommandError::Invalid(format!("cell \"{name}\": needs form a cycle: {} -> {name}", stack.join(" -> "))));
+            return Err(CommandError::Invalid(format!(
+                "cell \"{name}\": needs form a cycle: {} -> {name}",
+                stack.join(" -> ")
+            )));
         }
         if let Some((until, why)) = self.blacklist.get(&name) {
             if *until > Instant::now() {
                 let left = until.saturating_duration_since(Instant::now()).as_secs();
-                return Err(CommandError::Refused(format!("cell \"{name}\" is blacklisted for another {left}s: {why}")));
+                return Err(CommandError::Refused(format!(
+                    "cell \"{name}\" is blacklisted for another {left}s: {why}"
+                )));
             }
         }
         let manifest_dir = resolved.path.parent().unwrap_or(Path::new("/")).to_owned();
@@ -352,14 +399,17 @@ impl Cells {
             let reuse = self
                 .instances
                 .values()
-                .find(|i| i.record.cell == needed.as_str() && i.record.parent.is_none() && matches!(i.state, State::Running | State::Starting))
+                .find(|i| {
+                    i.record.cell == needed.as_str() && i.record.parent.is_none() && matches!(i.state, State::Running | State::Starting)
+                })
                 .map(|i| i.record.instance.clone());
             let id = match reuse {
                 Some(id) => id,
                 None => {
-                    let r = self.catalog.resolve_needed(needed, &resolved.path).map_err(|e| {
-                        CommandError::NotFound(format!("cell \"{name}\" needs \"{needed}\", which cannot be found: {e}"))
-                    })?;
+                    let r = self
+                        .catalog
+                        .resolve_needed(needed, &resolved.path)
+                        .map_err(|e| CommandError::NotFound(format!("cell \"{name}\" needs \"{needed}\", which cannot be found: {e}")))?;
                     let slice = self.config.cell_slice.clone();
                     self.plan(r, HashMap::new(), "", None, &slice, true, steps, created, stack)?
                 }
@@ -393,7 +443,9 @@ impl Cells {
             started_usec: now_usec(),
         };
         let spec = self.build_spec(&record, &m)?;
-        self.store.save(&record).map_err(|e| CommandError::Backend(format!("cell \"{name}\": {e}")))?;
+        self.store
+            .save(&record)
+            .map_err(|e| CommandError::Backend(format!("cell \"{name}\": {e}")))?;
         for n in &needs {
             if let Some(n) = self.instances.get_mut(n) {
                 n.needed_by.insert(id.clone());
@@ -420,9 +472,23 @@ impl Cells {
 
         for (child, (path, cm)) in m.children.iter().zip(resolved.children) {
             for _ in 0..child.count {
-                let r = Resolved { path: path.clone(), manifest: cm.clone(), children: child_manifests(&path, &cm)? };
+                let r = Resolved {
+                    path: path.clone(),
+                    manifest: cm.clone(),
+                    children: child_manifests(&path, &cm)?,
+                };
                 let fam = family.clone().unwrap_or_else(|| slice.to_owned());
-                let cid = self.plan(r, HashMap::new(), "", Some(&id), &fam, false, steps, created, &mut vec![name.clone()])?;
+                let cid = self.plan(
+                    r,
+                    HashMap::new(),
+                    "",
+                    Some(&id),
+                    &fam,
+                    false,
+                    steps,
+                    created,
+                    &mut vec![name.clone()],
+                )?;
                 if let Some(p) = self.instances.get_mut(&id) {
                     p.children.push(cid);
                 }
@@ -491,7 +557,10 @@ impl Cells {
                     Step::Unit(id, spec) => {
                         let result = runtime.start(&spec).await.map_err(|e| e.to_string());
                         let err = result.as_ref().err().cloned();
-                        let _ = events.send(Event::Started { instance: id.clone(), result });
+                        let _ = events.send(Event::Started {
+                            instance: id.clone(),
+                            result,
+                        });
                         if let Some(e) = err {
                             failed = Some(format!("cell instance {id} did not start: {e}"));
                             break;
@@ -536,16 +605,21 @@ impl Cells {
             None => {
                 let info = self.instances.get(&root).map(info_of).unwrap_or_else(|| {
                     // It already ended (a short job); report how.
-                    self.ended.iter().rev().find(|i| i.instance == root).cloned().unwrap_or_else(|| CellInfo {
-                        instance: root.clone(),
-                        cell: String::new(),
-                        state: "exited".into(),
-                        reason: String::new(),
-                        unit: String::new(),
-                        pid: 0,
-                        parent: String::new(),
-                        started_usec: 0,
-                    })
+                    self.ended
+                        .iter()
+                        .rev()
+                        .find(|i| i.instance == root)
+                        .cloned()
+                        .unwrap_or_else(|| CellInfo {
+                            instance: root.clone(),
+                            cell: String::new(),
+                            state: "exited".into(),
+                            reason: String::new(),
+                            unit: String::new(),
+                            pid: 0,
+                            parent: String::new(),
+                            started_usec: 0,
+                        })
                 });
                 let _ = reply.send(Ok(info));
             }
@@ -564,7 +638,11 @@ impl Cells {
         let roots: Vec<String> = if self.instances.contains_key(target) {
             vec![target.to_owned()]
         } else {
-            self.instances.values().filter(|i| i.record.cell == target && i.record.parent.is_none()).map(|i| i.record.instance.clone()).collect()
+            self.instances
+                .values()
+                .filter(|i| i.record.cell == target && i.record.parent.is_none())
+                .map(|i| i.record.instance.clone())
+                .collect()
         };
         if roots.is_empty() {
             let what = if target.contains('.') { "instance" } else { "running cell" };
@@ -574,7 +652,10 @@ impl Cells {
         for r in &roots {
             let users: Vec<String> = self.instances[r].needed_by.iter().filter(|u| !roots.contains(u)).cloned().collect();
             if !users.is_empty() {
-                let _ = reply.send(Err(CommandError::Refused(format!("{r} is needed by {}; stop that first", users.join(", ")))));
+                let _ = reply.send(Err(CommandError::Refused(format!(
+                    "{r} is needed by {}; stop that first",
+                    users.join(", ")
+                ))));
                 return;
             }
         }
@@ -678,7 +759,9 @@ impl Cells {
     // ----- exits, restarts, blacklisting ------------------------------------
 
     async fn unit_ended(&mut self, ev: UnitEvent) {
-        let Some(id) = instance_of_unit(&ev.unit).map(str::to_owned) else { return };
+        let Some(id) = instance_of_unit(&ev.unit).map(str::to_owned) else {
+            return;
+        };
         let Some(inst) = self.instances.get_mut(&id) else { return };
         inst.last_exit = ev.exit.code();
         if inst.state == State::Stopping {
@@ -699,7 +782,10 @@ impl Cells {
             inst.failures.push_back(now);
             let n = inst.failures.len();
             if n as u32 > l.max_restarts {
-                let why = format!("{what}; it ended {n} times within {} (max-restarts {})", l.restart_window, l.max_restarts);
+                let why = format!(
+                    "{what}; it ended {n} times within {} (max-restarts {})",
+                    l.restart_window, l.max_restarts
+                );
                 let until = now + Duration::from_secs(self.config.blacklist_seconds);
                 tracing::warn!(cell, instance = id, reason = why, "cell blacklisted");
                 self.blacklist.insert(cell.clone(), (until, why.clone()));
@@ -752,11 +838,17 @@ impl Cells {
             let result = runtime.start(&spec).await;
             match result {
                 Ok(pid) => {
-                    let _ = events.send(Event::Started { instance: id, result: Ok(pid) });
+                    let _ = events.send(Event::Started {
+                        instance: id,
+                        result: Ok(pid),
+                    });
                 }
                 Err(e) => {
                     // A failed restart counts as another failure.
-                    let _ = events.send(Event::Unit(UnitEvent { unit: spec.unit, exit: Exit::Other(e.to_string()) }));
+                    let _ = events.send(Event::Unit(UnitEvent {
+                        unit: spec.unit,
+                        exit: Exit::Other(e.to_string()),
+                    }));
                 }
             }
         });
@@ -771,10 +863,17 @@ impl Cells {
         for inst in self.instances.values_mut() {
             let Some(m) = &inst.manifest else { continue };
             let timeout = m.lifecycle.idle_timeout;
-            if inst.state != State::Running || timeout.is_zero() || !inst.needed_by.is_empty() || !inst.children.is_empty() || inst.record.parent.is_some() {
+            if inst.state != State::Running
+                || timeout.is_zero()
+                || !inst.needed_by.is_empty()
+                || !inst.children.is_empty()
+                || inst.record.parent.is_some()
+            {
                 continue;
             }
-            let Some(usage) = self.runtime.cpu_usage_usec(&inst.record.unit, &inst.record.slice) else { continue };
+            let Some(usage) = self.runtime.cpu_usage_usec(&inst.record.unit, &inst.record.slice) else {
+                continue;
+            };
             match inst.idle {
                 Some((last, since)) if last == usage => {
                     if now.duration_since(since) >= timeout.as_std() {
@@ -801,7 +900,10 @@ impl Cells {
 
     fn inspect(&self, target: &str) -> Result<CellDetail, CommandError> {
         let inst = self.instances.get(target).or_else(|| {
-            self.instances.values().filter(|i| i.record.cell == target).max_by_key(|i| i.record.started_usec)
+            self.instances
+                .values()
+                .filter(|i| i.record.cell == target)
+                .max_by_key(|i| i.record.started_usec)
         });
         let Some(inst) = inst else {
             if let Some(info) = self.ended.iter().rev().find(|i| i.instance == target || i.cell == target) {
@@ -871,7 +973,14 @@ fn bare_spec(r: &Record) -> UnitSpec {
         description: format!("QuantumOS cell {}", r.cell),
         argv: vec![],
         env: BTreeMap::new(),
-        limits: Limits { memory_min: 0, memory_max: 0, cpu_quota_centis: 0, cpu_weight: 0, io_weight: 0, tasks_max: 0 },
+        limits: Limits {
+            memory_min: 0,
+            memory_max: 0,
+            cpu_quota_centis: 0,
+            cpu_weight: 0,
+            io_weight: 0,
+            tasks_max: 0,
+        },
         sandbox: Sandbox {
             user: quantum_model::UserMode::Dynamic,
             network: quantum_model::Network::None,
@@ -889,7 +998,8 @@ fn child_manifests(path: &Path, m: &Manifest) -> Result<Vec<(PathBuf, Manifest)>
         .map(|c| {
             let p = dir.join(&c.manifest);
             let text = std::fs::read_to_string(&p).map_err(|e| CommandError::Invalid(format!("cannot read {}: {e}", p.display())))?;
-            let cm = quantum_model::parse_manifest(&text).map_err(|_| CommandError::Invalid(format!("{}: invalid manifest", p.display())))?;
+            let cm =
+                quantum_model::parse_manifest(&text).map_err(|_| CommandError::Invalid(format!("{}: invalid manifest", p.display())))?;
             Ok((p, cm))
         })
         .collect()
@@ -903,15 +1013,28 @@ pub fn resolve_params(m: &Manifest, mut given: HashMap<String, String>, base: &P
     let mut out = BTreeMap::new();
     let declared: Vec<&str> = m.params.keys().map(String::as_str).collect();
     if let Some(unknown) = given.keys().find(|k| !m.params.contains_key(*k)) {
-        let takes = if declared.is_empty() { "it takes none".to_owned() } else { format!("it takes {}", declared.join(", ")) };
-        return Err(CommandError::Invalid(format!("cell \"{cell}\" has no parameter \"{unknown}\" ({takes})")));
+        let takes = if declared.is_empty() {
+            "it takes none".to_owned()
+        } else {
+            format!("it takes {}", declared.join(", "))
+        };
+        return Err(CommandError::Invalid(format!(
+            "cell \"{cell}\" has no parameter \"{unknown}\" ({takes})"
+        )));
     }
     for (name, spec) in &m.params {
         let value = match given.remove(name).or_else(|| spec.default.clone()) {
             Some(v) => v,
-            None => return Err(CommandError::Invalid(format!("cell \"{cell}\" needs parameter \"{name}\" ({}: {})", spec.kind, spec.description))),
+            None => {
+                return Err(CommandError::Invalid(format!(
+                    "cell \"{cell}\" needs parameter \"{name}\" ({}: {})",
+                    spec.kind, spec.description
+                )))
+            }
         };
-        spec.kind.check(&value).map_err(|e| CommandError::Invalid(format!("cell \"{cell}\", parameter \"{name}\": {e}")))?;
+        spec.kind
+            .check(&value)
+            .map_err(|e| CommandError::Invalid(format!("cell \"{cell}\", parameter \"{name}\": {e}")))?;
         let value = if spec.kind == ParamType::Path && !value.starts_with('/') {
             normalize(&base.join(&value))
         } else {

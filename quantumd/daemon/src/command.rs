@@ -11,10 +11,23 @@ pub type Reply<T> = oneshot::Sender<Result<T, CommandError>>;
 
 #[derive(Debug)]
 pub enum Command {
-    Run { source: String, params: HashMap<String, String>, cwd: String, reply: Reply<CellInfo> },
-    Stop { target: String, reply: Reply<Vec<String>> },
-    List { reply: Reply<Vec<CellInfo>> },
-    Inspect { target: String, reply: Reply<CellDetail> },
+    Run {
+        source: String,
+        params: HashMap<String, String>,
+        cwd: String,
+        reply: Reply<CellInfo>,
+    },
+    Stop {
+        target: String,
+        reply: Reply<Vec<String>>,
+    },
+    List {
+        reply: Reply<Vec<CellInfo>>,
+    },
+    Inspect {
+        target: String,
+        reply: Reply<CellDetail>,
+    },
 }
 
 /// Why a command failed; the text names the cell and the cause.

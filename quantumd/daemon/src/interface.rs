@@ -19,21 +19,41 @@ pub struct Quantum1 {
 impl Quantum1 {
     async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T, CommandError>>) -> Command) -> Result<T, Error> {
         let (tx, rx) = oneshot::channel();
-        self.commands.send(make(tx)).await.map_err(|_| Error::Backend("quantumd is shutting down".into()))?;
-        rx.await.map_err(|_| Error::Backend("quantumd dropped the request".into()))?.map_err(Error::from)
+        self.commands
+            .send(make(tx))
+            .await
+            .map_err(|_| Error::Backend("quantumd is shutting down".into()))?;
+        rx.await
+            .map_err(|_| Error::Backend("quantumd dropped the request".into()))?
+            .map_err(Error::from)
     }
 
     async fn authorize(&self, header: &Header<'_>) -> Result<(), Error> {
         let sender = header.sender().map(|s| s.to_string()).unwrap_or_default();
-        self.authorizer.check(&sender, ACTION_MANAGE).await.map_err(|e| Error::from(CommandError::Denied(e)))
+        self.authorizer
+            .check(&sender, ACTION_MANAGE)
+            .await
+            .map_err(|e| Error::from(CommandError::Denied(e)))
     }
 }
 
 #[zbus::interface(name = "org.quantumos.Quantum1")]
 impl Quantum1 {
-    async fn run(&self, #[zbus(header)] header: Header<'_>, source: String, params: HashMap<String, String>, cwd: String) -> Result<CellInfo, Error> {
+    async fn run(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        source: String,
+        params: HashMap<String, String>,
+        cwd: String,
+    ) -> Result<CellInfo, Error> {
         self.authorize(&header).await?;
-        self.call(|reply| Command::Run { source, params, cwd, reply }).await
+        self.call(|reply| Command::Run {
+            source,
+            params,
+            cwd,
+            reply,
+        })
+        .await
     }
 
     async fn stop(&self, #[zbus(header)] header: Header<'_>, target: String) -> Result<Vec<String>, Error> {

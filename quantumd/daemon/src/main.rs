@@ -45,7 +45,7 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     logging::init();
-    let required = args.config != PathBuf::from(config::DEFAULT_CONFIG);
+    let required = args.config.as_path() != std::path::Path::new(config::DEFAULT_CONFIG);
     let mut config = Config::load(&args.config, required)?;
     if let Some(b) = args.backend {
         config.backend = b;

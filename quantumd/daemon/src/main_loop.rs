@@ -71,15 +71,28 @@ pub async fn serve(config: Config, bus_address: Option<String>) -> anyhow::Resul
         Authorizer::Polkit(conn.clone())
     };
     conn.object_server()
-        .at(quantum_bus::OBJECT_PATH, Quantum1 { commands: cmd_tx, authorizer, backend: backend.clone() })
+        .at(
+            quantum_bus::OBJECT_PATH,
+            Quantum1 {
+                commands: cmd_tx,
+                authorizer,
+                backend: backend.clone(),
+            },
+        )
         .await
         .context("exporting the interface")?;
-    conn.request_name(quantum_bus::BUS_NAME)
-        .await
-        .with_context(|| format!("taking the bus name {} (is another quantumd running, or does the D-Bus policy allow this user?)", quantum_bus::BUS_NAME))?;
+    conn.request_name(quantum_bus::BUS_NAME).await.with_context(|| {
+        format!(
+            "taking the bus name {} (is another quantumd running, or does the D-Bus policy allow this user?)",
+            quantum_bus::BUS_NAME
+        )
+    })?;
     cells.set_bus(conn.clone());
 
-    notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&format!("{} cells running; {}", cells.running_count(), backend))]);
+    notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&format!("{} cells running; {}", cells.running_count(), backend)),
+    ]);
     tracing::info!(bus = bus_address.as_deref().unwrap_or("system"), "quantumd ready");
 
     let watchdog = sd_notify::watchdog_enabled().is_some();

@@ -47,7 +47,9 @@ impl Authorizer {
         if dbus.get_connection_unix_user(name).await.map_err(|e| e.to_string())? == 0 {
             return Ok(());
         }
-        let authority = AuthorityProxy::new(conn).await.map_err(|e| format!("polkit is not available: {e}"))?;
+        let authority = AuthorityProxy::new(conn)
+            .await
+            .map_err(|e| format!("polkit is not available: {e}"))?;
         let subject = ("system-bus-name", HashMap::from([("name", Value::from(sender))]));
         let (authorized, _challenge, _details) = authority
             .check_authorization(&subject, action, HashMap::new(), ALLOW_USER_INTERACTION, "")
@@ -56,7 +58,9 @@ impl Authorizer {
         if authorized {
             Ok(())
         } else {
-            Err(format!("not authorized for {action}: ask an administrator to add you to the \"quantum\" group"))
+            Err(format!(
+                "not authorized for {action}: ask an administrator to add you to the \"quantum\" group"
+            ))
         }
     }
 }

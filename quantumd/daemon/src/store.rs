@@ -31,7 +31,11 @@ pub struct Record {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot {op} {path}")]
-    Io { op: &'static str, path: PathBuf, source: std::io::Error },
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -42,7 +46,11 @@ pub struct Store {
 impl Store {
     pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
         let dir = state_dir.join("instances");
-        fs::create_dir_all(&dir).map_err(|source| StoreError::Io { op: "create", path: dir.clone(), source })?;
+        fs::create_dir_all(&dir).map_err(|source| StoreError::Io {
+            op: "create",
+            path: dir.clone(),
+            source,
+        })?;
         Ok(Store { dir })
     }
 
@@ -54,12 +62,20 @@ impl Store {
     pub fn save(&self, r: &Record) -> Result<(), StoreError> {
         let path = self.path(&r.instance);
         let tmp = path.with_extension("json.tmp");
-        let io = |op, source| StoreError::Io { op, path: tmp.clone(), source };
+        let io = |op, source| StoreError::Io {
+            op,
+            path: tmp.clone(),
+            source,
+        };
         let data = serde_json::to_vec_pretty(r).map_err(|e| io("encode", std::io::Error::other(e)))?;
         let mut f = fs::File::create(&tmp).map_err(|e| io("create", e))?;
         f.write_all(&data).map_err(|e| io("write", e))?;
         f.sync_all().map_err(|e| io("sync", e))?;
-        fs::rename(&tmp, &path).map_err(|source| StoreError::Io { op: "rename", path: path.clone(), source })
+        fs::rename(&tmp, &path).map_err(|source| StoreError::Io {
+            op: "rename",
+            path: path.clone(),
+            source,
+        })
     }
 
     pub fn remove(&self, instance: &str) {
@@ -86,7 +102,10 @@ impl Store {
                 }
                 _ => continue,
             }
-            match fs::read(&p).map_err(|e| e.to_string()).and_then(|d| serde_json::from_slice::<Record>(&d).map_err(|e| e.to_string())) {
+            match fs::read(&p)
+                .map_err(|e| e.to_string())
+                .and_then(|d| serde_json::from_slice::<Record>(&d).map_err(|e| e.to_string()))
+            {
                 Ok(r) => out.push(r),
                 Err(e) => {
                     tracing::error!(path = %p.display(), error = %e, "unreadable instance record, set aside as .bad");

@@ -18,7 +18,11 @@ pub struct Diagnostic {
 
 impl Diagnostic {
     pub fn new(field: impl Into<String>, span: Option<Range<usize>>, message: impl Into<String>) -> Self {
-        Diagnostic { field: field.into(), message: message.into(), span }
+        Diagnostic {
+            field: field.into(),
+            message: message.into(),
+            span,
+        }
     }
 }
 
@@ -66,13 +70,23 @@ impl Located {
             Some(span) => map.line_col(src, span.start),
             None => (1, 1),
         };
-        Located { path: path.to_owned(), line, col, field: d.field.clone(), message: d.message.clone() }
+        Located {
+            path: path.to_owned(),
+            line,
+            col,
+            field: d.field.clone(),
+            message: d.message.clone(),
+        }
     }
 }
 
 impl fmt::Display for Located {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: error: {}: {}", self.path, self.line, self.col, self.field, self.message)
+        write!(
+            f,
+            "{}:{}:{}: error: {}: {}",
+            self.path, self.line, self.col, self.field, self.message
+        )
     }
 }
 

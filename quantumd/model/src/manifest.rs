@@ -129,10 +129,7 @@ impl ParamType {
                 Ok(p) if p > 0 => Ok(()),
                 _ => Err(format!("{value:?} is not a port: use a number from 1 to 65535")),
             },
-            ParamType::Integer => value
-                .parse::<i64>()
-                .map(drop)
-                .map_err(|_| format!("{value:?} is not an integer")),
+            ParamType::Integer => value.parse::<i64>().map(drop).map_err(|_| format!("{value:?} is not an integer")),
             ParamType::Duration => value.parse::<Duration>().map(drop).map_err(|e| e.to_string()),
             ParamType::Size => value.parse::<ByteSize>().map(drop).map_err(|e| e.to_string()),
         }
@@ -205,8 +202,7 @@ pub enum Restart {
 }
 
 impl Restart {
-    pub const ALL: [(&'static str, Restart); 3] =
-        [("no", Restart::No), ("on-failure", Restart::OnFailure), ("always", Restart::Always)];
+    pub const ALL: [(&'static str, Restart); 3] = [("no", Restart::No), ("on-failure", Restart::OnFailure), ("always", Restart::Always)];
 }
 
 /// `[lifecycle]`.
@@ -244,8 +240,7 @@ pub enum Network {
 }
 
 impl Network {
-    pub const ALL: [(&'static str, Network); 3] =
-        [("none", Network::None), ("loopback", Network::Loopback), ("host", Network::Host)];
+    pub const ALL: [(&'static str, Network); 3] = [("none", Network::None), ("loopback", Network::Loopback), ("host", Network::Host)];
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -273,7 +268,12 @@ pub struct Isolation {
 
 impl Default for Isolation {
     fn default() -> Self {
-        Isolation { network: Network::None, user: UserMode::Dynamic, readable: Vec::new(), writable: Vec::new() }
+        Isolation {
+            network: Network::None,
+            user: UserMode::Dynamic,
+            readable: Vec::new(),
+            writable: Vec::new(),
+        }
     }
 }
 
@@ -294,7 +294,10 @@ impl Manifest {
             Program::Exec(argv) => argv,
             Program::Artifact(_) => &[],
         };
-        exec.iter().chain(&self.isolation.readable).chain(&self.isolation.writable).map(String::as_str)
+        exec.iter()
+            .chain(&self.isolation.readable)
+            .chain(&self.isolation.writable)
+            .map(String::as_str)
     }
 }
 

@@ -9,8 +9,7 @@ use toml_edit::{ImDocument, Item, TableLike, Value};
 
 use crate::diagnostic::Diagnostic;
 use crate::manifest::{
-    Artifact, CellName, ChildRef, Isolation, Lifecycle, Manifest, Network, ParamSpec, ParamType, Program,
-    Resources, Restart, UserMode,
+    Artifact, CellName, ChildRef, Isolation, Lifecycle, Manifest, Network, ParamSpec, ParamType, Program, Resources, Restart, UserMode,
 };
 use crate::placeholder::{is_param_name, placeholders};
 use crate::units::{ByteSize, CpuCores, Duration};
@@ -21,8 +20,7 @@ const TOP_KEYS: &[&str] = &["cell", "params", "resources", "lifecycle", "isolati
 const CELL_KEYS: &[&str] = &["name", "version", "description", "capabilities", "exec", "artifact"];
 const ARTIFACT_KEYS: &[&str] = &["path", "blake3"];
 const PARAM_KEYS: &[&str] = &["type", "default", "description"];
-const RESOURCE_KEYS: &[&str] =
-    &["cpu-min", "cpu-max", "memory-min", "memory-max", "io-weight", "tasks-max", "gpus"];
+const RESOURCE_KEYS: &[&str] = &["cpu-min", "cpu-max", "memory-min", "memory-max", "io-weight", "tasks-max", "gpus"];
 const LIFECYCLE_KEYS: &[&str] = &["idle-timeout", "restart", "max-restarts", "restart-window"];
 const ISOLATION_KEYS: &[&str] = &["network", "user", "readable", "writable"];
 const NEEDS_KEYS: &[&str] = &["cells"];
@@ -176,7 +174,11 @@ impl Walker {
     /// An array of strings, each with its span.
     fn strings<'a>(&mut self, field: &str, item: &'a Item) -> Option<Vec<(&'a str, Span)>> {
         let Some(array) = item.as_array() else {
-            self.error(field, item.span(), format!("expected an array of strings, found {}", describe(item)));
+            self.error(
+                field,
+                item.span(),
+                format!("expected an array of strings, found {}", describe(item)),
+            );
             return None;
         };
         let mut out = Vec::new();
@@ -186,7 +188,11 @@ impl Walker {
                 Some(s) => out.push((s, v.span())),
                 None => {
                     ok = false;
-                    self.error(format!("{field}[{i}]"), v.span(), format!("expected a string, found {}", v.type_name()));
+                    self.error(
+                        format!("{field}[{i}]"),
+                        v.span(),
+                        format!("expected a string, found {}", v.type_name()),
+                    );
                 }
             }
         }
@@ -219,7 +225,9 @@ impl Walker {
                 return None;
             }
         };
-        CpuCores::try_from(v).map_err(|e| self.error(field, item.span(), e.to_string())).ok()
+        CpuCores::try_from(v)
+            .map_err(|e| self.error(field, item.span(), e.to_string()))
+            .ok()
     }
 
     fn size(&mut self, field: &str, item: &Item) -> Option<ByteSize> {
@@ -229,7 +237,9 @@ impl Walker {
             }
         }
         let s = self.string_like(field, item, "a size such as \"256M\"")?;
-        s.parse::<ByteSize>().map_err(|e| self.error(field, item.span(), e.to_string())).ok()
+        s.parse::<ByteSize>()
+            .map_err(|e| self.error(field, item.span(), e.to_string()))
+            .ok()
     }
 
     fn duration(&mut self, field: &str, item: &Item) -> Option<Duration> {
@@ -237,7 +247,9 @@ impl Walker {
             return Some(Duration(0));
         }
         let s = self.string_like(field, item, "a duration such as \"5m\"")?;
-        s.parse::<Duration>().map_err(|e| self.error(field, item.span(), e.to_string())).ok()
+        s.parse::<Duration>()
+            .map_err(|e| self.error(field, item.span(), e.to_string()))
+            .ok()
     }
 
     fn string_like<'a>(&mut self, field: &str, item: &'a Item, what: &str) -> Option<&'a str> {
@@ -285,14 +297,21 @@ impl Walker {
                     }
                     if let Some(v) = cell.get("name") {
                         if let Some(s) = self.string("cell.name", v) {
-                            name = s.parse::<CellName>().map_err(|e| self.error("cell.name", v.span(), e.to_string())).ok();
+                            name = s
+                                .parse::<CellName>()
+                                .map_err(|e| self.error("cell.name", v.span(), e.to_string()))
+                                .ok();
                         }
                     }
                     if let Some(v) = cell.get("version") {
                         if let Some(s) = self.string("cell.version", v) {
                             version = semver::Version::parse(s)
                                 .map_err(|e| {
-                                    self.error("cell.version", v.span(), format!("{s:?} is not a semantic version (MAJOR.MINOR.PATCH): {e}"))
+                                    self.error(
+                                        "cell.version",
+                                        v.span(),
+                                        format!("{s:?} is not a semantic version (MAJOR.MINOR.PATCH): {e}"),
+                                    )
                                 })
                                 .ok();
                         }
@@ -315,7 +334,11 @@ impl Walker {
                     match (exec, artifact) {
                         (Some(_), Some(a)) => {
                             let span = cell.key("artifact").and_then(|k| k.span()).or_else(|| a.span());
-                            self.error("cell.artifact", span, "\"exec\" and \"artifact\" are both set; set exactly one of them");
+                            self.error(
+                                "cell.artifact",
+                                span,
+                                "\"exec\" and \"artifact\" are both set; set exactly one of them",
+                            );
                         }
                         (None, None) => self.error("cell.exec", header, "missing: set exactly one of \"exec\" or \"artifact\""),
                         (Some(e), None) => {
@@ -323,7 +346,11 @@ impl Walker {
                                 if list.is_empty() || list[0].0.is_empty() {
                                     self.error("cell.exec", e.span(), "must name a program to run");
                                 } else {
-                                    exec_spans = list.iter().enumerate().map(|(i, (s, sp))| (format!("cell.exec[{i}]"), *s, sp.clone())).collect();
+                                    exec_spans = list
+                                        .iter()
+                                        .enumerate()
+                                        .map(|(i, (s, sp))| (format!("cell.exec[{i}]"), *s, sp.clone()))
+                                        .collect();
                                     program = Some(Program::Exec(list.into_iter().map(|(s, _)| s.to_owned()).collect()));
                                 }
                             }
@@ -349,9 +376,17 @@ impl Walker {
                         // Point at the placeholder itself when the string is a
                         // plain one-line literal (span starts at its quote).
                         let inner = sp.start + 1 + p.start;
-                        if sp.end > inner { inner..inner + (p.end - p.start) } else { sp }
+                        if sp.end > inner {
+                            inner..inner + (p.end - p.start)
+                        } else {
+                            sp
+                        }
                     });
-                    self.error(field.clone(), span, format!("placeholder {{{}}} is not declared under [params]", p.name));
+                    self.error(
+                        field.clone(),
+                        span,
+                        format!("placeholder {{{}}} is not declared under [params]", p.name),
+                    );
                 }
             }
         }
@@ -378,7 +413,12 @@ impl Walker {
             needs,
             children,
             resources,
-            spans: Spans { needs: needs_spans, child_manifest, child_count, child_index },
+            spans: Spans {
+                needs: needs_spans,
+                child_manifest,
+                child_count,
+                child_index,
+            },
             diagnostics: self.diags,
         }
     }
@@ -393,7 +433,11 @@ impl Walker {
             Some(v) => {
                 if let Some(s) = self.string("cell.artifact.path", v) {
                     if s.is_empty() || s.starts_with('/') || s.split('/').any(|c| c == "..") {
-                        self.error("cell.artifact.path", v.span(), format!("{s:?} must be a relative path inside the bundle, without \"..\""));
+                        self.error(
+                            "cell.artifact.path",
+                            v.span(),
+                            format!("{s:?} must be a relative path inside the bundle, without \"..\""),
+                        );
                     } else {
                         path = Some(s.to_owned());
                     }
@@ -407,12 +451,27 @@ impl Walker {
                     if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
                         blake3 = Some(s.to_ascii_lowercase());
                     } else {
-                        self.error("cell.artifact.blake3", v.span(), format!("expected 64 hex digits, found {} characters{}", s.chars().count(), if s.chars().all(|c| c.is_ascii_hexdigit()) { "" } else { " with non-hex characters" }));
+                        self.error(
+                            "cell.artifact.blake3",
+                            v.span(),
+                            format!(
+                                "expected 64 hex digits, found {} characters{}",
+                                s.chars().count(),
+                                if s.chars().all(|c| c.is_ascii_hexdigit()) {
+                                    ""
+                                } else {
+                                    " with non-hex characters"
+                                }
+                            ),
+                        );
                     }
                 }
             }
         }
-        Some(Artifact { path: path?, blake3: blake3? })
+        Some(Artifact {
+            path: path?,
+            blake3: blake3?,
+        })
     }
 
     fn params(&mut self, item: Option<&Item>) -> BTreeMap<String, ParamSpec> {
@@ -423,14 +482,22 @@ impl Walker {
             let field = format!("params.{name}");
             if !is_param_name(name) {
                 let span = table.key(name).and_then(|k| k.span());
-                self.error(&field, span, format!("{name:?} is not a valid parameter name: use a-z, 0-9, '_' and '-', starting with a letter"));
+                self.error(
+                    &field,
+                    span,
+                    format!("{name:?} is not a valid parameter name: use a-z, 0-9, '_' and '-', starting with a letter"),
+                );
                 continue;
             }
             let Some(p) = self.table(&field, item) else { continue };
             self.check_keys(&field, p, PARAM_KEYS);
             let kind = match p.get("type") {
                 None => {
-                    self.error(format!("{field}.type"), table.key(name).and_then(|k| k.span()).or_else(|| item.span()), "missing required key");
+                    self.error(
+                        format!("{field}.type"),
+                        table.key(name).and_then(|k| k.span()).or_else(|| item.span()),
+                        "missing required key",
+                    );
                     None
                 }
                 Some(t) => self.one_of(&format!("{field}.type"), t, &ParamType::ALL),
@@ -440,7 +507,11 @@ impl Walker {
                     (Some(s), _) => s.to_owned(),
                     (None, Some(i)) => i.to_string(),
                     _ => {
-                        self.error(format!("{field}.default"), d.span(), format!("expected a string or an integer, found {}", describe(d)));
+                        self.error(
+                            format!("{field}.default"),
+                            d.span(),
+                            format!("expected a string or an integer, found {}", describe(d)),
+                        );
                         return None;
                     }
                 };
@@ -451,13 +522,31 @@ impl Walker {
                 }
                 Some(text)
             });
-            let description = p.get("description").and_then(|d| self.string(&format!("{field}.description"), d)).unwrap_or("").to_owned();
+            let description = p
+                .get("description")
+                .and_then(|d| self.string(&format!("{field}.description"), d))
+                .unwrap_or("")
+                .to_owned();
             if let Some(kind) = kind {
-                out.insert(name.to_owned(), ParamSpec { kind, default, description });
+                out.insert(
+                    name.to_owned(),
+                    ParamSpec {
+                        kind,
+                        default,
+                        description,
+                    },
+                );
             } else {
                 // Declared, even if badly: keep it so its placeholders are not
                 // also reported as undeclared.
-                out.insert(name.to_owned(), ParamSpec { kind: ParamType::String, default, description });
+                out.insert(
+                    name.to_owned(),
+                    ParamSpec {
+                        kind: ParamType::String,
+                        default,
+                        description,
+                    },
+                );
             }
         }
         out
@@ -469,8 +558,12 @@ impl Walker {
         let Some(t) = self.table("resources", item) else { return r };
         self.check_keys("resources", t, RESOURCE_KEYS);
         let explicit = |k: &str| t.get(k).is_some();
-        let (cpu_min_set, cpu_max_set, mem_min_set, mem_max_set) =
-            (explicit("cpu-min"), explicit("cpu-max"), explicit("memory-min"), explicit("memory-max"));
+        let (cpu_min_set, cpu_max_set, mem_min_set, mem_max_set) = (
+            explicit("cpu-min"),
+            explicit("cpu-max"),
+            explicit("memory-min"),
+            explicit("memory-max"),
+        );
         if let Some(v) = t.get("cpu-min").and_then(|v| self.cores("resources.cpu-min", v)) {
             r.cpu_min = v;
         }
@@ -482,7 +575,11 @@ impl Walker {
         }
         if let Some(v) = t.get("memory-max").and_then(|v| self.size("resources.memory-max", v)) {
             if v.bytes() == 0 {
-                self.error("resources.memory-max", t.get("memory-max").and_then(Item::span), "must be greater than 0");
+                self.error(
+                    "resources.memory-max",
+                    t.get("memory-max").and_then(Item::span),
+                    "must be greater than 0",
+                );
             } else {
                 r.memory_max = v;
             }
@@ -490,7 +587,10 @@ impl Walker {
         if let Some(v) = t.get("io-weight").and_then(|v| self.integer("resources.io-weight", v, 1..=10_000)) {
             r.io_weight = v as u16;
         }
-        if let Some(v) = t.get("tasks-max").and_then(|v| self.integer("resources.tasks-max", v, 1..=4_194_304)) {
+        if let Some(v) = t
+            .get("tasks-max")
+            .and_then(|v| self.integer("resources.tasks-max", v, 1..=4_194_304))
+        {
             r.tasks_max = v as u32;
         }
         if let Some(v) = t.get("gpus").and_then(|v| self.integer("resources.gpus", v, 0..=64)) {
@@ -498,12 +598,40 @@ impl Walker {
         }
         let default_note = |set: bool| if set { "" } else { " (the default)" };
         if r.cpu_min > r.cpu_max {
-            let (field, span) = if cpu_min_set { ("resources.cpu-min", t.get("cpu-min")) } else { ("resources.cpu-max", t.get("cpu-max")) };
-            self.error(field, span.and_then(Item::span), format!("cpu-min {}{} is above cpu-max {}{}", r.cpu_min, default_note(cpu_min_set), r.cpu_max, default_note(cpu_max_set)));
+            let (field, span) = if cpu_min_set {
+                ("resources.cpu-min", t.get("cpu-min"))
+            } else {
+                ("resources.cpu-max", t.get("cpu-max"))
+            };
+            self.error(
+                field,
+                span.and_then(Item::span),
+                format!(
+                    "cpu-min {}{} is above cpu-max {}{}",
+                    r.cpu_min,
+                    default_note(cpu_min_set),
+                    r.cpu_max,
+                    default_note(cpu_max_set)
+                ),
+            );
         }
         if r.memory_min > r.memory_max {
-            let (field, span) = if mem_min_set { ("resources.memory-min", t.get("memory-min")) } else { ("resources.memory-max", t.get("memory-max")) };
-            self.error(field, span.and_then(Item::span), format!("memory-min {}{} is above memory-max {}{}", r.memory_min, default_note(mem_min_set), r.memory_max, default_note(mem_max_set)));
+            let (field, span) = if mem_min_set {
+                ("resources.memory-min", t.get("memory-min"))
+            } else {
+                ("resources.memory-max", t.get("memory-max"))
+            };
+            self.error(
+                field,
+                span.and_then(Item::span),
+                format!(
+                    "memory-min {}{} is above memory-max {}{}",
+                    r.memory_min,
+                    default_note(mem_min_set),
+                    r.memory_max,
+                    default_note(mem_max_set)
+                ),
+            );
         }
         r
     }
@@ -519,12 +647,19 @@ impl Walker {
         if let Some(v) = t.get("restart").and_then(|v| self.one_of("lifecycle.restart", v, &Restart::ALL)) {
             l.restart = v;
         }
-        if let Some(v) = t.get("max-restarts").and_then(|v| self.integer("lifecycle.max-restarts", v, 0..=10_000)) {
+        if let Some(v) = t
+            .get("max-restarts")
+            .and_then(|v| self.integer("lifecycle.max-restarts", v, 0..=10_000))
+        {
             l.max_restarts = v as u32;
         }
         if let Some(v) = t.get("restart-window").and_then(|v| self.duration("lifecycle.restart-window", v)) {
             if v.is_zero() {
-                self.error("lifecycle.restart-window", t.get("restart-window").and_then(Item::span), "must be longer than 0");
+                self.error(
+                    "lifecycle.restart-window",
+                    t.get("restart-window").and_then(Item::span),
+                    "must be longer than 0",
+                );
             } else {
                 l.restart_window = v;
             }
@@ -537,7 +672,9 @@ impl Walker {
         let mut iso = Isolation::default();
         let mut paths = Vec::new();
         let Some(item) = item else { return (iso, paths) };
-        let Some(t) = self.table("isolation", item) else { return (iso, paths) };
+        let Some(t) = self.table("isolation", item) else {
+            return (iso, paths);
+        };
         self.check_keys("isolation", t, ISOLATION_KEYS);
         if let Some(v) = t.get("network").and_then(|v| self.one_of("isolation.network", v, &Network::ALL)) {
             iso.network = v;
@@ -547,11 +684,17 @@ impl Walker {
         }
         for (key, dest) in [("readable", &mut iso.readable), ("writable", &mut iso.writable)] {
             let field = format!("isolation.{key}");
-            let Some(list) = t.get(key).and_then(|v| self.strings(&field, v)) else { continue };
+            let Some(list) = t.get(key).and_then(|v| self.strings(&field, v)) else {
+                continue;
+            };
             for (i, (s, span)) in list.into_iter().enumerate() {
                 let field = format!("{field}[{i}]");
                 if !(s.starts_with('/') || s.starts_with('{')) {
-                    self.error(&field, span.clone(), format!("{s:?} must be an absolute path or start with a placeholder"));
+                    self.error(
+                        &field,
+                        span.clone(),
+                        format!("{s:?} must be an absolute path or start with a placeholder"),
+                    );
                 }
                 paths.push((field, s, span));
                 dest.push(s.to_owned());
@@ -563,9 +706,13 @@ impl Walker {
     fn needs(&mut self, item: Option<&Item>) -> (Vec<CellName>, Vec<Span>) {
         let (mut names, mut spans) = (Vec::new(), Vec::new());
         let Some(item) = item else { return (names, spans) };
-        let Some(t) = self.table("needs", item) else { return (names, spans) };
+        let Some(t) = self.table("needs", item) else {
+            return (names, spans);
+        };
         self.check_keys("needs", t, NEEDS_KEYS);
-        let Some(list) = t.get("cells").and_then(|v| self.strings("needs.cells", v)) else { return (names, spans) };
+        let Some(list) = t.get("cells").and_then(|v| self.strings("needs.cells", v)) else {
+            return (names, spans);
+        };
         for (i, (s, span)) in list.into_iter().enumerate() {
             match s.parse::<CellName>() {
                 Ok(n) => {
@@ -580,9 +727,15 @@ impl Walker {
 
     fn children(&mut self, item: Option<&Item>) -> (Vec<ChildRef>, Vec<Span>, Vec<Span>, Vec<usize>) {
         let (mut out, mut manifest_spans, mut count_spans, mut index) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let Some(item) = item else { return (out, manifest_spans, count_spans, index) };
+        let Some(item) = item else {
+            return (out, manifest_spans, count_spans, index);
+        };
         let Some(array) = item.as_array_of_tables() else {
-            self.error("child", item.span(), format!("expected [[child]] entries (an array of tables), found {}", describe(item)));
+            self.error(
+                "child",
+                item.span(),
+                format!("expected [[child]] entries (an array of tables), found {}", describe(item)),
+            );
             return (out, manifest_spans, count_spans, index);
         };
         let mut seen = BTreeMap::new();
@@ -596,9 +749,16 @@ impl Walker {
                     None
                 }
                 Some(v) => self.string(&format!("{prefix}.name"), v).and_then(|s| {
-                    let n = s.parse::<CellName>().map_err(|e| self.error(format!("{prefix}.name"), v.span(), e.to_string())).ok()?;
+                    let n = s
+                        .parse::<CellName>()
+                        .map_err(|e| self.error(format!("{prefix}.name"), v.span(), e.to_string()))
+                        .ok()?;
                     if let Some(first) = seen.insert(s.to_owned(), i) {
-                        self.error(format!("{prefix}.name"), v.span(), format!("{s:?} is already the name of child[{first}]"));
+                        self.error(
+                            format!("{prefix}.name"),
+                            v.span(),
+                            format!("{s:?} is already the name of child[{first}]"),
+                        );
                     }
                     Some(n)
                 }),
@@ -610,7 +770,11 @@ impl Walker {
                 }
                 Some(v) => self.string(&format!("{prefix}.manifest"), v).and_then(|s| {
                     if s.is_empty() || s.starts_with('/') {
-                        self.error(format!("{prefix}.manifest"), v.span(), format!("{s:?} must be a path relative to this manifest"));
+                        self.error(
+                            format!("{prefix}.manifest"),
+                            v.span(),
+                            format!("{s:?} must be a path relative to this manifest"),
+                        );
                         None
                     } else {
                         Some((s.to_owned(), v.span()))

@@ -20,7 +20,11 @@ pub fn placeholders(s: &str) -> Vec<Placeholder<'_>> {
             if let Some(len) = s[i + 1..].find('}') {
                 let name = &s[i + 1..i + 1 + len];
                 if is_param_name(name) {
-                    out.push(Placeholder { name, start: i, end: i + len + 2 });
+                    out.push(Placeholder {
+                        name,
+                        start: i,
+                        end: i + len + 2,
+                    });
                     i += len + 2;
                     continue;
                 }
@@ -35,13 +39,12 @@ pub fn placeholders(s: &str) -> Vec<Placeholder<'_>> {
 /// lower-case letters, digits, `_` or `-`.
 pub fn is_param_name(name: &str) -> bool {
     let mut chars = name.chars();
-    matches!(chars.next(), Some('a'..='z' | '_'))
-        && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_' | '-'))
+    matches!(chars.next(), Some('a'..='z' | '_')) && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_' | '-'))
 }
 
 /// Replaces every placeholder using `value`; returns the first name `value`
 /// has no answer for.
-pub fn substitute<'a>(s: &'a str, mut value: impl FnMut(&str) -> Option<String>) -> Result<String, &'a str> {
+pub fn substitute(s: &str, mut value: impl FnMut(&str) -> Option<String>) -> Result<String, &str> {
     let mut out = String::with_capacity(s.len());
     let mut last = 0;
     for p in placeholders(s) {

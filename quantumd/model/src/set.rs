@@ -77,7 +77,11 @@ pub fn validate_set(
             let span = files[i].parsed.spans.child_manifest[j].clone();
             if let Some(&k) = by_path.get(&child_path) {
                 if depth + 1 > MAX_DEPTH || k == i || top.contains(&k) && depth > 0 {
-                    files[i].extra.push(Diagnostic::new(field, span, format!("{rel:?} makes children nest too deep or in a circle")));
+                    files[i].extra.push(Diagnostic::new(
+                        field,
+                        span,
+                        format!("{rel:?} makes children nest too deep or in a circle"),
+                    ));
                     files[i].children.push(None);
                 } else {
                     files[i].children.push(Some(k));
@@ -85,12 +89,20 @@ pub fn validate_set(
                 continue;
             }
             if depth + 1 > MAX_DEPTH {
-                files[i].extra.push(Diagnostic::new(field, span, format!("{rel:?} nests children more than {MAX_DEPTH} deep")));
+                files[i].extra.push(Diagnostic::new(
+                    field,
+                    span,
+                    format!("{rel:?} nests children more than {MAX_DEPTH} deep"),
+                ));
                 files[i].children.push(None);
                 continue;
             }
             if loaded >= MAX_LOADED {
-                files[i].extra.push(Diagnostic::new(field, span, format!("{rel:?} not read: more than {MAX_LOADED} child manifests in all")));
+                files[i].extra.push(Diagnostic::new(
+                    field,
+                    span,
+                    format!("{rel:?} not read: more than {MAX_LOADED} child manifests in all"),
+                ));
                 files[i].children.push(None);
                 continue;
             }
@@ -102,7 +114,9 @@ pub fn validate_set(
                     queue.push((k, depth + 1));
                 }
                 Err(e) => {
-                    files[i].extra.push(Diagnostic::new(field, span, format!("cannot read {rel:?}: {e}")));
+                    files[i]
+                        .extra
+                        .push(Diagnostic::new(field, span, format!("cannot read {rel:?}: {e}")));
                     files[i].children.push(None);
                 }
             }
@@ -137,7 +151,14 @@ pub fn validate_set(
 fn add_file(files: &mut Vec<File>, by_path: &mut BTreeMap<String, usize>, path: String, text: String) -> usize {
     let parsed = parse(&text);
     let map = SourceMap::new(&text);
-    files.push(File { path: path.clone(), text, map, parsed, extra: Vec::new(), children: Vec::new() });
+    files.push(File {
+        path: path.clone(),
+        text,
+        map,
+        parsed,
+        extra: Vec::new(),
+        children: Vec::new(),
+    });
     by_path.insert(normalize(Path::new(&path)), files.len() - 1);
     files.len() - 1
 }
@@ -163,15 +184,34 @@ fn normalize(path: &Path) -> String {
     out.to_string_lossy().into_owned()
 }
 
+/// A resource compared between parent and children: its name, the parent's
+/// maximum, how to read a child's maximum, and how to print a value.
+type Limit = (&'static str, u64, fn(&crate::Resources) -> u64, fn(u64) -> String);
+
 /// The summed `count x max` of a parent's children must fit in the parent's
 /// own maximum for CPU, memory and tasks; the child that tips a total over
 /// is named.
 fn check_children_fit(files: &mut [File], i: usize) {
     let parent = files[i].parsed.resources;
-    let limits: [(&str, u64, fn(&crate::Resources) -> u64, fn(u64) -> String); 3] = [
-        ("cpu-max", u64::from(parent.cpu_max.centis()), |r| u64::from(r.cpu_max.centis()), |v| crate::CpuCores::from_centis(v as u32).to_string()),
-        ("memory-max", parent.memory_max.bytes(), |r| r.memory_max.bytes(), |v| crate::ByteSize(v).to_string()),
-        ("tasks-max", u64::from(parent.tasks_max), |r| u64::from(r.tasks_max), |v| v.to_string()),
+    let limits: [Limit; 3] = [
+        (
+            "cpu-max",
+            u64::from(parent.cpu_max.centis()),
+            |r| u64::from(r.cpu_max.centis()),
+            |v| crate::CpuCores::from_centis(v as u32).to_string(),
+        ),
+        (
+            "memory-max",
+            parent.memory_max.bytes(),
+            |r| r.memory_max.bytes(),
+            |v| crate::ByteSize(v).to_string(),
+        ),
+        (
+            "tasks-max",
+            u64::from(parent.tasks_max),
+            |r| u64::from(r.tasks_max),
+            |v| v.to_string(),
+        ),
     ];
     for (what, parent_max, get, show) in limits {
         let mut total: u64 = 0;
@@ -205,14 +245,16 @@ fn check_needs(files: &mut [File], top: &[usize], known: &BTreeSet<CellName>) {
         let Some(name) = files[i].parsed.name.clone() else { continue };
         if let Some(&first) = by_name.get(&name) {
             let other = files[first].path.clone();
-            files[i].extra.push(Diagnostic::new("cell.name", None, format!("cell {:?} is also defined in {other}", name.as_str())));
+            files[i].extra.push(Diagnostic::new(
+                "cell.name",
+                None,
+                format!("cell {:?} is also defined in {other}", name.as_str()),
+            ));
         } else {
             by_name.insert(name, i);
         }
     }
-    let edges = |files: &[File], i: usize| -> Vec<usize> {
-        files[i].parsed.needs.iter().filter_map(|n| by_name.get(n).copied()).collect()
-    };
+    let edges = |files: &[File], i: usize| -> Vec<usize> { files[i].parsed.needs.iter().filter_map(|n| by_name.get(n).copied()).collect() };
     for &i in top {
         let needs = files[i].parsed.needs.clone();
         for (j, needed) in needs.iter().enumerate() {
@@ -220,7 +262,14 @@ fn check_needs(files: &mut [File], top: &[usize], known: &BTreeSet<CellName>) {
             let field = format!("needs.cells[{j}]");
             let Some(&target) = by_name.get(needed) else {
                 if !known.contains(needed) {
-                    files[i].extra.push(Diagnostic::new(field, span, format!("unknown cell {:?}: not among the manifests given nor in the catalog", needed.as_str())));
+                    files[i].extra.push(Diagnostic::new(
+                        field,
+                        span,
+                        format!(
+                            "unknown cell {:?}: not among the manifests given nor in the catalog",
+                            needed.as_str()
+                        ),
+                    ));
                 }
                 continue;
             };
@@ -228,7 +277,11 @@ fn check_needs(files: &mut [File], top: &[usize], known: &BTreeSet<CellName>) {
                 let mut names: Vec<&str> = vec![files[i].parsed.name.as_ref().map_or("?", CellName::as_str)];
                 names.extend(path.iter().map(|&k| files[k].parsed.name.as_ref().map_or("?", CellName::as_str)));
                 let cycle = names.join(" -> ");
-                files[i].extra.push(Diagnostic::new(field, span, format!("needing {:?} makes a cycle: {cycle}", needed.as_str())));
+                files[i].extra.push(Diagnostic::new(
+                    field,
+                    span,
+                    format!("needing {:?} makes a cycle: {cycle}", needed.as_str()),
+                ));
             }
         }
     }
@@ -273,7 +326,10 @@ mod tests {
                     [[child]]\nname = \"c\"\nmanifest = \"c/cell.toml\"\n";
         let mut reads = 0;
         let set = validate_set(
-            vec![ManifestSource { path: "cell.toml".into(), text: text.into() }],
+            vec![ManifestSource {
+                path: "cell.toml".into(),
+                text: text.into(),
+            }],
             &mut |_| {
                 reads += 1;
                 Ok(text.to_owned())
@@ -281,7 +337,10 @@ mod tests {
             &BTreeSet::new(),
         );
         assert_eq!(reads, MAX_LOADED);
-        assert!(set.errors.iter().any(|e| e.message.ends_with("more than 1024 child manifests in all")));
+        assert!(set
+            .errors
+            .iter()
+            .any(|e| e.message.ends_with("more than 1024 child manifests in all")));
     }
 
     #[test]

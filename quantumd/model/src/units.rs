@@ -41,7 +41,11 @@ impl ByteSize {
 impl FromStr for ByteSize {
     type Err = UnitError;
     fn from_str(s: &str) -> Result<Self, UnitError> {
-        let bad = || UnitError(format!("{s:?} is not a size: use a whole number with an optional K, M, G or T suffix (base 1024), e.g. \"256M\""));
+        let bad = || {
+            UnitError(format!(
+                "{s:?} is not a size: use a whole number with an optional K, M, G or T suffix (base 1024), e.g. \"256M\""
+            ))
+        };
         let (digits, mult) = match s.as_bytes().last() {
             Some(b'K' | b'k') => (&s[..s.len() - 1], 1u64 << 10),
             Some(b'M' | b'm') => (&s[..s.len() - 1], 1 << 20),
@@ -53,7 +57,9 @@ impl FromStr for ByteSize {
             return Err(bad());
         }
         let n: u64 = digits.parse().map_err(|_| bad())?;
-        n.checked_mul(mult).map(ByteSize).ok_or_else(|| UnitError(format!("{s:?} is too large")))
+        n.checked_mul(mult)
+            .map(ByteSize)
+            .ok_or_else(|| UnitError(format!("{s:?} is too large")))
     }
 }
 
@@ -62,7 +68,7 @@ impl fmt::Display for ByteSize {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.0;
         for (suffix, shift) in [("T", 40), ("G", 30), ("M", 20), ("K", 10)] {
-            if n != 0 && n % (1u64 << shift) == 0 {
+            if n != 0 && n.is_multiple_of(1u64 << shift) {
                 return write!(f, "{}{}", n >> shift, suffix);
             }
         }
@@ -106,7 +112,7 @@ impl TryFrom<f64> for CpuCores {
 
 impl fmt::Display for CpuCores {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0 % 100 == 0 {
+        if self.0.is_multiple_of(100) {
             write!(f, "{}", self.0 / 100)
         } else {
             write!(f, "{}", self.as_f64())
@@ -134,7 +140,11 @@ impl Duration {
 impl FromStr for Duration {
     type Err = UnitError;
     fn from_str(s: &str) -> Result<Self, UnitError> {
-        let bad = || UnitError(format!("{s:?} is not a duration: use numbers with s, m or h, e.g. \"30s\", \"5m\", \"1h30m\", or \"0\""));
+        let bad = || {
+            UnitError(format!(
+                "{s:?} is not a duration: use numbers with s, m or h, e.g. \"30s\", \"5m\", \"1h30m\", or \"0\""
+            ))
+        };
         if s == "0" {
             return Ok(Duration(0));
         }

@@ -24,7 +24,10 @@ fn validate(files: &[PathBuf]) -> ValidatedSet {
     let rel = |p: &Path| p.strip_prefix(&base).unwrap_or(p).to_string_lossy().into_owned();
     let inputs = files
         .iter()
-        .map(|p| ManifestSource { path: rel(p), text: fs::read_to_string(p).expect("read case") })
+        .map(|p| ManifestSource {
+            path: rel(p),
+            text: fs::read_to_string(p).expect("read case"),
+        })
         .collect();
     let mut load = |p: &str| fs::read_to_string(base.join(p)).map_err(|e| e.to_string());
     validate_set(inputs, &mut load, &BTreeSet::<CellName>::new())
@@ -49,7 +52,10 @@ fn every_bad_manifest_produces_exactly_its_expected_diagnostics() {
     let update = std::env::var_os("UPDATE_EXPECT").is_some();
     let mut failures = Vec::new();
     let mut cases = 0;
-    let mut entries: Vec<_> = fs::read_dir(root().join("bad")).expect("bad/").map(|e| e.expect("entry").path()).collect();
+    let mut entries: Vec<_> = fs::read_dir(root().join("bad"))
+        .expect("bad/")
+        .map(|e| e.expect("entry").path())
+        .collect();
     entries.sort();
     for path in entries {
         let (files, expected_path) = if path.is_dir() {
@@ -61,7 +67,11 @@ fn every_bad_manifest_produces_exactly_its_expected_diagnostics() {
         };
         cases += 1;
         let actual = render(&validate(&files));
-        assert!(!actual.is_empty(), "{}: a bad manifest must produce at least one error", path.display());
+        assert!(
+            !actual.is_empty(),
+            "{}: a bad manifest must produce at least one error",
+            path.display()
+        );
         if update {
             fs::write(&expected_path, &actual).expect("write expected");
             continue;
@@ -72,7 +82,12 @@ fn every_bad_manifest_produces_exactly_its_expected_diagnostics() {
         }
     }
     assert!(cases >= 10, "only {cases} bad cases found");
-    assert!(failures.is_empty(), "{} case(s) differ (UPDATE_EXPECT=1 to accept):\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} case(s) differ (UPDATE_EXPECT=1 to accept):\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -88,12 +103,17 @@ fn good_manifests_are_valid() {
 #[test]
 fn the_standard_catalog_is_valid() {
     let catalog = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packaging/cells");
-    let Ok(dirs) = fs::read_dir(&catalog) else { panic!("no catalog at {}", catalog.display()) };
+    let Ok(dirs) = fs::read_dir(&catalog) else {
+        panic!("no catalog at {}", catalog.display())
+    };
     let mut inputs = Vec::new();
     for d in dirs {
         let p = d.expect("entry").path().join("cell.toml");
         if p.exists() {
-            inputs.push(ManifestSource { path: p.display().to_string(), text: fs::read_to_string(&p).expect("read") });
+            inputs.push(ManifestSource {
+                path: p.display().to_string(),
+                text: fs::read_to_string(&p).expect("read"),
+            });
         }
     }
     assert!(inputs.len() >= 5, "catalog has only {} cells", inputs.len());

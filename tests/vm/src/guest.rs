@@ -190,8 +190,7 @@ pub fn qemu_command(image: &Image, config: &BootConfig, share: &Path, console: &
         .args(["-device", "virtio-rng-pci"]);
     match console {
         Console::File(log) => {
-            cmd.args(["-monitor", "none", "-serial"])
-                .arg(format!("file:{}", log.display()));
+            cmd.args(["-monitor", "none", "-serial"]).arg(format!("file:{}", log.display()));
         }
         // Ctrl-A X quits, Ctrl-A C reaches the monitor.
         Console::Terminal => {
@@ -363,11 +362,7 @@ impl Guest {
             let new = read_from(&self.console_log, &mut seen)?;
             let text = format!("{carry}{new}");
             if text.contains(FAILED_LINE) {
-                bail!(
-                    "[{}] the test agent could not start\n{}",
-                    self.backend,
-                    self.console_tail(40)
-                );
+                bail!("[{}] the test agent could not start\n{}", self.backend, self.console_tail(40));
             }
             if text.contains(READY_LINE) && self.share.join("ready").exists() {
                 let took = self.booted_at.elapsed();
@@ -445,7 +440,11 @@ impl Guest {
             .trim()
             .parse()
             .with_context(|| format!("the agent wrote a bad exit code '{}'", rc.trim()))?;
-        Ok(Output { code, stdout: read("out")?, stderr: read("err")? })
+        Ok(Output {
+            code,
+            stdout: read("out")?,
+            stderr: read("err")?,
+        })
     }
 
     /// Runs `script` and returns its stdout; a non-zero exit is an error
@@ -517,8 +516,7 @@ impl Guest {
     fn submit(&self, n: u64, script: &str, timeout: Duration) -> Result<()> {
         let cmd_dir = self.share.join("cmd");
         let secs = timeout.as_secs().max(1);
-        fs::write(cmd_dir.join(format!("{n}.timeout")), format!("{secs}\n"))
-            .context("writing the command's timeout")?;
+        fs::write(cmd_dir.join(format!("{n}.timeout")), format!("{secs}\n")).context("writing the command's timeout")?;
         let tmp = cmd_dir.join(format!(".{n}.sh.tmp"));
         fs::write(&tmp, script).context("writing the command")?;
         fs::rename(&tmp, cmd_dir.join(format!("{n}.sh"))).context("renaming the command into place")?;
@@ -570,7 +568,11 @@ impl Guest {
         }
         let _ = child.wait();
         if self.work.is_none() {
-            crate::report(format_args!("[{}] kept the work directory {}", self.backend, self.work_path.display()));
+            crate::report(format_args!(
+                "[{}] kept the work directory {}",
+                self.backend,
+                self.work_path.display()
+            ));
         }
     }
 }

@@ -73,8 +73,7 @@ impl Image {
 
     /// Reads an `image.env` written by the build script.
     pub fn load(env_file: &Path) -> Result<Image> {
-        let text = fs::read_to_string(env_file)
-            .with_context(|| format!("reading {}", env_file.display()))?;
+        let text = fs::read_to_string(env_file).with_context(|| format!("reading {}", env_file.display()))?;
         let dir = env_file
             .parent()
             .context("image.env has no parent directory")?

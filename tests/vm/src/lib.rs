@@ -22,10 +22,7 @@ mod scenario;
 use std::fmt;
 use std::io::Write;
 
-pub use guest::{
-    nspawn_command, qemu_command, Backend, BootConfig, Console, Guest, NspawnRoot, Output, GUEST_SHARE,
-    READY_LINE,
-};
+pub use guest::{nspawn_command, qemu_command, Backend, BootConfig, Console, Guest, NspawnRoot, Output, GUEST_SHARE, READY_LINE};
 pub use image::{Image, DEFAULT_VARIANT};
 pub use scenario::Scenarios;
 

@@ -23,7 +23,10 @@ pub struct Scenarios<'g> {
 
 impl<'g> Scenarios<'g> {
     pub fn new(guest: &'g Guest) -> Scenarios<'g> {
-        Scenarios { guest, outcomes: Vec::new() }
+        Scenarios {
+            guest,
+            outcomes: Vec::new(),
+        }
     }
 
     /// Runs one scenario; an error or a panic fails it, and the next
@@ -51,7 +54,11 @@ impl<'g> Scenarios<'g> {
                 took.as_secs_f64()
             )),
         }
-        self.outcomes.push(Outcome { name: name.to_owned(), took, error });
+        self.outcomes.push(Outcome {
+            name: name.to_owned(),
+            took,
+            error,
+        });
     }
 
     /// Prints the summary; when a scenario failed, prints the guest's

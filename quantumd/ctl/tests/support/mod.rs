@@ -64,10 +64,20 @@ impl Node {
 
         let mount = dir.path().join("cgroup2");
         std::fs::create_dir_all(&mount).expect("mkdir");
-        let st = Command::new("mount").args(["-t", "cgroup2", "none"]).arg(&mount).status().expect("mount");
-        assert!(st.success(), "cannot mount cgroup2 at {} (the host tier runs as root)", mount.display());
+        let st = Command::new("mount")
+            .args(["-t", "cgroup2", "none"])
+            .arg(&mount)
+            .status()
+            .expect("mount");
+        assert!(
+            st.success(),
+            "cannot mount cgroup2 at {} (the host tier runs as root)",
+            mount.display()
+        );
         // Each node gets its own subtree of the (shared) unified hierarchy.
-        let cgroup_root = mount.join(format!("qtest-{}", std::process::id())).join(dir.path().file_name().unwrap());
+        let cgroup_root = mount
+            .join(format!("qtest-{}", std::process::id()))
+            .join(dir.path().file_name().unwrap());
         std::fs::create_dir_all(&cgroup_root).expect("test cgroup");
 
         let mut node = Node {
@@ -88,7 +98,11 @@ impl Node {
     }
 
     pub fn start_daemon(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("quantumd.log")).expect("log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("quantumd.log"))
+            .expect("log");
         let child = Command::new(bin("quantumd"))
             .args(["--backend", "cgroup", "--config", "/dev/null"])
             .arg("--cgroup-root")
@@ -103,7 +117,9 @@ impl Node {
             .spawn()
             .expect("quantumd");
         self.daemon = Some(child);
-        wait_for("quantumd on the bus", Duration::from_secs(20), || self.ctl(&["list"]).status.success().then_some(()));
+        wait_for("quantumd on the bus", Duration::from_secs(20), || {
+            self.ctl(&["list"]).status.success().then_some(())
+        });
     }
 
     /// kill -9, as a crash would.
@@ -115,7 +131,11 @@ impl Node {
     }
 
     pub fn ctl(&self, args: &[&str]) -> Output {
-        Command::new(bin("quantumctl")).args(args).env("QUANTUM_BUS_ADDRESS", &self.bus_address).output().expect("quantumctl")
+        Command::new(bin("quantumctl"))
+            .args(args)
+            .env("QUANTUM_BUS_ADDRESS", &self.bus_address)
+            .output()
+            .expect("quantumctl")
     }
 
     /// Runs quantumctl and returns stdout, panicking with both streams if it fails.

@@ -30,13 +30,19 @@ pub struct CgroupRuntime {
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> RuntimeError + 'a {
-    move |source| RuntimeError::Cgroup { op, path: path.display().to_string(), source }
+    move |source| RuntimeError::Cgroup {
+        op,
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 /// `usage_usec` from a cgroup's `cpu.stat`.
 pub fn read_usage_usec(cpu_stat: &Path) -> Option<u64> {
     let text = fs::read_to_string(cpu_stat).ok()?;
-    text.lines().find_map(|l| l.strip_prefix("usage_usec ")).and_then(|v| v.trim().parse().ok())
+    text.lines()
+        .find_map(|l| l.strip_prefix("usage_usec "))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 impl CgroupRuntime {
@@ -82,12 +88,16 @@ impl CgroupRuntime {
         } else {
             format!(
                 "cannot enforce {} limits (controllers not available in {})",
-                missing.iter().map(|c| match *c {
-                    "cpu" => "cpu-min/cpu-max",
-                    "memory" => "memory-min/memory-max",
-                    "io" => "io-weight",
-                    _ => "tasks-max",
-                }).collect::<Vec<_>>().join(", "),
+                missing
+                    .iter()
+                    .map(|c| match *c {
+                        "cpu" => "cpu-min/cpu-max",
+                        "memory" => "memory-min/memory-max",
+                        "io" => "io-weight",
+                        _ => "tasks-max",
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 self.base.parent().unwrap_or(&self.base).display()
             )
         };
@@ -98,7 +108,12 @@ impl CgroupRuntime {
     }
 
     fn dir_of(&self, slice: &str) -> PathBuf {
-        self.slices.lock().unwrap_or_else(|e| e.into_inner()).get(slice).cloned().unwrap_or_else(|| self.base.clone())
+        self.slices
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(slice)
+            .cloned()
+            .unwrap_or_else(|| self.base.clone())
     }
 
     fn write_limits(&self, dir: &Path, l: &super::Limits) -> Result<(), RuntimeError> {
@@ -132,7 +147,10 @@ impl CgroupRuntime {
             let _ = fs::write(dir.join("cgroup.subtree_control"), format!("+{c}"));
         }
         self.write_limits(&dir, &slice.limits)?;
-        self.slices.lock().unwrap_or_else(|e| e.into_inner()).insert(slice.name.clone(), dir);
+        self.slices
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(slice.name.clone(), dir);
         Ok(())
     }
 
@@ -150,7 +168,10 @@ impl CgroupRuntime {
         fs::create_dir_all(&dir).map_err(io_err("cannot create", &dir))?;
         self.write_limits(&dir, &spec.limits)?;
         let procs_path = dir.join("cgroup.procs");
-        let procs = fs::OpenOptions::new().write(true).open(&procs_path).map_err(io_err("cannot open", &procs_path))?;
+        let procs = fs::OpenOptions::new()
+            .write(true)
+            .open(&procs_path)
+            .map_err(io_err("cannot open", &procs_path))?;
 
         let mut cmd = std::process::Command::new(&spec.argv[0]);
         cmd.args(&spec.argv[1..]).envs(&spec.env).stdin(std::process::Stdio::null());
@@ -183,7 +204,10 @@ impl CgroupRuntime {
         }
         let mut child = cmd.spawn().map_err(|source| {
             remove_when_empty(&dir);
-            RuntimeError::Spawn { program: spec.argv[0].clone(), source }
+            RuntimeError::Spawn {
+                program: spec.argv[0].clone(),
+                source,
+            }
         })?;
         drop(procs);
         let pid = child.id();
@@ -201,7 +225,10 @@ impl CgroupRuntime {
                 };
                 let _ = events.send(UnitEvent { unit, exit });
             })
-            .map_err(|source| RuntimeError::Spawn { program: "waiter thread".into(), source })?;
+            .map_err(|source| RuntimeError::Spawn {
+                program: "waiter thread".into(),
+                source,
+            })?;
         Ok(pid)
     }
 
@@ -233,7 +260,11 @@ impl CgroupRuntime {
                 return Some(candidate);
             }
             if let Ok(rd) = fs::read_dir(&d) {
-                dirs.extend(rd.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "slice")));
+                dirs.extend(
+                    rd.flatten()
+                        .map(|e| e.path())
+                        .filter(|p| p.extension().is_some_and(|e| e == "slice")),
+                );
             }
         }
         None
@@ -252,7 +283,10 @@ impl CgroupRuntime {
                     dirs.push(p);
                 } else if name.ends_with(".service") {
                     match pids_of(&p).first() {
-                        Some(&pid) => out.push(LiveUnit { unit: name, pid: pid as u32 }),
+                        Some(&pid) => out.push(LiveUnit {
+                            unit: name,
+                            pid: pid as u32,
+                        }),
                         None => remove_when_empty(&p),
                     }
                 }
@@ -275,7 +309,10 @@ impl CgroupRuntime {
                     .unwrap_or(false);
                 if !populated {
                     remove_when_empty(&dir);
-                    let _ = events.send(UnitEvent { unit, exit: Exit::Other("ended; its exit status was lost across a quantumd restart".into()) });
+                    let _ = events.send(UnitEvent {
+                        unit,
+                        exit: Exit::Other("ended; its exit status was lost across a quantumd restart".into()),
+                    });
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis(500)).await;
@@ -293,7 +330,10 @@ impl CgroupRuntime {
         let enforced = |c: &str| if self.controllers.contains(c) { "" } else { " (not enforced)" };
         v.push(("memory.min".into(), format!("{}{}", l.memory_min, enforced("memory"))));
         v.push(("memory.max".into(), format!("{}{}", l.memory_max, enforced("memory"))));
-        v.push(("cpu.max".into(), format!("{} 100000{}", u64::from(l.cpu_quota_centis) * 1000, enforced("cpu"))));
+        v.push((
+            "cpu.max".into(),
+            format!("{} 100000{}", u64::from(l.cpu_quota_centis) * 1000, enforced("cpu")),
+        ));
         v.push(("cpu.weight".into(), format!("{}{}", l.cpu_weight, enforced("cpu"))));
         v.push(("io.weight".into(), format!("default {}{}", l.io_weight, enforced("io"))));
         v.push(("pids.max".into(), format!("{}{}", l.tasks_max, enforced("pids"))));
@@ -314,7 +354,11 @@ fn exit_of(status: std::process::ExitStatus, oom: bool) -> Exit {
 fn read_oom_kills(memory_events: &Path) -> u64 {
     fs::read_to_string(memory_events)
         .ok()
-        .and_then(|t| t.lines().find_map(|l| l.strip_prefix("oom_kill ")).and_then(|v| v.trim().parse().ok()))
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("oom_kill "))
+                .and_then(|v| v.trim().parse().ok())
+        })
         .unwrap_or(0)
 }
 

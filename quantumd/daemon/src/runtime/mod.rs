@@ -90,7 +90,11 @@ pub enum RuntimeError {
     #[error("cannot reach systemd on the system bus")]
     Connect(#[source] zbus::Error),
     #[error("{op} {path}")]
-    Cgroup { op: &'static str, path: String, source: std::io::Error },
+    Cgroup {
+        op: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot start {program}")]
     Spawn { program: String, source: std::io::Error },
 }

@@ -35,7 +35,20 @@ trait Manager {
         &self,
         states: &[&str],
         patterns: &[&str],
-    ) -> zbus::Result<Vec<(String, String, String, String, String, String, OwnedObjectPath, u32, String, OwnedObjectPath)>>;
+    ) -> zbus::Result<
+        Vec<(
+            String,
+            String,
+            String,
+            String,
+            String,
+            String,
+            OwnedObjectPath,
+            u32,
+            String,
+            OwnedObjectPath,
+        )>,
+    >;
     fn subscribe(&self) -> zbus::Result<()>;
     #[zbus(signal)]
     fn job_removed(&self, id: u32, job: zbus::zvariant::ObjectPath<'_>, unit: &str, result: &str) -> zbus::Result<()>;
@@ -89,7 +102,10 @@ impl SystemdRuntime {
     pub async fn connect(events: EventSender, cell_slice: &str, cgroup_root: &std::path::Path) -> Result<Self, RuntimeError> {
         let conn = zbus::Connection::system().await.map_err(RuntimeError::Connect)?;
         let manager = ManagerProxy::new(&conn).await.map_err(RuntimeError::Connect)?;
-        let shared = Arc::new(Shared { jobs: Mutex::default(), watched: Mutex::default() });
+        let shared = Arc::new(Shared {
+            jobs: Mutex::default(),
+            watched: Mutex::default(),
+        });
 
         let mut jobs = manager.receive_job_removed().await.map_err(RuntimeError::Connect)?;
         let rule = zbus::MatchRule::builder()
@@ -100,7 +116,9 @@ impl SystemdRuntime {
             .and_then(|b| b.path_namespace("/org/freedesktop/systemd1/unit"))
             .map_err(RuntimeError::Connect)?
             .build();
-        let mut changes = zbus::MessageStream::for_match_rule(rule, &conn, Some(1024)).await.map_err(RuntimeError::Connect)?;
+        let mut changes = zbus::MessageStream::for_match_rule(rule, &conn, Some(1024))
+            .await
+            .map_err(RuntimeError::Connect)?;
         // systemd only broadcasts unit signals while someone has subscribed.
         manager.subscribe().await.map_err(RuntimeError::Connect)?;
 
@@ -140,14 +158,19 @@ impl SystemdRuntime {
     }
 
     pub fn describe(&self) -> String {
-        format!("systemd: cells run as transient services in {}; every limit and sandbox setting is enforced by systemd", self.cell_slice)
+        format!(
+            "systemd: cells run as transient services in {}; every limit and sandbox setting is enforced by systemd",
+            self.cell_slice
+        )
     }
 
     async fn on_properties_changed(&self, msg: &zbus::Message, events: &EventSender) {
         let header = msg.header();
         let Some(path) = header.path().map(|p| p.to_string()) else { return };
         let body = msg.body();
-        let Ok((iface, changed, _invalid)) = body.deserialize::<(String, HashMap<String, OwnedValue>, Vec<String>)>() else { return };
+        let Ok((iface, changed, _invalid)) = body.deserialize::<(String, HashMap<String, OwnedValue>, Vec<String>)>() else {
+            return;
+        };
         let ended = {
             let mut watched = self.shared.watched.lock().unwrap_or_else(|e| e.into_inner());
             let Some((_, facts)) = watched.get_mut(&path) else { return };
@@ -177,7 +200,9 @@ impl SystemdRuntime {
         // The unit may be garbage-collected any moment now; ask for the
         // final facts and fall back to what the signals already said.
         let fresh = self.service_facts(&path).await;
-        let Some((unit, cached)) = self.shared.watched.lock().unwrap_or_else(|e| e.into_inner()).remove(&path) else { return };
+        let Some((unit, cached)) = self.shared.watched.lock().unwrap_or_else(|e| e.into_inner()).remove(&path) else {
+            return;
+        };
         let facts = fresh.unwrap_or(cached);
         let exit = exit_from(&facts);
         if !exit.is_success() {
@@ -207,7 +232,11 @@ impl SystemdRuntime {
 
     /// Starts following `unit`'s state (after a restart of quantumd).
     pub async fn watch(&self, unit: &str) {
-        self.shared.watched.lock().unwrap_or_else(|e| e.into_inner()).insert(unit_path(unit), (unit.to_owned(), ServiceFacts::default()));
+        self.shared
+            .watched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(unit_path(unit), (unit.to_owned(), ServiceFacts::default()));
         // It may have ended between the listing and now.
         let state = self.unit_state(unit).await;
         if matches!(state.as_deref(), Some("inactive" | "failed") | None) {
@@ -224,16 +253,28 @@ impl SystemdRuntime {
             .build()
             .await
             .ok()?;
-        let v = props.get("org.freedesktop.systemd1.Unit".try_into().ok()?, "ActiveState").await.ok()?;
+        let v = props
+            .get("org.freedesktop.systemd1.Unit".try_into().ok()?, "ActiveState")
+            .await
+            .ok()?;
         String::try_from(v).ok()
     }
 
     async fn main_pid(&self, unit: &str) -> u32 {
-        let Ok(b) = zbus::fdo::PropertiesProxy::builder(&self.conn).destination("org.freedesktop.systemd1") else { return 0 };
+        let Ok(b) = zbus::fdo::PropertiesProxy::builder(&self.conn).destination("org.freedesktop.systemd1") else {
+            return 0;
+        };
         let Ok(b) = b.path(unit_path(unit)) else { return 0 };
         let Ok(props) = b.build().await else { return 0 };
-        let Ok(iface) = "org.freedesktop.systemd1.Service".try_into() else { return 0 };
-        props.get(iface, "MainPID").await.ok().and_then(|v| u32::try_from(v).ok()).unwrap_or(0)
+        let Ok(iface) = "org.freedesktop.systemd1.Service".try_into() else {
+            return 0;
+        };
+        props
+            .get(iface, "MainPID")
+            .await
+            .ok()
+            .and_then(|v| u32::try_from(v).ok())
+            .unwrap_or(0)
     }
 
     /// Waits for the job at `job` to finish; returns its result string.
@@ -251,28 +292,44 @@ impl SystemdRuntime {
     }
 
     pub async fn start_slice(&self, slice: &SliceSpec) -> Result<(), RuntimeError> {
-        let mut props = vec![("Description", Value::from(slice.description.clone())), ("Slice", Value::from(slice.parent.clone()))];
+        let mut props = vec![
+            ("Description", Value::from(slice.description.clone())),
+            ("Slice", Value::from(slice.parent.clone())),
+        ];
         props.extend(limit_properties(&slice.limits));
         let job = self
             .manager
             .start_transient_unit(&slice.name, "fail", &props, &[])
             .await
-            .map_err(|e| RuntimeError::Systemd { unit: slice.name.clone(), message: dbus_message(&e) })?;
+            .map_err(|e| RuntimeError::Systemd {
+                unit: slice.name.clone(),
+                message: dbus_message(&e),
+            })?;
         match self.wait_job(&job).await.as_str() {
             "done" => Ok(()),
-            other => Err(RuntimeError::Job { unit: slice.name.clone(), result: other.to_owned() }),
+            other => Err(RuntimeError::Job {
+                unit: slice.name.clone(),
+                result: other.to_owned(),
+            }),
         }
     }
 
     pub async fn start(&self, spec: &UnitSpec) -> Result<u32, RuntimeError> {
         let props = unit_properties(spec);
         let path = unit_path(&spec.unit);
-        self.shared.watched.lock().unwrap_or_else(|e| e.into_inner()).insert(path.clone(), (spec.unit.clone(), ServiceFacts::default()));
+        self.shared
+            .watched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(path.clone(), (spec.unit.clone(), ServiceFacts::default()));
         let job = match self.manager.start_transient_unit(&spec.unit, "fail", &props, &[]).await {
             Ok(job) => job,
             Err(e) => {
                 self.shared.watched.lock().unwrap_or_else(|e| e.into_inner()).remove(&path);
-                return Err(RuntimeError::Systemd { unit: spec.unit.clone(), message: dbus_message(&e) });
+                return Err(RuntimeError::Systemd {
+                    unit: spec.unit.clone(),
+                    message: dbus_message(&e),
+                });
             }
         };
         match self.wait_job(&job).await.as_str() {
@@ -280,7 +337,10 @@ impl SystemdRuntime {
             other => {
                 self.shared.watched.lock().unwrap_or_else(|e| e.into_inner()).remove(&path);
                 let _ = self.manager.reset_failed_unit(&spec.unit).await;
-                Err(RuntimeError::Job { unit: spec.unit.clone(), result: other.to_owned() })
+                Err(RuntimeError::Job {
+                    unit: spec.unit.clone(),
+                    result: other.to_owned(),
+                })
             }
         }
     }
@@ -295,7 +355,10 @@ impl SystemdRuntime {
                 Ok(())
             }
             Err(zbus::Error::MethodError(name, _, _)) if name.as_str() == "org.freedesktop.systemd1.NoSuchUnit" => Ok(()),
-            Err(e) => Err(RuntimeError::Systemd { unit: unit.to_owned(), message: dbus_message(&e) }),
+            Err(e) => Err(RuntimeError::Systemd {
+                unit: unit.to_owned(),
+                message: dbus_message(&e),
+            }),
         }
     }
 
@@ -304,7 +367,10 @@ impl SystemdRuntime {
             .manager
             .list_units_by_patterns(&["active", "activating", "reloading"], &["quantum-*.service"])
             .await
-            .map_err(|e| RuntimeError::Systemd { unit: "quantum-*.service".into(), message: dbus_message(&e) })?;
+            .map_err(|e| RuntimeError::Systemd {
+                unit: "quantum-*.service".into(),
+                message: dbus_message(&e),
+            })?;
         let mut out = Vec::new();
         for u in units {
             let pid = self.main_pid(&u.0).await;
@@ -317,7 +383,6 @@ impl SystemdRuntime {
         let path = self.cgroup_root.join(slice_path(slice)).join(unit).join("cpu.stat");
         super::cgroup::read_usage_usec(&path)
     }
-
 }
 
 /// `a-b-c.slice` lives at `a.slice/a-b.slice/a-b-c.slice` in the cgroup tree.
@@ -404,8 +469,10 @@ pub fn unit_properties(spec: &UnitSpec) -> Vec<(&'static str, Value<'static>)> {
         Network::None => p.push(("PrivateNetwork", Value::from(true))),
         Network::Loopback => {
             // IPAddressAllow/Deny: (family, address bytes, prefix length).
-            let allow: Vec<(i32, Vec<u8>, u32)> =
-                vec![(libc::AF_INET, vec![127, 0, 0, 0], 8), (libc::AF_INET6, [0u8; 15].iter().copied().chain([1]).collect(), 128)];
+            let allow: Vec<(i32, Vec<u8>, u32)> = vec![
+                (libc::AF_INET, vec![127, 0, 0, 0], 8),
+                (libc::AF_INET6, [0u8; 15].iter().copied().chain([1]).collect(), 128),
+            ];
             let deny: Vec<(i32, Vec<u8>, u32)> = vec![(libc::AF_INET, vec![0; 4], 0), (libc::AF_INET6, vec![0; 16], 0)];
             p.push(("IPAddressAllow", Value::from(allow)));
             p.push(("IPAddressDeny", Value::from(deny)));
@@ -420,7 +487,10 @@ pub fn unit_properties(spec: &UnitSpec) -> Vec<(&'static str, Value<'static>)> {
         p.push(("BindPaths", Value::from(binds(&sb.writable))));
     }
     if !sb.inaccessible.is_empty() {
-        p.push(("InaccessiblePaths", Value::from(sb.inaccessible.iter().map(|s| format!("-{s}")).collect::<Vec<_>>())));
+        p.push((
+            "InaccessiblePaths",
+            Value::from(sb.inaccessible.iter().map(|s| format!("-{s}")).collect::<Vec<_>>()),
+        ));
     }
     p
 }
@@ -463,7 +533,10 @@ mod tests {
 
     #[test]
     fn unit_paths_are_escaped_like_sd_bus() {
-        assert_eq!(unit_path("quantum-web-server.1.service"), "/org/freedesktop/systemd1/unit/quantum_2dweb_2dserver_2e1_2eservice");
+        assert_eq!(
+            unit_path("quantum-web-server.1.service"),
+            "/org/freedesktop/systemd1/unit/quantum_2dweb_2dserver_2e1_2eservice"
+        );
         assert_eq!(unit_path("1a.service"), "/org/freedesktop/systemd1/unit/_31a_2eservice");
     }
 
@@ -478,7 +551,11 @@ mod tests {
 
     #[test]
     fn exit_facts_map_to_exits() {
-        let f = |r: &str, c, s| ServiceFacts { result: Some(r.into()), code: Some(c), status: Some(s) };
+        let f = |r: &str, c, s| ServiceFacts {
+            result: Some(r.into()),
+            code: Some(c),
+            status: Some(s),
+        };
         assert_eq!(exit_from(&f("success", 1, 0)), Exit::Code(0));
         assert_eq!(exit_from(&f("exit-code", 1, 3)), Exit::Code(3));
         assert_eq!(exit_from(&f("signal", 2, 9)), Exit::Signal(9));

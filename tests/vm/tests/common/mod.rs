@@ -93,7 +93,9 @@ fn cgroup_v2(guest: &Guest) -> Result<()> {
         .stdout
         .trim()
         .to_owned();
-    report(format_args!("[{backend}] /sys/fs/cgroup is {fs_type}; v2 controllers: [{controllers}]"));
+    report(format_args!(
+        "[{backend}] /sys/fs/cgroup is {fs_type}; v2 controllers: [{controllers}]"
+    ));
     let needed = ["cpu", "memory", "io", "pids"];
     let missing: Vec<&str> = needed
         .iter()
@@ -139,9 +141,8 @@ fn quantumd_unit(guest: &Guest) -> Result<()> {
         ));
         return Ok(());
     }
-    let show = guest.run_ok(
-        "systemctl show quantumd.service -p LoadState,ActiveState,SubState,Result,MainPID,ExecMainStatus,NRestarts,User",
-    )?;
+    let show =
+        guest.run_ok("systemctl show quantumd.service -p LoadState,ActiveState,SubState,Result,MainPID,ExecMainStatus,NRestarts,User")?;
     report(format_args!("[{backend}] systemctl show quantumd:\n{}", show.trim_end()));
     ensure!(show.contains("LoadState=loaded"), "quantumd.service is not loaded");
     if !show.contains("ActiveState=active") {

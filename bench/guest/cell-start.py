@@ -1,0 +1,143 @@
+#!/usr/bin/python3
+"""Cell start latency inside a QuantumOS guest: `quantumctl run` vs
+`systemd-run` of the same command, from the client's invocation to the unit's
+main process running (systemd's ExecMainStartTimestampMonotonic), p50/p95,
+and the rate of N concurrent starts. Runs as root; prints one JSON object.
+
+Both sides are measured the same way: a client process is started at t0 and
+systemd records when the main process was exec'd. Runs are interleaved so
+that drift (other load, caches) hits both alike.
+"""
+import concurrent.futures
+import json
+import os
+import subprocess
+import sys
+import time
+
+N = int(sys.argv[1]) if len(sys.argv) > 1 else 100
+CONCURRENT = int(sys.argv[2]) if len(sys.argv) > 2 else 256
+COMMAND = ["/bin/sleep", "600"]
+
+CELL_DIR = "/run/quantum-bench/sleeper"
+os.makedirs(CELL_DIR, exist_ok=True)
+with open(os.path.join(CELL_DIR, "cell.toml"), "w") as f:
+    f.write(
+        '[cell]\nname = "bench-sleeper"\nversion = "1.0.0"\n'
+        'description = "sleeps, for benchmarks"\n'
+        'exec = ["/bin/sleep", "600"]\n'
+        '[resources]\nmemory-min = "0"\nmemory-max = "16M"\ntasks-max = 4\n'
+        '[lifecycle]\nidle-timeout = "0"\nrestart = "no"\n'
+    )
+MANIFEST = os.path.join(CELL_DIR, "cell.toml")
+
+
+def now_usec():
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+
+
+def main_start_usec(unit):
+    out = subprocess.run(
+        ["systemctl", "show", "-P", "ExecMainStartTimestampMonotonic", unit],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    return int(out or 0)
+
+
+def start_quantum():
+    t0 = now_usec()
+    out = subprocess.run(["quantumctl", "run", MANIFEST, "--json"], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"quantumctl run failed: {out.stderr}")
+    return t0, json.loads(out.stdout)["unit"]
+
+
+counter = [0]
+
+
+def start_systemd_run():
+    counter[0] += 1
+    unit = f"bench-plain-{os.getpid()}-{counter[0]}.service"
+    t0 = now_usec()
+    # The same limits quantumd sets, so both do the same work in systemd.
+    subprocess.run(
+        ["systemd-run", "--quiet", "--unit", unit, "--slice", "quantum.slice",
+         "-p", "MemoryMax=16M", "-p", "TasksMax=4", "-p", "DynamicUser=yes",
+         "-p", "PrivateNetwork=yes", "-p", "ProtectSystem=strict", "--", *COMMAND],
+        check=True,
+    )
+    return t0, unit
+
+
+def latency(start):
+    t0, unit = start()
+    started = 0
+    for _ in range(200):
+        started = main_start_usec(unit)
+        if started:
+            break
+        time.sleep(0.01)
+    return unit, started - t0
+
+
+def stop_all():
+    subprocess.run(["quantumctl", "stop", "bench-sleeper"], capture_output=True)
+    units = subprocess.run(
+        ["systemctl", "list-units", "--plain", "--no-legend", "bench-plain-*"],
+        capture_output=True, text=True,
+    ).stdout.split()
+    plain = [u for u in units if u.startswith("bench-plain-")]
+    if plain:
+        subprocess.run(["systemctl", "stop", *plain], capture_output=True)
+
+
+def pct(values, p):
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
+
+
+quantum, plain = [], []
+for i in range(N):
+    for kind in (("q", "p") if i % 2 == 0 else ("p", "q")):
+        if kind == "q":
+            unit, us = latency(start_quantum)
+            quantum.append(us)
+            subprocess.run(["quantumctl", "stop", unit.removeprefix("quantum-").removesuffix(".service")], capture_output=True)
+        else:
+            unit, us = latency(start_systemd_run)
+            plain.append(us)
+            subprocess.run(["systemctl", "stop", unit], capture_output=True)
+
+
+def burst(start):
+    t0 = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=32) as pool:
+        list(pool.map(lambda _: start(), range(CONCURRENT)))
+    return time.monotonic() - t0
+
+
+burst_q = burst(start_quantum)
+running = int(subprocess.run(
+    "quantumctl list --json | python3 -c 'import json,sys;print(sum(c[\"state\"]==\"running\" for c in json.load(sys.stdin)))'",
+    shell=True, capture_output=True, text=True).stdout.strip() or 0)
+stop_all()
+burst_p = burst(start_systemd_run)
+stop_all()
+
+result = {
+    "starts": N,
+    "quantumctl_p50_ms": pct(quantum, 50) / 1000,
+    "quantumctl_p95_ms": pct(quantum, 95) / 1000,
+    "systemd_run_p50_ms": pct(plain, 50) / 1000,
+    "systemd_run_p95_ms": pct(plain, 95) / 1000,
+    "ratio_p50": pct(quantum, 50) / max(1, pct(plain, 50)),
+    "ratio_p95": pct(quantum, 95) / max(1, pct(plain, 95)),
+    "concurrent": CONCURRENT,
+    "concurrent_running": running,
+    "quantumctl_burst_s": burst_q,
+    "systemd_run_burst_s": burst_p,
+    "quantumctl_starts_per_s": CONCURRENT / burst_q,
+    "systemd_run_starts_per_s": CONCURRENT / burst_p,
+    "ratio_burst_time": burst_q / burst_p,
+}
+print(json.dumps(result))

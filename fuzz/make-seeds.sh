@@ -100,6 +100,7 @@ artifact = { path = "bin/leaf", blake3 = "00000000000000000000000000000000000000
 [resources]
 cpu-max = 0.25
 memory-max = "64M"
+tasks-max = 16
 %% other.toml
 [cell]
 name = "other"
@@ -107,3 +108,15 @@ version = "1.0.0"
 description = "needed by top"
 exec = ["/bin/true"]
 TOML
+
+# A chain of 18 manifests, each the only child of the one before: one past
+# the nesting limit.
+out="$fuzz/seeds/manifest_set/child-chain.toml"
+: > "$out"
+i=0
+while [ $i -le 17 ]; do
+    if [ $i = 0 ]; then next="n1/cell.toml"; else printf '%%%% n%d/cell.toml\n' $i >> "$out"; next="../n$((i + 1))/cell.toml"; fi
+    printf '[cell]\nname = "n%d"\nversion = "1.0.0"\ndescription = "link %d"\nexec = ["/bin/true"]\n' $i $i >> "$out"
+    if [ $i -lt 17 ]; then printf '\n[[child]]\nname = "next"\nmanifest = "%s"\n' "$next" >> "$out"; fi
+    i=$((i + 1))
+done

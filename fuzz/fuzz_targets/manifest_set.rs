@@ -25,7 +25,7 @@ use libfuzzer_sys::fuzz_target;
 use quantum_model::{parse_manifest, validate_set, CellName, ManifestSource};
 
 const SEP: &str = "\n%% ";
-const MAX_PIECES: usize = 16;
+const MAX_PIECES: usize = 32;
 const FIRST_PATH: &str = "cell.toml";
 
 /// `a/./b/../c.toml` -> `a/c.toml`; `None` if it climbs above the root.

@@ -65,7 +65,8 @@ pub(crate) fn parse(src: &str) -> Parsed {
     let doc = match ImDocument::parse(src) {
         Ok(doc) => doc,
         Err(e) => {
-            let message = e.message().trim().replace('\n', "; ");
+            let message = e.message().trim().replace(['\r', '\n'], "; ");
+            let message = if message.is_empty() { "invalid TOML".to_owned() } else { message };
             w.diags.push(Diagnostic::new("syntax", e.span(), message));
             return Parsed {
                 manifest: None,
@@ -85,9 +86,13 @@ struct Walker {
     diags: Vec<Diagnostic>,
 }
 
+/// The dotted FIELD of a key. Keys that are not bare TOML keys are quoted
+/// (with escapes), so that a FIELD is never empty and never spans lines.
 fn join(prefix: &str, key: &str) -> String {
+    let bare = !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    let key = if bare { key.to_owned() } else { format!("{key:?}") };
     if prefix.is_empty() {
-        key.to_owned()
+        key
     } else {
         format!("{prefix}.{key}")
     }

@@ -67,6 +67,10 @@ struct ServiceFacts {
     result: Option<String>,
     code: Option<i32>,
     status: Option<i32>,
+    /// The unit has been seen starting or running. A transient unit is
+    /// announced `inactive` when it is created, before it activates; only an
+    /// inactive state after this one means it ended.
+    began: bool,
 }
 
 struct Shared {
@@ -80,6 +84,7 @@ pub struct SystemdRuntime {
     conn: zbus::Connection,
     manager: ManagerProxy<'static>,
     shared: Arc<Shared>,
+    events: EventSender,
     cell_slice: String,
     cgroup_root: std::path::PathBuf,
 }
@@ -144,6 +149,7 @@ impl SystemdRuntime {
             conn: conn.clone(),
             manager: manager.clone(),
             shared: shared.clone(),
+            events: events.clone(),
             cell_slice: cell_slice.to_owned(),
             cgroup_root: cgroup_root.to_owned(),
         };
@@ -189,7 +195,14 @@ impl SystemdRuntime {
                 }
                 "org.freedesktop.systemd1.Unit" => {
                     let state = changed.get("ActiveState").and_then(|v| String::try_from(v.clone()).ok());
-                    matches!(state.as_deref(), Some("inactive" | "failed"))
+                    match state.as_deref() {
+                        Some("activating" | "active" | "reloading" | "deactivating") => {
+                            facts.began = true;
+                            false
+                        }
+                        Some("inactive" | "failed") => facts.began,
+                        _ => false,
+                    }
                 }
                 _ => false,
             }
@@ -199,7 +212,7 @@ impl SystemdRuntime {
         }
         // The unit may be garbage-collected any moment now; ask for the
         // final facts and fall back to what the signals already said.
-        let fresh = self.service_facts(&path).await;
+        let fresh = self.service_facts(&path).await.map(|f| ServiceFacts { began: true, ..f });
         let Some((unit, cached)) = self.shared.watched.lock().unwrap_or_else(|e| e.into_inner()).remove(&path) else {
             return;
         };
@@ -227,6 +240,7 @@ impl SystemdRuntime {
             result: all.get("Result").and_then(|v| String::try_from(v.clone()).ok()),
             code: all.get("ExecMainCode").and_then(|v| i32::try_from(v.clone()).ok()),
             status: all.get("ExecMainStatus").and_then(|v| i32::try_from(v.clone()).ok()),
+            began: true,
         })
     }
 
@@ -237,10 +251,15 @@ impl SystemdRuntime {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(unit_path(unit), (unit.to_owned(), ServiceFacts::default()));
-        // It may have ended between the listing and now.
+        // It may have ended between the listing and now, when no signal
+        // will come for it any more.
         let state = self.unit_state(unit).await;
         if matches!(state.as_deref(), Some("inactive" | "failed") | None) {
             tracing::debug!(unit, ?state, "adopted unit already ended");
+            if self.shared.watched.lock().unwrap_or_else(|e| e.into_inner()).remove(&unit_path(unit)).is_some() {
+                let exit = Exit::Other("ended while quantumd was restarting".into());
+                let _ = self.events.send(UnitEvent { unit: unit.to_owned(), exit });
+            }
         }
     }
 

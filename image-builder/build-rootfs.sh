@@ -128,6 +128,20 @@ rootfs_inputs() {
     if [ -f "$VARIANT_DIR/initramfs-modules" ]; then
         data_lines "$VARIANT_DIR/initramfs-modules" | sed 's/^/initramfs-module /'
     fi
+    local hook
+    for hook in $(rootfs_hooks); do
+        echo "rootfs-hook $(basename "$hook") $(sha256sum "$hook" | cut -c1-64)"
+    done
+}
+
+# The variant's customize hooks (rootfs-hooks/*, run by mmdebstrap in name
+# order with the root directory as $1), for what a package list cannot say.
+rootfs_hooks() {
+    local hook
+    for hook in "$VARIANT_DIR"/rootfs-hooks/*; do
+        [ -f "$hook" ] && [ -x "$hook" ] && echo "$hook"
+    done
+    return 0
 }
 
 ROOTFS_HASH=$(rootfs_inputs | sha256sum | cut -c1-64)
@@ -158,6 +172,11 @@ build_rootfs() {
         hooks+=(--essential-hook="echo MODULES=list > \"\$1/etc/initramfs-tools/conf.d/quantumos\"")
         hooks+=(--essential-hook="sed -e 's/#.*//' -e '/^[[:space:]]*\$/d' '$VARIANT_DIR/initramfs-modules' > \"\$1/usr/share/initramfs-tools/modules.d/quantumos\"")
     fi
+
+    local hook
+    for hook in $(rootfs_hooks); do
+        hooks+=(--customize-hook="$hook")
+    done
 
     if ! mmdebstrap \
         --variant=minbase \
@@ -316,7 +335,7 @@ stage "unit states"
 while read -r action unit; do
     if ! [ -e "$TREE/usr/lib/systemd/system/$unit" ] && ! [ -e "$TREE/lib/systemd/system/$unit" ] &&
         ! [ -e "$TREE/etc/systemd/system/$unit" ]; then
-        note "not installed, not ${action}d: $unit"
+        note "not installed, skipped: $action $unit"
         continue
     fi
     systemctl --root="$TREE" --quiet "$action" "$unit"
@@ -340,7 +359,7 @@ TREE_MIB=$(du -sm "$TREE" | cut -f1)
 stage "ext4 disk image: $DISK_MIB MiB, $TREE_MIB MiB used (mkfs.ext4 -d)"
 E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH mkfs.ext4 -q -F -d "$TREE" -L quantumos-root \
     -U 5154554d-0000-4000-8000-000000000001 -E root_owner=0:0 \
-    "$TMP_IMAGE/disk.raw" "${DISK_MIB}M"
+    "$TMP_IMAGE/disk.raw" "${DISK_MIB}M" >/dev/null
 
 MEMORY=$(conf VM_MEMORY_MIB)
 CPUS=$(conf VM_CPUS)

@@ -32,10 +32,10 @@ image: deps release-bins
 	bash $(VM_BUILD) image
 
 test-nspawn: image
-	$(VM_TEST_ENV) $(CARGO) test -p quantum-vmtest --test nspawn
+	$(VM_TEST_ENV) $(CARGO) test -p quantum-vmtest --test nspawn --test systemd_backend
 
 test-vm: image
-	$(VM_TEST_ENV) $(CARGO) test -p quantum-vmtest --test qemu
+	$(VM_TEST_ENV) $(CARGO) test -p quantum-vmtest --test qemu --test isolation
 
 vm-run: image
 	$(CARGO) run -q -p quantum-vmtest --bin quantum-vm -- run --variant $(VM_VARIANT)

@@ -83,7 +83,9 @@ fi
 [ "${#MISSING[@]}" -eq 0 ] || stage "missing: ${MISSING[*]}"
 [ "$NEED_QEMU" -eq 0 ] || stage "missing: qemu-system-x86 from bookworm-backports"
 
-if [ ! -f "$BACKPORTS_SOURCE" ]; then
+if grep -rqsE '(^|[[:space:]])bookworm-backports([[:space:]]|$)' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null; then
+    stage "bookworm-backports is already in apt's sources"
+else
     MIRROR=$(debian_mirror)
     stage "adding bookworm-backports from $MIRROR ($BACKPORTS_SOURCE)"
     cat >"$BACKPORTS_SOURCE" <<EOF

@@ -1,14 +1,7 @@
 //! A booted guest: a QEMU virtual machine or a systemd-nspawn container
 //! running the image's systemd as PID 1, with the test agent
 //! (`tests/vm/guest/quantum-test-agent`) taking commands through a shared
-//! directory.
-//!
-//! The transport is deliberately dumb: the host writes `cmd/N.sh` into the
-//! share, the agent runs it and writes `cmd/N.out`, `cmd/N.err` and, last,
-//! `cmd/N.rc`, each renamed into place complete. It needs nothing in the
-//! guest but bash and a 9p mount (or a bind mount), and it keeps working
-//! while D-Bus, the network or quantumd are broken, which is exactly when a
-//! test needs to look inside.
+//! directory (see `agent.rs`).
 
 use std::fmt;
 use std::fs::{self, File};
@@ -17,12 +10,14 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use crate::agent::{AgentChannel, Output};
 use crate::image::Image;
 
 /// The line the agent prints on the console once it takes commands.
@@ -136,34 +131,6 @@ pub enum Console {
     Terminal,
 }
 
-/// The result of a command run in the guest.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Output {
-    /// The exit status; 124 or 137 when the agent killed it for its timeout.
-    pub code: i32,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-impl Output {
-    pub fn success(&self) -> bool {
-        self.code == 0
-    }
-}
-
-impl fmt::Display for Output {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "exit code {}", self.code)?;
-        if !self.stdout.is_empty() {
-            writeln!(f, "--- stdout\n{}", self.stdout.trim_end())?;
-        }
-        if !self.stderr.is_empty() {
-            writeln!(f, "--- stderr\n{}", self.stderr.trim_end())?;
-        }
-        Ok(())
-    }
-}
-
 /// The QEMU command line for an image: TCG, direct kernel boot, the disk as
 /// a throw-away snapshot, the share over 9p.
 pub fn qemu_command(image: &Image, config: &BootConfig, share: &Path, console: &Console) -> Command {
@@ -211,7 +178,7 @@ fn qemu_escape(path: &Path) -> String {
 pub fn nspawn_command(root: &Path, volatile: bool, share: &Path, console: &Console) -> Command {
     let mut cmd = Command::new("systemd-nspawn");
     cmd.args(["--boot", "--register=no", "--keep-unit"])
-        .arg(format!("--machine=quantum-test-{}", std::process::id()))
+        .arg(format!("--machine={}", machine_name()))
         .arg("--hostname=quantumos")
         .arg("-D")
         .arg(root)
@@ -244,7 +211,7 @@ pub struct Guest {
     console_log: PathBuf,
     process: Mutex<Option<Child>>,
     pid: u32,
-    next_command: Mutex<u64>,
+    agent: AgentChannel,
     booted_at: Instant,
 }
 
@@ -261,7 +228,7 @@ impl Guest {
             .context("creating the guest's work directory")?;
         let work_path = work.path().to_path_buf();
         let share = work_path.join("share");
-        fs::create_dir_all(share.join("cmd")).context("creating the share")?;
+        let agent = AgentChannel::new(&share)?;
         let console_log = work_path.join("console.log");
         let log = File::create(&console_log).context("creating the console log")?;
 
@@ -326,9 +293,14 @@ impl Guest {
             console_log,
             process: Mutex::new(Some(child)),
             pid,
-            next_command: Mutex::new(1),
+            agent,
             booted_at: Instant::now(),
         })
+    }
+
+    /// The pid of the QEMU or systemd-nspawn process.
+    pub fn pid(&self) -> u32 {
+        self.pid
     }
 
     pub fn backend(&self) -> Backend {
@@ -364,7 +336,7 @@ impl Guest {
             if text.contains(FAILED_LINE) {
                 bail!("[{}] the test agent could not start\n{}", self.backend, self.console_tail(40));
             }
-            if text.contains(READY_LINE) && self.share.join("ready").exists() {
+            if text.contains(READY_LINE) && self.agent.agent_started() {
                 let took = self.booted_at.elapsed();
                 crate::report(format_args!("[{}] ready after {:.1} s", self.backend, took.as_secs_f64()));
                 return Ok(took);
@@ -401,50 +373,9 @@ impl Guest {
     /// Runs `script` (bash) in the guest as root; the agent kills it after
     /// `timeout` (exit code 124, or 137 when it had to SIGKILL).
     pub fn run_with_timeout(&self, script: &str, timeout: Duration) -> Result<Output> {
-        let n = {
-            let mut next = self.next_command.lock().unwrap_or_else(|e| e.into_inner());
-            let n = *next;
-            *next += 1;
-            n
-        };
-        self.submit(n, script, timeout)?;
-        let cmd_dir = self.share.join("cmd");
-        let rc_file = cmd_dir.join(format!("{n}.rc"));
-        // The agent kills at `timeout` and SIGKILLs 10 s later; give the
-        // guest some more before calling it stuck.
-        let deadline = Instant::now() + timeout + Duration::from_secs(30);
-        while !rc_file.exists() {
-            if let Some(status) = self.exit_status()? {
-                bail!(
-                    "[{}] the guest exited ({status}) while running: {script}\n{}",
-                    self.backend,
-                    self.console_tail(40)
-                );
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "[{}] the agent gave no result within {} s for: {script}",
-                    self.backend,
-                    (timeout + Duration::from_secs(30)).as_secs()
-                );
-            }
-            thread::sleep(Duration::from_millis(50));
-        }
-        let read = |ext: &str| -> Result<String> {
-            let path = cmd_dir.join(format!("{n}.{ext}"));
-            let bytes = fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-            Ok(String::from_utf8_lossy(&bytes).into_owned())
-        };
-        let rc = read("rc")?;
-        let code = rc
-            .trim()
-            .parse()
-            .with_context(|| format!("the agent wrote a bad exit code '{}'", rc.trim()))?;
-        Ok(Output {
-            code,
-            stdout: read("out")?,
-            stderr: read("err")?,
-        })
+        self.agent
+            .run(script, timeout, || self.exit_status())
+            .with_context(|| format!("[{}] running a command in the guest\n{}", self.backend, self.console_tail(30)))
     }
 
     /// Runs `script` and returns its stdout; a non-zero exit is an error
@@ -511,18 +442,6 @@ impl Guest {
     /// Powers the guest off now (the same as dropping it).
     pub fn poweroff(self) {}
 
-    /// Writes command `n` into the share: its timeout first, then the script
-    /// renamed into place, so the agent never sees half a script.
-    fn submit(&self, n: u64, script: &str, timeout: Duration) -> Result<()> {
-        let cmd_dir = self.share.join("cmd");
-        let secs = timeout.as_secs().max(1);
-        fs::write(cmd_dir.join(format!("{n}.timeout")), format!("{secs}\n")).context("writing the command's timeout")?;
-        let tmp = cmd_dir.join(format!(".{n}.sh.tmp"));
-        fs::write(&tmp, script).context("writing the command")?;
-        fs::rename(&tmp, cmd_dir.join(format!("{n}.sh"))).context("renaming the command into place")?;
-        Ok(())
-    }
-
     /// `Some(status)` once the QEMU or nspawn process has exited.
     fn exit_status(&self) -> Result<Option<ExitStatus>> {
         let mut process = self.process.lock().unwrap_or_else(|e| e.into_inner());
@@ -536,28 +455,27 @@ impl Guest {
         let Some(mut child) = self.process.lock().unwrap_or_else(|e| e.into_inner()).take() else {
             return;
         };
+        let mut asked = false;
         if matches!(child.try_wait(), Ok(None)) {
             // A clean poweroff through the agent, when it is up; otherwise
-            // nspawn turns SIGTERM into a poweroff of the container.
-            if self.share.join("ready").exists() {
-                let n = {
-                    let mut next = self.next_command.lock().unwrap_or_else(|e| e.into_inner());
-                    *next += 1;
-                    *next - 1
-                };
-                let _ = self.submit(n, "systemctl poweroff --no-block", Duration::from_secs(30));
+            // nspawn turns SIGTERM into a poweroff of the container, and a
+            // QEMU guest is simply killed (its disk is a throw-away snapshot).
+            if self.agent.agent_started() {
+                asked = self.agent.submit("systemctl poweroff --no-block", Duration::from_secs(30)).is_ok();
             } else if self.backend == Backend::Nspawn {
                 // SAFETY: plain kill(2) on our own child's pid, which has not
                 // been reaped yet (try_wait said it is running).
-                unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGTERM) };
+                asked = unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGTERM) } == 0;
             }
             let deadline = Instant::now() + self.config.shutdown_grace;
-            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+            while asked && Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
                 thread::sleep(Duration::from_millis(100));
             }
         }
         if matches!(child.try_wait(), Ok(None)) {
-            crate::report(format_args!("[{}] did not power off in time: killing it", self.backend));
+            if asked {
+                crate::report(format_args!("[{}] did not power off in time: killing it", self.backend));
+            }
             // The container's init is nspawn's child in its own PID
             // namespace: killing it ends everything in the container.
             for pid in children_of(self.pid) {
@@ -581,6 +499,13 @@ impl Drop for Guest {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// A container name unique on this host while this process runs (nspawn
+/// keeps per-machine state under /run by this name).
+fn machine_name() -> String {
+    static COUNT: AtomicU32 = AtomicU32::new(0);
+    format!("quantum-test-{}-{}", std::process::id(), COUNT.fetch_add(1, Ordering::Relaxed))
 }
 
 /// Reads `path` from `offset` to its end, advancing `offset`.

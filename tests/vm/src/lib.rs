@@ -15,6 +15,7 @@
 //! The image comes from `image-builder/build-rootfs.sh` (`make image`); the
 //! agent that runs the commands lives in `tests/vm/guest/`.
 
+mod agent;
 mod guest;
 mod image;
 mod scenario;
@@ -22,7 +23,8 @@ mod scenario;
 use std::fmt;
 use std::io::Write;
 
-pub use guest::{nspawn_command, qemu_command, Backend, BootConfig, Console, Guest, NspawnRoot, Output, GUEST_SHARE, READY_LINE};
+pub use agent::{AgentChannel, Output};
+pub use guest::{nspawn_command, qemu_command, Backend, BootConfig, Console, Guest, NspawnRoot, GUEST_SHARE, READY_LINE};
 pub use image::{Image, DEFAULT_VARIANT};
 pub use scenario::Scenarios;
 

@@ -311,10 +311,9 @@ impl SystemdRuntime {
     }
 
     pub async fn start_slice(&self, slice: &SliceSpec) -> Result<(), RuntimeError> {
-        let mut props = vec![
-            ("Description", Value::from(slice.description.clone())),
-            ("Slice", Value::from(slice.parent.clone())),
-        ];
+        // A slice's parent is implied by its name (`a-b.slice` is in
+        // `a.slice`); systemd refuses a Slice= property on slices.
+        let mut props = vec![("Description", Value::from(slice.description.clone()))];
         props.extend(limit_properties(&slice.limits));
         let job = self
             .manager

@@ -1,0 +1,11 @@
+#!/bin/bash
+# make bench: every benchmark, each a ratio against the obvious alternative
+# measured in the same run. Needs the image (`make image`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+echo "== cell start: quantumctl run vs systemd-run, in a systemd-nspawn container"
+cargo run -q --release -p quantum-vmtest --bin quantum-bench -- --backend nspawn --starts "${BENCH_STARTS:-100}" --concurrent "${BENCH_CONCURRENT:-256}"
+if [ "${BENCH_VM:-1}" = 1 ]; then
+    echo "== cell start: quantumctl run vs systemd-run, in a QEMU guest (TCG)"
+    cargo run -q --release -p quantum-vmtest --bin quantum-bench -- --backend qemu --starts "${BENCH_VM_STARTS:-30}" --concurrent "${BENCH_CONCURRENT:-256}"
+fi

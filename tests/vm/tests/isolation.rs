@@ -1,0 +1,279 @@
+//! Cells are really isolated and limited: QuantumOS booted under QEMU
+//! (systemd as PID 1 on a kernel with cgroup v2 controllers), quantumd under
+//! its unit, cells started with quantumctl, and the kernel's own accounting
+//! read back from the cgroup files.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use quantum_vmtest::{report, Backend, Guest, Scenarios};
+
+#[test]
+fn cells_are_isolated_and_limited_in_a_vm() {
+    let Some(image) = quantum_vmtest::image_or_skip("isolation scenarios") else {
+        return;
+    };
+    let guest = Guest::boot(&image, Backend::Qemu).unwrap_or_else(|e| panic!("{e:#}"));
+    if let Err(e) = guest.wait_ready() {
+        panic!("{e:#}");
+    }
+    let mut s = Scenarios::new(&guest);
+    s.run("quantumd-is-ready", quantumd_ready);
+    s.run("a-memory-hog-is-oom-killed-and-its-neighbour-is-untouched", memory_hog);
+    s.run("cpu-max-0.5-gives-half-a-core", cpu_max);
+    s.run("tasks-max-stops-a-fork-bomb", tasks_max);
+    s.run("io-weight-lands-in-io.weight", io_weight);
+    s.run("network-none-cannot-reach-loopback-but-loopback-can", network);
+    s.run("a-dynamic-user-cell-cannot-read-quantumd-state-or-write-outside-writable", dynamic_user);
+    s.run("children-run-in-nested-slices-and-stop-with-the-parent", children);
+    s.run("an-idle-cell-is-stopped-after-its-idle-timeout", idle_timeout);
+    s.run("256-concurrent-cells-all-run-then-all-stop", many_cells);
+    if let Err(e) = s.finish() {
+        panic!("{e:#}");
+    }
+}
+
+fn eventually<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Result<Option<T>>) -> Result<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f()? {
+            return Ok(v);
+        }
+        if start.elapsed() > limit {
+            bail!("timed out after {limit:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// Writes a manifest to /run/qt/NAME/cell.toml in the guest.
+fn cell(g: &Guest, name: &str, body: &str) -> Result<String> {
+    let path = format!("/run/qt/{name}/cell.toml");
+    let text = format!("[cell]\nname = \"{name}\"\nversion = \"1.0.0\"\ndescription = \"scenario cell {name}\"\n{body}\n");
+    g.run_ok(&format!("mkdir -p /run/qt/{name} && cat > {path} <<'QTEOF'\n{text}QTEOF"))?;
+    Ok(path)
+}
+
+fn run(g: &Guest, path: &str) -> Result<serde_json::Value> {
+    let out = g.run_ok(&format!("quantumctl run {path} --json"))?;
+    serde_json::from_str(&out).with_context(|| format!("not JSON: {out}"))
+}
+
+/// The list entry of `instance`, whatever its state.
+fn entry(g: &Guest, instance: &str) -> Result<Option<serde_json::Value>> {
+    let list: serde_json::Value = serde_json::from_str(&g.run_ok("quantumctl list --json")?)?;
+    Ok(list.as_array().and_then(|a| a.iter().rev().find(|c| c["instance"] == instance).cloned()))
+}
+
+fn wait_state(g: &Guest, instance: &str, states: &[&str], limit: Duration) -> Result<serde_json::Value> {
+    eventually(&format!("{instance} to be {states:?}"), limit, || {
+        Ok(entry(g, instance)?.filter(|c| states.iter().any(|s| c["state"] == *s)))
+    })
+}
+
+fn cgroup(unit: &str) -> String {
+    format!("/sys/fs/cgroup/quantum.slice/{unit}")
+}
+
+fn quantumd_ready(g: &Guest) -> Result<()> {
+    let out = g.run_with_timeout("systemctl is-active quantumd.service", Duration::from_secs(60))?;
+    ensure!(out.stdout.trim() == "active", "quantumd is {}", out.stdout.trim());
+    Ok(())
+}
+
+fn memory_hog(g: &Guest) -> Result<()> {
+    let neighbour = cell(g, "neighbour", "exec = [\"/bin/sleep\", \"600\"]\n[resources]\nmemory-min = \"0\"\nmemory-max = \"32M\"")?;
+    let hog = cell(
+        g,
+        "hog",
+        "exec = [\"/usr/bin/python3\", \"-c\", \"import time; b = bytearray(256 << 20); time.sleep(60)\"]\n\
+         [resources]\nmemory-min = \"0\"\nmemory-max = \"64M\"\n[lifecycle]\nrestart = \"no\"",
+    )?;
+    let n = run(g, &neighbour)?;
+    let h = run(g, &hog)?;
+    let id = h["instance"].as_str().context("instance")?;
+    let ended = wait_state(g, id, &["failed", "exited"], Duration::from_secs(60))?;
+    ensure!(ended["state"] == "failed", "{ended}");
+    ensure!(ended["reason"] == "killed by the OOM killer: memory-max reached", "{ended}");
+    ensure!(g.run_ok("systemctl is-active quantumd")?.trim() == "active", "quantumd went down");
+    let nid = n["instance"].as_str().context("instance")?;
+    let still = entry(g, nid)?.context("neighbour gone")?;
+    ensure!(still["state"] == "running" && still["pid"] == n["pid"], "neighbour disturbed: {still}");
+    g.run_ok("quantumctl stop neighbour")?;
+    Ok(())
+}
+
+fn cpu_max(g: &Guest) -> Result<()> {
+    let path = cell(
+        g,
+        "spinner",
+        "exec = [\"/bin/sh\", \"-c\", \"while :; do :; done\"]\n[resources]\ncpu-max = 0.5\nmemory-min = \"0\"\n[lifecycle]\nidle-timeout = \"0\"",
+    )?;
+    let info = run(g, &path)?;
+    let unit = info["unit"].as_str().context("unit")?;
+    // Let it settle, then measure CPU time against wall time over 10 s.
+    let out = g.run_ok(&format!(
+        "sleep 2; f={cg}/cpu.stat; a=$(awk '/usage_usec/{{print $2}}' $f); t0=$(date +%s%N); sleep 10; \
+         b=$(awk '/usage_usec/{{print $2}}' $f); t1=$(date +%s%N); echo $(( (b - a) * 1000 )) $(( t1 - t0 )); cat {cg}/cpu.max",
+        cg = cgroup(unit)
+    ))?;
+    let mut lines = out.lines();
+    let nums: Vec<f64> = lines.next().context("no numbers")?.split_whitespace().filter_map(|v| v.parse().ok()).collect();
+    let share = nums[0] / nums[1];
+    let cpu_max = lines.next().unwrap_or_default();
+    report(format_args!("[qemu] spinner with cpu-max 0.5 used {share:.3} of a core (cpu.max {cpu_max})"));
+    ensure!(cpu_max == "50000 100000", "cpu.max is {cpu_max}");
+    ensure!((0.45..=0.55).contains(&share), "spinner used {share:.3} cores, not 0.5 ± 10 %");
+    g.run_ok("quantumctl stop spinner")?;
+    Ok(())
+}
+
+fn tasks_max(g: &Guest) -> Result<()> {
+    // A shell gives up at its first failed fork and takes its cgroup with
+    // it; this forker counts its children and stays to be inspected.
+    g.run_ok(
+        "mkdir -p /run/qt && cat > /run/qt/forker.py <<'QTEOF'
+import os, time
+n = 0
+try:
+    while n < 200:
+        if os.fork() == 0:
+            time.sleep(300)
+            os._exit(0)
+        n += 1
+except OSError:
+    pass
+print('forked', n, flush=True)
+time.sleep(300)
+QTEOF",
+    )?;
+    let path = cell(
+        g,
+        "forker",
+        "exec = [\"/usr/bin/python3\", \"/run/qt/forker.py\"]\n\
+         [resources]\ntasks-max = 16\nmemory-min = \"0\"\n[lifecycle]\nidle-timeout = \"0\"\nrestart = \"no\"",
+    )?;
+    let info = run(g, &path)?;
+    let cg = cgroup(info["unit"].as_str().context("unit")?);
+    let (current, max, refused) = eventually("the forker to hit tasks-max", Duration::from_secs(60), || {
+        let out = g.run(&format!("cat {cg}/pids.current {cg}/pids.max; awk '/max/{{print $2}}' {cg}/pids.events"))?;
+        let v: Vec<String> = out.stdout.split_whitespace().map(str::to_owned).collect();
+        Ok((v.len() == 3 && v[2] != "0").then(|| (v[0].clone(), v[1].clone(), v[2].clone())))
+    })?;
+    report(format_args!("[qemu] forker: pids.current {current}, pids.max {max}, forks refused {refused}"));
+    ensure!(max == "16", "pids.max is {max}");
+    ensure!(current.parse::<u32>()? <= 16, "{current} tasks");
+    g.run_ok("quantumctl stop forker")?;
+    Ok(())
+}
+
+fn io_weight(g: &Guest) -> Result<()> {
+    let path = cell(g, "io-cell", "exec = [\"/bin/sleep\", \"600\"]\n[resources]\nio-weight = 300\nmemory-min = \"0\"")?;
+    let info = run(g, &path)?;
+    let w = g.run_ok(&format!("cat {}/io.weight", cgroup(info["unit"].as_str().context("unit")?)))?;
+    ensure!(w.trim() == "default 300", "io.weight is {w:?}");
+    g.run_ok("quantumctl stop io-cell")?;
+    Ok(())
+}
+
+fn network(g: &Guest) -> Result<()> {
+    g.run_ok("systemd-run --unit=qt-lo-web -p DynamicUser=yes /usr/bin/python3 -m http.server --bind 127.0.0.1 8099 && sleep 2")?;
+    let probe = "exec = [\"/usr/bin/python3\", \"-c\", \"import urllib.request; urllib.request.urlopen('http://127.0.0.1:8099/', timeout=5)\"]\n\
+                 [resources]\nmemory-min = \"0\"\n[lifecycle]\nrestart = \"no\"\n[isolation]\nnetwork = ";
+    let none = cell(g, "net-none", &format!("{probe}\"none\""))?;
+    let lo = cell(g, "net-loopback", &format!("{probe}\"loopback\""))?;
+    let a = run(g, &none)?;
+    let b = run(g, &lo)?;
+    let a = wait_state(g, a["instance"].as_str().context("id")?, &["failed", "exited"], Duration::from_secs(60))?;
+    let b = wait_state(g, b["instance"].as_str().context("id")?, &["failed", "exited"], Duration::from_secs(60))?;
+    ensure!(a["state"] == "failed", "network=none reached loopback: {a}");
+    ensure!(b["state"] == "exited", "network=loopback could not reach loopback: {b}");
+    g.run("systemctl stop qt-lo-web")?;
+    Ok(())
+}
+
+fn dynamic_user(g: &Guest) -> Result<()> {
+    g.run_ok("mkdir -p /srv/qt-writable && chmod 0777 /srv/qt-writable && rm -f /srv/qt-writable/ok")?;
+    let path = cell(
+        g,
+        "confined",
+        "exec = [\"/bin/sh\", \"-c\", \"ls /var/lib/quantumd >/dev/null 2>&1 && exit 10; touch /etc/qt-escape 2>/dev/null && exit 11; \
+         touch /var/tmp/qt-escape 2>/dev/null && [ -e /var/tmp/qt-escape ] && ls / >/dev/null; touch /srv/qt-writable/ok || exit 12; id -u > /srv/qt-writable/ok\"]\n\
+         [resources]\nmemory-min = \"0\"\n[lifecycle]\nrestart = \"no\"\n[isolation]\nwritable = [\"/srv/qt-writable\"]",
+    )?;
+    let info = run(g, &path)?;
+    let end = wait_state(g, info["instance"].as_str().context("id")?, &["failed", "exited"], Duration::from_secs(60))?;
+    ensure!(end["state"] == "exited", "confined cell: {end}");
+    let uid: u32 = g.run_ok("cat /srv/qt-writable/ok")?.trim().parse()?;
+    ensure!(uid >= 61184, "the cell ran as uid {uid}, not a dynamic user");
+    ensure!(!g.run("test -e /etc/qt-escape")?.success(), "the cell wrote to /etc");
+    Ok(())
+}
+
+fn children(g: &Guest) -> Result<()> {
+    g.run_ok(
+        "mkdir -p /run/qt/pool/worker && cat > /run/qt/pool/worker/cell.toml <<'QTEOF'
+[cell]
+name = \"worker\"
+version = \"1.0.0\"
+description = \"a worker\"
+exec = [\"/bin/sleep\", \"600\"]
+[resources]
+cpu-max = 0.25
+memory-min = \"0\"
+memory-max = \"64M\"
+tasks-max = 8
+QTEOF",
+    )?;
+    let parent = cell(
+        g,
+        "pool",
+        "exec = [\"/bin/sleep\", \"600\"]\n[resources]\ncpu-max = 1.0\nmemory-min = \"0\"\nmemory-max = \"256M\"\ntasks-max = 32\n\
+         [[child]]\nname = \"worker\"\nmanifest = \"worker/cell.toml\"\ncount = 2",
+    )?;
+    let info = run(g, &parent)?;
+    let id = info["instance"].as_str().context("id")?.to_owned();
+    let family = format!("/sys/fs/cgroup/quantum.slice/quantum-{id}.slice");
+    let units = g.run_ok(&format!("ls -d {family}/*.service | xargs -n1 basename; cat {family}/memory.max"))?;
+    let lines: Vec<&str> = units.lines().collect();
+    ensure!(lines.len() == 4, "family slice holds {lines:?}");
+    ensure!(lines[..3].iter().filter(|u| u.starts_with("quantum-worker.")).count() == 2, "{lines:?}");
+    ensure!(lines[3] == "268435456", "the family slice does not carry the parent's memory-max: {}", lines[3]);
+    g.run_ok("quantumctl stop pool")?;
+    ensure!(!g.run(&format!("test -e {family}"))?.success(), "family slice left after stop");
+    let left = g.run_ok("systemctl list-units --plain --no-legend 'quantum-worker.*'")?;
+    ensure!(left.trim().is_empty(), "children left: {left}");
+    Ok(())
+}
+
+fn idle_timeout(g: &Guest) -> Result<()> {
+    let path = cell(g, "idler", "exec = [\"/bin/sleep\", \"600\"]\n[resources]\nmemory-min = \"0\"\n[lifecycle]\nidle-timeout = \"5s\"")?;
+    let info = run(g, &path)?;
+    let end = wait_state(g, info["instance"].as_str().context("id")?, &["stopped"], Duration::from_secs(60))?;
+    ensure!(end["reason"] == "idle for 5s", "{end}");
+    Ok(())
+}
+
+fn many_cells(g: &Guest) -> Result<()> {
+    let path = cell(
+        g,
+        "tiny",
+        "exec = [\"/bin/sleep\", \"3600\"]\n[resources]\nmemory-min = \"0\"\nmemory-max = \"8M\"\ntasks-max = 2\n[lifecycle]\nidle-timeout = \"0\"",
+    )?;
+    let started = Instant::now();
+    let out = g.run_with_timeout(
+        &format!("seq 256 | xargs -P 16 -I{{}} quantumctl run {path} >/dev/null 2>/run/qt/many.err; echo $?; tail -n 5 /run/qt/many.err"),
+        Duration::from_secs(600),
+    )?;
+    ensure!(out.stdout.starts_with("0\n"), "some starts failed: {out}");
+    let running = g.run_ok("systemctl list-units --plain --no-legend --state=active 'quantum-tiny.*' | wc -l")?;
+    let known = g.run_ok("quantumctl list --json | python3 -c 'import json,sys; print(sum(c[\"state\"] == \"running\" and c[\"cell\"] == \"tiny\" for c in json.load(sys.stdin)))'")?;
+    report(format_args!("[qemu] 256 cells started in {:.1} s", started.elapsed().as_secs_f64()));
+    ensure!(running.trim() == "256", "systemd runs {} tiny cells", running.trim());
+    ensure!(known.trim() == "256", "quantumd knows {} running tiny cells", known.trim());
+    let stop = g.run_with_timeout("quantumctl stop tiny | tr ',' '\\n' | wc -l", Duration::from_secs(600))?;
+    ensure!(stop.success() && stop.stdout.trim() == "256", "stop: {stop}");
+    let left = g.run_ok("systemctl list-units --all --plain --no-legend 'quantum-tiny.*' | wc -l")?;
+    ensure!(left.trim() == "0", "{} tiny units left", left.trim());
+    Ok(())
+}

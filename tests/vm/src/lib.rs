@@ -60,3 +60,31 @@ pub fn image_or_skip(test: &str) -> Option<Image> {
         Err(e) => panic!("{test}: the {DEFAULT_VARIANT} image cannot be used: {e:#}"),
     }
 }
+
+/// Boots the default image on `backend` and waits until its agent is ready,
+/// for a test named `test`; `None` (after printing why) when no image has
+/// been built and the test may skip. Boot failures panic with the guest's
+/// diagnostics.
+pub fn boot_ready(test: &str, backend: Backend) -> Option<Guest> {
+    let image = image_or_skip(test)?;
+    let guest = Guest::boot(&image, backend).unwrap_or_else(|e| panic!("{e:#}"));
+    if let Err(e) = guest.wait_ready() {
+        panic!("{e:#}");
+    }
+    Some(guest)
+}
+
+/// Polls `f` every 300 ms until it yields a value, or fails after `limit`
+/// naming `what` it was waiting for.
+pub fn eventually<T>(what: &str, limit: std::time::Duration, mut f: impl FnMut() -> anyhow::Result<Option<T>>) -> anyhow::Result<T> {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(v) = f()? {
+            return Ok(v);
+        }
+        if start.elapsed() > limit {
+            anyhow::bail!("timed out after {limit:?} waiting for {what}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+}

@@ -5,18 +5,14 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
-use quantum_vmtest::{report, Backend, Guest, Scenarios};
+use anyhow::{ensure, Context, Result};
+use quantum_vmtest::{eventually, report, Backend, Guest, Scenarios};
 
 #[test]
 fn cells_are_isolated_and_limited_in_a_vm() {
-    let Some(image) = quantum_vmtest::image_or_skip("isolation scenarios") else {
+    let Some(guest) = quantum_vmtest::boot_ready("isolation scenarios", Backend::Qemu) else {
         return;
     };
-    let guest = Guest::boot(&image, Backend::Qemu).unwrap_or_else(|e| panic!("{e:#}"));
-    if let Err(e) = guest.wait_ready() {
-        panic!("{e:#}");
-    }
     let mut s = Scenarios::new(&guest);
     s.run("quantumd-is-ready", quantumd_ready);
     s.run("a-memory-hog-is-oom-killed-and-its-neighbour-is-untouched", memory_hog);
@@ -24,25 +20,15 @@ fn cells_are_isolated_and_limited_in_a_vm() {
     s.run("tasks-max-stops-a-fork-bomb", tasks_max);
     s.run("io-weight-lands-in-io.weight", io_weight);
     s.run("network-none-cannot-reach-loopback-but-loopback-can", network);
-    s.run("a-dynamic-user-cell-cannot-read-quantumd-state-or-write-outside-writable", dynamic_user);
+    s.run(
+        "a-dynamic-user-cell-cannot-read-quantumd-state-or-write-outside-writable",
+        dynamic_user,
+    );
     s.run("children-run-in-nested-slices-and-stop-with-the-parent", children);
     s.run("an-idle-cell-is-stopped-after-its-idle-timeout", idle_timeout);
     s.run("256-concurrent-cells-all-run-then-all-stop", many_cells);
     if let Err(e) = s.finish() {
         panic!("{e:#}");
-    }
-}
-
-fn eventually<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Result<Option<T>>) -> Result<T> {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f()? {
-            return Ok(v);
-        }
-        if start.elapsed() > limit {
-            bail!("timed out after {limit:?} waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(300));
     }
 }
 
@@ -62,7 +48,9 @@ fn run(g: &Guest, path: &str) -> Result<serde_json::Value> {
 /// The list entry of `instance`, whatever its state.
 fn entry(g: &Guest, instance: &str) -> Result<Option<serde_json::Value>> {
     let list: serde_json::Value = serde_json::from_str(&g.run_ok("quantumctl list --json")?)?;
-    Ok(list.as_array().and_then(|a| a.iter().rev().find(|c| c["instance"] == instance).cloned()))
+    Ok(list
+        .as_array()
+        .and_then(|a| a.iter().rev().find(|c| c["instance"] == instance).cloned()))
 }
 
 fn wait_state(g: &Guest, instance: &str, states: &[&str], limit: Duration) -> Result<serde_json::Value> {
@@ -82,7 +70,11 @@ fn quantumd_ready(g: &Guest) -> Result<()> {
 }
 
 fn memory_hog(g: &Guest) -> Result<()> {
-    let neighbour = cell(g, "neighbour", "exec = [\"/bin/sleep\", \"600\"]\n[resources]\nmemory-min = \"0\"\nmemory-max = \"32M\"")?;
+    let neighbour = cell(
+        g,
+        "neighbour",
+        "exec = [\"/bin/sleep\", \"600\"]\n[resources]\nmemory-min = \"0\"\nmemory-max = \"32M\"",
+    )?;
     let hog = cell(
         g,
         "hog",
@@ -98,7 +90,10 @@ fn memory_hog(g: &Guest) -> Result<()> {
     ensure!(g.run_ok("systemctl is-active quantumd")?.trim() == "active", "quantumd went down");
     let nid = n["instance"].as_str().context("instance")?;
     let still = entry(g, nid)?.context("neighbour gone")?;
-    ensure!(still["state"] == "running" && still["pid"] == n["pid"], "neighbour disturbed: {still}");
+    ensure!(
+        still["state"] == "running" && still["pid"] == n["pid"],
+        "neighbour disturbed: {still}"
+    );
     g.run_ok("quantumctl stop neighbour")?;
     Ok(())
 }
@@ -118,10 +113,17 @@ fn cpu_max(g: &Guest) -> Result<()> {
         cg = cgroup(unit)
     ))?;
     let mut lines = out.lines();
-    let nums: Vec<f64> = lines.next().context("no numbers")?.split_whitespace().filter_map(|v| v.parse().ok()).collect();
+    let nums: Vec<f64> = lines
+        .next()
+        .context("no numbers")?
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
     let share = nums[0] / nums[1];
     let cpu_max = lines.next().unwrap_or_default();
-    report(format_args!("[qemu] spinner with cpu-max 0.5 used {share:.3} of a core (cpu.max {cpu_max})"));
+    report(format_args!(
+        "[qemu] spinner with cpu-max 0.5 used {share:.3} of a core (cpu.max {cpu_max})"
+    ));
     ensure!(cpu_max == "50000 100000", "cpu.max is {cpu_max}");
     ensure!((0.45..=0.55).contains(&share), "spinner used {share:.3} cores, not 0.5 ± 10 %");
     g.run_ok("quantumctl stop spinner")?;
@@ -156,11 +158,15 @@ QTEOF",
     let info = run(g, &path)?;
     let cg = cgroup(info["unit"].as_str().context("unit")?);
     let (current, max, refused) = eventually("the forker to hit tasks-max", Duration::from_secs(60), || {
-        let out = g.run(&format!("cat {cg}/pids.current {cg}/pids.max; awk '/max/{{print $2}}' {cg}/pids.events"))?;
+        let out = g.run(&format!(
+            "cat {cg}/pids.current {cg}/pids.max; awk '/max/{{print $2}}' {cg}/pids.events"
+        ))?;
         let v: Vec<String> = out.stdout.split_whitespace().map(str::to_owned).collect();
         Ok((v.len() == 3 && v[2] != "0").then(|| (v[0].clone(), v[1].clone(), v[2].clone())))
     })?;
-    report(format_args!("[qemu] forker: pids.current {current}, pids.max {max}, forks refused {refused}"));
+    report(format_args!(
+        "[qemu] forker: pids.current {current}, pids.max {max}, forks refused {refused}"
+    ));
     ensure!(max == "16", "pids.max is {max}");
     ensure!(current.parse::<u32>()? <= 16, "{current} tasks");
     g.run_ok("quantumctl stop forker")?;
@@ -168,7 +174,11 @@ QTEOF",
 }
 
 fn io_weight(g: &Guest) -> Result<()> {
-    let path = cell(g, "io-cell", "exec = [\"/bin/sleep\", \"600\"]\n[resources]\nio-weight = 300\nmemory-min = \"0\"")?;
+    let path = cell(
+        g,
+        "io-cell",
+        "exec = [\"/bin/sleep\", \"600\"]\n[resources]\nio-weight = 300\nmemory-min = \"0\"",
+    )?;
     let info = run(g, &path)?;
     let w = g.run_ok(&format!("cat {}/io.weight", cgroup(info["unit"].as_str().context("unit")?)))?;
     ensure!(w.trim() == "default 300", "io.weight is {w:?}");
@@ -178,14 +188,25 @@ fn io_weight(g: &Guest) -> Result<()> {
 
 fn network(g: &Guest) -> Result<()> {
     g.run_ok("systemd-run --unit=qt-lo-web -p DynamicUser=yes /usr/bin/python3 -m http.server --bind 127.0.0.1 8099 && sleep 2")?;
-    let probe = "exec = [\"/usr/bin/python3\", \"-c\", \"import urllib.request; urllib.request.urlopen('http://127.0.0.1:8099/', timeout=5)\"]\n\
+    let probe =
+        "exec = [\"/usr/bin/python3\", \"-c\", \"import urllib.request; urllib.request.urlopen('http://127.0.0.1:8099/', timeout=5)\"]\n\
                  [resources]\nmemory-min = \"0\"\n[lifecycle]\nrestart = \"no\"\n[isolation]\nnetwork = ";
     let none = cell(g, "net-none", &format!("{probe}\"none\""))?;
     let lo = cell(g, "net-loopback", &format!("{probe}\"loopback\""))?;
     let a = run(g, &none)?;
     let b = run(g, &lo)?;
-    let a = wait_state(g, a["instance"].as_str().context("id")?, &["failed", "exited"], Duration::from_secs(60))?;
-    let b = wait_state(g, b["instance"].as_str().context("id")?, &["failed", "exited"], Duration::from_secs(60))?;
+    let a = wait_state(
+        g,
+        a["instance"].as_str().context("id")?,
+        &["failed", "exited"],
+        Duration::from_secs(60),
+    )?;
+    let b = wait_state(
+        g,
+        b["instance"].as_str().context("id")?,
+        &["failed", "exited"],
+        Duration::from_secs(60),
+    )?;
     ensure!(a["state"] == "failed", "network=none reached loopback: {a}");
     ensure!(b["state"] == "exited", "network=loopback could not reach loopback: {b}");
     g.run("systemctl stop qt-lo-web")?;
@@ -202,7 +223,12 @@ fn dynamic_user(g: &Guest) -> Result<()> {
          [resources]\nmemory-min = \"0\"\n[lifecycle]\nrestart = \"no\"\n[isolation]\nwritable = [\"/srv/qt-writable\"]",
     )?;
     let info = run(g, &path)?;
-    let end = wait_state(g, info["instance"].as_str().context("id")?, &["failed", "exited"], Duration::from_secs(60))?;
+    let end = wait_state(
+        g,
+        info["instance"].as_str().context("id")?,
+        &["failed", "exited"],
+        Duration::from_secs(60),
+    )?;
     ensure!(end["state"] == "exited", "confined cell: {end}");
     let uid: u32 = g.run_ok("cat /srv/qt-writable/ok")?.trim().parse()?;
     ensure!(uid >= 61184, "the cell ran as uid {uid}, not a dynamic user");
@@ -237,8 +263,15 @@ QTEOF",
     let units = g.run_ok(&format!("ls -d {family}/*.service | xargs -n1 basename; cat {family}/memory.max"))?;
     let lines: Vec<&str> = units.lines().collect();
     ensure!(lines.len() == 4, "family slice holds {lines:?}");
-    ensure!(lines[..3].iter().filter(|u| u.starts_with("quantum-worker.")).count() == 2, "{lines:?}");
-    ensure!(lines[3] == "268435456", "the family slice does not carry the parent's memory-max: {}", lines[3]);
+    ensure!(
+        lines[..3].iter().filter(|u| u.starts_with("quantum-worker.")).count() == 2,
+        "{lines:?}"
+    );
+    ensure!(
+        lines[3] == "268435456",
+        "the family slice does not carry the parent's memory-max: {}",
+        lines[3]
+    );
     g.run_ok("quantumctl stop pool")?;
     ensure!(!g.run(&format!("test -e {family}"))?.success(), "family slice left after stop");
     let left = g.run_ok("systemctl list-units --plain --no-legend 'quantum-worker.*'")?;
@@ -247,7 +280,11 @@ QTEOF",
 }
 
 fn idle_timeout(g: &Guest) -> Result<()> {
-    let path = cell(g, "idler", "exec = [\"/bin/sleep\", \"600\"]\n[resources]\nmemory-min = \"0\"\n[lifecycle]\nidle-timeout = \"5s\"")?;
+    let path = cell(
+        g,
+        "idler",
+        "exec = [\"/bin/sleep\", \"600\"]\n[resources]\nmemory-min = \"0\"\n[lifecycle]\nidle-timeout = \"5s\"",
+    )?;
     let info = run(g, &path)?;
     let end = wait_state(g, info["instance"].as_str().context("id")?, &["stopped"], Duration::from_secs(60))?;
     ensure!(end["reason"] == "idle for 5s", "{end}");

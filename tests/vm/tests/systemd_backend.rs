@@ -5,20 +5,16 @@
 //! exactly the properties its manifest asks for. (nspawn does not enforce
 //! cgroup limits on this host; enforcement is the QEMU tier's job.)
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use quantum_vmtest::{Backend, Guest, Scenarios};
+use quantum_vmtest::{eventually, Backend, Guest, Scenarios};
 
 #[test]
 fn systemd_backend_in_a_container() {
-    let Some(image) = quantum_vmtest::image_or_skip("systemd backend") else {
+    let Some(guest) = quantum_vmtest::boot_ready("systemd backend", Backend::Nspawn) else {
         return;
     };
-    let guest = Guest::boot(&image, Backend::Nspawn).unwrap_or_else(|e| panic!("{e:#}"));
-    if let Err(e) = guest.wait_ready() {
-        panic!("{e:#}");
-    }
     let mut s = Scenarios::new(&guest);
     s.run("quantumd-is-ready-on-the-system-bus-with-the-systemd-backend", quantumd_ready);
     s.run(
@@ -31,20 +27,6 @@ fn systemd_backend_in_a_container() {
     s.run("kill-9-of-quantumd-loses-no-cell-and-duplicates-none", kill_9_readopts);
     if let Err(e) = s.finish() {
         panic!("{e:#}");
-    }
-}
-
-/// Polls `f` every 200 ms until it succeeds or `limit` passes.
-fn eventually<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Result<Option<T>>) -> Result<T> {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f()? {
-            return Ok(v);
-        }
-        if start.elapsed() > limit {
-            bail!("timed out after {limit:?} waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(200));
     }
 }
 

@@ -65,8 +65,16 @@ fn run() -> Result<()> {
         f("quantumctl_p50_ms"),
         f("quantumctl_p95_ms")
     );
-    println!("  systemd-run     p50 {:7.1} ms  p95 {:7.1} ms", f("systemd_run_p50_ms"), f("systemd_run_p95_ms"));
-    println!("  ratio quantumctl/systemd-run: p50 {:.2}x  p95 {:.2}x", f("ratio_p50"), f("ratio_p95"));
+    println!(
+        "  systemd-run     p50 {:7.1} ms  p95 {:7.1} ms",
+        f("systemd_run_p50_ms"),
+        f("systemd_run_p95_ms")
+    );
+    println!(
+        "  ratio quantumctl/systemd-run: p50 {:.2}x  p95 {:.2}x",
+        f("ratio_p50"),
+        f("ratio_p95")
+    );
     println!(
         "{concurrent} concurrent starts (32 clients): quantumctl {:.1} s ({:.0}/s, {} running), systemd-run {:.1} s ({:.0}/s); ratio {:.2}x",
         f("quantumctl_burst_s"),

@@ -11,13 +11,9 @@ use quantum_vmtest::{report, Backend, Guest, Scenarios};
 /// Boots the image once on `backend` and runs every smoke scenario on it.
 pub fn smoke(backend: Backend) {
     let test = format!("{backend} smoke test");
-    let Some(image) = quantum_vmtest::image_or_skip(&test) else {
+    let Some(guest) = quantum_vmtest::boot_ready(&test, backend) else {
         return;
     };
-    let guest = Guest::boot(&image, backend).unwrap_or_else(|e| panic!("{e:#}"));
-    if let Err(e) = guest.wait_ready() {
-        panic!("{e:#}");
-    }
     let mut scenarios = Scenarios::new(&guest);
     scenarios.run("agent-round-trip", agent_round_trip);
     scenarios.run("agent-timeout", agent_timeout);

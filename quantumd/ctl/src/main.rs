@@ -1,5 +1,6 @@
 //! quantumctl: the command-line client of quantumd.
 
+mod ask;
 mod cli;
 mod client;
 mod output;
@@ -9,13 +10,14 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use cli::{Cli, CliCommand};
+use cli::{Cli, CliCommand, Command};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        CliCommand::Validate { paths, catalog, json } => return validate::run(&paths, &catalog, json),
-        command => client::run(cli.bus.as_deref(), command),
+        Command::Cells(CliCommand::Validate { paths, catalog, json }) => return validate::run(&paths, &catalog, json),
+        Command::Ask(args) => return ask::run(&args),
+        Command::Cells(command) => client::run(cli.bus.as_deref(), command),
     };
     match result {
         Ok(code) => code,

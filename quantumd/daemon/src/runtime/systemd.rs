@@ -256,9 +256,19 @@ impl SystemdRuntime {
         let state = self.unit_state(unit).await;
         if matches!(state.as_deref(), Some("inactive" | "failed") | None) {
             tracing::debug!(unit, ?state, "adopted unit already ended");
-            if self.shared.watched.lock().unwrap_or_else(|e| e.into_inner()).remove(&unit_path(unit)).is_some() {
+            if self
+                .shared
+                .watched
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&unit_path(unit))
+                .is_some()
+            {
                 let exit = Exit::Other("ended while quantumd was restarting".into());
-                let _ = self.events.send(UnitEvent { unit: unit.to_owned(), exit });
+                let _ = self.events.send(UnitEvent {
+                    unit: unit.to_owned(),
+                    exit,
+                });
             }
         }
     }
@@ -573,6 +583,7 @@ mod tests {
             result: Some(r.into()),
             code: Some(c),
             status: Some(s),
+            began: true,
         };
         assert_eq!(exit_from(&f("success", 1, 0)), Exit::Code(0));
         assert_eq!(exit_from(&f("exit-code", 1, 3)), Exit::Code(3));

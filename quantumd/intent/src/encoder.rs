@@ -1,0 +1,221 @@
+//! The sentence encoder: all-MiniLM-L6-v2 run by candle's BERT on the CPU,
+//! mean-pooled over the tokens and L2-normalised, exactly as
+//! sentence-transformers does it, so a dot product of two embeddings is their
+//! cosine similarity.
+//!
+//! The weights come from a directory on disk and never from a model hub:
+//! `$QUANTUM_MODEL_DIR`, then the installed path (package quantumos-model),
+//! then, for development, where `scripts/fetch-model.sh` puts it
+//! (`$QUANTUM_CACHE/models/…`, else the repository's `.cache/models/…`).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::bert::{BertModel, Config as BertConfig};
+use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+
+use crate::error::Error;
+
+/// Where the package quantumos-model installs the model.
+pub const INSTALLED_MODEL_DIR: &str = "/usr/share/quantumos/models/all-MiniLM-L6-v2";
+
+/// The environment variable that overrides every other place.
+pub const MODEL_DIR_ENV: &str = "QUANTUM_MODEL_DIR";
+
+const WEIGHTS: &str = "model.safetensors";
+const TOKENIZER: &str = "tokenizer.json";
+const CONFIG: &str = "config.json";
+
+/// sentence-transformers' `max_seq_length` for this model; longer text is cut.
+const MAX_TOKENS: usize = 256;
+
+/// Where `scripts/fetch-model.sh` puts the model below its cache directory.
+const CACHED_MODEL: &str = "models/all-MiniLM-L6-v2";
+
+/// The repository's cache, known at compile time. Only meaningful on the
+/// machine that built the binary: a development fallback.
+fn development_model_dir() -> Option<PathBuf> {
+    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // Only where the source tree this was built from still exists: a
+    // packaged binary does not look into its build directory.
+    let repo = crate_dir.ancestors().nth(2).filter(|_| crate_dir.is_dir())?;
+    Some(repo.join(".cache").join(CACHED_MODEL))
+}
+
+/// The directories searched for the model, in order.
+pub fn model_search_path() -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Some(dir) = std::env::var_os(MODEL_DIR_ENV).filter(|d| !d.is_empty()) {
+        dirs.push(PathBuf::from(dir));
+    }
+    dirs.push(PathBuf::from(INSTALLED_MODEL_DIR));
+    // `scripts/fetch-model.sh` honours QUANTUM_CACHE, and so does the search.
+    if let Some(cache) = std::env::var_os("QUANTUM_CACHE").filter(|d| !d.is_empty()) {
+        dirs.push(PathBuf::from(cache).join(CACHED_MODEL));
+    }
+    dirs.extend(development_model_dir());
+    dirs
+}
+
+/// The first directory of `candidates` that holds the weights and the
+/// tokenizer.
+pub fn find_model_dir(candidates: &[PathBuf]) -> Result<PathBuf, Error> {
+    candidates
+        .iter()
+        .find(|d| d.join(WEIGHTS).is_file() && d.join(TOKENIZER).is_file())
+        .cloned()
+        .ok_or_else(|| Error::ModelMissing {
+            searched: candidates.to_vec(),
+        })
+}
+
+/// A loaded sentence encoder.
+pub struct Encoder {
+    model: BertModel,
+    tokenizer: Tokenizer,
+    device: Device,
+    dir: PathBuf,
+    /// Identifies the model for the embedding cache: a digest of its
+    /// configuration, tokenizer and weights' size.
+    fingerprint: [u8; 32],
+    load_time: Duration,
+}
+
+impl Encoder {
+    /// Loads the model found in `dir`.
+    pub fn load(dir: &Path) -> Result<Encoder, Error> {
+        let started = Instant::now();
+        let model_error = |source: Box<dyn std::error::Error + Send + Sync>| Error::ModelLoad {
+            dir: dir.to_owned(),
+            source,
+        };
+
+        let weights_path = dir.join(WEIGHTS);
+        let weights = std::fs::read(&weights_path).map_err(|source| Error::Read {
+            path: weights_path.clone(),
+            source,
+        })?;
+        let tokenizer_path = dir.join(TOKENIZER);
+        let tokenizer_json = std::fs::read(&tokenizer_path).map_err(|source| Error::Read {
+            path: tokenizer_path.clone(),
+            source,
+        })?;
+        // config.json is optional: the built-in one is all-MiniLM-L6-v2's.
+        let config_path = dir.join(CONFIG);
+        let config_json = match std::fs::read(&config_path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => MINILM_L6_CONFIG.as_bytes().to_vec(),
+            Err(source) => return Err(Error::Read { path: config_path, source }),
+        };
+        let config: BertConfig = serde_json::from_slice(&config_json).map_err(|e| model_error(Box::new(e)))?;
+
+        let mut tokenizer = Tokenizer::from_bytes(&tokenizer_json).map_err(model_error)?;
+        tokenizer.with_padding(Some(PaddingParams {
+            strategy: PaddingStrategy::BatchLongest,
+            ..Default::default()
+        }));
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                max_length: MAX_TOKENS,
+                ..Default::default()
+            }))
+            .map_err(model_error)?;
+
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(&config_json);
+        hasher.update(&tokenizer_json);
+        hasher.update(&(weights.len() as u64).to_le_bytes());
+        // The first bytes hold the safetensors header: tensor names, shapes
+        // and offsets.
+        hasher.update(&weights[..weights.len().min(64 * 1024)]);
+        let fingerprint = *hasher.finalize().as_bytes();
+
+        let device = Device::Cpu;
+        let vb = VarBuilder::from_buffered_safetensors(weights, DType::F32, &device).map_err(|e| model_error(Box::new(e)))?;
+        let model = BertModel::load(vb, &config).map_err(|e| model_error(Box::new(e)))?;
+        Ok(Encoder {
+            model,
+            tokenizer,
+            device,
+            dir: dir.to_owned(),
+            fingerprint,
+            load_time: started.elapsed(),
+        })
+    }
+
+    /// The directory the model was loaded from.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// How long [`Encoder::load`] took.
+    pub fn load_time(&self) -> Duration {
+        self.load_time
+    }
+
+    pub fn fingerprint(&self) -> &[u8; 32] {
+        &self.fingerprint
+    }
+
+    /// Embeds one text.
+    pub fn embed(&self, text: &str) -> Result<Vec<f32>, Error> {
+        Ok(self.embed_batch(&[text])?.pop().unwrap_or_default())
+    }
+
+    /// Embeds several texts in one forward pass: unit vectors of the model's
+    /// hidden size, in the order given.
+    pub fn embed_batch(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, Error> {
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let encodings = self.tokenizer.encode_batch(texts.to_vec(), true).map_err(Error::Tokenize)?;
+        let len = encodings[0].get_ids().len();
+        let mut ids = Vec::with_capacity(texts.len() * len);
+        let mut mask = Vec::with_capacity(texts.len() * len);
+        for e in &encodings {
+            ids.extend_from_slice(e.get_ids());
+            mask.extend_from_slice(e.get_attention_mask());
+        }
+        let run = || -> candle_core::Result<Vec<Vec<f32>>> {
+            let ids = Tensor::from_vec(ids, (texts.len(), len), &self.device)?;
+            let mask = Tensor::from_vec(mask, (texts.len(), len), &self.device)?;
+            let token_types = ids.zeros_like()?;
+            let hidden = self.model.forward(&ids, &token_types, Some(&mask))?;
+            // Mean over the real tokens only: padding is masked out.
+            let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
+            let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
+            let counts = mask.sum(1)?;
+            let mean = summed.broadcast_div(&counts)?;
+            let norm = mean.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f32::MAX)?;
+            mean.broadcast_div(&norm)?.to_vec2::<f32>()
+        };
+        run().map_err(Error::Inference)
+    }
+}
+
+/// all-MiniLM-L6-v2's config.json, for a model directory without one.
+const MINILM_L6_CONFIG: &str = r#"{
+  "architectures": ["BertModel"],
+  "attention_probs_dropout_prob": 0.1,
+  "hidden_act": "gelu",
+  "hidden_dropout_prob": 0.1,
+  "hidden_size": 384,
+  "initializer_range": 0.02,
+  "intermediate_size": 1536,
+  "layer_norm_eps": 1e-12,
+  "max_position_embeddings": 512,
+  "model_type": "bert",
+  "num_attention_heads": 12,
+  "num_hidden_layers": 6,
+  "pad_token_id": 0,
+  "position_embedding_type": "absolute",
+  "type_vocab_size": 2,
+  "vocab_size": 30522
+}"#;
+
+/// Cosine similarity of two unit vectors.
+pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}

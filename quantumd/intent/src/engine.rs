@@ -1,0 +1,600 @@
+//! The engine: loads the model and the catalog once, then turns requests
+//! into plans.
+//!
+//! A request is split into steps at words that order them ("then", "after
+//! that"). Each step is embedded and compared with every phrase of every
+//! cell; a cell's score mixes its best phrase with its second best, plus a
+//! small prior from words the step shares with the cell's own manifest
+//! text (weighted by how rare each word is across the catalog). The best
+//! cell is taken when its score clears a threshold; the confidence is a
+//! logistic function of the score and of the margin to the runner-up.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::catalog::Catalog;
+use crate::encoder::{cosine, find_model_dir, model_search_path, Encoder};
+use crate::error::Error;
+use crate::index::{self, CellEmbeddings, IndexStats};
+use crate::params;
+use crate::plan::{Plan, PlannedCell};
+
+/// The reason given when nothing fits.
+pub const NOTHING_FITS: &str = "nothing in the catalog can do that";
+
+/// Tunables of the matcher. The defaults are the values measured on
+/// tests/data/intents.tsv (see the bench binary `intent-bench`).
+#[derive(Debug, Clone, Copy)]
+pub struct Tuning {
+    /// Weight of a cell's best phrase; the second best gets `1 - best_weight`.
+    pub best_weight: f32,
+    /// Weight of the lexical prior.
+    pub lexical_weight: f32,
+    /// Taken off a cell's score when the request asks for an action the
+    /// cell's manifest never mentions and that lies outside what system
+    /// cells do (see [`FOREIGN_ACTIONS`]).
+    pub action_penalty: f32,
+    /// Score at which a cell is accepted (confidence 0.5 at zero margin).
+    pub threshold: f32,
+    /// Logistic slope of the confidence on the score.
+    pub slope: f32,
+    /// Logistic slope of the confidence on the margin to the runner-up
+    /// (a tie gives 0.5).
+    pub margin_slope: f32,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            best_weight: 0.8,
+            lexical_weight: 0.2,
+            action_penalty: 0.2,
+            threshold: 0.33,
+            slope: 20.0,
+            margin_slope: 40.0,
+        }
+    }
+}
+
+/// Where the engine finds its model, catalog and cache.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Directory holding `NAME/cell.toml` for each cell.
+    pub catalog_dir: PathBuf,
+    /// Directories searched for the model, in order; by default
+    /// [`model_search_path`].
+    pub model_dirs: Vec<PathBuf>,
+    /// Where catalog embeddings are cached; `None` keeps them in memory.
+    pub cache_dir: Option<PathBuf>,
+    pub tuning: Tuning,
+}
+
+impl Config {
+    pub fn new(catalog_dir: &Path) -> Config {
+        Config {
+            catalog_dir: catalog_dir.to_owned(),
+            model_dirs: model_search_path(),
+            cache_dir: default_cache_dir(),
+            tuning: Tuning::default(),
+        }
+    }
+}
+
+/// `$QUANTUM_INTENT_CACHE`, else `$XDG_CACHE_HOME/quantumos/intent`, else
+/// `~/.cache/quantumos/intent`.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("QUANTUM_INTENT_CACHE").filter(|d| !d.is_empty()) {
+        return Some(PathBuf::from(dir));
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        return Some(PathBuf::from(dir).join("quantumos/intent"));
+    }
+    std::env::var_os("HOME")
+        .filter(|d| !d.is_empty())
+        .map(|h| PathBuf::from(h).join(".cache/quantumos/intent"))
+}
+
+/// How long loading took, for `quantumctl` and quantumd to report.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadReport {
+    pub model: Duration,
+    pub catalog: Duration,
+    pub index: IndexStats,
+}
+
+/// A cell's score for one step of a request.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Score {
+    pub cell: usize,
+    pub score: f32,
+    pub semantic: f32,
+    pub lexical: f32,
+}
+
+/// The loaded engine.
+pub struct Engine {
+    encoder: Encoder,
+    catalog: Catalog,
+    embeddings: Vec<CellEmbeddings>,
+    /// Content words of each cell's manifest text.
+    cell_words: Vec<HashSet<String>>,
+    /// Content words of each cell's description and capabilities: the
+    /// actions it says it performs.
+    action_words: Vec<HashSet<String>>,
+    /// Inverse document frequency of each word over the cells.
+    idf: HashMap<String, f32>,
+    tuning: Tuning,
+    report: LoadReport,
+}
+
+impl Engine {
+    /// Finds the model, reads the catalog, and embeds the catalog (or reads
+    /// the embeddings from the cache).
+    pub fn load(config: &Config) -> Result<Engine, Error> {
+        let dir = find_model_dir(&config.model_dirs)?;
+        let encoder = Encoder::load(&dir)?;
+        let catalog = Catalog::load(&config.catalog_dir)?;
+        Engine::new(encoder, catalog, config.cache_dir.as_deref(), config.tuning)
+    }
+
+    pub fn new(encoder: Encoder, catalog: Catalog, cache_dir: Option<&Path>, tuning: Tuning) -> Result<Engine, Error> {
+        let started = Instant::now();
+        let (embeddings, stats) = index::build(&encoder, &catalog, cache_dir)?;
+        let action_words: Vec<HashSet<String>> = embeddings
+            .iter()
+            .map(|e| e.phrases.iter().flat_map(|(_, p)| content_words(p)).collect())
+            .collect();
+        // The words of a cell: its name, its phrases and what its parameters
+        // say.
+        let cell_words: Vec<HashSet<String>> = embeddings
+            .iter()
+            .zip(&catalog.cells)
+            .map(|(e, cell)| {
+                let mut words: HashSet<String> = e.phrases.iter().flat_map(|(_, p)| content_words(p)).collect();
+                words.extend(content_words(cell.name()));
+                for spec in cell.manifest.params.values() {
+                    words.extend(content_words(&spec.description));
+                }
+                words
+            })
+            .collect();
+        let n = cell_words.len() as f32;
+        let mut df: HashMap<String, usize> = HashMap::new();
+        for words in &cell_words {
+            for w in words {
+                *df.entry(w.clone()).or_default() += 1;
+            }
+        }
+        let idf = df.into_iter().map(|(w, d)| (w, ((n + 1.0) / (d as f32 + 0.5)).ln())).collect();
+        let report = LoadReport {
+            model: encoder.load_time(),
+            catalog: started.elapsed(),
+            index: stats,
+        };
+        Ok(Engine {
+            encoder,
+            catalog,
+            embeddings,
+            cell_words,
+            action_words,
+            idf,
+            tuning,
+            report,
+        })
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    pub fn encoder(&self) -> &Encoder {
+        &self.encoder
+    }
+
+    pub fn load_report(&self) -> LoadReport {
+        self.report
+    }
+
+    pub fn tuning(&self) -> Tuning {
+        self.tuning
+    }
+
+    pub fn set_tuning(&mut self, tuning: Tuning) {
+        self.tuning = tuning;
+    }
+
+    /// Every cell's score for `text`, best first.
+    pub fn rank(&self, text: &str) -> Result<Vec<Score>, Error> {
+        let text = model_text(text);
+        let v = self.encoder.embed(&text)?;
+        Ok(self.rank_embedded(&text, &v))
+    }
+
+    /// Every cell's score for `text` (as the model is shown it, see
+    /// [`model_text`]) whose embedding is `v`, best first.
+    pub fn rank_embedded(&self, text: &str, v: &[f32]) -> Vec<Score> {
+        let t = self.tuning;
+        let words: Vec<String> = content_words(text).into_iter().collect();
+        let total_idf: f32 = words.iter().map(|w| self.idf.get(w).copied().unwrap_or(MAX_IDF)).sum();
+        let actions: Vec<&String> = words.iter().filter(|w| FOREIGN_ACTIONS.iter().any(|a| stem(a) == **w)).collect();
+        let mut scores: Vec<Score> = self
+            .embeddings
+            .iter()
+            .enumerate()
+            .map(|(cell, e)| {
+                let mut sims: Vec<f32> = e.vectors.iter().map(|pv| cosine(v, pv)).collect();
+                sims.sort_by(|a, b| b.total_cmp(a));
+                let best = sims.first().copied().unwrap_or(0.0);
+                let second = sims.get(1).copied().unwrap_or(best);
+                let semantic = t.best_weight * best + (1.0 - t.best_weight) * second;
+                let shared: f32 = words
+                    .iter()
+                    .filter(|w| self.cell_words[cell].contains(*w))
+                    .map(|w| self.idf.get(w).copied().unwrap_or(0.0))
+                    .sum();
+                let lexical = if total_idf > 0.0 { shared / total_idf } else { 0.0 };
+                let foreign = actions.iter().any(|a| !self.action_words[cell].contains(*a));
+                let penalty = if foreign { t.action_penalty } else { 0.0 };
+                Score {
+                    cell,
+                    score: semantic + t.lexical_weight * lexical - penalty,
+                    semantic,
+                    lexical,
+                }
+            })
+            .collect();
+        scores.sort_by(|a, b| b.score.total_cmp(&a.score));
+        scores
+    }
+
+    /// Confidence that the best cell is right, from its score and its margin
+    /// over the runner-up.
+    ///
+    /// Two parts: how likely some cell fits at all (a logistic of the best
+    /// score around the threshold, 0.5 there), times how likely the best cell
+    /// rather than the runner-up is the one (a logistic of the margin: 0.5
+    /// for a tie).
+    fn confidence(&self, scores: &[Score]) -> f32 {
+        self.fit_probability(scores) * self.choice_probability(scores)
+    }
+
+    fn fit_probability(&self, scores: &[Score]) -> f32 {
+        let best = scores.first().map_or(0.0, |s| s.score);
+        sigmoid(self.tuning.slope * (best - self.tuning.threshold))
+    }
+
+    fn choice_probability(&self, scores: &[Score]) -> f32 {
+        let best = scores.first().map_or(0.0, |s| s.score);
+        let margin = scores.get(1).map_or(1.0, |s| best - s.score);
+        sigmoid(self.tuning.margin_slope * margin)
+    }
+
+    /// Turns a request into a plan, or a refusal with a reason.
+    pub fn ask(&self, intent: &str) -> Result<Plan, Error> {
+        let intent = intent.trim();
+        let refuse = |confidence: f32| Plan {
+            intent: intent.to_owned(),
+            cells: Vec::new(),
+            confidence,
+            reason: Some(NOTHING_FITS.to_owned()),
+        };
+        if intent.is_empty() {
+            return Ok(refuse(1.0));
+        }
+        let steps = split_steps(intent);
+        if steps.len() > 1 {
+            let masked: Vec<String> = steps.iter().map(|s| model_text(s)).collect();
+            let texts: Vec<&str> = masked.iter().map(String::as_str).collect();
+            let vectors = self.encoder.embed_batch(&texts)?;
+            let mut cells = Vec::new();
+            let mut confidence = 1.0f32;
+            let mut previous_path: Option<String> = None;
+            let mut ok = true;
+            for ((step, text), v) in steps.iter().zip(&masked).zip(&vectors) {
+                let scores = self.rank_embedded(text, v);
+                let best = scores[0];
+                if best.score < self.tuning.threshold {
+                    ok = false;
+                    break;
+                }
+                confidence = confidence.min(self.confidence(&scores));
+                let mut planned = self.planned_cell(best.cell, step);
+                carry_reference(
+                    &mut planned,
+                    &self.catalog.cells[best.cell].manifest,
+                    step,
+                    previous_path.as_deref(),
+                );
+                previous_path = first_path(step).or(previous_path);
+                cells.push(planned);
+            }
+            // Two steps in a row that land on the same cell are one request
+            // said twice ("check for updates, then install them"): one step,
+            // the later words winning.
+            cells.dedup_by(|later, kept| {
+                if later.name != kept.name {
+                    return false;
+                }
+                kept.params.append(&mut later.params);
+                kept.missing.retain(|m| !kept.params.contains_key(m));
+                true
+            });
+            if ok {
+                return Ok(Plan {
+                    intent: intent.to_owned(),
+                    cells,
+                    confidence,
+                    reason: None,
+                });
+            }
+        }
+        let scores = self.rank(intent)?;
+        let confidence = self.confidence(&scores);
+        let best = scores[0];
+        if best.score < self.tuning.threshold {
+            return Ok(refuse(1.0 - self.fit_probability(&scores)));
+        }
+        Ok(Plan {
+            intent: intent.to_owned(),
+            cells: vec![self.planned_cell(best.cell, intent)],
+            confidence,
+            reason: None,
+        })
+    }
+
+    fn planned_cell(&self, cell: usize, text: &str) -> PlannedCell {
+        let manifest = &self.catalog.cells[cell].manifest;
+        let params = params::fill(manifest, text);
+        let missing = missing_params(manifest, &params);
+        PlannedCell {
+            name: manifest.name.as_str().to_owned(),
+            params,
+            missing,
+        }
+    }
+}
+
+fn missing_params(manifest: &quantum_model::Manifest, params: &BTreeMap<String, String>) -> Vec<String> {
+    manifest
+        .params
+        .iter()
+        .filter(|(n, s)| s.default.is_none() && !params.contains_key(*n))
+        .map(|(n, _)| n.clone())
+        .collect()
+}
+
+/// "compress it", "hash its contents": a later step that refers to what the
+/// step before it named gets that path for its first required path.
+fn carry_reference(planned: &mut PlannedCell, manifest: &quantum_model::Manifest, step: &str, previous: Option<&str>) {
+    let Some(previous) = previous else { return };
+    let refers = step
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .any(|w| matches!(w.to_ascii_lowercase().as_str(), "it" | "its" | "them" | "that" | "those" | "result"));
+    if !refers {
+        return;
+    }
+    let target = manifest
+        .params
+        .iter()
+        .find(|(n, s)| s.kind == quantum_model::ParamType::Path && s.default.is_none() && !planned.params.contains_key(*n))
+        .map(|(n, _)| n.clone());
+    if let Some(name) = target {
+        planned.params.insert(name.clone(), previous.to_owned());
+        planned.missing.retain(|m| *m != name);
+    }
+}
+
+/// What the model is shown of a request: its values masked.
+pub fn model_text(text: &str) -> String {
+    let (tokens, candidates) = params::scan(text);
+    params::masked(&tokens, &candidates)
+}
+
+fn first_path(text: &str) -> Option<String> {
+    params::scan(text)
+        .1
+        .into_iter()
+        .find(|c| c.kind == params::Kind::Path)
+        .map(|c| c.value)
+}
+
+/// Words that order steps: "X then Y", "X; after that Y".
+const STEP_BREAKS: &[&str] = &[
+    ", and then ",
+    " and then ",
+    ", then ",
+    "; then ",
+    " then ",
+    "; after that ",
+    ", after that ",
+    " after that ",
+    ". after that ",
+    " and afterwards ",
+    ", afterwards ",
+    " afterwards ",
+    " and after that ",
+    " followed by ",
+    " and finally ",
+    ", finally ",
+    "; ",
+    ". then ",
+    ". ",
+];
+
+/// Splits a request into its ordered steps.
+pub fn split_steps(text: &str) -> Vec<String> {
+    let mut steps = vec![text.to_owned()];
+    for sep in STEP_BREAKS {
+        steps = steps
+            .into_iter()
+            .flat_map(|s| {
+                let lower = s.to_ascii_lowercase();
+                let mut parts = Vec::new();
+                let mut start = 0;
+                for (i, _) in lower.match_indices(sep) {
+                    parts.push(s[start..i].to_owned());
+                    start = i + sep.len();
+                }
+                parts.push(s[start..].to_owned());
+                parts
+            })
+            .map(|s| s.trim().trim_end_matches(['.', ',', ';']).trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect();
+    }
+    steps
+}
+
+/// Actions outside what cells of a system do: commerce, messaging, media,
+/// devices, sessions, editing. A request naming one is penalised for every
+/// cell whose description and capabilities do not use the word, so a catalog that gains such
+/// a cell (an "email" cell) is matched normally. Verbs that are mere
+/// rephrasings of a cell's job ("shrink", "publish", "open") are not here.
+pub const FOREIGN_ACTIONS: &[&str] = &[
+    "buy",
+    "purchase",
+    "sell",
+    "order",
+    "book",
+    "reserve",
+    "pay",
+    "rent",
+    "delete",
+    "erase",
+    "wipe",
+    "shred",
+    "format",
+    "partition",
+    "translate",
+    "email",
+    "send",
+    "post",
+    "tweet",
+    "call",
+    "phone",
+    "dial",
+    "play",
+    "sing",
+    "draw",
+    "paint",
+    "write",
+    "compose",
+    "cook",
+    "bake",
+    "remind",
+    "wake",
+    "mute",
+    "unmute",
+    "print",
+    "login",
+    "register",
+    "subscribe",
+    "upload",
+    "uninstall",
+    "rename",
+    "edit",
+    "encrypt",
+    "decrypt",
+    "restart",
+    "reboot",
+    "shutdown",
+    "suspend",
+    "hibernate",
+    "lock",
+    "unlock",
+    "mount",
+    "unmount",
+    "eject",
+    "burn",
+    "record",
+    "stream",
+    "recommend",
+    "summarize",
+];
+
+/// IDF given to words no cell uses.
+const MAX_IDF: f32 = 3.0;
+
+const STOP_WORDS: &[&str] = &[
+    "a", "an", "the", "and", "or", "of", "to", "in", "on", "for", "with", "from", "by", "at", "as", "is", "are", "be", "was", "were", "it",
+    "its", "this", "that", "these", "those", "my", "me", "i", "you", "your", "we", "our", "can", "could", "would", "please", "what",
+    "which", "who", "how", "why", "where", "when", "do", "does", "did", "some", "any", "all", "every", "each", "there", "here", "into",
+    "onto", "up", "out", "so", "if", "not", "no", "just", "want", "need", "like", "get", "give", "make", "let", "one", "s", "t", "m",
+    "than", "then", "after", "them", "they", "their", "have", "has", "had", "will", "shall", "should", "about", "over", "under", "between",
+    "use", "using", "now", "right", "new", "way", "much", "many", "more", "most", "too", "very", "also", "only", "another", "other",
+];
+
+/// Lower-case content words with plurals folded.
+fn content_words(text: &str) -> HashSet<String> {
+    text.split(|c: char| !c.is_ascii_alphanumeric())
+        .map(|w| w.to_ascii_lowercase())
+        .filter(|w| w.len() > 1 && !STOP_WORDS.contains(&w.as_str()) && !w.bytes().all(|b| b.is_ascii_digit()))
+        .map(|w| stem(&w))
+        .collect()
+}
+
+/// A crude stemmer: enough to meet "backups"/"backup", "compressing"/"compress".
+/// Applied until nothing changes, so "warnings" and "warning" meet.
+fn stem(w: &str) -> String {
+    let mut s = w.to_owned();
+    'again: loop {
+        for suffix in ["ing", "ed", "es", "s"] {
+            if s.len() > suffix.len() + 3 && s.ends_with(suffix) {
+                s.truncate(s.len() - suffix.len());
+                continue 'again;
+            }
+        }
+        return s;
+    }
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steps_split_at_ordering_words() {
+        assert_eq!(split_steps("back up ~/docs then compress it"), ["back up ~/docs", "compress it"]);
+        assert_eq!(
+            split_steps("back up /etc and then check for system updates."),
+            ["back up /etc", "check for system updates"]
+        );
+        assert_eq!(
+            split_steps("mirror ~/work to /mnt/usb; after that show the disk usage"),
+            ["mirror ~/work to /mnt/usb", "show the disk usage"]
+        );
+        assert_eq!(
+            split_steps("compress ~/reports and afterwards compute its sha256"),
+            ["compress ~/reports", "compute its sha256"]
+        );
+        // "and" alone does not order anything: "cpu and memory" is one request.
+        assert_eq!(split_steps("show cpu and memory usage"), ["show cpu and memory usage"]);
+        assert_eq!(split_steps("keep ~/a and ~/b in sync"), ["keep ~/a and ~/b in sync"]);
+    }
+
+    #[test]
+    fn stems_meet() {
+        assert_eq!(stem("warnings"), stem("warning"));
+        assert_eq!(stem("backups"), stem("backup"));
+        assert_eq!(stem("compressing"), stem("compress"));
+        let words = content_words("Show me the biggest folders, please!");
+        assert!(
+            words.contains("biggest") && words.contains("folder") && !words.contains("the"),
+            "{words:?}"
+        );
+    }
+
+    #[test]
+    fn confidence_is_a_probability() {
+        for x in [-100.0f32, -1.0, 0.0, 1.0, 100.0] {
+            let p = sigmoid(x);
+            assert!((0.0..=1.0).contains(&p));
+        }
+        assert!((sigmoid(0.0) - 0.5).abs() < 1e-6);
+    }
+}

@@ -1,0 +1,1373 @@
+//! Typed parameter extraction: the values a request names (ports, paths,
+//! hosts, sizes, durations, counts, quoted text, words from a parameter's
+//! list of choices), matched to the chosen cell's `[params]` by type and by
+//! the words around them, and checked with the parameter's own type.
+//!
+//! Two stages. [`scan`] reads the request into typed [`Candidate`]s without
+//! knowing any cell. [`fill`] then gives each of a cell's parameters the
+//! candidate that fits it best, using only what the manifest says about the
+//! parameter: its type, its name and its description (a list of choices in
+//! the description, "how many", "seconds", "destination"-like words).
+
+use std::collections::BTreeMap;
+
+use quantum_model::{ByteSize, Duration, Manifest, ParamSpec, ParamType};
+
+/// What a value found in the request is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `:8080`, `port 8080`, `localhost:8080`.
+    Port,
+    /// `/srv/www`, `~/docs`, `./dist`, `../x`, `~`, or a file name with a
+    /// known extension (`notes.md`).
+    Path,
+    /// A domain name, an IPv4 or IPv6 address, `localhost`, the host of a URL.
+    Host,
+    /// `2G`, `500 MB`, normalised to the manifest's size syntax.
+    Size,
+    /// `5m`, `every 10 minutes`, `the last hour`, `daily`, normalised to the
+    /// manifest's duration syntax.
+    Duration,
+    /// A whole number (digits, or a small number word).
+    Integer,
+    /// An image geometry: `800x600`, `x600`, `50%`.
+    Geometry,
+    /// Text in quotes or backticks, taken as it is.
+    Quoted,
+    /// A systemd unit: `ssh.service`, or the word before "service".
+    Unit,
+}
+
+/// One value found in the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    pub kind: Kind,
+    pub value: String,
+    /// Index of the first token the value came from.
+    pub token: usize,
+    /// Up to three lower-case words before the value, nearest last.
+    pub before: Vec<String>,
+    /// Up to three lower-case words after the value, nearest first.
+    pub after: Vec<String>,
+}
+
+/// A token of the request: a word, a path, a number, or a quoted string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Token {
+    pub text: String,
+    pub lower: String,
+    pub quoted: bool,
+}
+
+/// File extensions that make a dotted word a file name rather than a domain.
+const FILE_EXTENSIONS: &[&str] = &[
+    "md", "markdown", "txt", "pdf", "doc", "docx", "odt", "ods", "odp", "rtf", "epub", "html", "htm", "rst", "tex", "csv", "tsv", "xls",
+    "xlsx", "ppt", "pptx", "png", "jpg", "jpeg", "gif", "webp", "bmp", "tif", "tiff", "svg", "heic", "ico", "py", "sh", "pl", "rb", "js",
+    "ts", "rs", "c", "h", "go", "java", "zip", "tar", "gz", "tgz", "xz", "zst", "bz2", "7z", "rar", "iso", "img", "qcow2", "deb", "json",
+    "toml", "yaml", "yml", "xml", "ini", "conf", "cfg", "log", "sql", "db", "sqlite", "mp3", "mp4", "mkv", "wav", "flac", "ogg", "bin",
+    "exe", "sha256", "asc", "sig", "key", "pem", "crt",
+];
+
+/// systemd unit suffixes.
+const UNIT_SUFFIXES: &[&str] = &[".service", ".socket", ".timer", ".target", ".mount", ".path"];
+
+/// Words that never name a unit before "service".
+const NOT_A_UNIT: &[&str] = &[
+    "the", "a", "an", "my", "this", "that", "which", "what", "web", "system", "your", "our", "its", "some", "any", "every", "each", "dns",
+];
+
+fn number_word(w: &str) -> Option<u64> {
+    let n = match w {
+        "one" | "a" | "an" => 1,
+        "two" => 2,
+        "three" => 3,
+        "four" => 4,
+        "five" => 5,
+        "six" => 6,
+        "seven" => 7,
+        "eight" => 8,
+        "nine" => 9,
+        "ten" => 10,
+        "eleven" => 11,
+        "twelve" => 12,
+        "fifteen" => 15,
+        "twenty" => 20,
+        "thirty" => 30,
+        "sixty" => 60,
+        "hundred" => 100,
+        _ => return None,
+    };
+    Some(n)
+}
+
+/// Seconds in one `word` of time, for durations written out.
+fn time_unit(word: &str) -> Option<u64> {
+    let secs = match word {
+        "s" | "sec" | "secs" | "second" | "seconds" => 1,
+        "min" | "mins" | "minute" | "minutes" => 60,
+        "h" | "hr" | "hrs" | "hour" | "hours" => 3600,
+        "day" | "days" => 86_400,
+        "week" | "weeks" => 7 * 86_400,
+        _ => return None,
+    };
+    Some(secs)
+}
+
+fn size_unit(word: &str) -> Option<u64> {
+    let mult = match word.to_ascii_lowercase().as_str() {
+        "k" | "kb" | "kib" | "kilobytes" => 1 << 10,
+        "m" | "mb" | "mib" | "megabytes" => 1 << 20,
+        "g" | "gb" | "gib" | "gigabytes" | "gigs" => 1 << 30,
+        "t" | "tb" | "tib" | "terabytes" => 1 << 40,
+        _ => return None,
+    };
+    Some(mult)
+}
+
+fn is_quote(c: char) -> bool {
+    matches!(c, '"' | '\'' | '`' | '“' | '”' | '‘' | '’')
+}
+
+fn closing_quote(open: char) -> &'static [char] {
+    match open {
+        '“' | '”' => &['”', '“'],
+        '‘' | '’' => &['’', '‘'],
+        '"' => &['"'],
+        '\'' => &['\''],
+        _ => &['`'],
+    }
+}
+
+/// Splits a request into tokens. Quotes (and backticks) group their content
+/// into one token, but only where they open a word and close one, so the
+/// apostrophes of "what's" or "isn't" stay inside their words. Punctuation
+/// around words is dropped; `32-character` becomes `32` `character`.
+pub fn tokenize(text: &str) -> Vec<Token> {
+    let chars: Vec<char> = text.chars().collect();
+    let mut tokens = Vec::new();
+    let mut i = 0;
+    let mut word = String::new();
+    let push_word = |word: &mut String, tokens: &mut Vec<Token>| {
+        for t in split_word(word) {
+            tokens.push(Token {
+                lower: t.to_lowercase(),
+                text: t,
+                quoted: false,
+            });
+        }
+        word.clear();
+    };
+    while i < chars.len() {
+        let c = chars[i];
+        if is_quote(c) && word.is_empty() {
+            let closers = closing_quote(c);
+            // The closing quote must end a word: followed by nothing, a space
+            // or punctuation.
+            let close = (i + 1..chars.len()).find(|&j| {
+                closers.contains(&chars[j])
+                    && chars
+                        .get(j + 1)
+                        .is_none_or(|n| n.is_whitespace() || matches!(n, ',' | '.' | ';' | ':' | '!' | '?' | ')'))
+            });
+            if let Some(j) = close {
+                let inner: String = chars[i + 1..j].iter().collect();
+                let inner = inner.trim().to_owned();
+                if !inner.is_empty() {
+                    tokens.push(Token {
+                        lower: inner.to_lowercase(),
+                        text: inner,
+                        quoted: true,
+                    });
+                }
+                i = j + 1;
+                continue;
+            }
+        }
+        if c.is_whitespace() {
+            push_word(&mut word, &mut tokens);
+        } else {
+            word.push(c);
+        }
+        i += 1;
+    }
+    push_word(&mut word, &mut tokens);
+    tokens
+}
+
+/// Trims punctuation from a whitespace-separated word and splits
+/// `number-word` pairs.
+fn split_word(raw: &str) -> Vec<String> {
+    let mut w = raw.trim_start_matches(['(', '[', '{', '"', '\'', '`', '“', '‘']);
+    w = w.trim_end_matches([',', ';', '!', '?', ')', ']', '}', '"', '\'', '`', '”', '’']);
+    // A trailing dot or colon ends a sentence or introduces a list; it is
+    // never part of a path, a name or a number here.
+    w = w.trim_end_matches(['.', ':', ',', ';']);
+    if w.is_empty() {
+        return Vec::new();
+    }
+    if let Some((num, rest)) = w.split_once('-') {
+        if !num.is_empty() && num.bytes().all(|b| b.is_ascii_digit()) && !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_alphabetic()) {
+            return vec![num.to_owned(), rest.to_owned()];
+        }
+    }
+    vec![w.to_owned()]
+}
+
+fn is_ipv4(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('.').collect();
+    parts.len() == 4 && parts.iter().all(|p| !p.is_empty() && p.len() <= 3 && p.parse::<u8>().is_ok())
+}
+
+fn is_ipv6(s: &str) -> bool {
+    s.matches(':').count() >= 2 && s.chars().all(|c| c.is_ascii_hexdigit() || c == ':') && s.len() >= 3
+}
+
+/// The extension of a file name, if the name has a known one.
+///
+/// A name that is nothing but extensions ("tar.gz", ".zip") names a format,
+/// not a file.
+fn file_extension(s: &str) -> Option<&str> {
+    let (stem, ext) = s.rsplit_once('.')?;
+    let known = |e: &str| FILE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str());
+    let stem_is_format = stem.split('.').all(|part| part.is_empty() || known(part));
+    (known(ext) && !stem_is_format).then_some(ext)
+}
+
+fn is_domain(s: &str) -> bool {
+    let labels: Vec<&str> = s.split('.').collect();
+    if labels.len() < 2 || labels.iter().any(|l| l.is_empty() || l.len() > 63) {
+        return false;
+    }
+    let tld = labels[labels.len() - 1];
+    labels
+        .iter()
+        .all(|l| l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') && !l.starts_with('-'))
+        && tld.len() >= 2
+        && tld.chars().all(|c| c.is_ascii_alphabetic())
+        && labels[0].chars().any(|c| c.is_ascii_alphanumeric())
+}
+
+fn is_path(s: &str) -> bool {
+    s.starts_with('/') || s.starts_with("~/") || s == "~" || s.starts_with("./") || s.starts_with("../")
+}
+
+/// `"1.5"` `"G"` -> `1536M`.
+fn size_value(number: &str, mult: u64) -> Option<String> {
+    let bytes = if let Some((whole, frac)) = number.split_once('.') {
+        let whole: u64 = whole.parse().ok()?;
+        let frac_digits = frac.len() as u32;
+        let frac: u64 = frac.parse().ok()?;
+        let scale = 10u64.checked_pow(frac_digits)?;
+        whole.checked_mul(mult)?.checked_add(frac.checked_mul(mult)? / scale)?
+    } else {
+        number.parse::<u64>().ok()?.checked_mul(mult)?
+    };
+    Some(ByteSize(bytes).to_string())
+}
+
+fn duration_value(secs: u64) -> String {
+    Duration(secs).to_string()
+}
+
+/// `5m`, `1h30m`, `2d` written as one word.
+fn compact_duration(s: &str) -> Option<u64> {
+    if s.is_empty() || !s.chars().next()?.is_ascii_digit() {
+        return None;
+    }
+    let mut total = 0u64;
+    let mut digits = String::new();
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let mult = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            _ => return None,
+        };
+        let n: u64 = digits.parse().ok()?;
+        total = total.checked_add(n.checked_mul(mult)?)?;
+        digits.clear();
+    }
+    digits.is_empty().then_some(total)
+}
+
+/// Parses one token alone; `None` for a plain word.
+fn classify(t: &Token) -> Option<(Kind, String)> {
+    if t.quoted {
+        return Some((Kind::Quoted, t.text.clone()));
+    }
+    let s = t.text.as_str();
+    for scheme in ["http://", "https://", "ftp://"] {
+        if let Some(rest) = s.strip_prefix(scheme) {
+            let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+            let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
+            let host = host.split(':').next().unwrap_or("");
+            return (!host.is_empty()).then(|| (Kind::Host, host.to_owned()));
+        }
+    }
+    if is_path(s) {
+        return Some((Kind::Path, s.to_owned()));
+    }
+    if let Some(port) = s.strip_prefix(':') {
+        if port.parse::<u16>().is_ok_and(|p| p > 0) {
+            return Some((Kind::Port, port.to_owned()));
+        }
+    }
+    if is_ipv4(s) || is_ipv6(s) || t.lower == "localhost" {
+        return Some((Kind::Host, s.to_owned()));
+    }
+    if let Some(secs) = compact_duration(s) {
+        // `5M` is a size; lower-case m is minutes.
+        return Some((Kind::Duration, duration_value(secs)));
+    }
+    if let Some(split) = s.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        let (number, unit) = s.split_at(split);
+        if !number.is_empty() && number.chars().next().is_some_and(|c| c.is_ascii_digit()) {
+            if let Some(size) = size_unit(unit).and_then(|m| size_value(number, m)) {
+                return Some((Kind::Size, size));
+            }
+        }
+    }
+    if is_geometry(s) {
+        return Some((Kind::Geometry, s.to_owned()));
+    }
+    if s.bytes().all(|b| b.is_ascii_digit()) {
+        let value = s.parse::<u64>().map_or_else(|_| s.to_owned(), |n| n.to_string());
+        return Some((Kind::Integer, value));
+    }
+    if s.contains('.') {
+        let lower = &t.lower;
+        if UNIT_SUFFIXES
+            .iter()
+            .any(|suffix| lower.ends_with(suffix) && lower.len() > suffix.len())
+        {
+            return Some((Kind::Unit, s.to_owned()));
+        }
+        // "tar.gz", ".zip": a format, a plain word.
+        if s.split('.')
+            .all(|part| part.is_empty() || FILE_EXTENSIONS.contains(&part.to_ascii_lowercase().as_str()))
+        {
+            return None;
+        }
+        if file_extension(s).is_some() && !s.contains("://") {
+            return Some((Kind::Path, s.to_owned()));
+        }
+        if let Some((host, port)) = s.rsplit_once(':') {
+            if is_domain(host) && port.parse::<u16>().is_ok() {
+                return Some((Kind::Host, host.to_owned()));
+            }
+        }
+        if is_domain(s) {
+            return Some((Kind::Host, s.to_owned()));
+        }
+    }
+    if let Some((host, port)) = s.rsplit_once(':') {
+        if (host == "localhost" || is_ipv4(host)) && port.parse::<u16>().is_ok() {
+            return Some((Kind::Host, host.to_owned()));
+        }
+    }
+    None
+}
+
+fn is_geometry(s: &str) -> bool {
+    let digits = |p: &str| p.bytes().all(|b| b.is_ascii_digit());
+    if let Some(pct) = s.strip_suffix('%') {
+        return !pct.is_empty() && digits(pct);
+    }
+    match s.split_once(['x', 'X']) {
+        Some((w, h)) => digits(w) && digits(h) && !(w.is_empty() && h.is_empty()),
+        None => false,
+    }
+}
+
+/// Words of the request that are plain words (not values), lower-case, by
+/// token index.
+fn context(tokens: &[Token], first: usize, last: usize) -> (Vec<String>, Vec<String>) {
+    let plain = |t: &Token| !t.quoted;
+    let before = tokens[..first]
+        .iter()
+        .rev()
+        .filter(|t| plain(t))
+        .take(3)
+        .map(|t| t.lower.clone())
+        .collect::<Vec<_>>();
+    let before = before.into_iter().rev().collect();
+    let after = tokens[last + 1..]
+        .iter()
+        .filter(|t| plain(t))
+        .take(3)
+        .map(|t| t.lower.clone())
+        .collect();
+    (before, after)
+}
+
+/// Finds every typed value in `text`.
+pub fn scan(text: &str) -> (Vec<Token>, Vec<Candidate>) {
+    let tokens = tokenize(text);
+    let mut out = Vec::new();
+    let mut used = vec![false; tokens.len()];
+    let mut push = |kind: Kind, value: String, first: usize, last: usize, used: &mut Vec<bool>| {
+        let (before, after) = context(&tokens, first, last);
+        for u in used.iter_mut().take(last + 1).skip(first) {
+            *u = true;
+        }
+        out.push(Candidate {
+            kind,
+            value,
+            token: first,
+            before,
+            after,
+        });
+    };
+
+    // Phrases of several words first: durations and sizes written out, ports.
+    let lower: Vec<&str> = tokens.iter().map(|t| if t.quoted { "" } else { t.lower.as_str() }).collect();
+    let mut i = 0;
+    while i < tokens.len() {
+        let w = lower[i];
+        let next = lower.get(i + 1).copied().unwrap_or("");
+        let next2 = lower.get(i + 2).copied().unwrap_or("");
+        // "every 10 minutes", "10 minutes", "an hour", "the last 2 days"
+        let number = w.parse::<u64>().ok().or_else(|| number_word(w));
+        if let Some(secs) = number.zip(time_unit(next)).and_then(|(n, unit)| n.checked_mul(unit)) {
+            push(Kind::Duration, duration_value(secs), i, i + 1, &mut used);
+            i += 2;
+            continue;
+        }
+        if let (Some(n), Some(mult)) = (
+            w.parse::<f64>().ok().filter(|_| w.chars().all(|c| c.is_ascii_digit() || c == '.')),
+            size_unit(next),
+        ) {
+            if n >= 0.0 && next.len() >= 2 {
+                if let Some(size) = size_value(w, mult) {
+                    push(Kind::Size, size, i, i + 1, &mut used);
+                    i += 2;
+                    continue;
+                }
+            }
+        }
+        // "every hour", "last hour", "past day", "per minute": one unit.
+        if matches!(
+            w,
+            "every" | "each" | "last" | "past" | "per" | "previous" | "an" | "a" | "the" | "once"
+        ) {
+            if let Some(unit) = time_unit(next).filter(|_| !next.ends_with('s')) {
+                push(Kind::Duration, duration_value(unit), i + 1, i + 1, &mut used);
+                i += 2;
+                continue;
+            }
+            if w == "once" && next == "a" {
+                if let Some(unit) = time_unit(next2) {
+                    push(Kind::Duration, duration_value(unit), i, i + 2, &mut used);
+                    i += 3;
+                    continue;
+                }
+            }
+        }
+        let adverb = match w {
+            "hourly" => Some(3600),
+            "daily" | "nightly" => Some(86_400),
+            "weekly" => Some(7 * 86_400),
+            _ => None,
+        };
+        if let Some(secs) = adverb {
+            push(Kind::Duration, duration_value(secs), i, i, &mut used);
+            i += 1;
+            continue;
+        }
+        if w == "port" {
+            if let Some(p) = next.parse::<u16>().ok().filter(|&p| p > 0) {
+                push(Kind::Port, p.to_string(), i + 1, i + 1, &mut used);
+                used[i] = true;
+                i += 2;
+                continue;
+            }
+        }
+        // "the nginx service": a unit named before the word "service".
+        if next == "service"
+            && !w.is_empty()
+            && !NOT_A_UNIT.contains(&w)
+            && w.chars().all(|c| c.is_ascii_alphanumeric() || "-_@".contains(c))
+        {
+            push(Kind::Unit, tokens[i].text.clone(), i, i, &mut used);
+            i += 2;
+            continue;
+        }
+        i += 1;
+    }
+
+    for (i, t) in tokens.iter().enumerate() {
+        if used[i] {
+            continue;
+        }
+        if let Some((kind, value)) = classify(t) {
+            push(kind, value.clone(), i, i, &mut used);
+            // "localhost:8080", "example.com:443" also name a port.
+            if kind == Kind::Host && !t.quoted {
+                if let Some((_, port)) = t.text.rsplit_once(':') {
+                    if !is_ipv6(&t.text) && port.parse::<u16>().is_ok_and(|p| p > 0) {
+                        push(Kind::Port, port.to_owned(), i, i, &mut used);
+                    }
+                }
+            }
+        } else if let Some(n) = number_word(&t.lower).filter(|_| !matches!(t.lower.as_str(), "a" | "an" | "one")) {
+            push(Kind::Integer, n.to_string(), i, i, &mut used);
+        }
+    }
+    out.sort_by_key(|c| c.token);
+    (tokens, out)
+}
+
+/// Lower-case words of a parameter's name and description, with plurals
+/// folded ("processes" -> "process").
+fn words(text: &str) -> Vec<String> {
+    text.split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(|w| singular(&w.to_ascii_lowercase()))
+        .collect()
+}
+
+fn singular(w: &str) -> String {
+    if w.len() > 4 && w.ends_with("ies") {
+        return format!("{}y", &w[..w.len() - 3]);
+    }
+    if w.len() > 4 && (w.ends_with("sses") || w.ends_with("xes") || w.ends_with("ches") || w.ends_with("shes")) {
+        return w[..w.len() - 2].to_owned();
+    }
+    if w.len() > 3 && w.ends_with('s') && !w.ends_with("ss") && !w.ends_with("us") {
+        return w[..w.len() - 1].to_owned();
+    }
+    w.to_owned()
+}
+
+/// Words that say the same as words used in parameter descriptions.
+fn concept_words(w: &str) -> Vec<String> {
+    let w = singular(w);
+    let mut out = vec![w.clone()];
+    let extra: &[&str] = match w.as_str() {
+        "char" | "letter" | "digit" | "symbol" | "long" => &["character", "length"],
+        "time" | "ping" | "packet" | "attempt" => &["request", "count"],
+        "sec" | "second" => &["second"],
+        "biggest" | "largest" | "heaviest" | "top" => &["largest", "top"],
+        "level" | "deep" => &["level", "deep", "depth"],
+        "last" | "latest" | "recent" => &["newest"],
+        "kill" | "terminate" | "stop" | "pid" => &["signal", "process"],
+        "snapshot" | "backup" | "version" | "copy" => &["snapshot", "keep"],
+        "result" | "match" | "hit" => &["result"],
+        "wait" => &["timeout", "wait"],
+        _ => &[],
+    };
+    out.extend(extra.iter().map(|s| (*s).to_owned()));
+    out
+}
+
+/// Units after a number that measure a quantity rather than count things.
+fn is_measure_word(w: &str) -> bool {
+    matches!(
+        singular(w).as_str(),
+        "char"
+            | "character"
+            | "letter"
+            | "digit"
+            | "symbol"
+            | "level"
+            | "line"
+            | "time"
+            | "second"
+            | "sec"
+            | "byte"
+            | "bit"
+            | "long"
+            | "deep"
+    )
+}
+
+/// How well an integer candidate fits an integer parameter, from the words
+/// around the number; 0 means no evidence.
+fn integer_affinity(c: &Candidate, name: &str, spec: &ParamSpec) -> i32 {
+    let mut vocabulary = words(&spec.description);
+    vocabulary.push(singular(name));
+    let counts_things =
+        spec.description.to_ascii_lowercase().contains("how many") || matches!(name, "count" | "top" | "max" | "keep" | "lines");
+    let hit = |w: &str| concept_words(w).iter().any(|cw| vocabulary.contains(cw));
+    let hit_name = |w: &str| concept_words(w).iter().any(|cw| cw == name);
+    let mut score = 0;
+    if let Some(next) = c.after.first() {
+        if is_measure_word(next) {
+            if hit(next) {
+                score += 6;
+            }
+        } else {
+            // "5 passwords", "3 random passwords": a count of things.
+            let plural = |w: &String| w.ends_with('s') && !w.ends_with("ss") && !is_measure_word(w);
+            if counts_things && (plural(next) || c.after.get(1).is_some_and(|w| plural(w) && !is_measure_word(next))) {
+                score += 3;
+            }
+            if hit(next) {
+                score += 2;
+            }
+        }
+        if hit_name(next) {
+            score += 2;
+        }
+    }
+    if let Some(next2) = c.after.get(1) {
+        if hit(next2) {
+            score += 1;
+        }
+    }
+    if let Some(prev) = c.before.last() {
+        if hit(prev) {
+            score += 2;
+        }
+        if hit_name(prev) || prev == name {
+            score += 3;
+        }
+    }
+    if let Some(prev2) = c.before.iter().rev().nth(1) {
+        if hit(prev2) {
+            score += 1;
+        }
+    }
+    score
+}
+
+/// The fixed choices a string parameter's description lists, as written
+/// there: `"create (…), extract (…) or list"` -> create, extract, list;
+/// `"record type: A, AAAA, MX"` -> A, AAAA, MX. A list in parentheses counts
+/// only when the text outside them has none.
+pub fn choices(spec: &ParamSpec) -> Vec<String> {
+    let desc = &spec.description;
+    let mut outside = String::new();
+    let mut inside = Vec::new();
+    let mut depth = 0;
+    let mut current = String::new();
+    for c in desc.chars() {
+        match c {
+            '(' => {
+                depth += 1;
+                if depth == 1 {
+                    current.clear();
+                }
+            }
+            ')' if depth > 0 => {
+                depth -= 1;
+                if depth == 0 {
+                    inside.push(std::mem::take(&mut current));
+                }
+            }
+            _ if depth > 0 => current.push(c),
+            _ => outside.push(c),
+        }
+    }
+    let mut found = Vec::new();
+    for segment in outside.split([':', ';']) {
+        found.extend(list_in(segment, spec.default.as_deref()));
+    }
+    if found.is_empty() {
+        for segment in &inside {
+            found.extend(list_in(segment, spec.default.as_deref()));
+        }
+    }
+    found.dedup();
+    found
+}
+
+fn list_in(segment: &str, default: Option<&str>) -> Vec<String> {
+    let normalised = segment.replace(" or ", ",").replace(" and ", ",");
+    let parts: Vec<Vec<&str>> = normalised
+        .split(',')
+        .map(|p| p.split_whitespace().filter(|w| *w != "or" && *w != "...").collect::<Vec<_>>())
+        .filter(|p| !p.is_empty())
+        .collect();
+    if parts.len() < 2 {
+        return Vec::new();
+    }
+    if parts.iter().all(|p| p.len() == 1) {
+        return parts.iter().map(|p| p[0].to_owned()).collect();
+    }
+    // "rank processes by cpu or by memory": parts ending in "<word> <choice>"
+    // with the same word before each choice.
+    fn joiner<'a>(p: &[&'a str]) -> Option<&'a str> {
+        (p.len() >= 2).then(|| p[p.len() - 2])
+    }
+    let first = joiner(&parts[0]);
+    if first.is_some() && parts.iter().all(|p| joiner(p) == first) {
+        let list: Vec<String> = parts.iter().map(|p| p[p.len() - 1].to_owned()).collect();
+        if default.is_none_or(|d| list.iter().any(|c| c == d)) {
+            return list;
+        }
+    }
+    Vec::new()
+}
+
+/// Everyday words for the choices parameters list. Only used when the
+/// parameter offers that choice.
+fn choice_synonyms(word: &str) -> &'static [&'static str] {
+    match word {
+        "ram" | "mem" | "memory" => &["memory", "mem"],
+        "processor" | "cpu" => &["cpu"],
+        "markdown" => &["md", "markdown"],
+        "word" | "msword" => &["docx"],
+        "text" | "plaintext" => &["txt"],
+        "ebook" | "e-book" | "kindle" => &["epub"],
+        "webpage" | "web" | "website" => &["html"],
+        "latex" => &["tex"],
+        "restructuredtext" => &["rst"],
+        "jpeg" => &["jpg"],
+        "unpack" | "unzip" | "decompress" | "untar" | "extract" | "unarchive" | "expand" => &["extract"],
+        "compress" | "pack" | "zip" | "squeeze" | "tarball" => &["create"],
+        "inside" | "contents" | "content" => &["list"],
+        "verify" | "validate" | "compare" | "against" => &["verify"],
+        "upgrade" | "install" | "apply" => &["apply"],
+        "check" | "available" | "outdated" | "pending" | "any" => &["check"],
+        "error" | "errors" | "failures" | "failed" => &["err"],
+        "warnings" | "warning" => &["warning"],
+        "critical" => &["crit"],
+        "mail" => &["mx"],
+        "nameserver" | "nameservers" => &["ns"],
+        "ipv6" => &["aaaa"],
+        "ipv4" => &["a"],
+        "containing" | "contain" | "contains" | "mention" | "mentions" | "mentioning" | "inside of" => &["content"],
+        "named" | "called" | "name" => &["name"],
+        "blake2" | "blake2b" => &["b2"],
+        "sha-256" => &["sha256"],
+        "sha-512" => &["sha512"],
+        "pin" | "pins" | "pincode" => &["pin"],
+        "token" | "tokens" => &["token"],
+        _ => &[],
+    }
+}
+
+/// The choice of `options` the request names, preferring one after "to",
+/// "into" or "as" (the target of a conversion), else the last named.
+fn pick_choice(tokens: &[Token], taken: &[bool], options: &[String]) -> Option<String> {
+    let mut found: Vec<(usize, bool, String)> = Vec::new();
+    for (i, t) in tokens.iter().enumerate() {
+        if t.quoted || taken[i] {
+            continue;
+        }
+        let word = t.lower.trim_start_matches('.');
+        let prev = i.checked_sub(1).map(|p| tokens[p].lower.as_str());
+        let next = tokens.get(i + 1).map(|t| t.lower.as_str());
+        let two = next.map(|n| format!("{word} {n}"));
+        let single = singular(word);
+        // "md5sum", "sha256sum": the tools are named after the algorithm.
+        let tool = word.strip_suffix("sum").unwrap_or(word);
+        let mut direct: Vec<&str> = vec![word, single.as_str(), tool];
+        if matches!(
+            two.as_deref(),
+            Some("name servers") | Some("name server") | Some("mail servers") | Some("mail server")
+        ) {
+            direct.push(if word == "name" { "nameserver" } else { "mail" });
+        }
+        for option in options {
+            let o = option.to_ascii_lowercase();
+            // Upper-case choices (signals, record types) are also English
+            // words ("kill", "a"): only taken as written in capitals, or
+            // before "record(s)".
+            let shouty = option.chars().any(|c| c.is_ascii_uppercase()) && option.chars().all(|c| !c.is_ascii_lowercase());
+            let exact = if shouty {
+                t.text == *option || (word == o && matches!(next, Some("record") | Some("records")))
+            } else {
+                direct.contains(&o.as_str())
+            };
+            let synonym = direct.iter().any(|w| choice_synonyms(w).contains(&o.as_str()));
+            if exact || synonym {
+                let targeted = matches!(prev, Some("to" | "into" | "as" | "in" | "a" | "an"));
+                found.push((i, targeted || exact, option.clone()));
+            }
+        }
+    }
+    found
+        .iter()
+        .rev()
+        .find(|(_, strong, _)| *strong)
+        .or(found.last())
+        .map(|(_, _, o)| o.clone())
+}
+
+/// What a path parameter is for, from its name and description.
+fn is_destination(name: &str, spec: &ParamSpec) -> bool {
+    let d = spec.description.to_ascii_lowercase();
+    matches!(name, "dest" | "destination" | "target" | "output" | "out" | "to")
+        || d.contains("receives")
+        || d.contains("destination")
+        || d.contains("backup place")
+        || d.contains("made to match")
+}
+
+fn is_host_param(name: &str, spec: &ParamSpec) -> bool {
+    let d = spec.description.to_ascii_lowercase();
+    matches!(name, "host" | "hostname" | "name" | "domain" | "address" | "server" | "target")
+        && (d.contains("host") || d.contains("name") || d.contains("address") || d.contains("domain"))
+}
+
+fn is_unit_param(name: &str, spec: &ParamSpec) -> bool {
+    name == "unit" || spec.description.to_ascii_lowercase().contains("systemd unit")
+}
+
+fn is_command_param(name: &str, spec: &ParamSpec) -> bool {
+    name == "command" || name == "cmd" || spec.description.to_ascii_lowercase().contains("command line")
+}
+
+/// A free-text parameter that searches for something.
+fn is_pattern_param(name: &str, spec: &ParamSpec) -> bool {
+    let d = spec.description.to_ascii_lowercase();
+    name == "pattern" || name == "query" || d.contains("look for") || d.contains("regular expression")
+}
+
+fn seconds_param(spec: &ParamSpec) -> bool {
+    spec.kind == ParamType::Integer && words(&spec.description).iter().any(|w| w == "second")
+}
+
+/// Values for the parameters of `manifest` found in `text`, each checked
+/// against its parameter's type. Parameters the request does not mention are
+/// left out (their defaults apply).
+pub fn fill(manifest: &Manifest, text: &str) -> BTreeMap<String, String> {
+    let (tokens, candidates) = scan(text);
+    fill_from(manifest, &tokens, &candidates)
+}
+
+pub fn fill_from(manifest: &Manifest, tokens: &[Token], candidates: &[Candidate]) -> BTreeMap<String, String> {
+    let mut out: BTreeMap<String, String> = BTreeMap::new();
+    let mut used = vec![false; candidates.len()];
+    let params: Vec<(&String, &ParamSpec)> = manifest.params.iter().collect();
+    let free = |out: &BTreeMap<String, String>, name: &str| !out.contains_key(name);
+
+    let take = |out: &mut BTreeMap<String, String>, used: &mut Vec<bool>, name: &str, spec: &ParamSpec, ci: usize, value: String| {
+        if spec.kind.check(&value).is_ok() {
+            out.insert(name.to_owned(), value);
+            used[ci] = true;
+            true
+        } else {
+            false
+        }
+    };
+    let first_unused = |used: &[bool], kind: Kind| {
+        candidates
+            .iter()
+            .enumerate()
+            .find(|(i, c)| !used[*i] && c.kind == kind)
+            .map(|(i, _)| i)
+    };
+
+    // Ports: an explicit port, else a number after "on"/"at" big enough to
+    // be one.
+    for (name, spec) in params.iter().filter(|(_, s)| s.kind == ParamType::Port) {
+        let ci = first_unused(&used, Kind::Port).or_else(|| {
+            candidates.iter().enumerate().position(|(i, c)| {
+                !used[i]
+                    && c.kind == Kind::Integer
+                    && c.before
+                        .last()
+                        .is_some_and(|w| matches!(w.as_str(), "on" | "at" | "port" | "listen"))
+                    && c.value.parse::<u32>().is_ok_and(|p| (1024..=65535).contains(&p))
+            })
+        });
+        if let Some(ci) = ci {
+            take(&mut out, &mut used, name, spec, ci, candidates[ci].value.clone());
+        }
+    }
+
+    // Durations, sizes and geometries go to the parameter of their type.
+    for (name, spec) in &params {
+        let kind = match spec.kind {
+            ParamType::Duration => Kind::Duration,
+            ParamType::Size => Kind::Size,
+            ParamType::String if spec.description.to_ascii_lowercase().contains("geometry") => Kind::Geometry,
+            _ => continue,
+        };
+        if let Some(ci) = first_unused(&used, kind) {
+            take(&mut out, &mut used, name, spec, ci, candidates[ci].value.clone());
+        }
+    }
+    // A duration for an integer number of seconds ("every 2 seconds").
+    let seconds: Vec<_> = params.iter().filter(|(n, s)| seconds_param(s) && free(&out, n)).collect();
+    if let Some(ci) = first_unused(&used, Kind::Duration) {
+        let c = &candidates[ci];
+        let pick = seconds
+            .iter()
+            .find(|(n, s)| {
+                c.before
+                    .iter()
+                    .chain(&c.after)
+                    .any(|w| concept_words(w).iter().any(|cw| cw == *n || words(&s.description).contains(cw)))
+            })
+            .or(if seconds.len() == 1 { seconds.first() } else { None });
+        if let (Some((name, spec)), Ok(d)) = (pick, c.value.parse::<Duration>()) {
+            take(&mut out, &mut used, name, spec, ci, d.secs().to_string());
+        }
+    }
+
+    // Hosts.
+    for (name, spec) in params.iter().filter(|(n, s)| s.kind == ParamType::String && is_host_param(n, s)) {
+        if let Some(ci) = first_unused(&used, Kind::Host) {
+            take(&mut out, &mut used, name, spec, ci, candidates[ci].value.clone());
+        }
+    }
+    // systemd units.
+    for (name, spec) in params.iter().filter(|(n, s)| s.kind == ParamType::String && is_unit_param(n, s)) {
+        if let Some(ci) = first_unused(&used, Kind::Unit) {
+            take(&mut out, &mut used, name, spec, ci, candidates[ci].value.clone());
+        }
+    }
+
+    // Choices named by a word of the request. Tokens that are values (paths,
+    // hosts, quoted text) are not words.
+    let mut taken = vec![false; tokens.len()];
+    for c in candidates {
+        if c.kind != Kind::Integer {
+            taken[c.token] = true;
+        }
+    }
+    for (name, spec) in params.iter().filter(|(_, s)| s.kind == ParamType::String) {
+        let options = choices(spec);
+        if options.is_empty() || !free(&out, name) {
+            continue;
+        }
+        if let Some(choice) = pick_choice(tokens, &taken, &options) {
+            if spec.kind.check(&choice).is_ok() {
+                out.insert((*name).clone(), choice);
+            }
+        }
+    }
+
+    // Free text: quoted text goes to the command or search parameter.
+    let text_params: Vec<_> = params
+        .iter()
+        .filter(|(n, s)| s.kind == ParamType::String && choices(s).is_empty() && !is_host_param(n, s) && !is_unit_param(n, s))
+        .filter(|(n, s)| is_command_param(n, s) || is_pattern_param(n, s))
+        .collect();
+    for (name, spec) in &text_params {
+        if !free(&out, name) {
+            continue;
+        }
+        if let Some(ci) = first_unused(&used, Kind::Quoted) {
+            take(&mut out, &mut used, name, spec, ci, candidates[ci].value.clone());
+            continue;
+        }
+        if is_command_param(name, spec) {
+            // "run /usr/local/bin/cleanup.sh every hour": a path right after
+            // the verb is the command.
+            // So is a path that is a program: a script or something in a
+            // bin directory.
+            let program = |c: &Candidate| {
+                c.before
+                    .last()
+                    .is_some_and(|w| matches!(w.as_str(), "run" | "execute" | "exec" | "call" | "start"))
+                    || file_extension(&c.value).is_some_and(|e| matches!(e, "sh" | "py" | "pl" | "rb"))
+                    || c.value.contains("/bin/")
+            };
+            if let Some(ci) = candidates
+                .iter()
+                .enumerate()
+                .position(|(i, c)| !used[i] && c.kind == Kind::Path && program(c))
+            {
+                take(&mut out, &mut used, name, spec, ci, candidates[ci].value.clone());
+            }
+        } else if spec.description.to_ascii_lowercase().contains("file name") {
+            // A bare file name ("invoice.pdf"), "named budget", "pdf files".
+            if let Some(ci) = candidates
+                .iter()
+                .enumerate()
+                .position(|(i, c)| !used[i] && c.kind == Kind::Path && !c.value.contains('/'))
+            {
+                take(&mut out, &mut used, name, spec, ci, candidates[ci].value.clone());
+            } else if let Some(value) = named_pattern(tokens) {
+                out.insert((*name).clone(), value);
+            }
+        }
+    }
+
+    // Paths: sources first, in order; a path after "to"/"into"/"onto" goes
+    // to a destination, one after "from"/"of" to a source.
+    let path_params: Vec<(&String, &ParamSpec)> = params.iter().filter(|(_, s)| s.kind == ParamType::Path).copied().collect();
+    let mut sources: Vec<_> = path_params.iter().filter(|(n, s)| !is_destination(n, s)).collect();
+    // Required sources come before optional ones (a working directory).
+    sources.sort_by_key(|(_, s)| s.default.is_some());
+    let dests: Vec<_> = path_params.iter().filter(|(n, s)| is_destination(n, s)).collect();
+    let paths: Vec<usize> = (0..candidates.len())
+        .filter(|&i| !used[i] && candidates[i].kind == Kind::Path)
+        .collect();
+    let cue = |ci: usize| candidates[ci].before.last().map(String::as_str).unwrap_or("");
+    let mut pending = Vec::new();
+    for &ci in &paths {
+        match cue(ci) {
+            "to" | "into" | "onto" => {
+                if let Some((name, spec)) = dests.iter().find(|(n, _)| free(&out, n)) {
+                    take(&mut out, &mut used, name, spec, ci, candidates[ci].value.clone());
+                    continue;
+                }
+            }
+            "from" | "of" => {
+                if let Some((name, spec)) = sources.iter().find(|(n, _)| free(&out, n)) {
+                    take(&mut out, &mut used, name, spec, ci, candidates[ci].value.clone());
+                    continue;
+                }
+            }
+            _ => {}
+        }
+        pending.push(ci);
+    }
+    for ci in pending {
+        if let Some((name, spec)) = sources.iter().chain(dests.iter()).find(|(n, _)| free(&out, n)) {
+            take(&mut out, &mut used, name, spec, ci, candidates[ci].value.clone());
+        }
+    }
+
+    // Integers, by the words around them.
+    let int_params: Vec<_> = params
+        .iter()
+        .filter(|(n, s)| s.kind == ParamType::Integer && free(&out, n))
+        .collect();
+    let ints: Vec<usize> = (0..candidates.len())
+        .filter(|&i| !used[i] && candidates[i].kind == Kind::Integer)
+        .collect();
+    let mut pairs: Vec<(i32, usize, usize)> = Vec::new();
+    for &ci in &ints {
+        for (pi, (name, spec)) in int_params.iter().enumerate() {
+            let score = integer_affinity(&candidates[ci], name, spec);
+            if score > 0 {
+                pairs.push((score, ci, pi));
+            }
+        }
+    }
+    pairs.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    let mut param_done = vec![false; int_params.len()];
+    for (_, ci, pi) in pairs {
+        if used[ci] || param_done[pi] {
+            continue;
+        }
+        let (name, spec) = int_params[pi];
+        if take(&mut out, &mut used, name, spec, ci, candidates[ci].value.clone()) {
+            param_done[pi] = true;
+        }
+    }
+    // One number and one integer parameter left: they belong together.
+    let left: Vec<usize> = ints.iter().copied().filter(|&ci| !used[ci]).collect();
+    let open: Vec<usize> = (0..int_params.len()).filter(|&pi| !param_done[pi]).collect();
+    if left.len() == 1 && int_params.len() == 1 && open.len() == 1 {
+        let (name, spec) = int_params[open[0]];
+        take(&mut out, &mut used, name, spec, left[0], candidates[left[0]].value.clone());
+    }
+    out
+}
+
+/// A name pattern written without quotes: "called budget", "named x",
+/// "all pdf files" -> `*.pdf`.
+fn named_pattern(tokens: &[Token]) -> Option<String> {
+    for (i, t) in tokens.iter().enumerate() {
+        if matches!(t.lower.as_str(), "called" | "named") {
+            if let Some(next) = tokens.get(i + 1) {
+                return Some(next.text.clone());
+            }
+        }
+        if matches!(t.lower.as_str(), "file" | "files" | "documents" | "document") && i > 0 {
+            let prev = &tokens[i - 1].lower;
+            if FILE_EXTENSIONS.contains(&prev.trim_start_matches('.')) {
+                return Some(format!("*.{}", prev.trim_start_matches('.')));
+            }
+        }
+    }
+    None
+}
+
+/// How the model is shown a file name: by its type ("pdf file"), since
+/// the name itself only adds noise.
+fn file_words(ext: &str) -> String {
+    match ext.to_ascii_lowercase().as_str() {
+        "py" => "python script".to_owned(),
+        "sh" => "shell script".to_owned(),
+        ext => format!("{ext} file"),
+    }
+}
+
+/// The request with its values replaced by what they are ("~/book/draft.md"
+/// -> "md file", "/srv/www" -> "folder", "'curl -s x'" -> "something"), so that the model
+/// compares what is asked rather than the particular names in it.
+pub fn masked(tokens: &[Token], candidates: &[Candidate]) -> String {
+    let mut replaced: Vec<Option<String>> = vec![None; tokens.len()];
+    for c in candidates {
+        let word = match c.kind {
+            Kind::Path => {
+                let name = c.value.rsplit('/').next().unwrap_or("");
+                match file_extension(name) {
+                    Some(ext) => file_words(ext),
+                    None => "folder".to_owned(),
+                }
+            }
+            Kind::Host => "host".to_owned(),
+            // Words in quotes ("no space left on device") say what it is
+            // about; a command or a pattern does not.
+            Kind::Quoted
+                if c.value.split_whitespace().count() >= 2 && c.value.chars().all(|ch| ch.is_alphabetic() || ch == ' ' || ch == '\'') =>
+            {
+                continue
+            }
+            Kind::Quoted => "something".to_owned(),
+            _ => continue,
+        };
+        replaced[c.token] = Some(word);
+    }
+    tokens
+        .iter()
+        .zip(replaced)
+        .map(|(t, r)| r.unwrap_or_else(|| t.text.clone()))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use expect_test::{expect, Expect};
+
+    use super::*;
+
+    /// The values found in `text`, one `Kind value` per line.
+    fn check_scan(text: &str, expect: Expect) {
+        let (_, candidates) = scan(text);
+        let rendered: Vec<String> = candidates.iter().map(|c| format!("{:?} {}", c.kind, c.value)).collect();
+        expect.assert_eq(&rendered.join("\n"));
+    }
+
+    fn catalog_cell(name: &str) -> Manifest {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../packaging/cells")
+            .join(name)
+            .join("cell.toml");
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        quantum_model::parse_manifest(&text).unwrap_or_else(|d| panic!("{}: {d:?}", path.display()))
+    }
+
+    /// The parameters `text` gives the catalog cell `cell`, as `k=v;k=v`.
+    fn check_fill(cell: &str, text: &str, want: &str) {
+        let got = fill(&catalog_cell(cell), text);
+        let got: Vec<String> = got.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        assert_eq!(got.join(";"), want, "{cell}: {text:?}");
+    }
+
+    #[test]
+    fn ports() {
+        check_scan("share this folder on port 8080", expect![["Port 8080"]]);
+        check_scan("host it on :3000", expect![["Port 3000"]]);
+        check_scan("is localhost:8443 up", expect![["Host localhost\nPort 8443"]]);
+        check_scan("port 70000 is not one", expect![["Integer 70000"]]);
+    }
+
+    #[test]
+    fn paths() {
+        check_scan(
+            "copy /srv/www, ~/docs, ./dist and ../up into ~ please.",
+            expect![["Path /srv/www\nPath ~/docs\nPath ./dist\nPath ../up\nPath ~"]],
+        );
+        check_scan("convert notes.md and README.rst", expect![["Path notes.md\nPath README.rst"]]);
+        check_scan("unpack release.tar.gz", expect![["Path release.tar.gz"]]);
+        check_scan("run it isolated: ./suspicious.py", expect![["Path ./suspicious.py"]]);
+    }
+
+    #[test]
+    fn hosts() {
+        check_scan("is debian.org down", expect![["Host debian.org"]]);
+        check_scan("ping 192.168.1.1 and 2001:db8::1", expect![["Host 192.168.1.1\nHost 2001:db8::1"]]);
+        check_scan("fetch https://user@example.com:8443/x?y", expect![["Host example.com"]]);
+        // A dotted word with a file extension is a file, not a domain; "e.g."
+        // is neither.
+        check_scan("e.g. report.pdf", expect![["Path report.pdf"]]);
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        check_scan("limit it to 2G or 512 MB or 1.5GB", expect![["Size 2G\nSize 512M\nSize 1536M"]]);
+        check_scan("every 10 minutes", expect![["Duration 10m"]]);
+        check_scan("run it every 5m for 1h30m", expect![["Duration 5m\nDuration 1h30m"]]);
+        check_scan("errors in the last hour", expect![["Duration 1h"]]);
+        check_scan("over the past 2 days", expect![["Duration 48h"]]);
+        check_scan("once a day", expect![["Duration 24h"]]);
+        check_scan("back it up nightly", expect![["Duration 24h"]]);
+        check_scan("every 30 seconds", expect![["Duration 30s"]]);
+    }
+
+    #[test]
+    fn numbers_quotes_units_geometry() {
+        check_scan("a 32-character secret, five of them", expect![["Integer 32\nInteger 5"]]);
+        check_scan(
+            "search for 'out of memory' and `date >> /tmp/x`",
+            expect![["Quoted out of memory\nQuoted date >> /tmp/x"]],
+        );
+        // Apostrophes inside words are not quotes.
+        check_scan("what's eating my disk? it isn't '/tmp'", expect![["Quoted /tmp"]]);
+        check_scan(
+            "logs of ssh.service and the nginx service",
+            expect![["Unit ssh.service\nUnit nginx"]],
+        );
+        check_scan(
+            "shrink to 800x600, x600 or 50%",
+            expect![["Geometry 800x600\nGeometry x600\nGeometry 50%"]],
+        );
+    }
+
+    #[test]
+    fn choices_come_from_descriptions() {
+        let spec = |description: &str, default: Option<&str>| ParamSpec {
+            kind: ParamType::String,
+            default: default.map(str::to_owned),
+            description: description.to_owned(),
+        };
+        assert_eq!(
+            choices(&spec(
+                "create (compress source), extract (unpack the archive source) or list",
+                Some("create")
+            )),
+            ["create", "extract", "list"]
+        );
+        assert_eq!(
+            choices(&spec("record type: A, AAAA, MX, TXT", Some("A"))),
+            ["A", "AAAA", "MX", "TXT"]
+        );
+        assert_eq!(choices(&spec("rank processes by cpu or by memory", Some("cpu"))), ["cpu", "memory"]);
+        assert_eq!(
+            choices(&spec(
+                "output format by file extension (jpg, png, webp, gif, ...), or keep",
+                Some("keep")
+            )),
+            ["jpg", "png", "webp", "gif"]
+        );
+        // Free text is not a list of choices.
+        assert!(choices(&spec("only this systemd unit (e.g. ssh.service), or all", Some("all"))).is_empty());
+        assert!(choices(&spec("part of the file name or a glob (*.pdf) when searching by name", None)).is_empty());
+    }
+
+    #[test]
+    fn fills_catalog_parameters_by_type_and_meaning() {
+        check_fill("web-server", "serve /srv/www on port 8080", "dir=/srv/www;port=8080");
+        check_fill(
+            "web-server",
+            "make ~/Pictures reachable over http on 9000",
+            "dir=~/Pictures;port=9000",
+        );
+        check_fill(
+            "file-backup",
+            "keep 14 snapshots of ~/thesis in /backup",
+            "dest=/backup;keep=14;source=~/thesis",
+        );
+        check_fill(
+            "file-sync",
+            "make /backup/www an exact copy of /var/www",
+            "dest=/backup/www;source=/var/www",
+        );
+        check_fill(
+            "archive",
+            "unpack release.tar.gz into /opt",
+            "dest=/opt;mode=extract;source=release.tar.gz",
+        );
+        check_fill("disk-usage", "show me the 10 largest directories under /var", "path=/var;top=10");
+        check_fill("disk-usage", "space used in /srv 2 levels deep", "depth=2;path=/srv");
+        check_fill("log-search", "show me errors from the last hour", "priority=err;since=1h");
+        check_fill("log-search", "the last 50 log lines of ssh.service", "lines=50;unit=ssh.service");
+        check_fill("system-monitor", "cpu and memory every 2 seconds", "interval=2");
+        check_fill("network-check", "ping example.org 10 times", "count=10;host=example.org");
+        check_fill(
+            "dns-lookup",
+            "which name servers does wikipedia.org use",
+            "name=wikipedia.org;type=NS",
+        );
+        check_fill("dns-lookup", "what is the ipv6 address of kernel.org", "name=kernel.org;type=AAAA");
+        check_fill("password-generator", "generate 5 passwords", "count=5;kind=password");
+        check_fill("password-generator", "make a 6 digit pin", "kind=pin;length=6");
+        check_fill("process-hog", "kill process 4242", "pid=4242");
+        check_fill("process-hog", "show the top 5 processes by ram", "by=memory;top=5");
+        check_fill("image-resize", "shrink vacation.jpg to 800x600", "input=vacation.jpg;size=800x600");
+        check_fill("image-resize", "convert logo.png to webp", "format=webp;input=logo.png");
+        check_fill("document-convert", "turn my report.docx into markdown", "input=report.docx;to=md");
+        check_fill("file-search", "find all pdf files in ~/Documents", "path=~/Documents;pattern=*.pdf");
+        check_fill(
+            "file-search",
+            "search ~/code for files containing 'TODO'",
+            "by=content;path=~/code;pattern=TODO",
+        );
+        check_fill(
+            "checksum",
+            "compute the md5 hash of ~/Downloads/tool.tar.gz",
+            "algorithm=md5;mode=hash;path=~/Downloads/tool.tar.gz",
+        );
+        check_fill(
+            "scheduled-task",
+            "run /usr/local/bin/cleanup.sh every 30 minutes",
+            "command=/usr/local/bin/cleanup.sh;every=30m",
+        );
+        check_fill(
+            "scheduled-task",
+            "every hour, run 'curl -s localhost/health'",
+            "command=curl -s localhost/health;every=1h",
+        );
+        check_fill("sql-database", "start a throwaway sql db on port 5433", "port=5433");
+        check_fill("python-sandbox", "run analyze.py in a sandbox", "script=analyze.py");
+    }
+
+    #[test]
+    fn formats_programs_and_tools() {
+        check_fill("archive", "make a tar.gz of /etc", "format=tar.gz;source=/etc");
+        check_fill(
+            "password-generator",
+            "give me 3 random passwords 16 characters long",
+            "count=3;kind=password;length=16",
+        );
+        check_fill("scheduled-task", "schedule ./report.sh daily", "command=./report.sh;every=24h");
+        check_fill("checksum", "md5sum of linux.iso", "algorithm=md5;path=linux.iso");
+    }
+
+    #[test]
+    fn values_are_checked_against_the_parameter_type() {
+        // 70000 is no port, so the web server keeps its default.
+        check_fill("web-server", "serve ./site on port 70000", "dir=./site");
+        // Upper-case choices are not taken from ordinary words: "kill" is
+        // the request, not the signal KILL.
+        check_fill("process-hog", "kill the process 99", "pid=99");
+    }
+
+    #[test]
+    fn odd_input_does_not_panic() {
+        let manifests: Vec<Manifest> = ["web-server", "file-backup", "log-search", "password-generator", "scheduled-task"]
+            .iter()
+            .map(|n| catalog_cell(n))
+            .collect();
+        for text in [
+            "",
+            "'",
+            "\"unbalanced",
+            "``",
+            "' '",
+            ":",
+            "::",
+            ":99999999999",
+            "every 99999999999999999999 hours",
+            "every 18446744073709551615 days",
+            "1.5.5GB 1e9G .5G 5.G",
+            "x 0x 00x00 %",
+            "😀 ünïcödé 'ąę' “quoted” ‘single’ — ~ / . ..",
+            "port port port 0 :0",
+            "a-b-c 12-abc -5 5-",
+        ] {
+            let (tokens, candidates) = scan(text);
+            let _ = masked(&tokens, &candidates);
+            for m in &manifests {
+                for (name, value) in fill(m, text) {
+                    assert!(m.params[&name].kind.check(&value).is_ok(), "{text:?}: {name}={value:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn masking_hides_names_but_keeps_what_they_are() {
+        let (tokens, candidates) = scan("convert ~/book/draft.md to html and serve /srv/www, grep 'x y'");
+        expect![["convert md file to html and serve folder grep x y"]].assert_eq(&masked(&tokens, &candidates));
+    }
+}

@@ -1,0 +1,171 @@
+//! Scores the whole evaluation set (tests/data/intents.tsv) with the real
+//! model and holds the engine to an accuracy floor. Every miss is printed.
+//!
+//! The model must be present: `scripts/fetch-model.sh` puts it where this
+//! test looks (the Makefile runs the script before the tests). Without it the
+//! test fails and says so; it is never skipped.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use quantum_intent::{evaluation, Config, Engine};
+
+/// Share of the cases whose cells (or refusal) and expected parameters are
+/// all right: the goal of issue 8 (95 %), measured at 97 % when set.
+const FLOOR: f64 = 0.95;
+/// Share of the out-of-scope requests that must be refused (the set holds
+/// requests close to what the catalog does, "delete the tmp folder").
+const REFUSAL_FLOOR: f64 = 0.90;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn load(config: &Config) -> Engine {
+    match Engine::load(config) {
+        Ok(engine) => engine,
+        Err(e) => panic!("{e}\n(in a source checkout: run scripts/fetch-model.sh, then the tests again)"),
+    }
+}
+
+/// The engine over the standard catalog, loaded once for all tests; its
+/// embedding cache lives in the target directory, so later runs skip the
+/// catalog's forward passes.
+fn engine() -> &'static Engine {
+    static ENGINE: OnceLock<Engine> = OnceLock::new();
+    ENGINE.get_or_init(|| {
+        let mut config = Config::new(&repo().join("packaging/cells"));
+        config.cache_dir = Some(Path::new(env!("CARGO_TARGET_TMPDIR")).join("intent-cache"));
+        load(&config)
+    })
+}
+
+/// A catalog of a few standard cells, copied into `dir`: cheap to embed.
+fn small_catalog(dir: &Path) -> PathBuf {
+    let catalog = dir.join("cells");
+    for name in ["web-server", "network-check", "disk-usage"] {
+        std::fs::create_dir_all(catalog.join(name)).unwrap();
+        std::fs::copy(
+            repo().join("packaging/cells").join(name).join("cell.toml"),
+            catalog.join(name).join("cell.toml"),
+        )
+        .unwrap();
+    }
+    catalog
+}
+
+#[test]
+fn evaluation_set_meets_the_floor() {
+    let path = repo().join("tests/data/intents.tsv");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let cases = evaluation::parse(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert!(cases.len() >= 120, "the evaluation set has {} cases, fewer than 120", cases.len());
+
+    let engine = engine();
+    let mut summary = evaluation::Summary::default();
+    for case in &cases {
+        let plan = engine.ask(&case.intent).expect("the engine answers");
+        summary.add(case, &plan);
+    }
+    for miss in &summary.misses {
+        println!("miss: {miss}");
+    }
+    let refusals = summary.refusals_correct as f64 / summary.refusals_expected.max(1) as f64;
+    println!(
+        "accuracy {:.1}% ({} of {}), cells right {:.1}%, refusals {} of {}, false refusals {}",
+        100.0 * summary.accuracy(),
+        summary.correct,
+        summary.total,
+        100.0 * summary.cell_accuracy(),
+        summary.refusals_correct,
+        summary.refusals_expected,
+        summary.false_refusals
+    );
+    assert!(summary.refusals_expected >= 20, "fewer than 20 out-of-scope requests in the set");
+    assert!(
+        summary.accuracy() >= FLOOR,
+        "accuracy {:.3} is below the floor {FLOOR}",
+        summary.accuracy()
+    );
+    assert!(
+        refusals >= REFUSAL_FLOOR,
+        "only {:.3} of the out-of-scope requests were refused",
+        refusals
+    );
+}
+
+#[test]
+fn refusal_says_why() {
+    let engine = engine();
+    let plan = engine.ask("book me a flight to Lisbon").unwrap();
+    assert!(plan.cells.is_empty());
+    assert_eq!(plan.reason.as_deref(), Some(quantum_intent::engine::NOTHING_FITS));
+    let json = serde_json::to_value(&plan).unwrap();
+    assert_eq!(json["cells"], serde_json::json!([]));
+    assert!(json["reason"].is_string());
+}
+
+#[test]
+fn plan_matches_the_json_contract() {
+    let engine = engine();
+    let plan = engine.ask("serve /srv/www on port 8080").unwrap();
+    let json = serde_json::to_value(&plan).unwrap();
+    assert_eq!(json["intent"], "serve /srv/www on port 8080");
+    assert_eq!(
+        json["cells"],
+        serde_json::json!([{"name": "web-server", "params": {"dir": "/srv/www", "port": "8080"}}])
+    );
+    let confidence = json["confidence"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&confidence), "confidence {confidence}");
+    assert!(json.get("reason").is_none());
+}
+
+#[test]
+fn missing_model_names_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::new(&repo().join("packaging/cells"));
+    config.model_dirs = vec![dir.path().join("nowhere")];
+    let err = Engine::load(&config).err().expect("no model there");
+    let text = err.to_string();
+    assert!(text.contains("scripts/fetch-model.sh"), "{text}");
+    assert!(text.contains("quantumos-model"), "{text}");
+    assert!(text.contains(&dir.path().join("nowhere").display().to_string()), "{text}");
+}
+
+#[test]
+fn catalog_embeddings_are_cached_by_manifest() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::new(&small_catalog(dir.path()));
+    config.cache_dir = Some(dir.path().join("cache"));
+    let first = load(&config);
+    let cells = first.catalog().cells.len();
+    assert_eq!(first.load_report().index.computed, cells);
+    let second = Engine::load(&config).unwrap();
+    let report = second.load_report().index;
+    assert_eq!((report.cached, report.computed), (cells, 0), "{report:?}");
+    // Same answers from cached embeddings.
+    let a = first.ask("what's eating my disk").unwrap();
+    let b = second.ask("what's eating my disk").unwrap();
+    assert_eq!(a, b);
+
+    // An edited manifest misses the cache; the others still hit.
+    let edited = config.catalog_dir.join("disk-usage/cell.toml");
+    let text = std::fs::read_to_string(&edited).unwrap();
+    std::fs::write(&edited, text.replace("Show what uses the disk", "Show what fills the disk")).unwrap();
+    let third = load(&config).load_report().index;
+    assert_eq!((third.cached, third.computed), (cells - 1, 1), "{third:?}");
+}
+
+#[test]
+fn unwritable_cache_falls_back_to_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    // A file where the cache directory should be: nothing can be written.
+    let blocked = dir.path().join("file");
+    std::fs::write(&blocked, b"").unwrap();
+    let mut config = Config::new(&small_catalog(dir.path()));
+    config.cache_dir = Some(blocked.join("intent"));
+    let engine = load(&config);
+    let report = engine.load_report().index;
+    assert_eq!(report.unsaved, engine.catalog().cells.len(), "{report:?}");
+    assert_eq!(engine.ask("ping 1.1.1.1").unwrap().cell_names(), ["network-check"]);
+}

@@ -223,18 +223,44 @@ build_rootfs
 
 # Expands the `files` rules into lines "KIND SOURCE DESTINATION MODE" for the
 # sources that exist (KIND file or dir), and notes the rules matching nothing.
+# Build outputs (`target/...`) are looked up where cargo put them:
+# $CARGO_TARGET_DIR when set. They are required: an image without quantumd
+# would boot and fail every test for a less obvious reason.
+TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
+
+# The file a source names: absolute as given, else relative to the repository.
+src_path() {
+    if [[ "$1" == /* ]]; then echo "$1"; else echo "$REPO/$1"; fi
+}
+
+# Fails (in the calling shell) when a build output the variant installs is
+# missing.
+require_build_outputs() {
+    local src dest mode
+    while read -r src dest mode; do
+        [[ "$src" == target/* ]] || continue
+        compgen -G "$TARGET_DIR/${src#target/}" >/dev/null ||
+            die "build output $TARGET_DIR/${src#target/} is missing: run \`cargo build --release -p quantumd -p quantumctl\` (make image does)"
+    done < <(data_lines "$VARIANT_DIR/files")
+}
+
 resolve_files() {
-    local src dest mode path matched
+    local src dest mode path matched base
     while read -r src dest mode; do
         matched=0
+        base=$REPO
+        if [[ "$src" == target/* ]]; then
+            base=$(dirname "$TARGET_DIR")/$(basename "$TARGET_DIR")
+            src=${src#target/}
+        fi
         if [[ "$src" == */ ]]; then
-            for path in "$REPO"/${src%/}; do
+            for path in "$base"/${src%/}; do
                 [ -d "$path" ] || continue
                 matched=1
                 echo "dir ${path#"$REPO"/} $dest $mode"
             done
         else
-            for path in "$REPO"/$src; do
+            for path in "$base"/$src; do
                 [ -f "$path" ] || continue
                 matched=1
                 echo "file ${path#"$REPO"/} $dest $mode"
@@ -254,9 +280,9 @@ image_inputs() {
     local kind src dest mode
     while read -r kind src dest mode; do
         case "$kind" in
-            file) echo "file $src $dest $mode $(sha256sum "$REPO/$src" | cut -c1-64)" ;;
+            file) echo "file $src $dest $mode $(sha256sum "$(src_path "$src")" | cut -c1-64)" ;;
             dir)
-                (cd "$REPO/$src" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0r sha256sum) |
+                (cd "$(src_path "$src")" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0r sha256sum) |
                     sha256sum | cut -c1-64 | sed "s|^|dir $src $dest |"
                 ;;
             missing) echo "missing $src" ;;
@@ -264,6 +290,7 @@ image_inputs() {
     done < <(resolve_files)
 }
 
+require_build_outputs
 IMAGE_HASH=$(image_inputs | sha256sum | cut -c1-64)
 IMAGE_DIR="$IMAGES/$IMAGE_HASH"
 
@@ -292,12 +319,12 @@ stage "installing project files"
 while read -r kind src dest mode; do
     case "$kind" in
         file)
-            install -D -m "$mode" -o root -g root "$REPO/$src" "$TREE$dest$(basename "$src")"
+            install -D -m "$mode" -o root -g root "$(src_path "$src")" "$TREE$dest$(basename "$src")"
             echo "    $src -> $dest"
             ;;
         dir)
             mkdir -p "$TREE$dest"
-            cp -r --no-preserve=ownership "$REPO/$src" "$TREE$dest"
+            cp -r --no-preserve=ownership "$(src_path "$src")" "$TREE$dest"
             chmod -R u=rwX,go=rX "$TREE$dest$(basename "$src")"
             echo "    $src/ -> $dest"
             ;;

@@ -1,9 +1,9 @@
 //! Finding and validating manifests: catalog cells by name, or files by path.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use quantum_model::{validate_set, CellName, Manifest, ManifestSource};
+use quantum_model::{child_path, validate_set, CellName, Manifest, ManifestSource};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
@@ -22,8 +22,8 @@ pub enum CatalogError {
 pub struct Resolved {
     pub path: PathBuf,
     pub manifest: Manifest,
-    /// (path, manifest) of each `[[child]]` entry, in order.
-    pub children: Vec<(PathBuf, Manifest)>,
+    /// Each `[[child]]` entry's manifest, with its own children, in order.
+    pub children: Vec<Resolved>,
 }
 
 #[derive(Debug, Clone)]
@@ -109,26 +109,25 @@ impl Catalog {
             let lines: Vec<String> = set.errors.iter().map(ToString::to_string).collect();
             return Err(CatalogError::Invalid(lines.join("\n")));
         }
-        let mut manifests = set.manifests.into_iter();
-        let Some((_, manifest)) = manifests.find(|(p, _)| *p == shown) else {
-            return Err(CatalogError::Invalid(format!("{shown}: not a valid manifest")));
-        };
-        let dir = path.parent().unwrap_or(Path::new("/"));
-        let children = manifest
-            .children
-            .iter()
-            .map(|c| {
-                let p = dir.join(&c.manifest);
-                let text = std::fs::read_to_string(&p).map_err(|source| CatalogError::Read { path: p.clone(), source })?;
-                let m = quantum_model::parse_manifest(&text)
-                    .map_err(|_| CatalogError::Invalid(format!("{}: invalid child manifest", p.display())))?;
-                Ok((p, m))
-            })
-            .collect::<Result<Vec<_>, CatalogError>>()?;
-        Ok(Resolved {
-            path: path.to_owned(),
-            manifest,
-            children,
-        })
+        // The set holds every manifest it read, children included: assemble
+        // from it rather than reading the files again.
+        let by_path: BTreeMap<String, Manifest> = set.manifests.into_iter().collect();
+        assemble(&shown, &by_path).ok_or_else(|| CatalogError::Invalid(format!("{shown}: not a valid manifest")))
     }
+}
+
+/// The manifest at `path` from `manifests`, with its children, recursively.
+fn assemble(path: &str, manifests: &BTreeMap<String, Manifest>) -> Option<Resolved> {
+    let manifest = manifests.get(path)?.clone();
+    let dir = Path::new(path).parent().unwrap_or(Path::new("/")).to_owned();
+    let children = manifest
+        .children
+        .iter()
+        .map(|c| assemble(&child_path(&dir, &c.manifest), manifests))
+        .collect::<Option<Vec<_>>>()?;
+    Some(Resolved {
+        path: PathBuf::from(path),
+        manifest,
+        children,
+    })
 }

@@ -470,13 +470,9 @@ impl Cells {
             },
         );
 
-        for (child, (path, cm)) in m.children.iter().zip(resolved.children) {
+        for (child, resolved_child) in m.children.iter().zip(resolved.children) {
             for _ in 0..child.count {
-                let r = Resolved {
-                    path: path.clone(),
-                    manifest: cm.clone(),
-                    children: child_manifests(&path, &cm)?,
-                };
+                let r = resolved_child.clone();
                 let fam = family.clone().unwrap_or_else(|| slice.to_owned());
                 let cid = self.plan(
                     r,
@@ -989,20 +985,6 @@ fn bare_spec(r: &Record) -> UnitSpec {
             inaccessible: vec![],
         },
     }
-}
-
-fn child_manifests(path: &Path, m: &Manifest) -> Result<Vec<(PathBuf, Manifest)>, CommandError> {
-    let dir = path.parent().unwrap_or(Path::new("/"));
-    m.children
-        .iter()
-        .map(|c| {
-            let p = dir.join(&c.manifest);
-            let text = std::fs::read_to_string(&p).map_err(|e| CommandError::Invalid(format!("cannot read {}: {e}", p.display())))?;
-            let cm =
-                quantum_model::parse_manifest(&text).map_err(|_| CommandError::Invalid(format!("{}: invalid manifest", p.display())))?;
-            Ok((p, cm))
-        })
-        .collect()
 }
 
 /// Parameter values for a run: the given ones checked against their

@@ -18,5 +18,5 @@ pub use manifest::{
     Artifact, CellName, ChildRef, Isolation, Lifecycle, Manifest, Network, ParamSpec, ParamType, Program, Resources, Restart, UserMode,
 };
 pub use parse::parse_manifest;
-pub use set::{validate_set, ManifestSource, ValidatedSet};
+pub use set::{child_path, validate_set, ManifestSource, ValidatedSet};
 pub use units::{ByteSize, CpuCores, Duration};

@@ -72,7 +72,7 @@ pub fn validate_set(
         let refs: Vec<_> = files[i].parsed.children.iter().map(|c| c.manifest.clone()).collect();
         let dir = Path::new(&files[i].path).parent().map(Path::to_path_buf).unwrap_or_default();
         for (j, rel) in refs.into_iter().enumerate() {
-            let child_path = normalize(&dir.join(&rel));
+            let child_path = child_path(&dir, &rel);
             let field = format!("child[{}].manifest", files[i].parsed.spans.child_index[j]);
             let span = files[i].parsed.spans.child_manifest[j].clone();
             if let Some(&k) = by_path.get(&child_path) {
@@ -161,6 +161,12 @@ fn add_file(files: &mut Vec<File>, by_path: &mut BTreeMap<String, usize>, path: 
     });
     by_path.insert(normalize(Path::new(&path)), files.len() - 1);
     files.len() - 1
+}
+
+/// Where the `[[child]]` manifest `rel` of a manifest in `dir` is, spelled
+/// as [`ValidatedSet::manifests`] names it.
+pub fn child_path(dir: &Path, rel: &str) -> String {
+    normalize(&dir.join(rel))
 }
 
 /// `a/./b/../c.toml` -> `a/c.toml`, lexically, so that a file has one

@@ -112,6 +112,23 @@ pub struct Summary {
     pub misses: Vec<String>,
 }
 
+/// One line: accuracy, cells right, refusals, false refusals.
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.1}% ({} of {}), cells right {:.1}%, refusals {} of {}, false refusals {}",
+            100.0 * self.accuracy(),
+            self.correct,
+            self.total,
+            100.0 * self.cell_accuracy(),
+            self.refusals_correct,
+            self.refusals_expected,
+            self.false_refusals
+        )
+    }
+}
+
 impl Summary {
     pub fn add(&mut self, case: &Case, plan: &Plan) {
         self.total += 1;

@@ -145,16 +145,7 @@ fn main() {
         ms(percentile(&times, 0.95)),
         ms(*times.last().unwrap_or(&Duration::ZERO))
     );
-    println!(
-        "  accuracy          {:.1}% ({} of {}); cells right {:.1}%; refusals {} of {}; false refusals {}",
-        100.0 * summary.accuracy(),
-        summary.correct,
-        summary.total,
-        100.0 * summary.cell_accuracy(),
-        summary.refusals_correct,
-        summary.refusals_expected,
-        summary.false_refusals
-    );
+    println!("  accuracy          {summary}");
     println!("  calibration (confidence bucket: answers, right)");
     for (lo, hi) in [(0.0, 0.5), (0.5, 0.7), (0.7, 0.9), (0.9, 1.01)] {
         let bucket: Vec<_> = calibration.iter().filter(|(c, _)| *c >= lo && *c < hi).collect();

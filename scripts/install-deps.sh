@@ -1,8 +1,8 @@
 #!/bin/bash
 # Installs, on a Debian bookworm machine, everything the test tiers need:
 # container and VM tooling (mmdebstrap, systemd-nspawn, QEMU from
-# bookworm-backports, OVMF), eBPF build dependencies, the TPM emulator and
-# lintian.
+# bookworm-backports, OVMF), eBPF build and benchmark dependencies (bpftool,
+# perf, hackbench), btrfs tools, the TPM emulator and lintian.
 #
 # Idempotent and cheap when everything is present: it asks dpkg first and only
 # touches apt when something is missing. Must run as root (CI runs it on a
@@ -18,7 +18,8 @@ export DEBIAN_FRONTEND=noninteractive
 BASE_PACKAGES=(
     dbus mmdebstrap systemd-container e2fsprogs busybox-static
     ovmf
-    clang libelf-dev zlib1g-dev pkg-config
+    clang libelf-dev zlib1g-dev pkg-config bpftool linux-perf rt-tests
+    btrfs-progs libbtrfsutil-dev libclang-dev
     swtpm swtpm-tools tpm2-tools libtss2-dev
     lintian
 )

@@ -1,0 +1,1 @@
+//! QuantumOS cell provider: serves a catalog of signed cell bundles over HTTP

@@ -35,7 +35,7 @@ test-unit: model
 	$(CARGO) test -p quantum-model --tests
 	$(CARGO) test -p quantum-intent --tests
 
-test-host: deps build
+test-host: deps build model
 	$(CARGO) test -p quantumctl --tests
 
 lint:

@@ -224,8 +224,10 @@ build_rootfs
 # Expands the `files` rules into lines "KIND SOURCE DESTINATION MODE" for the
 # sources that exist (KIND file or dir), and notes the rules matching nothing.
 # Build outputs (`target/...`) are looked up where cargo put them:
-# $CARGO_TARGET_DIR when set. They are required: an image without quantumd
-# would boot and fail every test for a less obvious reason.
+# $CARGO_TARGET_DIR when set; fetched data (`cache/...`, e.g. the intent
+# model from `make model`) under $QUANTUM_CACHE. Both are required: an image
+# without quantumd or its model would boot and fail tests for a less obvious
+# reason.
 TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
 
 # The file a source names: absolute as given, else relative to the repository.
@@ -238,9 +240,16 @@ src_path() {
 require_build_outputs() {
     local src dest mode
     while read -r src dest mode; do
-        [[ "$src" == target/* ]] || continue
-        compgen -G "$TARGET_DIR/${src#target/}" >/dev/null ||
-            die "build output $TARGET_DIR/${src#target/} is missing: run \`cargo build --release -p quantumd -p quantumctl\` (make image does)"
+        case "$src" in
+            target/*)
+                compgen -G "$TARGET_DIR/${src#target/}" >/dev/null ||
+                    die "build output $TARGET_DIR/${src#target/} is missing: run \`cargo build --release -p quantumd -p quantumctl\` (make image does)"
+                ;;
+            cache/*)
+                compgen -G "$CACHE/${src#cache/}" >/dev/null ||
+                    die "$CACHE/${src#cache/} is missing: run \`make model\` (make image does)"
+                ;;
+        esac
     done < <(data_lines "$VARIANT_DIR/files")
 }
 
@@ -252,6 +261,9 @@ resolve_files() {
         if [[ "$src" == target/* ]]; then
             base=$(dirname "$TARGET_DIR")/$(basename "$TARGET_DIR")
             src=${src#target/}
+        elif [[ "$src" == cache/* ]]; then
+            base=$(cd "$CACHE" && pwd)
+            src=${src#cache/}
         fi
         if [[ "$src" == */ ]]; then
             for path in "$base"/${src%/}; do

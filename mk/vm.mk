@@ -28,7 +28,7 @@ rootfs: deps
 release-bins:
 	$(CARGO) build --release -p quantumd -p quantumctl
 
-image: deps release-bins
+image: deps release-bins model
 	bash $(VM_BUILD) image
 
 test-nspawn: image

@@ -9,6 +9,6 @@ taskset -c 0 cargo run -q --release -p quantum-intent --bin intent-bench
 echo "== cell start: quantumctl run vs systemd-run, in a systemd-nspawn container"
 cargo run -q --release -p quantum-vmtest --bin quantum-bench -- --backend nspawn --starts "${BENCH_STARTS:-100}" --concurrent "${BENCH_CONCURRENT:-256}"
 if [ "${BENCH_VM:-1}" = 1 ]; then
-    echo "== cell start: quantumctl run vs systemd-run, in a QEMU guest (TCG)"
-    cargo run -q --release -p quantum-vmtest --bin quantum-bench -- --backend qemu --starts "${BENCH_VM_STARTS:-30}" --concurrent "${BENCH_CONCURRENT:-256}"
+    echo "== cell start vs systemd-run, and boot time to quantumd READY vs the image without quantumd, in QEMU (TCG)"
+    cargo run -q --release -p quantum-vmtest --bin quantum-bench -- --backend qemu --starts "${BENCH_VM_STARTS:-30}" --concurrent "${BENCH_CONCURRENT:-256}" --boots "${BENCH_BOOTS:-2}"
 fi

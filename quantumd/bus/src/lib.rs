@@ -124,6 +124,18 @@ pub trait Quantum1 {
     /// One instance, by id or by cell name (the newest instance of it).
     fn inspect(&self, target: &str) -> Result<CellDetail, Error>;
 
+    /// Plans a request in plain words with the intent engine. Returns the
+    /// plan as JSON, the `quantumctl ask --json` object
+    /// (`{"intent", "cells": [{"name", "params"}], "confidence", "reason"?}`)
+    /// plus `"plan-id"` when there is something to run. Nothing runs until
+    /// the same connection calls `Execute` with that id (within 10 minutes).
+    fn ask(&self, intent: &str) -> Result<String, Error>;
+
+    /// Runs an asked plan, cell after cell in order, as `Run` would; relative
+    /// path parameters are resolved against `cwd`. Only the connection that
+    /// asked may execute a plan, once. Returns the started instances.
+    fn execute(&self, plan_id: &str, cwd: &str) -> Result<Vec<CellInfo>, Error>;
+
     /// Emitted on every state change of an instance.
     #[zbus(signal)]
     fn cell_state_changed(&self, instance: &str, cell: &str, state: &str, reason: &str) -> zbus::Result<()>;

@@ -1,24 +1,90 @@
-//! `quantumctl ask`: a request in plain words -> a plan of cells, shown and
-//! never run here. With `--local` the intent engine (quantum-intent) runs in
-//! this process; asking quantumd over D-Bus is not there yet.
+//! `quantumctl ask`: a request in plain words -> a plan of cells, shown, and
+//! run only once confirmed (on the terminal or with `--yes`). quantumd plans
+//! (`Ask`) and runs (`Execute`); with `--local` the intent engine
+//! (quantum-intent) runs in this process and plans are only shown.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::{BufRead, Write};
+use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
 
-use quantum_intent::{Config, Engine, Plan};
+use quantum_bus::Quantum1Proxy;
+use quantum_intent::{Catalog, Config, Engine, Plan};
 use quantum_model::{Manifest, Network, UserMode};
+use serde::Deserialize;
 
 use crate::cli::AskArgs;
 
-pub fn run(args: &AskArgs) -> ExitCode {
-    if !args.local {
-        eprintln!(
-            "quantumctl: asking quantumd over D-Bus is not available yet; \
-             use `quantumctl ask --local` to run the intent engine in this process"
-        );
-        return ExitCode::from(2);
+/// A plan as shown: from the engine in this process, or from quantumd's
+/// JSON answer (the `ask --json` object plus `plan-id`).
+#[derive(Debug, Deserialize)]
+struct Answer {
+    intent: String,
+    cells: Vec<Step>,
+    confidence: f32,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default, rename = "plan-id")]
+    plan_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Step {
+    name: String,
+    #[serde(default)]
+    params: BTreeMap<String, String>,
+}
+
+impl Answer {
+    fn from_plan(plan: &Plan) -> Answer {
+        Answer {
+            intent: plan.intent.clone(),
+            cells: plan
+                .cells
+                .iter()
+                .map(|c| Step {
+                    name: c.name.clone(),
+                    params: c.params.clone(),
+                })
+                .collect(),
+            confidence: plan.confidence,
+            reason: plan.reason.clone(),
+            plan_id: None,
+        }
     }
+
+    fn is_refusal(&self) -> bool {
+        self.cells.is_empty()
+    }
+}
+
+/// The requests: the words given, or one per line of standard input.
+fn requests(args: &AskArgs) -> Box<dyn Iterator<Item = Result<String, String>>> {
+    if args.text.len() == 1 && args.text[0] == "-" {
+        Box::new(
+            std::io::stdin()
+                .lines()
+                .map(|l| l.map_err(|e| format!("cannot read standard input: {e}")))
+                .filter(|l| l.as_ref().map_or(true, |l| !l.trim().is_empty())),
+        )
+    } else {
+        Box::new(std::iter::once(Ok(args.text.join(" "))))
+    }
+}
+
+fn reading_stdin(args: &AskArgs) -> bool {
+    args.text.len() == 1 && args.text[0] == "-"
+}
+
+pub fn run(args: &AskArgs, bus: Option<&str>) -> ExitCode {
+    if args.local {
+        local(args)
+    } else {
+        remote(args, bus)
+    }
+}
+
+fn local(args: &AskArgs) -> ExitCode {
     if !args.catalog.is_dir() {
         eprintln!(
             "quantumctl: the cell catalog {} does not exist; give one with --catalog DIR or QUANTUM_CATALOG \
@@ -35,31 +101,42 @@ pub fn run(args: &AskArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let stdin_mode = args.text.len() == 1 && args.text[0] == "-";
-    if !stdin_mode {
-        let intent = args.text.join(" ");
-        return match answer(&engine, &intent, args.json) {
-            Ok(plan) if plan.is_refusal() && !args.json => ExitCode::from(1),
-            Ok(_) => ExitCode::SUCCESS,
-            Err(code) => code,
-        };
-    }
-    let stdin = std::io::stdin();
     let mut refused = false;
-    for line in stdin.lock().lines() {
-        let line = match line {
-            Ok(line) => line,
+    for request in requests(args) {
+        let intent = match request {
+            Ok(intent) => intent,
             Err(e) => {
-                eprintln!("quantumctl: cannot read standard input: {e}");
+                eprintln!("quantumctl: {e}");
                 return ExitCode::from(2);
             }
         };
-        if line.trim().is_empty() {
-            continue;
-        }
-        match answer(&engine, &line, args.json) {
-            Ok(plan) => refused |= plan.is_refusal(),
-            Err(code) => return code,
+        let plan = match engine.ask(&intent) {
+            Ok(plan) => plan,
+            Err(e) => {
+                eprintln!("quantumctl: {}", chain(&e));
+                return ExitCode::from(2);
+            }
+        };
+        refused |= plan.is_refusal();
+        let text = if args.json {
+            match serde_json::to_string(&plan) {
+                Ok(line) => line + "\n",
+                Err(e) => {
+                    eprintln!("quantumctl: cannot encode the plan as JSON: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        } else {
+            let answer = Answer::from_plan(&plan);
+            let mut text = describe(Some(engine.catalog()), &answer);
+            if !answer.is_refusal() {
+                text.push_str(&not_run(Some(engine.catalog()), &answer, "--local only shows plans"));
+            }
+            text
+        };
+        if !emit(&text) {
+            // The reader went away (a closed pipe): nothing left to answer.
+            return ExitCode::SUCCESS;
         }
     }
     if refused && !args.json {
@@ -69,30 +146,137 @@ pub fn run(args: &AskArgs) -> ExitCode {
     }
 }
 
-/// Answers one request on standard output, flushed at once so that a
-/// program feeding requests one by one gets each answer as it comes.
-fn answer(engine: &Engine, intent: &str, json: bool) -> Result<Plan, ExitCode> {
-    let plan = engine.ask(intent).map_err(|e| {
-        eprintln!("quantumctl: {}", chain(&e));
-        ExitCode::from(2)
-    })?;
-    let text = if json {
-        match serde_json::to_string(&plan) {
-            Ok(line) => line + "\n",
+/// Writes an answer to standard output, flushed at once so that a program
+/// feeding requests one by one gets each answer as it comes. False when
+/// the reader is gone.
+fn emit(text: &str) -> bool {
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes()).and_then(|()| out.flush()).is_ok()
+}
+
+fn remote(args: &AskArgs, bus: Option<&str>) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("quantumctl: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    rt.block_on(async {
+        let proxy = match crate::client::proxy(bus).await {
+            Ok(p) => p,
             Err(e) => {
-                eprintln!("quantumctl: cannot encode the plan as JSON: {e}");
-                return Err(ExitCode::from(2));
+                eprintln!("quantumctl: {e:#}");
+                return ExitCode::from(2);
+            }
+        };
+        // Without `-l`, descriptions need the manifests; a missing catalog
+        // only makes the description shorter.
+        let catalog = Catalog::load(&args.catalog).ok();
+        let cwd = std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default();
+        let mut failed = false;
+        for request in requests(args) {
+            let intent = match request {
+                Ok(intent) => intent,
+                Err(e) => {
+                    eprintln!("quantumctl: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            match ask_one(&proxy, args, catalog.as_ref(), &intent, &cwd).await {
+                Ok(ok) => failed |= !ok,
+                Err(code) => return code,
             }
         }
-    } else {
-        describe(engine, &plan)
-    };
-    let mut out = std::io::stdout().lock();
-    if out.write_all(text.as_bytes()).and_then(|()| out.flush()).is_err() {
-        // The reader went away (a closed pipe): nothing left to answer.
+        if failed {
+            ExitCode::from(1)
+        } else {
+            ExitCode::SUCCESS
+        }
+    })
+}
+
+/// Asks quantumd, shows the plan, and runs it when confirmed. Ok(false)
+/// when nothing fits, the plan was not confirmed or running it failed.
+async fn ask_one(proxy: &Quantum1Proxy<'_>, args: &AskArgs, catalog: Option<&Catalog>, intent: &str, cwd: &str) -> Result<bool, ExitCode> {
+    let json = proxy.ask(intent).await.map_err(|e| {
+        eprintln!("quantumctl: {:#}", crate::client::request_failed("cannot ask quantumd", e));
+        ExitCode::from(2)
+    })?;
+    let mut value: serde_json::Value = serde_json::from_str(&json).map_err(|e| {
+        eprintln!("quantumctl: quantumd answered something that is not a plan ({e}): {json}");
+        ExitCode::from(2)
+    })?;
+    let answer: Answer = serde_json::from_value(value.clone()).map_err(|e| {
+        eprintln!("quantumctl: quantumd answered something that is not a plan ({e}): {json}");
+        ExitCode::from(2)
+    })?;
+    if !args.json && !emit(&describe(catalog, &answer)) {
         return Err(ExitCode::SUCCESS);
     }
-    Ok(plan)
+    let Some(plan_id) = answer.plan_id.as_deref().filter(|_| !answer.is_refusal()) else {
+        if args.json && !emit(&(value.to_string() + "\n")) {
+            return Err(ExitCode::SUCCESS);
+        }
+        return Ok(args.json);
+    };
+    let confirmed = if args.dry_run {
+        None
+    } else if args.yes {
+        Some(true)
+    } else if !args.json && !reading_stdin(args) && std::io::stdin().is_terminal() {
+        Some(confirm())
+    } else {
+        None
+    };
+    let mut ok = true;
+    match confirmed {
+        Some(true) => match proxy.execute(plan_id, cwd).await {
+            Ok(started) => {
+                if args.json {
+                    value["started"] = started.iter().map(|c| c.instance.clone()).collect::<Vec<_>>().into();
+                } else {
+                    let lines: Vec<String> = started.iter().map(crate::output::started).collect();
+                    emit(&(lines.join("\n") + "\n"));
+                }
+            }
+            Err(e) => {
+                eprintln!("quantumctl: {:#}", crate::client::request_failed("the plan did not run", e));
+                ok = false;
+            }
+        },
+        Some(false) => {
+            if !args.json {
+                emit(&not_run(catalog, &answer, "not confirmed"));
+            }
+            ok = false;
+        }
+        None if !args.json => {
+            let why = if args.dry_run {
+                "--dry-run"
+            } else {
+                "no terminal to confirm on; add --yes to run it"
+            };
+            emit(&not_run(catalog, &answer, why));
+            ok = args.dry_run;
+        }
+        None => {}
+    }
+    if args.json && !emit(&(value.to_string() + "\n")) {
+        return Err(ExitCode::SUCCESS);
+    }
+    Ok(ok)
+}
+
+/// Asks on the terminal; anything but y/yes is a no.
+fn confirm() -> bool {
+    eprint!("Run this plan? [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut line = String::new();
+    if std::io::stdin().lock().read_line(&mut line).is_err() {
+        return false;
+    }
+    matches!(line.trim().to_ascii_lowercase().as_str(), "y" | "yes")
 }
 
 /// An error and its sources, "outer: inner".
@@ -108,7 +292,7 @@ fn chain(e: &dyn std::error::Error) -> String {
 
 /// The plan for people: each cell, its parameters (given, default or
 /// missing), its limits and what it may touch.
-fn describe(engine: &Engine, plan: &Plan) -> String {
+fn describe(catalog: Option<&Catalog>, plan: &Answer) -> String {
     let mut out = String::new();
     if plan.is_refusal() {
         let reason = plan.reason.as_deref().unwrap_or(quantum_intent::engine::NOTHING_FITS);
@@ -117,11 +301,15 @@ fn describe(engine: &Engine, plan: &Plan) -> String {
     }
     let _ = writeln!(out, "Plan for {:?} (confidence {:.2}):", plan.intent, plan.confidence);
     for (i, step) in plan.cells.iter().enumerate() {
-        let Some(cell) = engine.catalog().get(&step.name) else { continue };
+        let Some(cell) = catalog.and_then(|c| c.get(&step.name)) else {
+            let params: Vec<String> = step.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let _ = writeln!(out, "  {}. {} {}", i + 1, step.name, params.join(" "));
+            continue;
+        };
         let m = &cell.manifest;
         let _ = writeln!(out, "  {}. {} — {}", i + 1, step.name, m.description);
         let width = m.params.keys().map(String::len).max().unwrap_or(0);
-        let mut values = std::collections::BTreeMap::new();
+        let mut values = BTreeMap::new();
         for (name, spec) in &m.params {
             let shown = match (step.params.get(name), &spec.default) {
                 (Some(v), _) => {
@@ -139,20 +327,36 @@ fn describe(engine: &Engine, plan: &Plan) -> String {
         let _ = writeln!(out, "       resources: {}", resources(m));
         let _ = writeln!(out, "       isolation: {}", isolation(m, &values));
     }
-    if plan.cells.iter().all(|c| c.missing.is_empty()) {
-        let commands: Vec<String> = plan
-            .cells
-            .iter()
-            .map(|c| {
-                let params: Vec<String> = c.params.iter().map(|(k, v)| format!("{k}={}", shell_word(v))).collect();
-                format!("quantumctl run {} {}", c.name, params.join(" ")).trim_end().to_owned()
-            })
-            .collect();
-        let _ = writeln!(out, "Nothing was run. To run it: {}", commands.join(" && "));
-    } else {
-        let _ = writeln!(out, "Nothing was run; the plan needs the missing parameters first.");
-    }
     out
+}
+
+/// Required parameters of `step` that the plan does not give.
+fn missing(catalog: Option<&Catalog>, step: &Step) -> Vec<String> {
+    let Some(cell) = catalog.and_then(|c| c.get(&step.name)) else {
+        return Vec::new();
+    };
+    cell.manifest
+        .params
+        .iter()
+        .filter(|(name, spec)| spec.default.is_none() && !step.params.contains_key(*name))
+        .map(|(name, _)| name.clone())
+        .collect()
+}
+
+/// Says that nothing ran, and how to run it.
+fn not_run(catalog: Option<&Catalog>, plan: &Answer, why: &str) -> String {
+    if plan.cells.iter().any(|c| !missing(catalog, c).is_empty()) {
+        return format!("Nothing was run ({why}); the plan needs the missing parameters first.\n");
+    }
+    let commands: Vec<String> = plan
+        .cells
+        .iter()
+        .map(|c| {
+            let params: Vec<String> = c.params.iter().map(|(k, v)| format!("{k}={}", shell_word(v))).collect();
+            format!("quantumctl run {} {}", c.name, params.join(" ")).trim_end().to_owned()
+        })
+        .collect();
+    format!("Nothing was run ({why}). To run it: {}\n", commands.join(" && "))
 }
 
 fn resources(m: &Manifest) -> String {
@@ -172,7 +376,7 @@ fn resources(m: &Manifest) -> String {
     s
 }
 
-fn isolation(m: &Manifest, values: &std::collections::BTreeMap<String, String>) -> String {
+fn isolation(m: &Manifest, values: &BTreeMap<String, String>) -> String {
     let i = &m.isolation;
     let network = match i.network {
         Network::None => "no network",
@@ -197,7 +401,7 @@ fn isolation(m: &Manifest, values: &std::collections::BTreeMap<String, String>) 
 }
 
 /// `{name}` placeholders replaced by the parameter values.
-fn substitute(template: &str, values: &std::collections::BTreeMap<String, String>) -> String {
+fn substitute(template: &str, values: &BTreeMap<String, String>) -> String {
     let mut s = template.to_owned();
     for (k, v) in values {
         s = s.replace(&format!("{{{k}}}"), v);

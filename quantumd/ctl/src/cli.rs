@@ -39,22 +39,32 @@ pub struct Cli {
 pub enum Command {
     #[command(flatten)]
     Cells(CliCommand),
-    /// Turn a request in plain words into a plan of cells, without running it.
+    /// Turn a request in plain words into a plan of cells; run it once confirmed.
     ///
     /// The intent engine matches the request to the catalog's cells with a
     /// local sentence-embedding model and takes typed parameters (ports,
-    /// paths, hosts, durations, ...) from its words. With `--json`, each
-    /// request gives one JSON object on one line:
+    /// paths, hosts, durations, ...) from its words. The plan is shown first
+    /// (cells, parameters, resources, what each may read and write) and runs
+    /// only after you confirm it on the terminal, or with `--yes`; without a
+    /// terminal and without `--yes` nothing runs. quantumd answers (D-Bus
+    /// `Ask`, then `Execute`); with `--local` the engine runs in this process
+    /// and the plan is only shown.
+    ///
+    /// With `--json`, each request gives one JSON object on one line:
     /// `{"intent": "...", "cells": [{"name": "web-server", "params": {"port": "8080"}}], "confidence": 0.91}`;
     /// `cells` is empty, with a `reason`, when nothing in the catalog fits.
+    /// quantumd's answers add `plan-id`, and `started` once run.
     #[command(after_help = "EXAMPLES:
-    quantumctl ask --local \"share ~/public on port 8080\"
+    quantumctl ask \"serve /srv/www on port 8080\"
+    quantumctl ask --yes \"serve /srv/www on port 8080\"
+    quantumctl ask --dry-run \"back up ~/docs then compress it\"
     quantumctl ask --local --json \"back up ~/docs then compress it\"
     printf '%s\\n' \"what's eating my disk\" \"order a pizza\" | quantumctl ask --local --json -
 
 EXIT STATUS:
-    0 a plan (or, with --json, any answer); 1 nothing in the catalog fits;
-    2 usage error, model or catalog missing, or quantumd unreachable.")]
+    0 a plan (shown, or run); 1 nothing in the catalog fits, the plan was not
+    confirmed, or running it failed; 2 usage error, model or catalog missing,
+    or quantumd unreachable.")]
     Ask(AskArgs),
 }
 
@@ -64,13 +74,20 @@ pub struct AskArgs {
     /// request per line from standard input.
     #[arg(required = true, value_name = "TEXT")]
     pub text: Vec<String>,
-    /// Run the intent engine in this process instead of asking quantumd.
-    #[arg(long)]
+    /// Run the intent engine in this process instead of asking quantumd;
+    /// the plan is shown, never run.
+    #[arg(long, conflicts_with = "yes")]
     pub local: bool,
+    /// Run the plan without asking for confirmation (for scripts).
+    #[arg(long, short = 'y', conflicts_with = "dry_run")]
+    pub yes: bool,
+    /// Only show the plan; never run it.
+    #[arg(long)]
+    pub dry_run: bool,
     /// Print one JSON object per request, each on its own line.
     #[arg(long)]
     pub json: bool,
-    /// Catalog the cells are chosen from (with --local).
+    /// Catalog the cells are chosen from (with --local) and described from.
     #[arg(long, env = "QUANTUM_CATALOG", default_value = "/usr/share/quantumos/cells", value_name = "DIR")]
     pub catalog: PathBuf,
 }

@@ -11,7 +11,7 @@ use crate::cli::CliCommand;
 use crate::output;
 
 /// A failed request: printed, then exit status 1.
-fn request_failed(what: &str, e: Error) -> anyhow::Error {
+pub fn request_failed(what: &str, e: Error) -> anyhow::Error {
     match e {
         Error::ZBus(z) => unreachable_daemon(z),
         other => anyhow!("{what}: {}", other.message()),
@@ -34,16 +34,21 @@ fn unreachable_daemon(e: zbus::Error) -> anyhow::Error {
 
 struct Failed(anyhow::Error);
 
+/// Connects to the bus and makes the quantumd proxy.
+pub async fn proxy(bus: Option<&str>) -> anyhow::Result<Quantum1Proxy<'static>> {
+    let conn = quantum_bus::connect(bus).await.map_err(|e| {
+        anyhow!(
+            "cannot connect to {}: {e}",
+            bus.map_or("the system bus".to_owned(), |b| format!("bus {b}"))
+        )
+    })?;
+    Quantum1Proxy::new(&conn).await.context("creating the quantumd proxy")
+}
+
 pub fn run(bus: Option<&str>, command: CliCommand) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async move {
-        let conn = quantum_bus::connect(bus).await.map_err(|e| {
-            anyhow!(
-                "cannot connect to {}: {e}",
-                bus.map_or("the system bus".to_owned(), |b| format!("bus {b}"))
-            )
-        })?;
-        let proxy = Quantum1Proxy::new(&conn).await.context("creating the quantumd proxy")?;
+        let proxy = proxy(bus).await?;
         match execute(&proxy, command).await {
             Ok(()) => Ok(ExitCode::SUCCESS),
             Err(Failed(e)) => {

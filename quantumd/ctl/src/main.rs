@@ -16,7 +16,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Cells(CliCommand::Validate { paths, catalog, json }) => return validate::run(&paths, &catalog, json),
-        Command::Ask(args) => return ask::run(&args),
+        Command::Ask(args) => return ask::run(&args, cli.bus.as_deref()),
         Command::Cells(command) => client::run(cli.bus.as_deref(), command),
     };
     match result {

@@ -190,6 +190,67 @@ fn after_kill_9_quantumd_readopts_every_cell_without_duplicates() {
 }
 
 #[test]
+fn ask_shows_a_plan_from_quantumd_and_runs_it_only_when_confirmed() {
+    let cells = concat!(env!("CARGO_MANIFEST_DIR"), "/../../packaging/cells");
+    let node = Node::start(std::path::Path::new(cells));
+    let www = node.dir.path().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    std::fs::write(www.join("hello.txt"), "hello from a plan\n").unwrap();
+    let request = format!("serve {} on port 18433", www.display());
+    let ask = |extra: &[&str]| {
+        let mut args = vec!["ask", "--catalog", cells];
+        args.extend_from_slice(extra);
+        args.push(&request);
+        node.ctl(&args)
+    };
+
+    // No terminal, no --yes: shown, not run.
+    let out = ask(&[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("1. web-server — "), "{stdout}");
+    assert!(stdout.contains("port = 18433"), "{stdout}");
+    assert!(
+        stdout.contains("Nothing was run (no terminal to confirm on; add --yes to run it)"),
+        "{stdout}"
+    );
+    assert!(node.instances("running").is_empty());
+
+    // --dry-run --json: the plan with its id, nothing run.
+    let out = ask(&["--json", "--dry-run"]);
+    assert!(out.status.success());
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan["cells"][0]["name"], "web-server", "{plan}");
+    assert_eq!(plan["cells"][0]["params"]["port"], "18433", "{plan}");
+    assert_eq!(plan["cells"][0]["params"]["dir"], www.display().to_string(), "{plan}");
+    assert!(plan["plan-id"].is_string(), "{plan}");
+    assert!(node.instances("running").is_empty());
+
+    // --yes: run, and it serves the folder.
+    let out = ask(&["--yes"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("started web-server."), "{stdout}");
+    let body = wait_for("the planned web-server to answer", LONG, || {
+        let out = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:18433/hello.txt',timeout=1).read().decode(),end='')",
+            ])
+            .output()
+            .ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    });
+    assert_eq!(body, "hello from a plan\n");
+    node.ok(&["stop", "web-server"]);
+
+    // Nothing in the catalog fits: no plan, nothing run, status 1.
+    let out = node.ctl(&["ask", "--yes", "--catalog", cells, "order a pizza with extra cheese"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("no plan"), "{out:?}");
+}
+
+#[test]
 fn quantumctl_without_a_daemon_says_so() {
     let out = std::process::Command::new(support::bin("quantumctl"))
         .args(["list"])

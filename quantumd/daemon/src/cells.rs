@@ -89,7 +89,11 @@ struct Instance {
 /// One step of a run, done in order by a spawned task.
 enum Step {
     Slice(SliceSpec),
-    Unit(String, UnitSpec),
+    /// Record the instance (durably: fsync), then start its unit. The record
+    /// is written in the task rather than in the loop because an fsync
+    /// costs milliseconds: many concurrent runs then share the disk's
+    /// commits instead of queueing behind each other in the loop.
+    Unit(Box<Record>, UnitSpec),
 }
 
 /// One step of a stop.
@@ -110,6 +114,17 @@ pub struct Cells {
     next_id: u64,
     events: mpsc::UnboundedSender<Event>,
     bus: Option<zbus::Connection>,
+}
+
+/// Writes an instance record off the event loop (it fsyncs).
+async fn save(store: &Store, record: Record) -> Result<(), String> {
+    let store = store.clone();
+    let id = record.instance.clone();
+    match tokio::task::spawn_blocking(move || store.save(&record)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!("cannot record instance {id}: {}", crate::command::error_chain(&e))),
+        Err(e) => Err(format!("cannot record instance {id}: {e}")),
+    }
 }
 
 fn now_usec() -> u64 {
@@ -443,15 +458,12 @@ impl Cells {
             started_usec: now_usec(),
         };
         let spec = self.build_spec(&record, &m)?;
-        self.store
-            .save(&record)
-            .map_err(|e| CommandError::Backend(format!("cell \"{name}\": {e}")))?;
         for n in &needs {
             if let Some(n) = self.instances.get_mut(n) {
                 n.needed_by.insert(id.clone());
             }
         }
-        steps.push(Step::Unit(id.clone(), spec.clone()));
+        steps.push(Step::Unit(Box::new(record.clone()), spec.clone()));
         created.push(id.clone());
         self.instances.insert(
             id.clone(),
@@ -538,6 +550,7 @@ impl Cells {
     fn spawn_plan(&self, root: String, ids: Vec<String>, steps: Vec<Step>, reply: Reply<CellInfo>) {
         let runtime = self.runtime.clone();
         let events = self.events.clone();
+        let store = self.store.clone();
         tokio::spawn(async move {
             let mut done: Vec<StopStep> = Vec::new();
             let mut failed = None;
@@ -550,8 +563,12 @@ impl Cells {
                             break;
                         }
                     },
-                    Step::Unit(id, spec) => {
-                        let result = runtime.start(&spec).await.map_err(|e| e.to_string());
+                    Step::Unit(record, spec) => {
+                        let id = record.instance.clone();
+                        let result = match save(&store, *record).await {
+                            Ok(()) => runtime.start(&spec).await.map_err(|e| e.to_string()),
+                            Err(e) => Err(e),
+                        };
                         let err = result.as_ref().err().cloned();
                         let _ = events.send(Event::Started {
                             instance: id.clone(),
@@ -579,6 +596,7 @@ impl Cells {
     }
 
     async fn started(&mut self, id: &str, result: Result<u32, String>) {
+        // (A failed start's record is removed by `plan_done`.)
         let Some(inst) = self.instances.get_mut(id) else { return };
         match result {
             Ok(pid) => {

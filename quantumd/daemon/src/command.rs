@@ -45,6 +45,18 @@ pub enum CommandError {
     Denied(String),
 }
 
+/// `error: cause: cause`, since typed errors do not repeat their source.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
 /// The one mapping of internal errors to D-Bus errors.
 impl From<CommandError> for quantum_bus::Error {
     fn from(e: CommandError) -> Self {

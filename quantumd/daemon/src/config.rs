@@ -23,6 +23,8 @@ pub struct Config {
     pub catalog: PathBuf,
     /// Where instance records live (re-adoption after a restart).
     pub state_dir: PathBuf,
+    /// What can be rebuilt: the intent engine's catalog embeddings.
+    pub cache_dir: PathBuf,
     pub backend: BackendChoice,
     /// The slice every cell runs under (systemd backend).
     pub cell_slice: String,
@@ -39,6 +41,7 @@ impl Default for Config {
         Config {
             catalog: PathBuf::from("/usr/share/quantumos/cells"),
             state_dir: PathBuf::from("/var/lib/quantumd"),
+            cache_dir: PathBuf::from("/var/cache/quantumd"),
             backend: BackendChoice::Auto,
             cell_slice: "quantum.slice".to_owned(),
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),

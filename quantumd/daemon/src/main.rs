@@ -7,6 +7,7 @@ mod config;
 mod interface;
 mod logging;
 mod main_loop;
+mod planner;
 mod polkit;
 mod runtime;
 mod store;
@@ -34,6 +35,9 @@ struct Args {
     /// State directory (overrides the configuration).
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
+    /// Cache directory (overrides the configuration).
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
     /// Catalog directory (overrides the configuration).
     #[arg(long, value_name = "DIR")]
     catalog: Option<PathBuf>,
@@ -52,6 +56,9 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(d) = args.state_dir {
         config.state_dir = d;
+    }
+    if let Some(d) = args.cache_dir {
+        config.cache_dir = d;
     }
     if let Some(d) = args.catalog {
         config.catalog = d;

@@ -4,6 +4,7 @@
 //! re-adopts them.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -13,6 +14,7 @@ use tokio::sync::mpsc;
 use crate::cells::{Cells, Event};
 use crate::config::{BackendChoice, Config};
 use crate::interface::Quantum1;
+use crate::planner::Planner;
 use crate::polkit::Authorizer;
 use crate::runtime::{cgroup::CgroupRuntime, systemd::SystemdRuntime, Runtime, UnitEvent};
 use crate::store::Store;
@@ -51,6 +53,7 @@ pub async fn serve(config: Config, bus_address: Option<String>) -> anyhow::Resul
 
     let store = Store::open(&config.state_dir).with_context(|| format!("state directory {}", config.state_dir.display()))?;
     let (event_tx, mut event_rx) = mpsc::unbounded_channel();
+    let planner = Arc::new(Planner::new(config.catalog.clone(), config.cache_dir.clone()));
     let mut cells = Cells::new(runtime, store, config, event_tx.clone());
     let adopted = cells.readopt().await.context("re-adopting running cells")?;
     if adopted > 0 {
@@ -77,6 +80,7 @@ pub async fn serve(config: Config, bus_address: Option<String>) -> anyhow::Resul
                 commands: cmd_tx,
                 authorizer,
                 backend: backend.clone(),
+                planner: planner.clone(),
             },
         )
         .await
@@ -94,6 +98,16 @@ pub async fn serve(config: Config, bus_address: Option<String>) -> anyhow::Resul
         sd_notify::NotifyState::Status(&format!("{} cells running; {}", cells.running_count(), backend)),
     ]);
     tracing::info!(bus = bus_address.as_deref().unwrap_or("system"), "quantumd ready");
+    // The model loads after READY, so that it never delays boot; an Ask
+    // that comes first waits for it.
+    let (model_tx, mut model_rx) = mpsc::channel(1);
+    {
+        let planner = planner.clone();
+        tokio::spawn(async move {
+            let _ = planner.engine().await;
+            let _ = model_tx.send(()).await;
+        });
+    }
 
     let watchdog = sd_notify::watchdog_enabled().is_some();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -105,6 +119,10 @@ pub async fn serve(config: Config, bus_address: Option<String>) -> anyhow::Resul
             Some(c) = cmd_rx.recv() => Event::Command(c),
             Some(u) = unit_rx.recv() => Event::Unit(u),
             Some(e) = event_rx.recv() => e,
+            Some(()) = model_rx.recv() => {
+                last_count = usize::MAX;
+                Event::Tick
+            }
             _ = tick.tick() => Event::Tick,
             _ = term.recv() => break,
             _ = int.recv() => break,
@@ -116,7 +134,7 @@ pub async fn serve(config: Config, bus_address: Option<String>) -> anyhow::Resul
             let n = cells.running_count();
             if n != last_count {
                 last_count = n;
-                notify(&[sd_notify::NotifyState::Status(&format!("{n} cells running"))]);
+                notify(&[sd_notify::NotifyState::Status(&format!("{n} cells running; {}", planner.status()))]);
             }
         }
         cells.handle(event).await;

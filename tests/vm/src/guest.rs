@@ -90,6 +90,9 @@ pub struct BootConfig {
     /// vCPUs for QEMU; `None` takes the image's `VM_CPUS`.
     pub cpus: Option<u32>,
     pub nspawn_root: NspawnRoot,
+    /// Words appended to the image's kernel command line (QEMU only), e.g.
+    /// `systemd.mask=quantumd.service` for the boot-time baseline.
+    pub extra_cmdline: Vec<String>,
     /// Keep the work directory (console log, share) after the guest is gone.
     /// `QUANTUM_VMTEST_KEEP=1` sets it.
     pub keep_work_dir: bool,
@@ -117,6 +120,7 @@ impl BootConfig {
             memory_mib: None,
             cpus: None,
             nspawn_root: NspawnRoot::VolatileOverlay,
+            extra_cmdline: Vec::new(),
             keep_work_dir: std::env::var("QUANTUM_VMTEST_KEEP").is_ok_and(|v| v == "1"),
         }
     }
@@ -143,7 +147,7 @@ pub fn qemu_command(image: &Image, config: &BootConfig, share: &Path, console: &
         .arg(&image.kernel)
         .arg("-initrd")
         .arg(&image.initrd)
-        .args(["-append", &image.cmdline])
+        .args(["-append", &kernel_cmdline(&image.cmdline, &config.extra_cmdline)])
         .arg("-drive")
         .arg(format!(
             "file={},format=raw,if=virtio,snapshot=on,cache=unsafe",
@@ -165,6 +169,12 @@ pub fn qemu_command(image: &Image, config: &BootConfig, share: &Path, console: &
         }
     }
     cmd
+}
+
+fn kernel_cmdline(base: &str, extra: &[String]) -> String {
+    let mut words = vec![base.trim().to_owned()];
+    words.extend(extra.iter().cloned());
+    words.join(" ")
 }
 
 /// QEMU separates option values with commas; a comma in a path is doubled.
@@ -478,11 +488,20 @@ impl Guest {
             }
             // The container's init is nspawn's child in its own PID
             // namespace: killing it ends everything in the container.
-            for pid in children_of(self.pid) {
+            let inits = children_of(self.pid);
+            for &pid in &inits {
                 // SAFETY: kill(2) on a pid read from /proc just now.
                 unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
             }
             let _ = child.kill();
+            let _ = child.wait();
+            // A PID namespace's init takes its whole namespace down before
+            // it is gone, which takes a while on a busy host; a guest is
+            // only dropped once nothing of it runs.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while inits.iter().any(|&pid| still_running(pid)) && Instant::now() < deadline {
+                thread::sleep(Duration::from_millis(50));
+            }
         }
         let _ = child.wait();
         if self.work.is_none() {
@@ -516,6 +535,11 @@ fn read_from(path: &Path, offset: &mut u64) -> Result<String> {
     file.read_to_end(&mut bytes)?;
     *offset += bytes.len() as u64;
     Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// Whether `pid` exists and is not a zombie (a zombie has no command line).
+fn still_running(pid: u32) -> bool {
+    fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty())
 }
 
 /// The direct children of a process, from /proc.

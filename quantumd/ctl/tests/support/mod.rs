@@ -109,6 +109,8 @@ impl Node {
             .arg(&self.cgroup_root)
             .arg("--state-dir")
             .arg(self.state_dir())
+            .arg("--cache-dir")
+            .arg(self.dir.path().join("cache"))
             .arg("--catalog")
             .arg(&self.catalog)
             .env("QUANTUM_BUS_ADDRESS", &self.bus_address)

@@ -2,12 +2,22 @@
 //! printing each as a ratio against the obvious alternative measured in the
 //! same run (`make bench`).
 //!
-//! usage: quantum-bench [--backend nspawn|qemu] [--starts N] [--concurrent N]
+//! usage: quantum-bench [--backend nspawn|qemu] [--starts N] [--concurrent N] [--boots N]
+//!
+//! - cell start: `quantumctl run` vs `systemd-run` of the same command,
+//!   interleaved, p50/p95 (bench/guest/cell-start.py);
+//! - N concurrent starts: quantumctl vs systemd-run;
+//! - boot time (QEMU only, `--boots N` boots of each kind, alternating): time
+//!   to quantumd READY and to multi-user.target vs the same image booted with
+//!   `systemd.mask=quantumd.service`, to multi-user.target.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use quantum_vmtest::{Backend, Guest, Image, DEFAULT_VARIANT, GUEST_SHARE};
+use quantum_vmtest::{Backend, BootConfig, Guest, Image, DEFAULT_VARIANT, GUEST_SHARE};
+
+const USAGE: &str = "usage: quantum-bench [--backend nspawn|qemu] [--starts N] [--concurrent N] [--boots N]";
 
 fn main() -> ExitCode {
     match run() {
@@ -19,32 +29,55 @@ fn main() -> ExitCode {
     }
 }
 
-fn run() -> Result<()> {
-    let mut backend = Backend::Nspawn;
-    let mut starts = 100u32;
-    let mut concurrent = 256u32;
+struct Args {
+    backend: Backend,
+    starts: u32,
+    concurrent: u32,
+    boots: u32,
+}
+
+fn parse_args() -> Result<Option<Args>> {
+    let mut a = Args {
+        backend: Backend::Nspawn,
+        starts: 100,
+        concurrent: 256,
+        boots: 2,
+    };
     let mut args = std::env::args().skip(1);
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--backend" => {
-                backend = match args.next().as_deref() {
-                    Some("nspawn") => Backend::Nspawn,
-                    Some("qemu") => Backend::Qemu,
-                    other => bail!("--backend nspawn|qemu, not {other:?}"),
-                }
-            }
-            "--starts" => starts = args.next().context("--starts N")?.parse()?,
-            "--concurrent" => concurrent = args.next().context("--concurrent N")?.parse()?,
+    while let Some(arg) = args.next() {
+        let mut number = |flag: &str| -> Result<u32> {
+            let v = args.next().with_context(|| format!("{flag} needs a number"))?;
+            v.parse().with_context(|| format!("{flag}: '{v}' is not a number"))
+        };
+        match arg.as_str() {
+            "--backend" => a.backend = args.next().context("--backend nspawn|qemu")?.parse()?,
+            "--starts" => a.starts = number("--starts")?,
+            "--concurrent" => a.concurrent = number("--concurrent")?,
+            "--boots" => a.boots = number("--boots")?,
             "-h" | "--help" => {
-                println!("usage: quantum-bench [--backend nspawn|qemu] [--starts N] [--concurrent N]");
-                return Ok(());
+                println!("{USAGE}");
+                return Ok(None);
             }
-            other => bail!("unexpected argument {other:?}"),
+            other => bail!("unexpected argument {other:?}\n{USAGE}"),
         }
     }
+    Ok(Some(a))
+}
+
+fn run() -> Result<()> {
+    let Some(args) = parse_args()? else { return Ok(()) };
     let image = Image::locate(DEFAULT_VARIANT)?.context("no image: run `make image` first")?;
+    cell_start(&image, &args)?;
+    if args.backend == Backend::Qemu && args.boots > 0 {
+        boot_time(&image, args.boots)?;
+    }
+    Ok(())
+}
+
+fn cell_start(image: &Image, args: &Args) -> Result<()> {
+    let (backend, starts, concurrent) = (args.backend, args.starts, args.concurrent);
     eprintln!("booting the {DEFAULT_VARIANT} image ({backend}) ...");
-    let guest = Guest::boot(&image, backend)?;
+    let guest = Guest::boot(image, backend)?;
     let ready = guest.wait_ready()?;
     eprintln!("guest ready after {:.1} s", ready.as_secs_f64());
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../bench/guest/cell-start.py");
@@ -52,7 +85,7 @@ fn run() -> Result<()> {
     guest.run_ok("systemctl is-active --wait quantumd.service || true")?;
     let out = guest.run_with_timeout(
         &format!("python3 {GUEST_SHARE}/cell-start.py {starts} {concurrent}"),
-        std::time::Duration::from_secs(1800),
+        Duration::from_secs(1800),
     )?;
     if !out.success() {
         bail!("the benchmark failed in the guest: {out}");
@@ -85,4 +118,62 @@ fn run() -> Result<()> {
         f("ratio_burst_time")
     );
     Ok(())
+}
+
+/// Seconds since the kernel started (CLOCK_MONOTONIC, so kernel and
+/// initramfs time count) at which each unit became active.
+fn active_at(guest: &Guest, units: &[&str]) -> Result<Vec<f64>> {
+    let out = guest.run_ok(&format!("systemctl show -P ActiveEnterTimestampMonotonic {}", units.join(" ")))?;
+    let values: Vec<f64> = out
+        .lines()
+        .map(|l| {
+            l.trim()
+                .parse::<f64>()
+                .map(|us| us / 1e6)
+                .with_context(|| format!("ActiveEnterTimestampMonotonic '{l}'"))
+        })
+        .collect::<Result<_>>()?;
+    if values.len() != units.len() || values.iter().any(|&v| v <= 0.0) {
+        bail!("{units:?} did not all become active: {values:?}");
+    }
+    Ok(values)
+}
+
+fn boot_time(image: &Image, boots: u32) -> Result<()> {
+    let (mut ready, mut multi_user, mut baseline) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 1..=boots {
+        eprintln!("boot {i}/{boots} with quantumd ...");
+        let guest = Guest::boot(image, Backend::Qemu)?;
+        guest.wait_ready()?;
+        let t = active_at(&guest, &["quantumd.service", "multi-user.target"])?;
+        ready.push(t[0]);
+        multi_user.push(t[1]);
+        drop(guest);
+
+        eprintln!("boot {i}/{boots} without quantumd (systemd.mask=quantumd.service) ...");
+        let mut config = BootConfig::for_backend(Backend::Qemu);
+        config.extra_cmdline.push("systemd.mask=quantumd.service".into());
+        let guest = Guest::boot_with(image, Backend::Qemu, config)?;
+        guest.wait_ready()?;
+        let state = guest.run("systemctl is-active quantumd.service")?;
+        if state.success() {
+            bail!("quantumd ran although it was masked");
+        }
+        baseline.push(active_at(&guest, &["multi-user.target"])?[0]);
+    }
+    let (r, m, b) = (median(&mut ready), median(&mut multi_user), median(&mut baseline));
+    println!("boot time (QEMU/TCG, median of {boots} boots each, seconds since the kernel started):");
+    println!("  with quantumd:    quantumd READY {r:6.1} s, multi-user.target {m:6.1} s");
+    println!("  without quantumd: multi-user.target {b:6.1} s");
+    println!("  ratio READY/baseline {:.2}x, multi-user/baseline {:.2}x", r / b, m / b);
+    Ok(())
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }

@@ -1,0 +1,90 @@
+//! Lifecycle scenarios shared by the container tier (systemd_backend.rs) and
+//! the VM tier (isolation.rs): they need systemd as PID 1 but no cgroup
+//! limits, so both run them — the container quickly, the VM on the image's
+//! own kernel.
+
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use quantum_vmtest::{eventually, Guest};
+
+/// quantumctl as the desktop user `quantum` (in group `quantum`).
+pub fn as_quantum(cmd: &str) -> String {
+    format!("runuser -u quantum -- {cmd}")
+}
+
+pub fn crash_then_blacklist(g: &Guest) -> Result<()> {
+    g.run_ok(
+        "mkdir -p /run/qtest/crasher && cat > /run/qtest/crasher/cell.toml <<'EOF'
+[cell]
+name = \"crasher\"
+version = \"1.0.0\"
+description = \"exits with status 3\"
+exec = [\"/bin/sh\", \"-c\", \"exit 3\"]
+[lifecycle]
+restart = \"on-failure\"
+max-restarts = 2
+restart-window = \"1m\"
+EOF",
+    )?;
+    g.run(&as_quantum("quantumctl run /run/qtest/crasher/cell.toml"))?;
+    let reason = eventually("the crasher to be blacklisted", Duration::from_secs(60), || {
+        let list: serde_json::Value = serde_json::from_str(&g.run_ok("quantumctl list --json")?)?;
+        Ok(list.as_array().and_then(|a| {
+            a.iter()
+                .find(|c| c["cell"] == "crasher" && c["state"] == "failed")
+                .map(|c| c["reason"].as_str().unwrap_or("").to_owned())
+        }))
+    })?;
+    ensure!(
+        reason == "blacklisted: exited with status 3; it ended 3 times within 1m (max-restarts 2)",
+        "{reason}"
+    );
+    let again = g.run(&as_quantum("quantumctl run /run/qtest/crasher/cell.toml"))?;
+    ensure!(again.code == 1 && again.stderr.contains("is blacklisted"), "{again}");
+    let left = g.run_ok("systemctl list-units --all --plain --no-legend 'quantum-crasher.*'")?;
+    ensure!(left.trim().is_empty(), "failed units left behind:\n{left}");
+    Ok(())
+}
+
+pub fn kill_9_readopts(g: &Guest) -> Result<()> {
+    // Start 20 cells concurrently, and kill quantumd while they start.
+    g.run_ok(&as_quantum(
+        "sh -c 'for i in $(seq 20); do quantumctl run system-monitor >/dev/null 2>&1 & done; wait' & sleep 0.3; true",
+    ))?;
+    g.run_ok("sleep 0.5; kill -9 $(systemctl show -P MainPID quantumd.service)")?;
+    eventually("quantumd to be restarted by systemd", Duration::from_secs(60), || {
+        let out = g.run("systemctl is-active quantumd.service && quantumctl list >/dev/null")?;
+        Ok(out.success().then_some(()))
+    })?;
+    let n_restarts = g.run_ok("systemctl show -P NRestarts quantumd.service")?;
+    ensure!(n_restarts.trim() != "0", "systemd did not restart quantumd");
+    // Let the clients that lost their daemon finish, then compare what
+    // systemd runs with what quantumd knows.
+    std::thread::sleep(Duration::from_secs(3));
+    let units: Vec<String> = g
+        .run_ok("systemctl list-units --plain --no-legend --state=active 'quantum-system-monitor.*' | awk '{print $1}'")?
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let list: serde_json::Value = serde_json::from_str(&g.run_ok("quantumctl list --json")?)?;
+    let mut known: Vec<String> = list
+        .as_array()
+        .context("list")?
+        .iter()
+        .filter(|c| c["cell"] == "system-monitor" && c["state"] == "running")
+        .map(|c| c["unit"].as_str().unwrap_or("").to_owned())
+        .collect();
+    known.sort();
+    let mut units_sorted = units.clone();
+    units_sorted.sort();
+    ensure!(!units.is_empty(), "no cell survived the kill");
+    ensure!(known == units_sorted, "quantumd knows {known:?} but systemd runs {units_sorted:?}");
+    let mut dedup = known.clone();
+    dedup.dedup();
+    ensure!(dedup.len() == known.len(), "duplicates: {known:?}");
+    g.run_ok(&as_quantum("quantumctl stop system-monitor"))?;
+    let left = g.run_ok("systemctl list-units --plain --no-legend 'quantum-system-monitor.*'")?;
+    ensure!(left.trim().is_empty(), "orphans after stop:\n{left}");
+    Ok(())
+}

@@ -6,7 +6,8 @@
 #
 # Tiers, each runnable alone:
 #   make test-unit    unit tests and the cell.toml diagnostics folder
-#   make test-host    quantumd + quantumctl on a private D-Bus, real cgroup2 (root)
+#   make test-host    quantumd + quantumctl on a private D-Bus, real cgroup2,
+#                     and the eBPF programs on the real kernel (root)
 #   make test-nspawn  systemd backend against systemd as PID 1 in a container
 #   make test-vm      QEMU guest: isolation and limit scenarios
 #
@@ -15,7 +16,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: all run test test-unit test-host bench lint fmt demo build model
+.PHONY: all run test test-unit test-host test-bpf bench lint fmt demo build model
 
 all: build
 
@@ -37,6 +38,11 @@ test-unit: model
 
 test-host: deps build model
 	$(CARGO) test -p quantumctl --tests
+	$(CARGO) test -p quantum-bpf --tests
+
+# eBPF telemetry alone (root, BTF): unit tests and the real-kernel tests.
+test-bpf: deps
+	$(CARGO) test -p quantum-bpf
 
 lint:
 	$(CARGO) fmt --all --check || { echo "run 'make fmt'"; exit 1; }

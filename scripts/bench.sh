@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 echo "== intent engine: accuracy on tests/data/intents.tsv, time per intent (one core), model load"
 sh scripts/fetch-model.sh
 taskset -c 0 cargo run -q --release -p quantum-intent --bin intent-bench
+echo "== eBPF telemetry (TIME, EVENT): perf bench sched pipe and hackbench with / without the programs, ring buffer rate"
+cargo run -q --release -p quantum-bpf --bin bpf-bench
 echo "== cell start: quantumctl run vs systemd-run, in a systemd-nspawn container"
 cargo run -q --release -p quantum-vmtest --bin quantum-bench -- --backend nspawn --starts "${BENCH_STARTS:-100}" --concurrent "${BENCH_CONCURRENT:-256}"
 if [ "${BENCH_VM:-1}" = 1 ]; then

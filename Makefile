@@ -35,6 +35,7 @@ test-unit: model
 	$(CARGO) test --workspace --exclude quantum-vmtest --lib --bins
 	$(CARGO) test -p quantum-model --tests
 	$(CARGO) test -p quantum-intent --tests
+	$(CARGO) test -p quantum-provider --tests
 
 test-host: deps build model
 	$(CARGO) test -p quantumctl --tests

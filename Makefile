@@ -36,6 +36,8 @@ test-unit: model
 	$(CARGO) test -p quantum-model --tests
 	$(CARGO) test -p quantum-intent --tests
 	$(CARGO) test -p quantum-provider --tests
+	$(CARGO) test -p quantum-trust --tests
+	$(CARGO) test -p quantum-trail --tests
 
 test-host: deps build model
 	$(CARGO) test -p quantumctl --tests

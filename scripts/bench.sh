@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 echo "== intent engine: accuracy on tests/data/intents.tsv, time per intent (one core), model load"
 sh scripts/fetch-model.sh
 taskset -c 0 cargo run -q --release -p quantum-intent --bin intent-bench
+echo "== cell bundles: verify vs blake3 of the artifact (memory and file); ML-DSA-65 vs Ed25519 sign/verify"
+cargo run -q --release -p quantum-trust --bin bundle-bench
 echo "== quantum trail: appends/s with batched seals vs a signature per entry; verify of 1M entries"
 cargo run -q --release -p quantum-trail --bin trail-bench
 echo "== eBPF telemetry (TIME, EVENT): perf bench sched pipe and hackbench with / without the programs, ring buffer rate"

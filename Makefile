@@ -42,6 +42,8 @@ test-unit: model
 test-host: deps build model
 	$(CARGO) test -p quantumctl --tests
 	$(CARGO) test -p quantum-bpf --tests
+	$(CARGO) test -p quantum-steppps --tests
+	$(CARGO) test -p quantum-steppps --features bpf --test figures
 
 # eBPF telemetry alone (root, BTF): unit tests and the real-kernel tests.
 test-bpf: deps

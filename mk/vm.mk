@@ -17,7 +17,7 @@ VM_BUILD := image-builder/build-rootfs.sh --variant $(VM_VARIANT)
 # The tests fail, rather than skip, when the image they were promised is missing.
 VM_TEST_ENV := QUANTUM_VMTEST_REQUIRE_IMAGE=1
 
-.PHONY: deps rootfs image release-bins test-nspawn test-vm vm-run
+.PHONY: deps rootfs image release-bins intent-cache test-nspawn test-vm vm-run
 
 deps:
 	bash scripts/install-deps.sh
@@ -28,7 +28,14 @@ rootfs: deps
 release-bins:
 	$(CARGO) build --release -p quantumd -p quantumctl
 
-image: deps release-bins model
+# The intent engine's catalog embeddings, computed here (native speed) for
+# the image's catalog and model: embedding the catalog inside a TCG guest
+# takes minutes. Same model + same manifests = the same cache file names.
+intent-cache: release-bins model
+	QUANTUM_INTENT_CACHE=$(or $(QUANTUM_CACHE),$(CURDIR)/.cache)/intent \
+	  $${CARGO_TARGET_DIR:-target}/release/quantumctl ask --local --json --catalog packaging/cells "warm up the cache" >/dev/null
+
+image: deps release-bins model intent-cache
 	bash $(VM_BUILD) image
 
 test-nspawn: image

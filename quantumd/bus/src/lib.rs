@@ -68,6 +68,60 @@ pub struct CellDetail {
     pub last_exit: i32,
 }
 
+/// The node's identity: its key ids and fingerprints, and where the
+/// secret keys are kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
+pub struct NodeIdentity {
+    /// The combined key id (hex), as in identity documents and trail seals.
+    pub key_id: String,
+    pub ml_dsa_fingerprint: String,
+    pub ed25519_fingerprint: String,
+    /// Where the secret keys live (a TPM-sealed blob, or a key file and why).
+    pub store: String,
+    /// Whether a TPM seals them.
+    pub tpm: bool,
+}
+
+/// One entry of the quantum trail.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
+pub struct TrailEntry {
+    pub seq: u64,
+    /// Nanoseconds since the Unix epoch.
+    pub time_ns: u64,
+    /// Who asked: `uid:N`, or `quantumd` for what it did on its own.
+    pub actor: String,
+    /// run, stop, refuse, restart, blacklist, exit, plan, execute, identity, trail.
+    pub action: String,
+    /// Empty when the entry is about no cell.
+    pub cell: String,
+    /// blake3 of the manifest (hex), empty when none.
+    pub manifest_hash: String,
+    pub ok: bool,
+    /// Why it failed, when `ok` is false.
+    pub error: String,
+    pub detail: String,
+}
+
+/// What verifying the trail found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
+pub struct TrailReport {
+    /// No failure (warnings allowed).
+    pub ok: bool,
+    pub segments: u64,
+    pub entries: u64,
+    pub seals: u64,
+    /// 0 when the trail is empty.
+    pub last_seq: u64,
+    /// The last entry a valid seal vouches for; 0 when none.
+    pub last_sealed_seq: u64,
+    /// The chain head (hex).
+    pub head: String,
+    /// The first failing entry and why ("SEGMENT at byte N (entry S): ..."),
+    /// empty when none.
+    pub failure: String,
+    pub warnings: Vec<String>,
+}
+
 /// Errors of the interface, mapped to D-Bus error names
 /// `org.quantumos.Quantum1.Error.<Variant>`; the text is for humans.
 #[derive(Debug, zbus::DBusError)]
@@ -135,6 +189,18 @@ pub trait Quantum1 {
     /// path parameters are resolved against `cwd`. Only the connection that
     /// asked may execute a plan, once. Returns the started instances.
     fn execute(&self, plan_id: &str, cwd: &str) -> Result<Vec<CellInfo>, Error>;
+
+    /// The node identity.
+    fn identity(&self) -> Result<NodeIdentity, Error>;
+
+    /// Trail entries, oldest first: those about `cell` (empty: all) with a
+    /// sequence number of at least `since_seq`, at most the last `limit`
+    /// of them (0: all).
+    fn trail_show(&self, cell: &str, since_seq: u64, limit: u32) -> Result<Vec<TrailEntry>, Error>;
+
+    /// Verifies the whole trail: checksums, the hash chain, every seal's
+    /// signature against this node's keys; names the first failing entry.
+    fn trail_verify(&self) -> Result<TrailReport, Error>;
 
     /// Emitted on every state change of an instance.
     #[zbus(signal)]

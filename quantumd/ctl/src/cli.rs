@@ -66,6 +66,60 @@ EXIT STATUS:
     confirmed, or running it failed; 2 usage error, model or catalog missing,
     or quantumd unreachable.")]
     Ask(AskArgs),
+    /// Make author keys, and sign and check cell bundles (no daemon needed).
+    ///
+    /// A bundle is one file: a cell.toml, its artifact (may be empty) and
+    /// the author's ML-DSA-65 and Ed25519 signatures over the blake3 of
+    /// both. quantumd runs a bundle only when both signatures verify against
+    /// a key in /etc/quantumos/trusted-keys.d/.
+    #[command(
+        subcommand,
+        after_help = "EXAMPLES:
+    quantumctl bundle keygen --name alice alice
+    quantumctl bundle sign --key alice.key --artifact target/hello hello/cell.toml -o hello-1.0.0.qcb
+    quantumctl bundle verify --trusted-keys . hello-1.0.0.qcb
+    install -m 0644 alice.pub /etc/quantumos/trusted-keys.d/
+
+EXIT STATUS:
+    0 success; 1 a bundle does not verify; 2 usage or I/O error."
+    )]
+    Bundle(BundleCommand),
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum BundleCommand {
+    /// Make an author keypair: PREFIX.key (secret, mode 0600) and PREFIX.pub.
+    Keygen {
+        /// The name recorded in the public key file.
+        #[arg(long)]
+        name: String,
+        /// Path prefix of the two files.
+        #[arg(value_name = "PREFIX")]
+        prefix: PathBuf,
+    },
+    /// Sign a cell.toml (and its artifact) into a bundle file.
+    Sign {
+        /// The author's secret key (from `bundle keygen`).
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+        /// The artifact the manifest's `artifact = { path, blake3 }` names.
+        #[arg(long, value_name = "FILE")]
+        artifact: Option<PathBuf>,
+        /// The cell.toml.
+        #[arg(value_name = "MANIFEST")]
+        manifest: PathBuf,
+        /// The bundle to write.
+        #[arg(short, long, value_name = "FILE")]
+        output: PathBuf,
+    },
+    /// Check a bundle's hashes and both signatures against trusted keys.
+    Verify {
+        /// Directory of trusted `*.pub` author keys.
+        #[arg(long, default_value = "/etc/quantumos/trusted-keys.d", value_name = "DIR")]
+        trusted_keys: PathBuf,
+        #[arg(value_name = "BUNDLE")]
+        bundle: PathBuf,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -144,6 +198,41 @@ pub enum CliCommand {
     Inspect {
         #[arg(value_name = "TARGET")]
         target: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the node identity: key id, fingerprints, and whether a TPM seals it.
+    Identity {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Read and verify the quantum trail, quantumd's signed record of
+    /// everything it ran, stopped or refused.
+    #[command(subcommand)]
+    Trail(TrailCommand),
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum TrailCommand {
+    /// Show trail entries, oldest first.
+    #[command(after_help = "EXAMPLES:\n    quantumctl trail show -n 20\n    quantumctl trail show --cell web-server --json")]
+    Show {
+        /// Only entries about this cell.
+        #[arg(long, value_name = "NAME")]
+        cell: Option<String>,
+        /// Only entries from this sequence number on.
+        #[arg(long, value_name = "SEQ", default_value_t = 0)]
+        since: u64,
+        /// Only the last N entries (0: all).
+        #[arg(short = 'n', long, value_name = "N", default_value_t = 50)]
+        limit: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify checksums, the hash chain and every seal's signature; name the
+    /// first entry that fails and why.
+    #[command(after_help = "EXIT STATUS:\n    0 the trail verifies; 1 it does not (the failing entry is named); 2 quantumd unreachable.")]
+    Verify {
         #[arg(long)]
         json: bool,
     },

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{anyhow, Context};
 use quantum_bus::{Error, Quantum1Proxy};
 
-use crate::cli::CliCommand;
+use crate::cli::{CliCommand, TrailCommand};
 use crate::output;
 
 /// A failed request: printed, then exit status 1.
@@ -115,6 +115,42 @@ async fn execute(proxy: &Quantum1Proxy<'_>, command: CliCommand) -> Result<(), F
                 output::json(&d);
             } else {
                 print!("{}", output::detail(&d));
+            }
+        }
+        CliCommand::Identity { json } => {
+            let id = proxy
+                .identity()
+                .await
+                .map_err(|e| Failed(request_failed("cannot read the node identity", e)))?;
+            if json {
+                output::json(&id);
+            } else {
+                print!("{}", output::identity(&id));
+            }
+        }
+        CliCommand::Trail(TrailCommand::Show { cell, since, limit, json }) => {
+            let entries = proxy
+                .trail_show(cell.as_deref().unwrap_or(""), since, limit)
+                .await
+                .map_err(|e| Failed(request_failed("cannot read the trail", e)))?;
+            if json {
+                output::json(&entries);
+            } else {
+                print!("{}", output::trail(&entries));
+            }
+        }
+        CliCommand::Trail(TrailCommand::Verify { json }) => {
+            let report = proxy
+                .trail_verify()
+                .await
+                .map_err(|e| Failed(request_failed("cannot verify the trail", e)))?;
+            if json {
+                output::json(&report);
+            } else {
+                print!("{}", output::trail_report(&report));
+            }
+            if !report.ok {
+                return Err(Failed(anyhow!("the trail does not verify: {}", report.failure)));
             }
         }
     }

@@ -1,6 +1,7 @@
 //! quantumctl: the command-line client of quantumd.
 
 mod ask;
+mod bundle;
 mod cli;
 mod client;
 mod output;
@@ -17,6 +18,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Cells(CliCommand::Validate { paths, catalog, json }) => return validate::run(&paths, &catalog, json),
         Command::Ask(args) => return ask::run(&args, cli.bus.as_deref()),
+        Command::Bundle(command) => return bundle::run(&command),
         Command::Cells(command) => client::run(cli.bus.as_deref(), command),
     };
     match result {

@@ -64,3 +64,89 @@ pub fn detail(d: &CellDetail) -> String {
     }
     out
 }
+
+pub fn identity(id: &quantum_bus::NodeIdentity) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "node key id:         {}", id.key_id);
+    let _ = writeln!(out, "ML-DSA-65 key:       {}", id.ml_dsa_fingerprint);
+    let _ = writeln!(out, "Ed25519 key:         {}", id.ed25519_fingerprint);
+    let _ = writeln!(out, "secret keys:         {}", id.store);
+    let _ = writeln!(out, "sealed by a TPM:     {}", if id.tpm { "yes" } else { "no" });
+    out
+}
+
+pub fn trail(entries: &[quantum_bus::TrailEntry]) -> String {
+    let mut out = String::new();
+    for e in entries {
+        let result = if e.ok { "ok".to_owned() } else { format!("FAILED: {}", e.error) };
+        let cell = if e.cell.is_empty() { "-" } else { &e.cell };
+        let _ = write!(
+            out,
+            "{:>6}  {}  {:<9} {:<10} {:<18} {result}",
+            e.seq,
+            utc(e.time_ns),
+            e.actor,
+            e.action,
+            cell
+        );
+        if !e.detail.is_empty() {
+            let _ = write!(out, "  ({})", e.detail);
+        }
+        out.push('\n');
+    }
+    if entries.is_empty() {
+        out.push_str("no entries\n");
+    }
+    out
+}
+
+pub fn trail_report(r: &quantum_bus::TrailReport) -> String {
+    let mut out = String::new();
+    if r.ok {
+        let _ = writeln!(
+            out,
+            "the trail verifies: {} entries in {} segment(s), {} seal(s), last sealed entry {}",
+            r.entries, r.segments, r.seals, r.last_sealed_seq
+        );
+    } else {
+        let _ = writeln!(out, "the trail does NOT verify: {}", r.failure);
+        let _ = writeln!(out, "checked before it: {} entries, {} seal(s)", r.entries, r.seals);
+    }
+    let _ = writeln!(out, "head: {}", r.head);
+    for w in &r.warnings {
+        let _ = writeln!(out, "warning: {w}");
+    }
+    out
+}
+
+/// `YYYY-MM-DD HH:MM:SS` UTC from nanoseconds since the epoch.
+fn utc(time_ns: u64) -> String {
+    let secs = time_ns / 1_000_000_000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod time_tests {
+    #[test]
+    fn utc_formats_epoch_leap_days_and_today() {
+        assert_eq!(super::utc(0), "1970-01-01 00:00:00");
+        assert_eq!(super::utc(951_782_400 * 1_000_000_000), "2000-02-29 00:00:00");
+        assert_eq!(super::utc(1_795_437_296 * 1_000_000_000), "2026-11-23 12:34:56");
+    }
+}

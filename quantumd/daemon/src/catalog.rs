@@ -22,6 +22,8 @@ pub enum CatalogError {
 pub struct Resolved {
     pub path: PathBuf,
     pub manifest: Manifest,
+    /// blake3 of the manifest's text, as read.
+    pub hash: blake3::Hash,
     /// Each `[[child]]` entry's manifest, with its own children, in order.
     pub children: Vec<Resolved>,
 }
@@ -90,6 +92,7 @@ impl Catalog {
             source,
         })?;
         let shown = path.display().to_string();
+        let mut hashes = BTreeMap::from([(shown.clone(), blake3::hash(text.as_bytes()))]);
         let mut known = self.names();
         // Needed cells may also be siblings of this manifest.
         if let Some(parent_dir) = path.parent().and_then(Path::parent) {
@@ -102,7 +105,11 @@ impl Catalog {
         }
         let set = validate_set(
             vec![ManifestSource { path: shown.clone(), text }],
-            &mut |p| std::fs::read_to_string(p).map_err(|e| e.to_string()),
+            &mut |p| {
+                let text = std::fs::read_to_string(p).map_err(|e| e.to_string())?;
+                hashes.insert(p.to_owned(), blake3::hash(text.as_bytes()));
+                Ok(text)
+            },
             &known,
         );
         if !set.is_valid() {
@@ -112,22 +119,24 @@ impl Catalog {
         // The set holds every manifest it read, children included: assemble
         // from it rather than reading the files again.
         let by_path: BTreeMap<String, Manifest> = set.manifests.into_iter().collect();
-        assemble(&shown, &by_path).ok_or_else(|| CatalogError::Invalid(format!("{shown}: not a valid manifest")))
+        assemble(&shown, &by_path, &hashes).ok_or_else(|| CatalogError::Invalid(format!("{shown}: not a valid manifest")))
     }
 }
 
 /// The manifest at `path` from `manifests`, with its children, recursively.
-fn assemble(path: &str, manifests: &BTreeMap<String, Manifest>) -> Option<Resolved> {
+fn assemble(path: &str, manifests: &BTreeMap<String, Manifest>, hashes: &BTreeMap<String, blake3::Hash>) -> Option<Resolved> {
     let manifest = manifests.get(path)?.clone();
+    let hash = *hashes.get(path)?;
     let dir = Path::new(path).parent().unwrap_or(Path::new("/")).to_owned();
     let children = manifest
         .children
         .iter()
-        .map(|c| assemble(&child_path(&dir, &c.manifest), manifests))
+        .map(|c| assemble(&child_path(&dir, &c.manifest), manifests, hashes))
         .collect::<Option<Vec<_>>>()?;
     Some(Resolved {
         path: PathBuf::from(path),
         manifest,
+        hash,
         children,
     })
 }

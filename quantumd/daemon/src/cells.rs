@@ -14,14 +14,17 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use quantum_bus::{CellDetail, CellInfo};
 use quantum_model::placeholder::substitute;
 use quantum_model::{Manifest, ParamType, Restart};
+use quantum_trail::Action;
 use tokio::sync::mpsc;
 
 use crate::catalog::{Catalog, Resolved};
 use crate::command::{Command, CommandError, Reply};
 use crate::config::Config;
+use crate::identity::Identity;
 use crate::runtime::spec::{family_slice, instance_of_unit};
 use crate::runtime::{Exit, Limits, Runtime, Sandbox, SliceSpec, UnitEvent, UnitSpec};
 use crate::store::{Record, Store};
+use crate::trail::{self, Recorder};
 
 #[derive(Debug)]
 pub enum Event {
@@ -93,7 +96,7 @@ enum Step {
     /// is written in the task rather than in the loop because an fsync
     /// costs milliseconds: many concurrent runs then share the disk's
     /// commits instead of queueing behind each other in the loop.
-    Unit(Box<Record>, UnitSpec),
+    Unit(Box<(Record, UnitSpec)>),
 }
 
 /// One step of a stop.
@@ -114,6 +117,11 @@ pub struct Cells {
     next_id: u64,
     events: mpsc::UnboundedSender<Event>,
     bus: Option<zbus::Connection>,
+    /// Signs each instance's identity document.
+    identity: Option<Identity>,
+    /// The quantum trail, or why it cannot be written (then nothing runs:
+    /// quantumd does nothing it cannot record).
+    trail: Result<Recorder, String>,
 }
 
 /// Writes an instance record off the event loop (it fsyncs).
@@ -126,6 +134,26 @@ async fn save(store: &Store, record: Record) -> Result<(), String> {
         Err(e) => Err(format!("cannot record instance {id}: {e}")),
     }
 }
+
+/// A trail entry about `r`'s instance.
+fn entry_for(actor: &str, action: &Action, r: &Record) -> quantum_trail::NewEntry {
+    let mut e = trail::entry(actor, action).cell(r.cell.clone());
+    if let Some(hash) = r.manifest_blake3.as_deref().and_then(|h| blake3::Hash::from_hex(h).ok()) {
+        e = e.manifest_hash(trail::digest(&hash));
+    }
+    e
+}
+
+/// Appends to the trail when it is open (a free function, so that it can be
+/// called while an instance is borrowed).
+fn record_to(trail: &Result<Recorder, String>, entry: quantum_trail::NewEntry) {
+    if let Ok(trail) = trail {
+        trail.record(entry);
+    }
+}
+
+/// The credential name of a cell's identity document.
+pub const IDENTITY_CREDENTIAL: &str = "quantum-identity";
 
 fn now_usec() -> u64 {
     SystemTime::now()
@@ -155,7 +183,27 @@ impl Cells {
             next_id: 1,
             events,
             bus: None,
+            identity: None,
+            trail: Err("the trail is not open yet".into()),
         }
+    }
+
+    /// The node identity and the trail; until this is called (tests of the
+    /// planning logic) nothing is recorded and runs are refused.
+    pub fn set_trust(&mut self, identity: Identity, trail: Result<Recorder, String>) {
+        self.identity = Some(identity);
+        self.trail = trail;
+    }
+
+    /// Seals and syncs what was recorded (at shutdown).
+    pub async fn flush_trail(&self) {
+        if let Ok(t) = &self.trail {
+            t.flush().await;
+        }
+    }
+
+    fn record(&self, entry: quantum_trail::NewEntry) {
+        record_to(&self.trail, entry);
     }
 
     pub fn set_bus(&mut self, conn: zbus::Connection) {
@@ -210,6 +258,8 @@ impl Cells {
                 auto_started: false,
                 family_slice: None,
                 started_usec: now_usec(),
+                actor: "quantumd".into(),
+                manifest_blake3: None,
             };
             if let Err(e) = self.store.save(&record) {
                 tracing::error!(error = %e, "cannot record adopted unit");
@@ -285,16 +335,25 @@ impl Cells {
     async fn command(&mut self, c: Command) {
         match c {
             Command::Run {
+                actor,
                 source,
                 params,
                 cwd,
                 reply,
             } => {
-                if let Err(e) = self.run(&source, params, &cwd, reply) {
+                if let Err(why) = &self.trail {
+                    let e = CommandError::Refused(format!(
+                        "quantumd runs nothing it cannot record, and its trail is unusable: {why}; see `quantumctl trail verify`"
+                    ));
+                    let _ = reply.send(Err(e));
+                    return;
+                }
+                if let Err(e) = self.run(&actor, &source, params, &cwd, reply) {
                     tracing::info!(source, error = %e, "run refused");
+                    self.record(trail::entry(&actor, &Action::REFUSE).cell(source).error(e.to_string()));
                 }
             }
-            Command::Stop { target, reply } => self.stop(&target, reply),
+            Command::Stop { actor, target, reply } => self.stop(&actor, &target, reply),
             Command::List { reply } => {
                 let _ = reply.send(Ok(self.list()));
             }
@@ -327,7 +386,14 @@ impl Cells {
     /// Plans the run (needs, the cell, its children), records every
     /// instance, and hands the starts to a task. On error nothing is left
     /// behind and the reply carries the reason.
-    fn run(&mut self, source: &str, params: HashMap<String, String>, cwd: &str, reply: Reply<CellInfo>) -> Result<(), CommandError> {
+    fn run(
+        &mut self,
+        actor: &str,
+        source: &str,
+        params: HashMap<String, String>,
+        cwd: &str,
+        reply: Reply<CellInfo>,
+    ) -> Result<(), CommandError> {
         let result = self.catalog.resolve(source).map_err(|e| match e {
             crate::catalog::CatalogError::NotFound { .. } => CommandError::NotFound(e.to_string()),
             _ => CommandError::Invalid(e.to_string()),
@@ -343,6 +409,7 @@ impl Cells {
         let mut created = Vec::new();
         let slice = self.config.cell_slice.clone();
         match self.plan(
+            actor,
             resolved,
             params,
             cwd,
@@ -377,6 +444,7 @@ impl Cells {
     #[allow(clippy::too_many_arguments)]
     fn plan(
         &mut self,
+        actor: &str,
         resolved: Resolved,
         given: HashMap<String, String>,
         cwd: &str,
@@ -426,7 +494,7 @@ impl Cells {
                         .resolve_needed(needed, &resolved.path)
                         .map_err(|e| CommandError::NotFound(format!("cell \"{name}\" needs \"{needed}\", which cannot be found: {e}")))?;
                     let slice = self.config.cell_slice.clone();
-                    self.plan(r, HashMap::new(), "", None, &slice, true, steps, created, stack)?
+                    self.plan(actor, r, HashMap::new(), "", None, &slice, true, steps, created, stack)?
                 }
             };
             needs.push(id);
@@ -456,6 +524,8 @@ impl Cells {
             auto_started,
             family_slice: family.clone(),
             started_usec: now_usec(),
+            actor: actor.to_owned(),
+            manifest_blake3: Some(resolved.hash.to_hex().to_string()),
         };
         let spec = self.build_spec(&record, &m)?;
         for n in &needs {
@@ -463,7 +533,7 @@ impl Cells {
                 n.needed_by.insert(id.clone());
             }
         }
-        steps.push(Step::Unit(Box::new(record.clone()), spec.clone()));
+        steps.push(Step::Unit(Box::new((record.clone(), spec.clone()))));
         created.push(id.clone());
         self.instances.insert(
             id.clone(),
@@ -487,6 +557,7 @@ impl Cells {
                 let r = resolved_child.clone();
                 let fam = family.clone().unwrap_or_else(|| slice.to_owned());
                 let cid = self.plan(
+                    actor,
                     r,
                     HashMap::new(),
                     "",
@@ -528,6 +599,18 @@ impl Cells {
         for (k, v) in &r.params {
             env.insert(format!("QUANTUM_PARAM_{}", k.to_uppercase().replace('-', "_")), v.clone());
         }
+        // The cell's identity, signed by the node, as a systemd credential
+        // ($CREDENTIALS_DIRECTORY/quantum-identity inside the unit).
+        let mut credentials = Vec::new();
+        if let (Some(identity), Some(hash)) = (
+            &self.identity,
+            r.manifest_blake3.as_deref().and_then(|h| blake3::Hash::from_hex(h).ok()),
+        ) {
+            match identity.document(&r.cell, &hash, &r.instance) {
+                Ok(doc) => credentials.push((IDENTITY_CREDENTIAL.to_owned(), doc.into_bytes())),
+                Err(e) => tracing::warn!(instance = r.instance, error = %e, "no identity document for the cell"),
+            }
+        }
         Ok(UnitSpec {
             instance: r.instance.clone(),
             cell: r.cell.clone(),
@@ -538,6 +621,7 @@ impl Cells {
             env,
             limits: Limits::of(m),
             sandbox: Sandbox {
+                credentials,
                 user: m.isolation.user,
                 network: m.isolation.network,
                 readable: m.isolation.readable.iter().map(subst).collect::<Result<_, _>>()?,
@@ -563,9 +647,10 @@ impl Cells {
                             break;
                         }
                     },
-                    Step::Unit(record, spec) => {
+                    Step::Unit(unit) => {
+                        let (record, spec) = *unit;
                         let id = record.instance.clone();
-                        let result = match save(&store, *record).await {
+                        let result = match save(&store, record).await {
                             Ok(()) => runtime.start(&spec).await.map_err(|e| e.to_string()),
                             Err(e) => Err(e),
                         };
@@ -605,7 +690,10 @@ impl Cells {
                     inst.state = State::Running;
                     inst.reason = format!("running as pid {pid}");
                     let (cell, reason) = (inst.record.cell.clone(), inst.reason.clone());
+                    let record = inst.record.clone();
                     self.emit(id, &cell, "running", &reason).await;
+                    let e = entry_for(&record.actor, &Action::RUN, &record);
+                    self.record(e.detail(format!("{id} as {} ({reason})", record.unit)));
                 }
             }
             Err(e) => {
@@ -638,6 +726,10 @@ impl Cells {
                 let _ = reply.send(Ok(info));
             }
             Some(why) => {
+                if let Some(inst) = self.instances.get(&root) {
+                    let e = entry_for(&inst.record.actor, &Action::RUN, &inst.record);
+                    self.record(e.detail(root.clone()).error(why.clone()));
+                }
                 for id in ids.iter().rev() {
                     self.finish(id, "failed", &why).await;
                 }
@@ -648,7 +740,7 @@ impl Cells {
 
     // ----- stop -----------------------------------------------------------
 
-    fn stop(&mut self, target: &str, reply: Reply<Vec<String>>) {
+    fn stop(&mut self, actor: &str, target: &str, reply: Reply<Vec<String>>) {
         let roots: Vec<String> = if self.instances.contains_key(target) {
             vec![target.to_owned()]
         } else {
@@ -674,6 +766,12 @@ impl Cells {
             }
         }
         let (ids, steps) = self.stop_plan(&roots);
+        for r in &roots {
+            if let Some(inst) = self.instances.get(r) {
+                let e = entry_for(actor, &Action::STOP, &inst.record);
+                self.record(e.detail(format!("{r} on request")));
+            }
+        }
         self.spawn_stop(ids, steps, "stopped on request".into(), Some(reply));
     }
 
@@ -802,6 +900,8 @@ impl Cells {
                 );
                 let until = now + Duration::from_secs(self.config.blacklist_seconds);
                 tracing::warn!(cell, instance = id, reason = why, "cell blacklisted");
+                let e = entry_for("quantumd", &Action::BLACKLIST, &inst.record);
+                record_to(&self.trail, e.detail(id.clone()).error(why.clone()));
                 self.blacklist.insert(cell.clone(), (until, why.clone()));
                 self.end_family(&id, "failed", &format!("blacklisted: {why}")).await;
                 return;
@@ -811,6 +911,8 @@ impl Cells {
             inst.pid = 0;
             inst.reason = format!("{what}; restart {n} of {} in {:.1}s", l.max_restarts, delay.as_secs_f32());
             let reason = inst.reason.clone();
+            let e = entry_for("quantumd", &Action::RESTART, &inst.record);
+            record_to(&self.trail, e.detail(format!("{id}: {reason}")));
             self.emit(&id, &cell, "restarting", &reason).await;
             let events = self.events.clone();
             tokio::spawn(async move {
@@ -820,6 +922,11 @@ impl Cells {
             return;
         }
         let state = if ev.exit.is_success() { "exited" } else { "failed" };
+        let mut e = entry_for("quantumd", &Action::EXIT, &inst.record).detail(format!("{id}: {what}"));
+        if !ev.exit.is_success() {
+            e = e.error(what.clone());
+        }
+        record_to(&self.trail, e);
         self.end_family(&id, state, &what).await;
     }
 
@@ -1001,6 +1108,7 @@ fn bare_spec(r: &Record) -> UnitSpec {
             readable: vec![],
             writable: vec![],
             inaccessible: vec![],
+            credentials: vec![],
         },
     }
 }

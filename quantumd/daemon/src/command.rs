@@ -12,12 +12,15 @@ pub type Reply<T> = oneshot::Sender<Result<T, CommandError>>;
 #[derive(Debug)]
 pub enum Command {
     Run {
+        /// Who asked (`uid:N`), for the trail.
+        actor: String,
         source: String,
         params: HashMap<String, String>,
         cwd: String,
         reply: Reply<CellInfo>,
     },
     Stop {
+        actor: String,
         target: String,
         reply: Reply<Vec<String>>,
     },

@@ -25,6 +25,14 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// What can be rebuilt: the intent engine's catalog embeddings.
     pub cache_dir: PathBuf,
+    /// The TPM that seals the node identity: "auto" (`$QUANTUM_TCTI`, else
+    /// /dev/tpmrm0 when present), "off", or a TCTI such as
+    /// `device:/dev/tpmrm0` or `swtpm:host=127.0.0.1,port=2321`.
+    pub tpm: String,
+    /// Seal the identity to PCR 7 (secure-boot state).
+    pub tpm_pcr7: bool,
+    /// Author keys whose bundles this node runs (`*.pub`).
+    pub trusted_keys: PathBuf,
     pub backend: BackendChoice,
     /// The slice every cell runs under (systemd backend).
     pub cell_slice: String,
@@ -42,6 +50,9 @@ impl Default for Config {
             catalog: PathBuf::from("/usr/share/quantumos/cells"),
             state_dir: PathBuf::from("/var/lib/quantumd"),
             cache_dir: PathBuf::from("/var/cache/quantumd"),
+            tpm: "auto".to_owned(),
+            tpm_pcr7: false,
+            trusted_keys: PathBuf::from("/etc/quantumos/trusted-keys.d"),
             backend: BackendChoice::Auto,
             cell_slice: "quantum.slice".to_owned(),
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),
@@ -60,6 +71,14 @@ pub enum ConfigError {
 }
 
 impl Config {
+    pub fn tpm_setting(&self) -> quantum_trust::TpmSetting {
+        match self.tpm.as_str() {
+            "auto" | "" => quantum_trust::TpmSetting::Auto,
+            "off" | "none" => quantum_trust::TpmSetting::Off,
+            tcti => quantum_trust::TpmSetting::Tcti(tcti.to_owned()),
+        }
+    }
+
     /// Reads `path`; a missing file at the default location means defaults.
     pub fn load(path: &Path, required: bool) -> Result<Config, ConfigError> {
         let text = match std::fs::read_to_string(path) {

@@ -4,19 +4,26 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use quantum_bus::{CellDetail, CellInfo, Error, ACTION_MANAGE};
+use quantum_bus::{CellDetail, CellInfo, Error, NodeIdentity, TrailEntry, TrailReport, ACTION_MANAGE};
+use quantum_trail::{Action, Outcome};
 use tokio::sync::{mpsc, oneshot};
 use zbus::message::Header;
 
-use crate::command::{Command, CommandError};
+use crate::command::{error_chain, Command, CommandError};
+use crate::identity::{Identity, NodeVerifier};
 use crate::planner::Planner;
 use crate::polkit::Authorizer;
+use crate::trail::{self, Recorder};
 
 pub struct Quantum1 {
     pub commands: mpsc::Sender<Command>,
     pub authorizer: Authorizer,
     pub backend: String,
     pub planner: Arc<Planner>,
+    pub identity: Identity,
+    /// The trail, when it could be opened (plans and executions go to it).
+    pub trail: Option<Recorder>,
+    pub trail_dir: std::path::PathBuf,
 }
 
 impl Quantum1 {
@@ -29,6 +36,12 @@ impl Quantum1 {
         rx.await
             .map_err(|_| Error::Backend("quantumd dropped the request".into()))?
             .map_err(Error::from)
+    }
+
+    fn record(&self, entry: quantum_trail::NewEntry) {
+        if let Some(t) = &self.trail {
+            t.record(entry);
+        }
     }
 
     async fn authorize(&self, header: &Header<'_>) -> Result<(), Error> {
@@ -45,12 +58,15 @@ impl Quantum1 {
     async fn run(
         &self,
         #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
         source: String,
         params: HashMap<String, String>,
         cwd: String,
     ) -> Result<CellInfo, Error> {
         self.authorize(&header).await?;
+        let actor = actor(conn, &header).await;
         self.call(|reply| Command::Run {
+            actor,
             source,
             params,
             cwd,
@@ -59,9 +75,15 @@ impl Quantum1 {
         .await
     }
 
-    async fn stop(&self, #[zbus(header)] header: Header<'_>, target: String) -> Result<Vec<String>, Error> {
+    async fn stop(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        target: String,
+    ) -> Result<Vec<String>, Error> {
         self.authorize(&header).await?;
-        self.call(|reply| Command::Stop { target, reply }).await
+        let actor = actor(conn, &header).await;
+        self.call(|reply| Command::Stop { actor, target, reply }).await
     }
 
     async fn list(&self) -> Result<Vec<CellInfo>, Error> {
@@ -72,8 +94,25 @@ impl Quantum1 {
         self.call(|reply| Command::Inspect { target, reply }).await
     }
 
-    async fn ask(&self, #[zbus(header)] header: Header<'_>, intent: String) -> Result<String, Error> {
+    async fn ask(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        intent: String,
+    ) -> Result<String, Error> {
+        let actor = actor(conn, &header).await;
         let (plan, id) = self.planner.ask(intent, &sender(&header)).await?;
+        let cells: Vec<&str> = plan.cell_names();
+        let mut e = trail::entry(&actor, &Action::PLAN).detail(format!(
+            "{:?} -> [{}] plan {}",
+            plan.intent,
+            cells.join(", "),
+            id.as_deref().unwrap_or("-")
+        ));
+        if plan.is_refusal() {
+            e = e.error(plan.reason.clone().unwrap_or_else(|| "nothing fits".into()));
+        }
+        self.record(e);
         let mut json = serde_json::to_value(&plan).map_err(|e| Error::Backend(format!("cannot encode the plan: {e}")))?;
         if let (Some(id), Some(obj)) = (id, json.as_object_mut()) {
             obj.insert("plan-id".into(), id.into());
@@ -81,14 +120,33 @@ impl Quantum1 {
         Ok(json.to_string())
     }
 
-    async fn execute(&self, #[zbus(header)] header: Header<'_>, plan_id: String, cwd: String) -> Result<Vec<CellInfo>, Error> {
+    async fn execute(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        plan_id: String,
+        cwd: String,
+    ) -> Result<Vec<CellInfo>, Error> {
         self.authorize(&header).await?;
-        let plan = self.planner.take(&plan_id, &sender(&header))?;
+        let actor = actor(conn, &header).await;
+        let plan = match self.planner.take(&plan_id, &sender(&header)) {
+            Ok(plan) => plan,
+            Err(e) => {
+                self.record(
+                    trail::entry(&actor, &Action::EXECUTE)
+                        .detail(format!("plan {plan_id}"))
+                        .error(e.to_string()),
+                );
+                return Err(e.into());
+            }
+        };
+        self.record(trail::entry(&actor, &Action::EXECUTE).detail(format!("plan {plan_id}: {:?}", plan.intent)));
         let mut started: Vec<CellInfo> = Vec::new();
         for (i, step) in plan.cells.iter().enumerate() {
             let params = step.params.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
             let result = self
                 .call(|reply| Command::Run {
+                    actor: actor.clone(),
                     source: step.name.clone(),
                     params,
                     cwd: cwd.clone(),
@@ -118,6 +176,64 @@ impl Quantum1 {
         Ok(started)
     }
 
+    async fn identity(&self) -> NodeIdentity {
+        let public = self.identity.public();
+        NodeIdentity {
+            key_id: public.key_id().to_string(),
+            ml_dsa_fingerprint: public.ml_dsa_fingerprint().to_string(),
+            ed25519_fingerprint: public.ed25519_fingerprint().to_string(),
+            store: self.identity.describe(),
+            tpm: self.identity.is_tpm(),
+        }
+    }
+
+    async fn trail_show(&self, cell: String, since_seq: u64, limit: u32) -> Result<Vec<TrailEntry>, Error> {
+        let dir = self.trail_dir.clone();
+        let filter = quantum_trail::Filter {
+            cell: (!cell.is_empty()).then_some(cell),
+            since_seq: (since_seq > 0).then_some(since_seq),
+        };
+        let read = move || -> Result<Vec<TrailEntry>, String> {
+            let mut out = std::collections::VecDeque::new();
+            for entry in quantum_trail::entries(&dir, filter).map_err(|e| error_chain(&e))? {
+                let e = entry.map_err(|e| error_chain(&e))?;
+                out.push_back(wire_entry(e));
+                if limit > 0 && out.len() > limit as usize {
+                    out.pop_front();
+                }
+            }
+            Ok(out.into())
+        };
+        tokio::task::spawn_blocking(read)
+            .await
+            .map_err(|e| Error::Backend(format!("reading the trail: {e}")))?
+            .map_err(|e| Error::Backend(format!("reading the trail: {e}")))
+    }
+
+    async fn trail_verify(&self) -> Result<TrailReport, Error> {
+        if let Some(t) = &self.trail {
+            // What was appended so far is sealed first, so that it verifies.
+            t.flush().await;
+        }
+        let dir = self.trail_dir.clone();
+        let verifier = NodeVerifier(self.identity.public().clone());
+        let report = tokio::task::spawn_blocking(move || quantum_trail::verify(&dir, &verifier))
+            .await
+            .map_err(|e| Error::Backend(format!("verifying the trail: {e}")))?
+            .map_err(|e| Error::Backend(format!("verifying the trail: {}", error_chain(&e))))?;
+        Ok(TrailReport {
+            ok: report.is_ok(),
+            segments: report.segments as u64,
+            entries: report.entries,
+            seals: report.seals,
+            last_seq: report.last_seq.unwrap_or(0),
+            last_sealed_seq: report.last_sealed_seq.unwrap_or(0),
+            head: report.head.to_hex(),
+            failure: report.failure.map(|f| f.to_string()).unwrap_or_default(),
+            warnings: report.warnings.iter().map(ToString::to_string).collect(),
+        })
+    }
+
     #[zbus(property)]
     async fn backend(&self) -> String {
         self.backend.clone()
@@ -141,4 +257,37 @@ impl Quantum1 {
 /// The caller's unique bus name.
 fn sender(header: &Header<'_>) -> String {
     header.sender().map(|s| s.to_string()).unwrap_or_default()
+}
+
+/// Who is calling, for the trail: `uid:N` as the bus daemon vouches, else
+/// the unique bus name.
+async fn actor(conn: &zbus::Connection, header: &Header<'_>) -> String {
+    let name = sender(header);
+    let uid = async {
+        let dbus = zbus::fdo::DBusProxy::new(conn).await.ok()?;
+        let bus_name = zbus::names::BusName::try_from(name.as_str()).ok()?;
+        dbus.get_connection_unix_user(bus_name).await.ok()
+    };
+    match uid.await {
+        Some(uid) => format!("uid:{uid}"),
+        None => name,
+    }
+}
+
+fn wire_entry(e: quantum_trail::Entry) -> TrailEntry {
+    let (ok, error) = match e.result {
+        Outcome::Ok => (true, String::new()),
+        Outcome::Error(text) => (false, text),
+    };
+    TrailEntry {
+        seq: e.seq,
+        time_ns: e.time_ns,
+        actor: e.actor,
+        action: e.action.to_string(),
+        cell: e.cell.unwrap_or_default(),
+        manifest_hash: e.manifest_hash.map(|h| h.to_hex()).unwrap_or_default(),
+        ok,
+        error,
+        detail: e.detail.unwrap_or_default(),
+    }
 }

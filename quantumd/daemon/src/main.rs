@@ -4,6 +4,7 @@ mod catalog;
 mod cells;
 mod command;
 mod config;
+mod identity;
 mod interface;
 mod logging;
 mod main_loop;
@@ -11,6 +12,7 @@ mod planner;
 mod polkit;
 mod runtime;
 mod store;
+mod trail;
 
 use std::path::PathBuf;
 

@@ -13,11 +13,13 @@ use tokio::sync::mpsc;
 
 use crate::cells::{Cells, Event};
 use crate::config::{BackendChoice, Config};
+use crate::identity::Identity;
 use crate::interface::Quantum1;
 use crate::planner::Planner;
 use crate::polkit::Authorizer;
 use crate::runtime::{cgroup::CgroupRuntime, systemd::SystemdRuntime, Runtime, UnitEvent};
 use crate::store::Store;
+use crate::trail::Recorder;
 
 fn notify(state: &[sd_notify::NotifyState]) {
     // Not running under systemd is fine; nothing to tell.
@@ -53,8 +55,33 @@ pub async fn serve(config: Config, bus_address: Option<String>) -> anyhow::Resul
 
     let store = Store::open(&config.state_dir).with_context(|| format!("state directory {}", config.state_dir.display()))?;
     let (event_tx, mut event_rx) = mpsc::unbounded_channel();
-    let planner = Arc::new(Planner::new(config.catalog.clone(), config.cache_dir.clone()));
+    let identity = Identity::open(&config.state_dir.join("identity"), config.tpm_setting(), config.tpm_pcr7)
+        .context("the node identity (see `tpm` in the configuration)")?;
+    let trail_dir = config.state_dir.join("trail");
+    let trail = Recorder::open(&trail_dir, &identity).map_err(|e| {
+        let why = crate::command::error_chain(&e);
+        tracing::error!(trail = %trail_dir.display(), error = %why, "the trail cannot be opened: cells will not run until it is looked at");
+        why
+    });
+    if let Ok(t) = &trail {
+        let public = identity.public();
+        if identity.generated {
+            t.record(crate::trail::entry("quantumd", &quantum_trail::Action::IDENTITY).detail(format!(
+                "generated node identity {} ({})",
+                public.key_id(),
+                identity.describe()
+            )));
+        }
+        t.record(crate::trail::entry("quantumd", &quantum_trail::Action::START).detail(format!(
+            "quantumd {} started; node {}; {}",
+            env!("CARGO_PKG_VERSION"),
+            public.key_id(),
+            identity.describe()
+        )));
+    }
+    let planner = Arc::new(Planner::new(config.catalog.clone(), config.cache_dir.join("intent")));
     let mut cells = Cells::new(runtime, store, config, event_tx.clone());
+    cells.set_trust(identity.clone(), trail.clone());
     let adopted = cells.readopt().await.context("re-adopting running cells")?;
     if adopted > 0 {
         tracing::info!(adopted, "re-adopted running cells");
@@ -81,6 +108,9 @@ pub async fn serve(config: Config, bus_address: Option<String>) -> anyhow::Resul
                 authorizer,
                 backend: backend.clone(),
                 planner: planner.clone(),
+                identity,
+                trail: trail.ok(),
+                trail_dir,
             },
         )
         .await
@@ -140,6 +170,7 @@ pub async fn serve(config: Config, bus_address: Option<String>) -> anyhow::Resul
         cells.handle(event).await;
     }
     tracing::info!("quantumd stopping; cells keep running and will be re-adopted");
+    cells.flush_trail().await;
     notify(&[sd_notify::NotifyState::Stopping]);
     Ok(())
 }

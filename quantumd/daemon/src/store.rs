@@ -26,6 +26,12 @@ pub struct Record {
     /// The slice of this instance's family, when it has children.
     pub family_slice: Option<String>,
     pub started_usec: u64,
+    /// Who asked for it (`uid:N`, or `quantumd` for restarts), for the trail.
+    #[serde(default)]
+    pub actor: String,
+    /// blake3 of the manifest it was started from (hex).
+    #[serde(default)]
+    pub manifest_blake3: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +141,8 @@ mod tests {
             auto_started: false,
             family_slice: None,
             started_usec: 1,
+            actor: "uid:0".into(),
+            manifest_blake3: None,
         }
     }
 

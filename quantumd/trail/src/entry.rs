@@ -101,6 +101,10 @@ impl Action {
     pub const REFUSE: Action = Action(Cow::Borrowed("refuse"));
     pub const RESTART: Action = Action(Cow::Borrowed("restart"));
     pub const BLACKLIST: Action = Action(Cow::Borrowed("blacklist"));
+    /// quantumd started (with which identity, from which store).
+    pub const START: Action = Action(Cow::Borrowed("start"));
+    /// A cell ended on its own (not stopped on request).
+    pub const EXIT: Action = Action(Cow::Borrowed("exit"));
     pub const PLAN: Action = Action(Cow::Borrowed("plan"));
     pub const EXECUTE: Action = Action(Cow::Borrowed("execute"));
     pub const IDENTITY: Action = Action(Cow::Borrowed("identity"));

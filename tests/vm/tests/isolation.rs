@@ -33,7 +33,10 @@ fn cells_are_isolated_and_limited_in_a_vm() {
         "kill-9-of-quantumd-while-20-cells-start-loses-none-and-duplicates-none",
         lifecycle::kill_9_readopts,
     );
-    s.run("ask-yes-serve-srv-www-on-port-8080-runs-a-web-server-that-answers", ask_serves_a_folder);
+    s.run(
+        "ask-yes-serve-srv-www-on-port-8080-runs-a-web-server-that-answers",
+        ask_serves_a_folder,
+    );
     s.run("256-concurrent-cells-all-run-then-all-stop", many_cells);
     if let Err(e) = s.finish() {
         panic!("{e:#}");

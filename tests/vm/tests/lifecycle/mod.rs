@@ -52,7 +52,13 @@ pub fn kill_9_readopts(g: &Guest) -> Result<()> {
     g.run_ok(&as_quantum(
         "sh -c 'for i in $(seq 20); do quantumctl run system-monitor >/dev/null 2>&1 & done; wait' & sleep 0.3; true",
     ))?;
-    g.run_ok("sleep 0.5; kill -9 $(systemctl show -P MainPID quantumd.service)")?;
+    // Kill once the first cell runs, so that the others are mid-start
+    // (a fixed delay is either too early or too late under TCG).
+    eventually("a first cell to be running", Duration::from_secs(120), || {
+        let n = g.run_ok("systemctl list-units --plain --no-legend --state=active 'quantum-system-monitor.*' | wc -l")?;
+        Ok((n.trim().parse::<u32>().unwrap_or(0) > 0).then_some(()))
+    })?;
+    g.run_ok("kill -9 $(systemctl show -P MainPID quantumd.service)")?;
     eventually("quantumd to be restarted by systemd", Duration::from_secs(60), || {
         let out = g.run("systemctl is-active quantumd.service && quantumctl list >/dev/null")?;
         Ok(out.success().then_some(()))
@@ -61,7 +67,10 @@ pub fn kill_9_readopts(g: &Guest) -> Result<()> {
     ensure!(n_restarts.trim() != "0", "systemd did not restart quantumd");
     // Let the clients that lost their daemon finish, then compare what
     // systemd runs with what quantumd knows.
-    std::thread::sleep(Duration::from_secs(3));
+    eventually("the clients to finish", Duration::from_secs(120), || {
+        let out = g.run("pgrep -f 'quantumctl run system-[m]onitor'")?;
+        Ok((!out.success()).then_some(()))
+    })?;
     let units: Vec<String> = g
         .run_ok("systemctl list-units --plain --no-legend --state=active 'quantum-system-monitor.*' | awk '{print $1}'")?
         .lines()

@@ -1,0 +1,134 @@
+//! The node identity in the daemon: the dual ML-DSA-65 + Ed25519 keypair of
+//! this node, kept by quantum-trust's `KeyStore` (sealed by the TPM where
+//! one answers, else a file only quantumd can read — and quantumd says
+//! which), used to seal the trail and to sign each cell instance's identity
+//! document.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use quantum_trust::{DualSignature, KeyStore, NodeKeys, Origin, PublicKeys, TpmSetting};
+
+/// How long a cell's identity document is valid. Cells are restarted by
+/// quantumd (with a new document) long before, or are long-running
+/// services that re-read the credential on restart.
+const DOCUMENT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("cannot open the node identity store in {dir}")]
+    Open {
+        dir: String,
+        source: Box<quantum_trust::SealError>,
+    },
+    #[error("cannot load the node identity ({store})")]
+    Load {
+        store: String,
+        source: Box<quantum_trust::SealError>,
+    },
+}
+
+/// The node's keys and where they are kept.
+#[derive(Clone)]
+pub struct Identity {
+    keys: Arc<NodeKeys>,
+    store: String,
+    fallback: Option<String>,
+    /// Whether this start generated the identity (recorded in the trail).
+    pub generated: bool,
+}
+
+impl Identity {
+    pub fn open(dir: &Path, tpm: TpmSetting, bind_pcr7: bool) -> Result<Identity, IdentityError> {
+        let config = quantum_trust::Config {
+            tpm,
+            dir: dir.to_owned(),
+            bind_pcr7,
+        };
+        let store = KeyStore::open(&config).map_err(|source| IdentityError::Open {
+            dir: dir.display().to_string(),
+            source: Box::new(source),
+        })?;
+        let description = store.describe();
+        let (keys, origin) = store.load_or_generate("node").map_err(|source| IdentityError::Load {
+            store: description.clone(),
+            source: Box::new(source),
+        })?;
+        let fallback = store.fallback_reason().map(str::to_owned);
+        let identity = Identity {
+            keys: Arc::new(keys),
+            store: description,
+            fallback,
+            generated: origin == Origin::Generated,
+        };
+        match &identity.fallback {
+            Some(why) => tracing::warn!(
+                key_id = %identity.keys.key_id(),
+                store = %identity.store,
+                why = %why,
+                "node identity in a key file, not a TPM"
+            ),
+            None => tracing::info!(key_id = %identity.keys.key_id(), store = %identity.store, "node identity sealed by the TPM"),
+        }
+        Ok(identity)
+    }
+
+    pub fn public(&self) -> &PublicKeys {
+        self.keys.public()
+    }
+
+    /// Where the keys are kept, and why not in a TPM when they are not.
+    pub fn describe(&self) -> String {
+        match &self.fallback {
+            Some(why) => format!("{} (no TPM: {why})", self.store),
+            None => self.store.clone(),
+        }
+    }
+
+    pub fn is_tpm(&self) -> bool {
+        self.fallback.is_none()
+    }
+
+    /// The signed identity document of a cell instance, as JSON for a
+    /// systemd credential.
+    pub fn document(&self, cell: &str, manifest: &blake3::Hash, instance: &str) -> Result<String, quantum_trust::IdentityError> {
+        quantum_trust::IdentityDocument::issue(cell, manifest, instance, &self.keys, SystemTime::now(), DOCUMENT_LIFETIME)
+            .map(|signed| signed.to_json())
+    }
+
+    pub fn signer(&self) -> NodeSigner {
+        NodeSigner(self.keys.clone())
+    }
+}
+
+/// Seals the trail with both signatures of the node (ML-DSA-65, then the
+/// 64-byte Ed25519 one), under the node's combined key id.
+pub struct NodeSigner(Arc<NodeKeys>);
+
+impl quantum_trail::Signer for NodeSigner {
+    fn key_id(&self) -> quantum_trail::KeyId {
+        quantum_trail::KeyId(*self.0.key_id().as_bytes())
+    }
+
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, quantum_trail::SignError> {
+        let sig = self.0.sign(msg);
+        let mut bytes = sig.ml_dsa().to_vec();
+        bytes.extend_from_slice(sig.ed25519());
+        Ok(bytes)
+    }
+}
+
+/// Checks trail seals against one node's public keys (both signatures).
+pub struct NodeVerifier(pub PublicKeys);
+
+impl quantum_trail::Verifier for NodeVerifier {
+    fn verify(&self, key_id: &quantum_trail::KeyId, msg: &[u8], sig: &[u8]) -> Result<(), quantum_trail::SignatureError> {
+        if key_id.0 != *self.0.key_id().as_bytes() {
+            return Err(quantum_trail::SignatureError::UnknownKey);
+        }
+        let split = sig.len().checked_sub(64).ok_or(quantum_trail::SignatureError::Invalid)?;
+        let dual = DualSignature::from_parts(&sig[..split], &sig[split..]).map_err(|_| quantum_trail::SignatureError::Invalid)?;
+        self.0.verify(msg, &dual).map_err(|_| quantum_trail::SignatureError::Invalid)
+    }
+}

@@ -58,13 +58,19 @@ impl Answer {
     }
 }
 
-/// The requests: the words given, or one per line of standard input.
-fn requests(args: &AskArgs) -> Box<dyn Iterator<Item = Result<String, String>>> {
+/// The requests: the words given, or one per line of standard input. A
+/// read error is reported here and ends the command with status 2.
+fn requests(args: &AskArgs) -> Box<dyn Iterator<Item = Result<String, ExitCode>>> {
     if args.text.len() == 1 && args.text[0] == "-" {
         Box::new(
             std::io::stdin()
                 .lines()
-                .map(|l| l.map_err(|e| format!("cannot read standard input: {e}")))
+                .map(|l| {
+                    l.map_err(|e| {
+                        eprintln!("quantumctl: cannot read standard input: {e}");
+                        ExitCode::from(2)
+                    })
+                })
                 .filter(|l| l.as_ref().map_or(true, |l| !l.trim().is_empty())),
         )
     } else {
@@ -105,10 +111,7 @@ fn local(args: &AskArgs) -> ExitCode {
     for request in requests(args) {
         let intent = match request {
             Ok(intent) => intent,
-            Err(e) => {
-                eprintln!("quantumctl: {e}");
-                return ExitCode::from(2);
-            }
+            Err(code) => return code,
         };
         let plan = match engine.ask(&intent) {
             Ok(plan) => plan,
@@ -178,10 +181,7 @@ fn remote(args: &AskArgs, bus: Option<&str>) -> ExitCode {
         for request in requests(args) {
             let intent = match request {
                 Ok(intent) => intent,
-                Err(e) => {
-                    eprintln!("quantumctl: {e}");
-                    return ExitCode::from(2);
-                }
+                Err(code) => return code,
             };
             match ask_one(&proxy, args, catalog.as_ref(), &intent, &cwd).await {
                 Ok(ok) => failed |= !ok,

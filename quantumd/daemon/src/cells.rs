@@ -152,8 +152,8 @@ fn record_to(trail: &Result<Recorder, String>, entry: quantum_trail::NewEntry) {
     }
 }
 
-/// The credential name of a cell's identity document.
-pub const IDENTITY_CREDENTIAL: &str = "quantum-identity";
+/// The environment variable holding a cell's identity document (JSON).
+pub const IDENTITY_ENV: &str = "QUANTUM_IDENTITY";
 
 fn now_usec() -> u64 {
     SystemTime::now()
@@ -599,15 +599,19 @@ impl Cells {
         for (k, v) in &r.params {
             env.insert(format!("QUANTUM_PARAM_{}", k.to_uppercase().replace('-', "_")), v.clone());
         }
-        // The cell's identity, signed by the node, as a systemd credential
-        // ($CREDENTIALS_DIRECTORY/quantum-identity inside the unit).
-        let mut credentials = Vec::new();
+        // The cell's identity document, signed by the node, in
+        // $QUANTUM_IDENTITY. Not a systemd credential (SetCredential=): in
+        // systemd 252 each unit's credentials are a mount in the host's
+        // namespace, and PID 1 rereads the mount table on every mount, so
+        // 256 cells took over 600 s to start instead of 150 s under TCG.
         if let (Some(identity), Some(hash)) = (
             &self.identity,
             r.manifest_blake3.as_deref().and_then(|h| blake3::Hash::from_hex(h).ok()),
         ) {
             match identity.document(&r.cell, &hash, &r.instance) {
-                Ok(doc) => credentials.push((IDENTITY_CREDENTIAL.to_owned(), doc.into_bytes())),
+                Ok(doc) => {
+                    env.insert(IDENTITY_ENV.to_owned(), doc);
+                }
                 Err(e) => tracing::warn!(instance = r.instance, error = %e, "no identity document for the cell"),
             }
         }
@@ -621,7 +625,6 @@ impl Cells {
             env,
             limits: Limits::of(m),
             sandbox: Sandbox {
-                credentials,
                 user: m.isolation.user,
                 network: m.isolation.network,
                 readable: m.isolation.readable.iter().map(subst).collect::<Result<_, _>>()?,
@@ -1108,7 +1111,6 @@ fn bare_spec(r: &Record) -> UnitSpec {
             readable: vec![],
             writable: vec![],
             inaccessible: vec![],
-            credentials: vec![],
         },
     }
 }

@@ -30,9 +30,17 @@ impl<'g> Scenarios<'g> {
     }
 
     /// Runs one scenario; an error or a panic fails it, and the next
-    /// scenario runs anyway.
+    /// scenario runs anyway. `QUANTUM_VMTEST_ONLY=WORD[,WORD...]` runs only
+    /// the scenarios whose name contains one of the words (for working on
+    /// one scenario without waiting for all the others).
     pub fn run(&mut self, name: &str, scenario: impl FnOnce(&Guest) -> Result<()>) {
         let backend = self.guest.backend();
+        if let Ok(only) = std::env::var("QUANTUM_VMTEST_ONLY") {
+            if !only.split(',').any(|w| !w.is_empty() && name.contains(w)) {
+                crate::report(format_args!("[{backend}] scenario {name} ... skipped (QUANTUM_VMTEST_ONLY={only})"));
+                return;
+            }
+        }
         let started = Instant::now();
         let result = panic::catch_unwind(AssertUnwindSafe(|| scenario(self.guest)));
         let took = started.elapsed();

@@ -33,9 +33,6 @@ impl Limits {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sandbox {
-    /// systemd credentials handed to the cell (name, contents): its signed
-    /// identity document. Only the systemd backend can pass them.
-    pub credentials: Vec<(String, Vec<u8>)>,
     pub user: UserMode,
     pub network: Network,
     pub readable: Vec<String>,

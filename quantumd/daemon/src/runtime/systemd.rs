@@ -514,11 +514,6 @@ pub fn unit_properties(spec: &UnitSpec) -> Vec<(&'static str, Value<'static>)> {
     if !sb.writable.is_empty() {
         p.push(("BindPaths", Value::from(binds(&sb.writable))));
     }
-    if !sb.credentials.is_empty() {
-        // SetCredential: a(say), the contents inline; systemd keeps them in
-        // memory and mounts them read-only for the unit alone.
-        p.push(("SetCredential", Value::from(sb.credentials.clone())));
-    }
     if !sb.inaccessible.is_empty() {
         p.push((
             "InaccessiblePaths",

@@ -72,7 +72,10 @@ pub fn kill_9_readopts(g: &Guest) -> Result<()> {
         Ok((!out.success()).then_some(()))
     })?;
     let units: Vec<String> = g
-        .run_ok("systemctl list-units --plain --no-legend --state=active 'quantum-system-monitor.*' | awk '{print $1}'")?
+        // Units still activating count too: what matters is that quantumd
+        // and systemd agree on the set (under TCG some units started just
+        // before the kill were seen to linger in "activating" for seconds).
+        .run_ok("systemctl list-units --plain --no-legend --state=active,activating 'quantum-system-monitor.*' | awk '{print $1}'")?
         .lines()
         .map(str::to_owned)
         .collect();
@@ -88,7 +91,12 @@ pub fn kill_9_readopts(g: &Guest) -> Result<()> {
     let mut units_sorted = units.clone();
     units_sorted.sort();
     ensure!(!units.is_empty(), "no cell survived the kill");
-    ensure!(known == units_sorted, "quantumd knows {known:?} but systemd runs {units_sorted:?}");
+    if known != units_sorted {
+        let all = g.run(
+            "systemctl list-units --all --plain --no-legend 'quantum-system-monitor.*'; journalctl -b --no-pager -u quantumd | tail -n 60",
+        )?;
+        anyhow::bail!("quantumd knows {known:?} but systemd runs {units_sorted:?}\n{}", all.stdout);
+    }
     let mut dedup = known.clone();
     dedup.dedup();
     ensure!(dedup.len() == known.len(), "duplicates: {known:?}");

@@ -3,6 +3,7 @@
 //! same run (`make bench`).
 //!
 //! usage: quantum-bench [--backend nspawn|qemu] [--starts N] [--concurrent N] [--boots N]
+//! (`--starts 0` skips the cell start benchmark)
 //!
 //! - cell start: `quantumctl run` vs `systemd-run` of the same command,
 //!   interleaved, p50/p95 (bench/guest/cell-start.py);
@@ -67,7 +68,9 @@ fn parse_args() -> Result<Option<Args>> {
 fn run() -> Result<()> {
     let Some(args) = parse_args()? else { return Ok(()) };
     let image = Image::locate(DEFAULT_VARIANT)?.context("no image: run `make image` first")?;
-    cell_start(&image, &args)?;
+    if args.starts > 0 {
+        cell_start(&image, &args)?;
+    }
     if args.backend == Backend::Qemu && args.boots > 0 {
         boot_time(&image, args.boots)?;
     }
@@ -124,8 +127,10 @@ fn cell_start(image: &Image, args: &Args) -> Result<()> {
 /// initramfs time count) at which each unit became active.
 fn active_at(guest: &Guest, units: &[&str]) -> Result<Vec<f64>> {
     let out = guest.run_ok(&format!("systemctl show -P ActiveEnterTimestampMonotonic {}", units.join(" ")))?;
+    // With several units, systemctl separates their values by blank lines.
     let values: Vec<f64> = out
         .lines()
+        .filter(|l| !l.trim().is_empty())
         .map(|l| {
             l.trim()
                 .parse::<f64>()

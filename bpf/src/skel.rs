@@ -6,38 +6,30 @@ use std::ptr::NonNull;
 
 use libbpf_rs::OpenObject;
 
-// Generated code: its style is libbpf-cargo's, not ours.
-#[allow(
-    clippy::all,
-    clippy::pedantic,
-    clippy::nursery,
-    dead_code,
-    missing_docs,
-    non_camel_case_types,
-    non_snake_case,
-    unsafe_op_in_unsafe_fn,
-    unused_imports,
-    unused_qualifications
-)]
-pub(crate) mod runqlat {
-    include!(concat!(env!("OUT_DIR"), "/runqlat.skel.rs"));
+/// A module holding one generated skeleton. Generated code: its style is
+/// libbpf-cargo's, not ours.
+macro_rules! skeleton {
+    ($name:ident, $file:literal) => {
+        #[allow(
+            clippy::all,
+            clippy::pedantic,
+            clippy::nursery,
+            dead_code,
+            missing_docs,
+            non_camel_case_types,
+            non_snake_case,
+            unsafe_op_in_unsafe_fn,
+            unused_imports,
+            unused_qualifications
+        )]
+        pub(crate) mod $name {
+            include!(concat!(env!("OUT_DIR"), "/", $file));
+        }
+    };
 }
 
-#[allow(
-    clippy::all,
-    clippy::pedantic,
-    clippy::nursery,
-    dead_code,
-    missing_docs,
-    non_camel_case_types,
-    non_snake_case,
-    unsafe_op_in_unsafe_fn,
-    unused_imports,
-    unused_qualifications
-)]
-pub(crate) mod events {
-    include!(concat!(env!("OUT_DIR"), "/events.skel.rs"));
-}
+skeleton!(runqlat, "runqlat.skel.rs");
+skeleton!(events, "events.skel.rs");
 
 /// A loaded skeleton together with the `OpenObject` slot it borrows.
 ///

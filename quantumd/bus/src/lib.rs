@@ -202,6 +202,16 @@ pub trait Quantum1 {
     /// signature against this node's keys; names the first failing entry.
     fn trail_verify(&self) -> Result<TrailReport, Error>;
 
+    /// STEPPPS figures as JSON (the `quantumctl steppps --json` contract,
+    /// see quantum-steppps' `Figures`): every cell, or the instances of
+    /// `cell` when it is not empty. Updated once a second.
+    fn steppps(&self, cell: &str) -> Result<String, Error>;
+
+    /// Emitted when quantumd changes a running cell's CPU weight to keep its
+    /// run-queue latency objective.
+    #[zbus(signal)]
+    fn cell_tuned(&self, instance: &str, cell: &str, old_weight: u64, new_weight: u64, reason: &str) -> zbus::Result<()>;
+
     /// Emitted on every state change of an instance.
     #[zbus(signal)]
     fn cell_state_changed(&self, instance: &str, cell: &str, state: &str, reason: &str) -> zbus::Result<()>;

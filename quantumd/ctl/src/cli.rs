@@ -168,13 +168,23 @@ pub enum CliCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Start a cell from the catalog or a manifest file.
+    /// Start a cell from the catalog, a manifest file, or a signed bundle.
     ///
     /// Parameters are given as NAME=VALUE after the cell; relative paths are
     /// resolved against the current directory.
-    #[command(after_help = "EXAMPLES:\n    quantumctl run web-server port=8080 dir=.\n    quantumctl run ./my-cell/cell.toml")]
+    ///
+    /// A bundle (.qcb, see `quantumctl bundle`) runs only when its hashes and
+    /// both signatures verify against a key in quantumd's trusted-keys
+    /// directory; a refusal says which check failed and is recorded in the
+    /// trail. A name the catalog lacks, or NAME@VERSION, is fetched from the
+    /// providers configured in quantumd.toml, in order, skipping any that is
+    /// down or serves a bundle that does not verify.
+    #[command(
+        after_help = "EXAMPLES:\n    quantumctl run web-server port=8080 dir=.\n    quantumctl run ./my-cell/cell.toml\n    quantumctl run ./hello-1.0.0.qcb\n    quantumctl run hello@1.0.0"
+    )]
     Run {
-        /// A catalog cell name, or a path to a cell.toml (or its directory).
+        /// A catalog cell name, NAME@VERSION from a provider, a path to a
+        /// cell.toml (or its directory), or a path to a bundle (.qcb).
         #[arg(value_name = "CELL")]
         cell: String,
         /// Parameter values, NAME=VALUE.
@@ -210,6 +220,32 @@ pub enum CliCommand {
     /// everything it ran, stopped or refused.
     #[command(subcommand)]
     Trail(TrailCommand),
+    /// Show STEPPPS figures: the node, and per cell its CPU, memory, I/O
+    /// and tasks (SPACE), run-queue latency (TIME) and process events (EVENT).
+    ///
+    /// On a terminal the view refreshes every second, like top (Ctrl-C
+    /// quits); piped, or with --once, it prints once. TIME and EVENT come
+    /// from eBPF programs: where quantumd could not load them (no BTF, no
+    /// CAP_BPF/CAP_PERFMON, `bpf = false`) they say why instead. Rates and
+    /// latencies are over the last second.
+    ///
+    /// With --json, one object (kebab-case keys; an unavailable dimension is
+    /// `{"unavailable": "REASON"}`): `node`, `cells` (by instance), `gpus`,
+    /// `time`, `event`.
+    #[command(
+        after_help = "EXAMPLES:\n    quantumctl steppps\n    quantumctl steppps --cell web-server --once\n    quantumctl steppps --json | jq '.time'"
+    )]
+    Steppps {
+        /// Only the instances of this cell.
+        #[arg(long, value_name = "NAME")]
+        cell: Option<String>,
+        /// Print the figures once, as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Print once and exit, even on a terminal.
+        #[arg(long)]
+        once: bool,
+    },
 }
 
 #[derive(Debug, clap::Subcommand)]

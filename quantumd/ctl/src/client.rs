@@ -139,6 +139,30 @@ async fn execute(proxy: &Quantum1Proxy<'_>, command: CliCommand) -> Result<(), F
                 print!("{}", output::trail(&entries));
             }
         }
+        CliCommand::Steppps { cell, json, once } => {
+            let live = !json && !once && std::io::IsTerminal::is_terminal(&std::io::stdout());
+            loop {
+                let text = proxy
+                    .steppps(cell.as_deref().unwrap_or(""))
+                    .await
+                    .map_err(|e| Failed(request_failed("cannot read the STEPPPS figures", e)))?;
+                if json {
+                    println!("{text}");
+                    break;
+                }
+                let figures: quantum_steppps::Figures =
+                    serde_json::from_str(&text).map_err(|e| Failed(anyhow!("quantumd sent figures this quantumctl cannot read: {e}")))?;
+                if live {
+                    // Home and clear, then the view: a redraw without scrolling.
+                    print!("\x1b[H\x1b[2J");
+                }
+                print!("{}", output::steppps(&figures));
+                if !live {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
         CliCommand::Trail(TrailCommand::Verify { json }) => {
             let report = proxy
                 .trail_verify()
@@ -171,7 +195,7 @@ fn parse_params(args: &[String]) -> anyhow::Result<HashMap<String, String>> {
 /// A catalog name stays a name; anything that looks like a path becomes an
 /// absolute path, since quantumd does not share our working directory.
 fn source_of(cell: &str) -> anyhow::Result<String> {
-    let looks_like_path = cell.contains('/') || cell.ends_with(".toml") || cell == "." || cell == "..";
+    let looks_like_path = cell.contains('/') || cell.ends_with(".toml") || cell.ends_with(".qcb") || cell == "." || cell == "..";
     if !looks_like_path {
         return Ok(cell.to_owned());
     }

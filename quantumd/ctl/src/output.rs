@@ -141,6 +141,103 @@ fn utc(time_ns: u64) -> String {
     )
 }
 
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "K", "M", "G", "T"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n}B")
+    } else {
+        format!("{v:.1}{}", UNITS[u])
+    }
+}
+
+fn or_dash<T>(v: Option<T>, f: impl FnOnce(T) -> String) -> String {
+    v.map_or_else(|| "-".to_owned(), f)
+}
+
+/// The `quantumctl steppps` view: the node, then one line per instance.
+pub fn steppps(f: &quantum_steppps::Figures) -> String {
+    use quantum_steppps::Availability;
+    let mut out = String::new();
+    let n = &f.node;
+    let _ = writeln!(
+        out,
+        "node: {} CPUs, {} busy, load {:.2} {:.2} {:.2}, memory {} available of {}",
+        n.cpus,
+        or_dash(n.cpu_busy, |b| format!("{:.0}%", b * 100.0)),
+        n.load.one,
+        n.load.five,
+        n.load.fifteen,
+        bytes(n.memory_available_bytes),
+        bytes(n.memory_total_bytes),
+    );
+    let gpu = match &f.gpus {
+        Availability::Available(g) => format!("gpus: {}", g.devices.len()),
+        Availability::Unavailable { unavailable } => format!("gpus: none ({unavailable})"),
+    };
+    let _ = writeln!(out, "{gpu}");
+    if let Availability::Unavailable { unavailable } = &f.time {
+        let _ = writeln!(out, "TIME: unavailable ({unavailable})");
+    }
+    if let Availability::Unavailable { unavailable } = &f.event {
+        let _ = writeln!(out, "EVENT: unavailable ({unavailable})");
+    }
+    let time = f.time.available();
+    let event = f.event.available();
+    if let Some(e) = event {
+        if e.dropped > 0 {
+            let _ = writeln!(out, "EVENT: {} events lost (ring buffer full)", e.dropped);
+        }
+    }
+    if f.cells.is_empty() {
+        let _ = writeln!(out, "no cells running");
+        return out;
+    }
+    let w = f.cells.keys().map(String::len).max().unwrap_or(8).max(8);
+    let _ = writeln!(
+        out,
+        "\n{:<w$}  {:>6}  {:>9}  {:>9}  {:>5}  {:>9}  {:>9}  {:>6}  {:>5}  {:>4}",
+        "INSTANCE", "CPU", "MEMORY", "MEM MAX", "TASKS", "IO R/s", "IO W/s", "RUNQ99", "EXEC", "FAIL"
+    );
+    for (instance, c) in &f.cells {
+        let r = &c.readings;
+        let runq = time.and_then(|t| t.cells.get(instance)).and_then(|l| l.p99_us).map_or_else(
+            || "-".to_owned(),
+            |us| {
+                if us >= 1000 {
+                    format!("{}ms", us / 1000)
+                } else {
+                    format!("{us}us")
+                }
+            },
+        );
+        let ev = event.and_then(|e| e.cells.get(instance)).copied().unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "{:<w$}  {:>6}  {:>9}  {:>9}  {:>5}  {:>9}  {:>9}  {:>6}  {:>5}  {:>4}",
+            instance,
+            or_dash(c.rates.cpu_cores, |v| format!("{:.0}%", v * 100.0)),
+            or_dash(r.memory_current, bytes),
+            or_dash(r.memory_max, |l| match l {
+                quantum_steppps::Limit::Unlimited => "max".to_owned(),
+                quantum_steppps::Limit::Value(v) => bytes(v),
+            }),
+            or_dash(r.pids_current, |v| v.to_string()),
+            or_dash(c.rates.io_read_bytes_per_second, |v| bytes(v as u64)),
+            or_dash(c.rates.io_write_bytes_per_second, |v| bytes(v as u64)),
+            runq,
+            ev.exec,
+            ev.exit_failed + ev.oom_kill,
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod time_tests {
     #[test]

@@ -6,6 +6,9 @@
 //! Ed25519 keys.
 
 mod support;
+// The same software TPM quantum-trust's own tests use.
+#[path = "../../trust/tests/common/mod.rs"]
+mod swtpm;
 
 use std::process::Command;
 
@@ -49,6 +52,39 @@ fn the_node_identity_is_shown_with_where_its_keys_live() {
     assert_eq!(mode & 0o077, 0, "the key file is readable by others: {mode:o}");
     let human = node.ok(&["identity"]);
     assert!(human.contains("sealed by a TPM:     no"), "{human}");
+}
+
+#[test]
+fn with_a_tpm_the_node_key_is_sealed_by_it_and_a_missing_tpm_stops_quantumd_with_the_reason() {
+    let tpm_state = tempfile::tempdir().unwrap();
+    let tpm = swtpm::Swtpm::start(tpm_state.path());
+    let cat = catalog(&[]);
+    let mut node = Node::start_configured(cat.path(), &format!("tpm = {:?}\n", tpm.tcti()));
+    let id = json(&node.ok(&["identity", "--json"]));
+    assert_eq!(id["tpm"], true, "{id}");
+    let store = id["store"].as_str().unwrap();
+    assert!(store.contains("TPM"), "{store}");
+    assert!(
+        !node.state_dir().join("identity/node.key").exists(),
+        "a TPM-sealed identity leaves no plain key file"
+    );
+
+    // The sealed key comes back from the TPM after a restart of both.
+    node.kill_daemon();
+    let tpm = tpm.restart();
+    node.set_config(&format!("tpm = {:?}\n", tpm.tcti()));
+    node.start_daemon();
+    let again = json(&node.ok(&["identity", "--json"]));
+    assert_eq!(again["key_id"], id["key_id"], "the identity changed across a restart");
+    node.ok(&["trail", "verify"]);
+
+    // The configured TPM is gone: quantumd refuses to start, and says why,
+    // rather than quietly making a new identity.
+    node.kill_daemon();
+    drop(tpm);
+    let (status, log) = node.start_daemon_expecting_failure();
+    assert!(!status.success(), "quantumd started without its TPM:\n{log}");
+    assert!(log.contains("node identity") && log.contains("swtpm:host=127.0.0.1"), "{log}");
 }
 
 #[test]

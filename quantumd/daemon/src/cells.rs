@@ -17,12 +17,14 @@ use quantum_model::{Manifest, ParamType, Restart};
 use quantum_trail::Action;
 use tokio::sync::mpsc;
 
+use crate::bundles::{self, BundleRefusal, BundleSource, Bundles, Unpacked};
 use crate::catalog::{Catalog, Resolved};
 use crate::command::{Command, CommandError, Reply};
 use crate::config::Config;
 use crate::identity::Identity;
 use crate::runtime::spec::{family_slice, instance_of_unit};
 use crate::runtime::{Exit, Limits, Runtime, Sandbox, SliceSpec, UnitEvent, UnitSpec};
+use crate::steppps::Steppps;
 use crate::store::{Record, Store};
 use crate::trail::{self, Recorder};
 
@@ -48,9 +50,24 @@ pub enum Event {
         reason: String,
         reply: Option<Reply<Vec<String>>>,
     },
+    /// A bundle run's fetch and verification finished.
+    BundleReady(Box<BundleRun>),
+    /// The run-queue latency objective moves a cell's CPU weight.
+    Tune(crate::steppps::Tuning),
     /// A restart's back-off has passed.
     Restart(String),
     Tick,
+}
+
+/// A run whose source is a bundle, back from verification.
+#[derive(Debug)]
+pub struct BundleRun {
+    actor: String,
+    source: String,
+    params: HashMap<String, String>,
+    cwd: String,
+    reply: Reply<CellInfo>,
+    result: Result<Unpacked, BundleRefusal>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +104,9 @@ struct Instance {
     last_exit: i32,
     /// Last CPU usage seen and since when it has not changed.
     idle: Option<(u64, Instant)>,
+    /// Its cgroup directory, once running (found once: the cgroup backend
+    /// searches for it).
+    cgroup: Option<PathBuf>,
 }
 
 /// One step of a run, done in order by a spawned task.
@@ -109,6 +129,8 @@ pub struct Cells {
     runtime: Runtime,
     store: Store,
     catalog: Catalog,
+    /// Signed bundles: verification, unpacking, providers.
+    bundles: Bundles,
     config: Config,
     instances: BTreeMap<String, Instance>,
     ended: VecDeque<CellInfo>,
@@ -122,6 +144,8 @@ pub struct Cells {
     /// The quantum trail, or why it cannot be written (then nothing runs:
     /// quantumd does nothing it cannot record).
     trail: Result<Recorder, String>,
+    /// The STEPPPS sampler, told which cells run at every tick.
+    steppps: Option<Steppps>,
 }
 
 /// Writes an instance record off the event loop (it fsyncs).
@@ -176,6 +200,7 @@ impl Cells {
             catalog: Catalog {
                 dir: config.catalog.clone(),
             },
+            bundles: Bundles::local(config.trusted_keys.clone(), &config.cache_dir),
             config,
             instances: BTreeMap::new(),
             ended: VecDeque::new(),
@@ -185,6 +210,7 @@ impl Cells {
             bus: None,
             identity: None,
             trail: Err("the trail is not open yet".into()),
+            steppps: None,
         }
     }
 
@@ -193,6 +219,15 @@ impl Cells {
     pub fn set_trust(&mut self, identity: Identity, trail: Result<Recorder, String>) {
         self.identity = Some(identity);
         self.trail = trail;
+    }
+
+    pub fn set_steppps(&mut self, steppps: Steppps) {
+        self.steppps = Some(steppps);
+    }
+
+    /// Where bundles come from (the configured providers).
+    pub fn set_bundles(&mut self, bundles: Bundles) {
+        self.bundles = bundles;
     }
 
     /// Seals and syncs what was recorded (at shutdown).
@@ -314,6 +349,7 @@ impl Cells {
                 failures: VecDeque::new(),
                 last_exit: -1,
                 idle: None,
+                cgroup: None,
             },
         );
     }
@@ -327,6 +363,8 @@ impl Cells {
             Event::Started { instance, result } => self.started(&instance, result).await,
             Event::PlanDone { root, ids, failed, reply } => self.plan_done(root, ids, failed, reply).await,
             Event::StopDone { ids, reason, reply } => self.stop_done(ids, &reason, reply).await,
+            Event::BundleReady(run) => self.bundle_ready(*run),
+            Event::Tune(t) => self.tune(t),
             Event::Restart(id) => self.restart(&id),
             Event::Tick => self.tick().await,
         }
@@ -347,6 +385,15 @@ impl Cells {
                     ));
                     let _ = reply.send(Err(e));
                     return;
+                }
+                match self.bundle_source(&source) {
+                    Ok(Some(bundle)) => return self.spawn_bundle(actor, source, bundle, params, cwd, reply),
+                    Ok(None) => {}
+                    Err(e) => {
+                        let _ = reply.send(Err(e.clone()));
+                        self.record(trail::entry(&actor, &Action::REFUSE).cell(source).error(e.to_string()));
+                        return;
+                    }
                 }
                 if let Err(e) = self.run(&actor, &source, params, &cwd, reply) {
                     tracing::info!(source, error = %e, "run refused");
@@ -377,6 +424,79 @@ impl Cells {
                 .await;
             if let Err(e) = r {
                 tracing::warn!(error = %e, "cannot emit CellStateChanged");
+            }
+        }
+    }
+
+    // ----- bundles --------------------------------------------------------
+
+    /// Whether `source` is run from a bundle: a `.qcb` file, `NAME@VERSION`,
+    /// or a NAME the catalog lacks when providers are configured.
+    fn bundle_source(&self, source: &str) -> Result<Option<BundleSource>, CommandError> {
+        match bundles::parse_source(source) {
+            Some(parsed) => parsed.map(Some).map_err(CommandError::Invalid),
+            None => {
+                let name = source.parse::<quantum_model::CellName>().ok();
+                Ok(name
+                    .filter(|_| self.bundles.has_providers())
+                    .filter(|n| !self.catalog.dir.join(n.as_str()).join("cell.toml").is_file())
+                    .map(|name| BundleSource::Provider { name, version: None }))
+            }
+        }
+    }
+
+    /// Fetches and verifies off the loop; the run goes on in [`Self::bundle_ready`].
+    fn spawn_bundle(
+        &self,
+        actor: String,
+        source: String,
+        bundle: BundleSource,
+        params: HashMap<String, String>,
+        cwd: String,
+        reply: Reply<CellInfo>,
+    ) {
+        let bundles = self.bundles.clone();
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            let result = bundles.prepare(&bundle).await;
+            let run = BundleRun {
+                actor,
+                source,
+                params,
+                cwd,
+                reply,
+                result,
+            };
+            let _ = events.send(Event::BundleReady(Box::new(run)));
+        });
+    }
+
+    fn bundle_ready(&mut self, run: BundleRun) {
+        let BundleRun {
+            actor,
+            source,
+            params,
+            cwd,
+            reply,
+            result,
+        } = run;
+        match result {
+            Err(refusal) => {
+                let why = crate::command::error_chain(&refusal);
+                tracing::warn!(source, error = %why, "bundle refused");
+                self.record(trail::entry(&actor, &Action::REFUSE).cell(source).error(why.clone()));
+                let _ = reply.send(Err(CommandError::Refused(why)));
+            }
+            Ok(unpacked) => {
+                self.record(trail::entry(&actor, &Action::BUNDLE).cell(source.clone()).detail(format!(
+                    "verified bundle {} signed by {}; {}",
+                    unpacked.bundle_blake3, unpacked.signer, unpacked.origin
+                )));
+                let manifest = unpacked.manifest.display().to_string();
+                if let Err(e) = self.run(&actor, &manifest, params, &cwd, reply) {
+                    tracing::info!(source, error = %e, "run refused");
+                    self.record(trail::entry(&actor, &Action::REFUSE).cell(source).error(e.to_string()));
+                }
             }
         }
     }
@@ -471,6 +591,15 @@ impl Cells {
                 )));
             }
         }
+        // Root is for cells someone vouches for: the distribution's catalog
+        // (root-owned files) or an author key this node trusts.
+        let vouched = resolved.path.starts_with(&self.catalog.dir) || self.bundles.holds(&resolved.path);
+        if m.isolation.user == quantum_model::UserMode::Root && !vouched {
+            return Err(CommandError::Refused(format!(
+                "cell \"{name}\" asks to run as root (isolation.user = \"root\"), which only catalog cells and signed bundles may; {} is neither",
+                resolved.path.display()
+            )));
+        }
         let manifest_dir = resolved.path.parent().unwrap_or(Path::new("/")).to_owned();
         let base = if cwd.is_empty() { manifest_dir.clone() } else { PathBuf::from(cwd) };
         let params = resolve_params(&m, given, &base)?;
@@ -549,6 +678,7 @@ impl Cells {
                 failures: VecDeque::new(),
                 last_exit: -1,
                 idle: None,
+                cgroup: None,
             },
         );
 
@@ -584,12 +714,16 @@ impl Cells {
         let argv = match &m.program {
             quantum_model::Program::Exec(argv) => argv.iter().map(subst).collect::<Result<Vec<_>, _>>()?,
             quantum_model::Program::Artifact(a) => {
-                // Bundles (and their verified artifacts) arrive with the trust
-                // work; until then an artifact cell cannot run.
-                return Err(CommandError::Refused(format!(
-                    "cell \"{}\" runs artifact {} from a bundle; running bundles is not supported yet",
-                    r.cell, a.path
-                )));
+                // Only a verified bundle's unpacked copy: a bare cell.toml
+                // naming an artifact has nothing vouching for the file.
+                if !self.bundles.holds(&r.manifest_path) {
+                    return Err(CommandError::Refused(format!(
+                        "cell \"{}\" runs artifact {}, and artifacts run only from a signed bundle (.qcb) that verifies against the trusted keys",
+                        r.cell, a.path
+                    )));
+                }
+                let dir = r.manifest_path.parent().unwrap_or(Path::new("/"));
+                vec![dir.join(&a.path).display().to_string()]
             }
         };
         let mut env = BTreeMap::from([
@@ -981,6 +1115,7 @@ impl Cells {
     // ----- periodic work ------------------------------------------------
 
     async fn tick(&mut self) {
+        self.publish_watched();
         let now = Instant::now();
         self.blacklist.retain(|_, (until, _)| *until > now);
         let mut idle = Vec::new();
@@ -1012,6 +1147,77 @@ impl Cells {
             let (ids, steps) = self.stop_plan(std::slice::from_ref(&id));
             self.spawn_stop(ids, steps, format!("idle for {timeout}"), None);
         }
+    }
+
+    // ----- STEPPPS ----------------------------------------------------------
+
+    /// Tells the sampler which cells run, with their objectives.
+    fn publish_watched(&mut self) {
+        let Some(steppps) = &self.steppps else { return };
+        let mut watched = Vec::new();
+        for inst in self.instances.values_mut() {
+            if inst.state != State::Running {
+                continue;
+            }
+            if inst.cgroup.is_none() {
+                inst.cgroup = self.runtime.cgroup_of(&inst.record.unit, &inst.record.slice);
+            }
+            let Some(cgroup) = inst.cgroup.clone() else { continue };
+            let objective = inst.manifest.as_ref().and_then(|m| {
+                Some(quantum_steppps::objective::Objective {
+                    runq_latency_p99: m.objectives.runq_latency_p99?.as_std(),
+                    manifest_weight: inst.spec.limits.cpu_weight,
+                })
+            });
+            watched.push(crate::steppps::Watched {
+                cell: inst.record.cell.clone(),
+                instance: inst.record.instance.clone(),
+                cgroup,
+                objective,
+            });
+        }
+        steppps.watch(watched);
+    }
+
+    /// Applies a CPU weight the objective controller chose, off the loop;
+    /// logged, recorded in the trail (with the error, when the backend
+    /// cannot apply it) and signalled on the bus.
+    fn tune(&mut self, t: crate::steppps::Tuning) {
+        let Some(inst) = self.instances.get(&t.instance) else { return };
+        let d = t.decision;
+        let why = d.reason.to_string();
+        tracing::info!(instance = t.instance, old = d.old_weight, new = d.new_weight, reason = %why, "tuning CPU weight");
+        let entry = entry_for("quantumd", &Action::TUNE, &inst.record)
+            .detail(format!("{}: CPUWeight {} -> {}: {why}", t.instance, d.old_weight, d.new_weight));
+        let trail = self.trail.as_ref().ok().cloned();
+        let (runtime, unit, bus, cell) = (
+            self.runtime.clone(),
+            inst.record.unit.clone(),
+            self.bus.clone(),
+            inst.record.cell.clone(),
+        );
+        tokio::spawn(async move {
+            let applied = runtime.set_cpu_weight(&unit, d.new_weight).await;
+            if let Some(trail) = trail {
+                trail.record(match &applied {
+                    Ok(()) => entry,
+                    Err(e) => entry.error(crate::command::error_chain(e)),
+                });
+            }
+            if let Err(e) = applied {
+                tracing::warn!(unit, error = %crate::command::error_chain(&e), "cannot change the CPU weight");
+                return;
+            }
+            if let Some(conn) = bus {
+                let signal = (t.instance.as_str(), cell.as_str(), d.old_weight, d.new_weight, why.as_str());
+                if let Err(e) = conn
+                    .emit_signal(None::<()>, quantum_bus::OBJECT_PATH, quantum_bus::INTERFACE, "CellTuned", &signal)
+                    .await
+                {
+                    tracing::warn!(error = %e, "cannot emit CellTuned");
+                }
+            }
+        });
     }
 
     // ----- reads ------------------------------------------------------------

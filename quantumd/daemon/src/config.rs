@@ -33,15 +33,26 @@ pub struct Config {
     pub tpm_pcr7: bool,
     /// Author keys whose bundles this node runs (`*.pub`).
     pub trusted_keys: PathBuf,
+    /// Cell providers (`http://host:port/`), asked in order for a cell the
+    /// catalog lacks; one that fails or serves a bad bundle is skipped for
+    /// `blacklist-seconds`. Empty: only local cells and `.qcb` files run.
+    pub providers: Vec<String>,
     pub backend: BackendChoice,
     /// The slice every cell runs under (systemd backend).
     pub cell_slice: String,
     /// cgroup v2 mount used by the cgroup backend.
     pub cgroup_root: PathBuf,
-    /// How long a cell stays refused after exceeding its restarts.
+    /// How long a cell stays refused after exceeding its restarts, and a
+    /// provider is skipped after it failed.
     pub blacklist_seconds: u64,
     /// How many ended instances `list` keeps showing.
     pub keep_ended: usize,
+    /// Load the eBPF programs for STEPPPS TIME and EVENT (needs CAP_BPF and
+    /// CAP_PERFMON, and kernel BTF); without them those figures say why.
+    pub bpf: bool,
+    /// Serve STEPPPS figures as Prometheus text at /metrics: a loopback
+    /// `ADDRESS:PORT` or the absolute path of a Unix socket. Empty: off.
+    pub metrics: String,
 }
 
 impl Default for Config {
@@ -53,11 +64,14 @@ impl Default for Config {
             tpm: "auto".to_owned(),
             tpm_pcr7: false,
             trusted_keys: PathBuf::from("/etc/quantumos/trusted-keys.d"),
+            providers: Vec::new(),
             backend: BackendChoice::Auto,
             cell_slice: "quantum.slice".to_owned(),
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),
             blacklist_seconds: 600,
             keep_ended: 64,
+            bpf: true,
+            metrics: String::new(),
         }
     }
 }

@@ -24,6 +24,7 @@ pub struct Quantum1 {
     /// The trail, when it could be opened (plans and executions go to it).
     pub trail: Option<Recorder>,
     pub trail_dir: std::path::PathBuf,
+    pub steppps: crate::steppps::Steppps,
 }
 
 impl Quantum1 {
@@ -174,6 +175,11 @@ impl Quantum1 {
             }
         }
         Ok(started)
+    }
+
+    async fn steppps(&self, cell: String) -> Result<String, Error> {
+        let figures = self.steppps.figures((!cell.is_empty()).then_some(cell.as_str()));
+        serde_json::to_string(&figures).map_err(|e| Error::Backend(format!("cannot encode the figures: {e}")))
     }
 
     async fn identity(&self) -> NodeIdentity {

@@ -1,5 +1,6 @@
 //! quantumd: parse the configuration, build the pieces, run the loop.
 
+mod bundles;
 mod catalog;
 mod cells;
 mod command;
@@ -8,9 +9,11 @@ mod identity;
 mod interface;
 mod logging;
 mod main_loop;
+mod metrics;
 mod planner;
 mod polkit;
 mod runtime;
+mod steppps;
 mod store;
 mod trail;
 

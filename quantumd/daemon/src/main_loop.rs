@@ -18,6 +18,7 @@ use crate::interface::Quantum1;
 use crate::planner::Planner;
 use crate::polkit::Authorizer;
 use crate::runtime::{cgroup::CgroupRuntime, systemd::SystemdRuntime, Runtime, UnitEvent};
+use crate::steppps::Steppps;
 use crate::store::Store;
 use crate::trail::Recorder;
 
@@ -80,8 +81,34 @@ pub async fn serve(config: Config, bus_address: Option<String>) -> anyhow::Resul
         )));
     }
     let planner = Arc::new(Planner::new(config.catalog.clone(), config.cache_dir.join("intent")));
+    let bundles = crate::bundles::Bundles::new(
+        config.trusted_keys.clone(),
+        &config.cache_dir,
+        &config.providers,
+        Duration::from_secs(config.blacklist_seconds),
+    )
+    .context("the providers in the configuration")?;
+    let runtime_cgroups = runtime.cells_cgroup();
+    let (bpf_enabled, metrics_setting) = (config.bpf, config.metrics.clone());
     let mut cells = Cells::new(runtime, store, config, event_tx.clone());
     cells.set_trust(identity.clone(), trail.clone());
+    cells.set_bundles(bundles);
+    let (tune_tx, mut tune_rx) = mpsc::unbounded_channel();
+    let (ancestor, cgroup_mount) = runtime_cgroups;
+    let steppps = Steppps::start(
+        crate::steppps::Options {
+            bpf: bpf_enabled,
+            ancestor,
+            cgroup_mount,
+            interval: Duration::from_secs(1),
+        },
+        tune_tx,
+    )
+    .context("starting the STEPPPS sampler")?;
+    cells.set_steppps(steppps.clone());
+    if let Some(endpoint) = crate::metrics::Endpoint::parse(&metrics_setting)? {
+        crate::metrics::serve(endpoint, steppps.clone()).await?;
+    }
     let adopted = cells.readopt().await.context("re-adopting running cells")?;
     if adopted > 0 {
         tracing::info!(adopted, "re-adopted running cells");
@@ -111,6 +138,7 @@ pub async fn serve(config: Config, bus_address: Option<String>) -> anyhow::Resul
                 identity,
                 trail: trail.ok(),
                 trail_dir,
+                steppps,
             },
         )
         .await
@@ -149,6 +177,7 @@ pub async fn serve(config: Config, bus_address: Option<String>) -> anyhow::Resul
             Some(c) = cmd_rx.recv() => Event::Command(c),
             Some(u) = unit_rx.recv() => Event::Unit(u),
             Some(e) = event_rx.recv() => e,
+            Some(t) = tune_rx.recv() => Event::Tune(t),
             Some(()) = model_rx.recv() => {
                 last_count = usize::MAX;
                 Event::Tick

@@ -15,8 +15,9 @@ pub mod units;
 
 pub use diagnostic::{Diagnostic, Located, SourceMap};
 pub use manifest::{
-    Artifact, CellName, ChildRef, Isolation, Lifecycle, Manifest, Network, ParamSpec, ParamType, Program, Resources, Restart, UserMode,
+    Artifact, CellName, ChildRef, Isolation, Lifecycle, Manifest, Network, Objectives, ParamSpec, ParamType, Program, Resources, Restart,
+    UserMode,
 };
 pub use parse::parse_manifest;
 pub use set::{child_path, validate_set, ManifestSource, ValidatedSet};
-pub use units::{ByteSize, CpuCores, Duration};
+pub use units::{ByteSize, CpuCores, Duration, Latency};

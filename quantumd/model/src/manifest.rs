@@ -69,6 +69,7 @@ pub struct Manifest {
     pub params: BTreeMap<String, ParamSpec>,
     pub resources: Resources,
     pub lifecycle: Lifecycle,
+    pub objectives: Objectives,
     pub isolation: Isolation,
     /// `[needs] cells`: started before this cell and stopped after it.
     pub needs: Vec<CellName>,
@@ -203,6 +204,15 @@ pub enum Restart {
 
 impl Restart {
     pub const ALL: [(&'static str, Restart); 3] = [("no", Restart::No), ("on-failure", Restart::OnFailure), ("always", Restart::Always)];
+}
+
+/// `[objectives]`: what quantumd keeps the cell within by tuning it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Objectives {
+    /// 99 % of the cell's waits for a CPU must be shorter than this; while
+    /// they are not, quantumd raises the cell's CPUWeight (bounded).
+    pub runq_latency_p99: Option<crate::units::Latency>,
 }
 
 /// `[lifecycle]`.

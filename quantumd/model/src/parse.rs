@@ -9,19 +9,30 @@ use toml_edit::{ImDocument, Item, TableLike, Value};
 
 use crate::diagnostic::Diagnostic;
 use crate::manifest::{
-    Artifact, CellName, ChildRef, Isolation, Lifecycle, Manifest, Network, ParamSpec, ParamType, Program, Resources, Restart, UserMode,
+    Artifact, CellName, ChildRef, Isolation, Lifecycle, Manifest, Network, Objectives, ParamSpec, ParamType, Program, Resources, Restart,
+    UserMode,
 };
 use crate::placeholder::{is_param_name, placeholders};
-use crate::units::{ByteSize, CpuCores, Duration};
+use crate::units::{ByteSize, CpuCores, Duration, Latency};
 
 type Span = Option<Range<usize>>;
 
-const TOP_KEYS: &[&str] = &["cell", "params", "resources", "lifecycle", "isolation", "needs", "child"];
+const TOP_KEYS: &[&str] = &[
+    "cell",
+    "params",
+    "resources",
+    "lifecycle",
+    "objectives",
+    "isolation",
+    "needs",
+    "child",
+];
 const CELL_KEYS: &[&str] = &["name", "version", "description", "capabilities", "exec", "artifact"];
 const ARTIFACT_KEYS: &[&str] = &["path", "blake3"];
 const PARAM_KEYS: &[&str] = &["type", "default", "description"];
 const RESOURCE_KEYS: &[&str] = &["cpu-min", "cpu-max", "memory-min", "memory-max", "io-weight", "tasks-max", "gpus"];
 const LIFECYCLE_KEYS: &[&str] = &["idle-timeout", "restart", "max-restarts", "restart-window"];
+const OBJECTIVES_KEYS: &[&str] = &["runq-latency-p99"];
 const ISOLATION_KEYS: &[&str] = &["network", "user", "readable", "writable"];
 const NEEDS_KEYS: &[&str] = &["cells"];
 const CHILD_KEYS: &[&str] = &["name", "manifest", "count"];
@@ -104,6 +115,7 @@ fn home_of(key: &str) -> Option<&'static str> {
         ("cell", CELL_KEYS),
         ("resources", RESOURCE_KEYS),
         ("lifecycle", LIFECYCLE_KEYS),
+        ("objectives", OBJECTIVES_KEYS),
         ("isolation", ISOLATION_KEYS),
         ("needs", NEEDS_KEYS),
     ]
@@ -369,6 +381,7 @@ impl Walker {
         let params = self.params(root.get("params"));
         let resources = self.resources(root.get("resources"));
         let lifecycle = self.lifecycle(root.get("lifecycle"));
+        let objectives = self.objectives(root.get("objectives"));
         let (isolation, isolation_spans) = self.isolation(root.get("isolation"));
         let (needs, needs_spans) = self.needs(root.get("needs"));
         let (children, child_manifest, child_count, child_index) = self.children(root.get("child"));
@@ -406,6 +419,7 @@ impl Walker {
                 params,
                 resources,
                 lifecycle,
+                objectives,
                 isolation,
                 needs: needs.clone(),
                 children: children.clone(),
@@ -670,6 +684,22 @@ impl Walker {
             }
         }
         l
+    }
+
+    fn objectives(&mut self, item: Option<&Item>) -> Objectives {
+        let mut o = Objectives::default();
+        let Some(item) = item else { return o };
+        let Some(t) = self.table("objectives", item) else { return o };
+        self.check_keys("objectives", t, OBJECTIVES_KEYS);
+        if let Some(v) = t.get("runq-latency-p99") {
+            if let Some(s) = self.string_like("objectives.runq-latency-p99", v, "a latency such as \"5ms\"") {
+                o.runq_latency_p99 = s
+                    .parse::<Latency>()
+                    .map_err(|e| self.error("objectives.runq-latency-p99", v.span(), e.to_string()))
+                    .ok();
+            }
+        }
+        o
     }
 
     /// Also returns the path strings with their spans, for the placeholder check.

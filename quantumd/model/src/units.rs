@@ -13,7 +13,7 @@ macro_rules! serialize_as_display {
         }
     )*};
 }
-serialize_as_display!(ByteSize, Duration);
+serialize_as_display!(ByteSize, Duration, Latency);
 
 impl serde::Serialize for CpuCores {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -194,9 +194,71 @@ impl fmt::Display for Duration {
     }
 }
 
+/// A short latency for objectives: a whole number of microseconds,
+/// milliseconds or seconds (`"500us"`, `"5ms"`, `"1s"`), between 1 µs and 10 s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Latency(pub std::time::Duration);
+
+impl Latency {
+    const MAX: std::time::Duration = std::time::Duration::from_secs(10);
+
+    pub fn as_std(self) -> std::time::Duration {
+        self.0
+    }
+}
+
+impl FromStr for Latency {
+    type Err = UnitError;
+    fn from_str(s: &str) -> Result<Self, UnitError> {
+        let bad = || {
+            UnitError(format!(
+                "{s:?} is not a latency: use a whole number with us, ms or s, e.g. \"500us\", \"5ms\""
+            ))
+        };
+        let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        let (digits, unit) = s.split_at(split);
+        let n: u64 = digits.parse().map_err(|_| bad())?;
+        let d = match unit {
+            "us" => std::time::Duration::from_micros(n),
+            "ms" => std::time::Duration::from_millis(n),
+            "s" => std::time::Duration::from_secs(n),
+            _ => return Err(bad()),
+        };
+        if d.is_zero() || d > Latency::MAX {
+            return Err(UnitError(format!("{s:?} is out of range: between 1us and 10s")));
+        }
+        Ok(Latency(d))
+    }
+}
+
+impl fmt::Display for Latency {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let us = self.0.as_micros();
+        if us.is_multiple_of(1_000_000) {
+            write!(f, "{}s", us / 1_000_000)
+        } else if us.is_multiple_of(1000) {
+            write!(f, "{}ms", us / 1000)
+        } else {
+            write!(f, "{us}us")
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn latencies_are_short_whole_units() {
+        for (text, us) in [("500us", 500), ("5ms", 5000), ("1s", 1_000_000), ("10s", 10_000_000)] {
+            let l: Latency = text.parse().unwrap();
+            assert_eq!(l.0.as_micros(), us, "{text}");
+            assert_eq!(l.to_string(), text);
+        }
+        for bad in ["", "5", "ms", "1.5ms", "0ms", "11s", "5 ms", "-1ms", "5m"] {
+            assert!(bad.parse::<Latency>().is_err(), "{bad:?} accepted");
+        }
+    }
 
     #[test]
     fn sizes_use_base_1024_suffixes() {

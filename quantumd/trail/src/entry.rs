@@ -108,6 +108,10 @@ impl Action {
     pub const PLAN: Action = Action(Cow::Borrowed("plan"));
     pub const EXECUTE: Action = Action(Cow::Borrowed("execute"));
     pub const IDENTITY: Action = Action(Cow::Borrowed("identity"));
+    /// quantumd changed a running cell's resources (CPU weight for its objective).
+    pub const TUNE: Action = Action(Cow::Borrowed("tune"));
+    /// A signed bundle verified before its cell runs (signer, origin).
+    pub const BUNDLE: Action = Action(Cow::Borrowed("bundle"));
     /// Something that happened to the trail itself (a repair at open).
     pub const TRAIL: Action = Action(Cow::Borrowed("trail"));
 

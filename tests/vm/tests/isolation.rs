@@ -29,6 +29,12 @@ fn cells_are_isolated_and_limited_in_a_vm() {
     s.run("children-run-in-nested-slices-and-stop-with-the-parent", children);
     s.run("an-idle-cell-is-stopped-after-its-idle-timeout", idle_timeout);
     s.run("a-crashing-cell-is-restarted-then-blacklisted", lifecycle::crash_then_blacklist);
+    s.run("a-cell-that-exits-is-seen-within-a-second", exit_detected_quickly);
+    s.run(
+        "steppps-time-and-event-come-from-ebpf-loaded-by-the-unprivileged-quantumd",
+        steppps_from_ebpf,
+    );
+    s.run("a-starved-cell-missing-its-objective-gets-more-cpu-weight", objective_raises_weight);
     s.run(
         "kill-9-of-quantumd-while-20-cells-start-loses-none-and-duplicates-none",
         lifecycle::kill_9_readopts,
@@ -77,6 +83,120 @@ fn cgroup(unit: &str) -> String {
 fn quantumd_ready(g: &Guest) -> Result<()> {
     let out = g.run_with_timeout("systemctl is-active quantumd.service", Duration::from_secs(60))?;
     ensure!(out.stdout.trim() == "active", "quantumd is {}", out.stdout.trim());
+    Ok(())
+}
+
+/// The trail entries about `cell`, oldest first.
+fn trail_of(g: &Guest, cell: &str) -> Result<Vec<serde_json::Value>> {
+    let out = g.run_ok(&format!("quantumctl trail show -n 0 --cell {cell} --json"))?;
+    let v: serde_json::Value = serde_json::from_str(&out).with_context(|| format!("not JSON: {out}"))?;
+    Ok(v.as_array().cloned().unwrap_or_default())
+}
+
+fn exit_detected_quickly(g: &Guest) -> Result<()> {
+    // The cell prints the clock just before it exits; the trail stamps the
+    // moment quantumd handled the exit. The difference is the detection
+    // latency, end to end (process exit, systemd, D-Bus, quantumd).
+    let path = cell(
+        g,
+        "quitter",
+        "exec = [\"/bin/sh\", \"-c\", \"sleep 1; date +%s%N; exit 4\"]\n[lifecycle]\nrestart = \"no\"",
+    )?;
+    let info = run(g, &path)?;
+    let id = info["instance"].as_str().context("instance")?;
+    let unit = info["unit"].as_str().context("unit")?;
+    wait_state(g, id, &["failed"], Duration::from_secs(30))?;
+    let printed: u64 = g
+        .run_ok(&format!(
+            "journalctl -b -u {unit} -o cat --no-pager | grep -E '^[0-9]{{19}}$' | tail -n 1"
+        ))?
+        .trim()
+        .parse()
+        .context("the cell's clock reading")?;
+    let exit = trail_of(g, "quitter")?
+        .into_iter()
+        .rev()
+        .find(|e| e["action"] == "exit")
+        .context("no exit entry in the trail")?;
+    let seen = exit["time_ns"].as_u64().context("time_ns")?;
+    let latency = Duration::from_nanos(seen.saturating_sub(printed));
+    report(format_args!(
+        "[qemu] exit detected {:.0} ms after the cell's last instruction ({})",
+        latency.as_secs_f64() * 1000.0,
+        exit["detail"]
+    ));
+    ensure!(latency < Duration::from_secs(1), "exit seen after {latency:?}");
+    ensure!(exit["detail"].as_str().unwrap_or("").contains("status 4"), "{exit}");
+    Ok(())
+}
+
+fn steppps_from_ebpf(g: &Guest) -> Result<()> {
+    let path = cell(
+        g,
+        "ticker",
+        "exec = [\"/bin/sh\", \"-c\", \"while :; do /bin/true; sleep 0.05; done\"]\n[lifecycle]\nidle-timeout = \"0\"",
+    )?;
+    let info = run(g, &path)?;
+    let id = info["instance"].as_str().context("instance")?.to_owned();
+    let f = eventually("TIME and EVENT figures of the ticker", Duration::from_secs(60), || {
+        let f: serde_json::Value = serde_json::from_str(&g.run_ok("quantumctl steppps --json")?)?;
+        if let Some(why) = f["time"]["unavailable"].as_str() {
+            anyhow::bail!("TIME unavailable under quantumd.service: {why}");
+        }
+        let samples = f["time"]["cells"][&id]["samples"].as_u64().unwrap_or(0);
+        let execs = f["event"]["cells"][&id]["exec"].as_u64().unwrap_or(0);
+        Ok((samples > 0 && execs > 0).then_some(f))
+    })?;
+    ensure!(
+        f["cells"][&id]["readings"]["pids-current"].as_u64().unwrap_or(0) >= 1,
+        "{}",
+        f["cells"]
+    );
+    let caps = g.run_ok("grep CapEff /proc/$(systemctl show -P MainPID quantumd.service)/status")?;
+    report(format_args!(
+        "[qemu] quantumd ({}) sees {} run-queue samples and {} execs of {id} in a second",
+        caps.trim(),
+        f["time"]["cells"][&id]["samples"],
+        f["event"]["cells"][&id]["exec"]
+    ));
+    g.run_ok("quantumctl stop ticker")?;
+    Ok(())
+}
+
+fn objective_raises_weight(g: &Guest) -> Result<()> {
+    // Two spinners keep every CPU busy; the eager cell wakes every 5 ms
+    // and wants 99 % of its waits for a CPU under 50 µs.
+    let spinner = cell(
+        g,
+        "busy",
+        "exec = [\"/bin/sh\", \"-c\", \"while :; do :; done\"]\n[resources]\ncpu-max = 1.0\n[lifecycle]\nidle-timeout = \"0\"",
+    )?;
+    let eager = cell(
+        g,
+        "eager",
+        "exec = [\"/bin/sh\", \"-c\", \"while :; do sleep 0.005; done\"]\n[resources]\ncpu-min = 0.1\n\
+         [objectives]\nrunq-latency-p99 = \"50us\"\n[lifecycle]\nidle-timeout = \"0\"",
+    )?;
+    run(g, &spinner)?;
+    run(g, &spinner)?;
+    let info = run(g, &eager)?;
+    let unit = info["unit"].as_str().context("unit")?.to_owned();
+    let weight = |g: &Guest| -> Result<u64> { Ok(g.run_ok(&format!("systemctl show -P CPUWeight {unit}"))?.trim().parse()?) };
+    ensure!(weight(g)? == 10, "cpu-min 0.1 must start at CPUWeight 10");
+    let raised = eventually("the eager cell's CPUWeight to be raised", Duration::from_secs(60), || {
+        Ok(Some(weight(g)?).filter(|w| *w > 10))
+    })?;
+    let file = g.run_ok(&format!("cat {}/cpu.weight", cgroup(&unit)))?;
+    let tunes: Vec<serde_json::Value> = trail_of(g, "eager")?.into_iter().filter(|e| e["action"] == "tune").collect();
+    report(format_args!(
+        "[qemu] eager cell's CPUWeight raised to {raised} (cpu.weight {}); {} tune entries, first: {}",
+        file.trim(),
+        tunes.len(),
+        tunes.first().map(|e| e["detail"].to_string()).unwrap_or_default()
+    ));
+    ensure!(!tunes.is_empty() && tunes.iter().all(|e| e["ok"] == true), "{tunes:#?}");
+    ensure!(raised <= 100, "above the ceiling of ten times the manifest weight: {raised}");
+    g.run_ok("quantumctl stop busy eager")?;
     Ok(())
 }
 

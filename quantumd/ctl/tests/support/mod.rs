@@ -36,11 +36,18 @@ pub struct Node {
     pub cgroup_root: PathBuf,
     mount: PathBuf,
     pub catalog: PathBuf,
+    /// quantumd.toml text; flags still set the directories and the backend.
+    config: String,
 }
 
 impl Node {
     /// Starts a bus and quantumd with `catalog` (a directory of cells).
     pub fn start(catalog: &Path) -> Node {
+        Node::start_configured(catalog, "")
+    }
+
+    /// Like [`Node::start`], with `config` as quantumd.toml.
+    pub fn start_configured(catalog: &Path, config: &str) -> Node {
         let dir = tempfile::tempdir().expect("tempdir");
         let sock = dir.path().join("bus");
         let conf = dir.path().join("bus.conf");
@@ -88,6 +95,7 @@ impl Node {
             cgroup_root,
             mount,
             catalog: catalog.to_owned(),
+            config: config.to_owned(),
         };
         node.start_daemon();
         node
@@ -103,8 +111,11 @@ impl Node {
             .append(true)
             .open(self.dir.path().join("quantumd.log"))
             .expect("log");
+        let config = self.dir.path().join("quantumd.toml");
+        std::fs::write(&config, &self.config).expect("quantumd.toml");
         let child = Command::new(bin("quantumd"))
-            .args(["--backend", "cgroup", "--config", "/dev/null"])
+            .args(["--backend", "cgroup", "--config"])
+            .arg(&config)
             .arg("--cgroup-root")
             .arg(&self.cgroup_root)
             .arg("--state-dir")
@@ -122,6 +133,32 @@ impl Node {
         wait_for("quantumd on the bus", Duration::from_secs(20), || {
             self.ctl(&["list"]).status.success().then_some(())
         });
+    }
+
+    /// quantumd.toml for the next start of the daemon.
+    pub fn set_config(&mut self, config: &str) {
+        self.config = config.to_owned();
+    }
+
+    /// Starts quantumd expecting it to refuse to start; returns its log.
+    pub fn start_daemon_expecting_failure(&mut self) -> (std::process::ExitStatus, String) {
+        let config = self.dir.path().join("quantumd.toml");
+        std::fs::write(&config, &self.config).expect("quantumd.toml");
+        let out = Command::new(bin("quantumd"))
+            .args(["--backend", "cgroup", "--config"])
+            .arg(&config)
+            .arg("--cgroup-root")
+            .arg(&self.cgroup_root)
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .arg("--cache-dir")
+            .arg(self.dir.path().join("cache"))
+            .arg("--catalog")
+            .arg(&self.catalog)
+            .env("QUANTUM_BUS_ADDRESS", &self.bus_address)
+            .output()
+            .expect("quantumd");
+        (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
     }
 
     /// kill -9, as a crash would.

@@ -320,6 +320,27 @@ impl CgroupRuntime {
         });
     }
 
+    /// The unit's cgroup directory, when it exists.
+    pub fn cgroup_of(&self, unit: &str) -> Option<PathBuf> {
+        self.find(unit)
+    }
+
+    /// The directory every cell's cgroup is under.
+    pub fn cells_cgroup(&self) -> PathBuf {
+        self.base.clone()
+    }
+
+    /// Writes cpu.weight of a running cell.
+    pub fn set_cpu_weight(&self, unit: &str, weight: u64) -> Result<(), RuntimeError> {
+        let dir = self.find(unit).ok_or_else(|| RuntimeError::Cgroup {
+            op: "no cgroup for",
+            path: unit.to_owned(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        })?;
+        let file = dir.join("cpu.weight");
+        fs::write(&file, weight.to_string()).map_err(io_err("cannot write", &file))
+    }
+
     pub fn cpu_usage_usec(&self, unit: &str) -> Option<u64> {
         read_usage_usec(&self.find(unit)?.join("cpu.stat"))
     }

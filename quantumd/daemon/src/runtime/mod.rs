@@ -178,6 +178,35 @@ impl Runtime {
         }
     }
 
+    /// The unit's cgroup directory.
+    pub fn cgroup_of(&self, unit: &str, slice: &str) -> Option<std::path::PathBuf> {
+        match self {
+            Runtime::Systemd(r) => Some(r.cgroup_of(unit, slice)),
+            Runtime::Cgroup(r) => r.cgroup_of(unit),
+        }
+    }
+
+    /// The cgroup every cell runs under, and the directory figures name
+    /// cgroups relative to.
+    pub fn cells_cgroup(&self) -> (std::path::PathBuf, std::path::PathBuf) {
+        match self {
+            Runtime::Systemd(r) => (r.cells_cgroup(), r.cgroup_mount()),
+            Runtime::Cgroup(r) => {
+                let cells = r.cells_cgroup();
+                let mount = cells.parent().map(std::path::Path::to_owned).unwrap_or_else(|| cells.clone());
+                (cells, mount)
+            }
+        }
+    }
+
+    /// Changes a running cell's CPU weight.
+    pub async fn set_cpu_weight(&self, unit: &str, weight: u64) -> Result<(), RuntimeError> {
+        match self {
+            Runtime::Systemd(r) => r.set_cpu_weight(unit, weight).await,
+            Runtime::Cgroup(r) => r.set_cpu_weight(unit, weight),
+        }
+    }
+
     /// The backend's own names and values for what `spec` asks, for inspect.
     pub fn properties(&self, spec: &UnitSpec) -> Vec<(String, String)> {
         match self {

@@ -30,6 +30,7 @@ trait Manager {
     ) -> zbus::Result<OwnedObjectPath>;
     fn stop_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
     fn reset_failed_unit(&self, name: &str) -> zbus::Result<()>;
+    fn set_unit_properties(&self, name: &str, runtime: bool, properties: &[(&str, Value<'_>)]) -> zbus::Result<()>;
     #[allow(clippy::type_complexity)]
     fn list_units_by_patterns(
         &self,
@@ -408,8 +409,34 @@ impl SystemdRuntime {
     }
 
     pub fn cpu_usage_usec(&self, unit: &str, slice: &str) -> Option<u64> {
-        let path = self.cgroup_root.join(slice_path(slice)).join(unit).join("cpu.stat");
+        let path = self.cgroup_of(unit, slice).join("cpu.stat");
         super::cgroup::read_usage_usec(&path)
+    }
+
+    /// The unit's cgroup directory.
+    pub fn cgroup_of(&self, unit: &str, slice: &str) -> std::path::PathBuf {
+        self.cgroup_root.join(slice_path(slice)).join(unit)
+    }
+
+    /// The cgroup every cell runs under (the cell slice).
+    pub fn cells_cgroup(&self) -> std::path::PathBuf {
+        self.cgroup_root.join(slice_path(&self.cell_slice))
+    }
+
+    pub fn cgroup_mount(&self) -> std::path::PathBuf {
+        self.cgroup_root.clone()
+    }
+
+    /// Changes CPUWeight= of a running unit (runtime only: it does not
+    /// outlive the unit, and a transient unit has nothing else).
+    pub async fn set_cpu_weight(&self, unit: &str, weight: u64) -> Result<(), RuntimeError> {
+        self.manager
+            .set_unit_properties(unit, true, &[("CPUWeight", Value::from(weight))])
+            .await
+            .map_err(|e| RuntimeError::Systemd {
+                unit: unit.to_owned(),
+                message: format!("cannot set CPUWeight={weight}: {e}"),
+            })
     }
 }
 

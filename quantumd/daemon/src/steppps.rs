@@ -1,0 +1,275 @@
+//! STEPPPS in quantumd: SPACE from cgroup files and /proc, TIME and EVENT
+//! from the eBPF programs, sampled on a thread of its own.
+//!
+//! The thread owns the loaded BPF programs (libbpf objects are not `Send`)
+//! and the collector. The cell loop tells it which cells exist
+//! ([`Steppps::watch`], a watch channel: only the latest list matters); it
+//! publishes the latest [`Figures`] for D-Bus and /metrics, and sends the
+//! cell loop a [`Tuning`] whenever a cell's run-queue latency objective
+//! makes its CPU weight change. Where BPF cannot load (no BTF, no
+//! CAP_BPF/CAP_PERFMON), TIME and EVENT say so and everything else goes on.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use quantum_steppps::figures::{EventFigures, RunqLatency, TimeFigures};
+use quantum_steppps::objective::{Controller, Decision, Objective, Tuning as ControllerTuning};
+use quantum_steppps::{Availability, CellCgroup, Collector, Figures, Gpus, Sources};
+use tokio::sync::{mpsc, watch};
+
+/// A cell instance the sampler reads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Watched {
+    pub cell: String,
+    pub instance: String,
+    /// Its cgroup directory (absolute).
+    pub cgroup: PathBuf,
+    /// `[objectives] runq-latency-p99`, with the manifest's CPU weight.
+    pub objective: Option<Objective>,
+}
+
+/// A CPU weight the objective controller wants applied.
+#[derive(Debug)]
+pub struct Tuning {
+    pub instance: String,
+    pub decision: Decision,
+}
+
+/// Handle to the sampling thread.
+#[derive(Clone)]
+pub struct Steppps {
+    figures: Arc<RwLock<Figures>>,
+    watched: Arc<watch::Sender<Vec<Watched>>>,
+}
+
+/// How the sampler runs.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Load the eBPF programs (`bpf = true` in quantumd.toml).
+    pub bpf: bool,
+    /// The cgroup every cell runs under (the BPF programs' scope).
+    pub ancestor: PathBuf,
+    /// Where cgroup paths in the figures are relative to (the cgroup v2 mount).
+    pub cgroup_mount: PathBuf,
+    /// Time between figures (and objective decisions).
+    pub interval: Duration,
+}
+
+impl Steppps {
+    /// Starts the sampling thread; `tunings` reaches the cell loop.
+    pub fn start(options: Options, tunings: mpsc::UnboundedSender<Tuning>) -> std::io::Result<Steppps> {
+        let figures = Arc::new(RwLock::new(Figures::default()));
+        let (tx, rx) = watch::channel(Vec::new());
+        let shared = figures.clone();
+        std::thread::Builder::new()
+            .name("steppps".into())
+            .spawn(move || Sampler::new(options, rx, shared, tunings).run())?;
+        Ok(Steppps {
+            figures,
+            watched: Arc::new(tx),
+        })
+    }
+
+    /// The cells to read from now on.
+    pub fn watch(&self, cells: Vec<Watched>) {
+        self.watched.send_if_modified(|current| {
+            let changed = *current != cells;
+            if changed {
+                *current = cells;
+            }
+            changed
+        });
+    }
+
+    /// The latest figures, all cells or one cell's instances.
+    pub fn figures(&self, cell: Option<&str>) -> Figures {
+        let mut f = self.figures.read().unwrap_or_else(PoisonError::into_inner).clone();
+        if let Some(cell) = cell {
+            f.cells.retain(|_, c| c.cell == cell);
+            let keep = |instance: &String| instance.rsplit_once('.').map_or(instance.as_str(), |(c, _)| c) == cell;
+            if let Availability::Available(t) = &mut f.time {
+                t.cells.retain(|i, _| keep(i));
+            }
+            if let Availability::Available(e) = &mut f.event {
+                e.cells.retain(|i, _| keep(i));
+            }
+        }
+        f
+    }
+}
+
+struct Sampler {
+    options: Options,
+    watched: watch::Receiver<Vec<Watched>>,
+    figures: Arc<RwLock<Figures>>,
+    tunings: mpsc::UnboundedSender<Tuning>,
+    collector: Collector,
+    bpf: Result<quantum_bpf::Telemetry, String>,
+    /// cgroup id -> instance, for the cells watched now.
+    ids: HashMap<u64, String>,
+    /// Cumulative histograms at the previous sample, by cgroup id.
+    previous: HashMap<u64, quantum_bpf::Histogram>,
+    events: EventFigures,
+    controllers: HashMap<String, Controller>,
+}
+
+impl Sampler {
+    fn new(
+        options: Options,
+        watched: watch::Receiver<Vec<Watched>>,
+        figures: Arc<RwLock<Figures>>,
+        tunings: mpsc::UnboundedSender<Tuning>,
+    ) -> Sampler {
+        let bpf = if options.bpf {
+            quantum_bpf::Telemetry::load(&quantum_bpf::Options::new(options.ancestor.clone())).map_err(|e| crate::command::error_chain(&e))
+        } else {
+            Err("eBPF telemetry is turned off (bpf = false in quantumd.toml)".to_owned())
+        };
+        match &bpf {
+            Ok(t) => {
+                tracing::info!(scope = ?t.scope(), ancestor = %options.ancestor.display(), "STEPPPS TIME and EVENT: eBPF programs loaded")
+            }
+            Err(why) => tracing::warn!(reason = %why, "STEPPPS TIME and EVENT unavailable; SPACE figures only"),
+        }
+        let gpus = Gpus::probe();
+        Sampler {
+            collector: Collector::new(
+                Sources {
+                    cgroup_root: options.cgroup_mount.clone(),
+                    proc_root: PathBuf::from("/proc"),
+                },
+                gpus,
+            ),
+            options,
+            watched,
+            figures,
+            tunings,
+            bpf,
+            ids: HashMap::new(),
+            previous: HashMap::new(),
+            events: EventFigures::default(),
+            controllers: HashMap::new(),
+        }
+    }
+
+    fn run(mut self) {
+        let mut next = Instant::now();
+        loop {
+            // quantumd is shutting down when the handle is gone.
+            if self.watched.has_changed().is_err() {
+                return;
+            }
+            let now = Instant::now();
+            if now >= next {
+                self.sample();
+                next = now + self.options.interval;
+            }
+            let wait = next.saturating_duration_since(Instant::now()).min(Duration::from_millis(250));
+            match &mut self.bpf {
+                Ok(t) => match t.poll_events(wait) {
+                    Ok(events) => {
+                        for e in events {
+                            if let Some(instance) = self.ids.get(&e.cgroup_id) {
+                                self.events.cells.entry(instance.clone()).or_default().count(&e.kind);
+                                if e.kind == quantum_bpf::EventKind::OomKill {
+                                    tracing::warn!(instance, pid = e.pid, comm = e.comm, "OOM kill in a cell");
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %crate::command::error_chain(&e), "reading eBPF events failed");
+                        std::thread::sleep(wait);
+                    }
+                },
+                Err(_) => std::thread::sleep(wait),
+            }
+        }
+    }
+
+    fn sample(&mut self) {
+        let cells = self.watched.borrow_and_update().clone();
+        self.ids = cells
+            .iter()
+            .filter_map(|c| Some((quantum_bpf::cgroup_id(&c.cgroup).ok()?, c.instance.clone())))
+            .collect();
+        let time = self.time(&cells);
+        let event = match &self.bpf {
+            Ok(t) => {
+                let mut e = std::mem::take(&mut self.events);
+                e.dropped = t.dropped_events().unwrap_or(0);
+                Availability::Available(e)
+            }
+            Err(why) => Availability::unavailable(why.clone()),
+        };
+        let cgroups: Vec<CellCgroup> = cells
+            .iter()
+            .map(|c| CellCgroup {
+                cell: c.cell.clone(),
+                instance: c.instance.clone(),
+                cgroup: c
+                    .cgroup
+                    .strip_prefix(&self.options.cgroup_mount)
+                    .unwrap_or(&c.cgroup)
+                    .display()
+                    .to_string(),
+            })
+            .collect();
+        match self.collector.collect(&cgroups, time, event) {
+            Ok(collection) => {
+                for (instance, e) in &collection.errors {
+                    tracing::debug!(instance, error = %e, "cell cgroup not read");
+                }
+                *self.figures.write().unwrap_or_else(PoisonError::into_inner) = collection.figures;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read /proc for STEPPPS"),
+        }
+    }
+
+    /// Run-queue latency per instance since the previous sample, and the
+    /// objective decisions it leads to.
+    fn time(&mut self, cells: &[Watched]) -> Availability<TimeFigures> {
+        let t = match &self.bpf {
+            Ok(t) => t,
+            Err(why) => return Availability::unavailable(why.clone()),
+        };
+        let now = match t.runq_latency() {
+            Ok(h) => h,
+            Err(e) => return Availability::unavailable(format!("cannot read run-queue latency: {e}")),
+        };
+        let mut figures = TimeFigures::default();
+        for (id, instance) in &self.ids {
+            let Some(h) = now.get(id) else { continue };
+            let delta = match self.previous.get(id) {
+                Some(prev) => h.since(prev),
+                None => h.clone(),
+            };
+            figures.cells.insert(instance.clone(), RunqLatency::from(&delta));
+        }
+        // Histograms of cells that ended are dropped from the map.
+        for id in self.previous.keys().filter(|id| !self.ids.contains_key(id)) {
+            let _ = t.forget_cgroup(*id);
+        }
+        self.previous = now.into_iter().filter(|(id, _)| self.ids.contains_key(id)).collect();
+
+        self.controllers.retain(|instance, _| cells.iter().any(|c| &c.instance == instance));
+        for c in cells {
+            let Some(objective) = c.objective else { continue };
+            let controller = self
+                .controllers
+                .entry(c.instance.clone())
+                .or_insert_with(|| Controller::new(objective, ControllerTuning::default()));
+            let p99 = figures.cells.get(&c.instance).and_then(RunqLatency::p99);
+            let decision = controller.observe(p99);
+            if decision.changed() {
+                let _ = self.tunings.send(Tuning {
+                    instance: c.instance.clone(),
+                    decision,
+                });
+            }
+        }
+        Availability::Available(figures)
+    }
+}

@@ -130,3 +130,26 @@ fn a_cell_missing_its_runq_latency_objective_gets_more_cpu_weight_step_by_step()
         );
     }
 }
+
+#[test]
+fn metrics_are_served_as_prometheus_text_on_a_unix_socket_when_configured() {
+    use std::io::{Read, Write};
+    let cat = catalog(&[("sleeper", &sh_cell("sleeper", "exec sleep 600", ""))]);
+    let sockets = tempfile::tempdir().unwrap();
+    let socket = sockets.path().join("metrics.sock");
+    let node = Node::start_configured(cat.path(), &format!("metrics = {:?}\n", socket.display().to_string()));
+    let started: serde_json::Value = serde_json::from_str(&node.ok(&["run", "sleeper", "--json"])).unwrap();
+    let instance = started["instance"].as_str().unwrap().to_owned();
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&socket).unwrap().permissions());
+    assert_eq!(mode & 0o007, 0, "the socket is not for everyone: {mode:o}");
+    let text = wait_for("the cell in /metrics", Duration::from_secs(20), || {
+        let mut s = std::os::unix::net::UnixStream::connect(&socket).ok()?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: quantumd\r\n\r\n").ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        out.contains(&format!("instance=\"{instance}\"")).then_some(out)
+    });
+    assert!(text.starts_with("HTTP/1.0 200") || text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("text/plain; version=0.0.4"), "{text}");
+    assert!(text.contains("# TYPE quantumos_node_cpus gauge"), "{text}");
+}

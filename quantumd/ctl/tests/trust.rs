@@ -55,7 +55,7 @@ fn the_node_identity_is_shown_with_where_its_keys_live() {
 }
 
 #[test]
-fn with_a_tpm_the_node_key_is_sealed_by_it_and_a_missing_tpm_stops_quantumd_with_the_reason() {
+fn with_a_tpm_the_node_key_is_sealed_by_it_a_missing_tpm_stops_quantumd_and_a_cleared_one_is_recovered_by_regenerating() {
     let tpm_state = tempfile::tempdir().unwrap();
     let tpm = swtpm::Swtpm::start(tpm_state.path());
     let cat = catalog(&[]);
@@ -82,9 +82,39 @@ fn with_a_tpm_the_node_key_is_sealed_by_it_and_a_missing_tpm_stops_quantumd_with
     // rather than quietly making a new identity.
     node.kill_daemon();
     drop(tpm);
-    let (status, log) = node.start_daemon_expecting_failure();
-    assert!(!status.success(), "quantumd started without its TPM:\n{log}");
+    let out = node.quantumd(&[]);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "quantumd started without its TPM:\n{log}");
     assert!(log.contains("node identity") && log.contains("swtpm:host=127.0.0.1"), "{log}");
+
+    // A new (cleared) TPM cannot unseal the old identity. The recovery:
+    // regenerate it, offline; the trail records it and still verifies,
+    // old seals against the retired key.
+    let new_state = tempfile::tempdir().unwrap();
+    let tpm = swtpm::Swtpm::start(new_state.path());
+    node.set_config(&format!("tpm = {:?}\n", tpm.tcti()));
+    let out = node.quantumd(&[]);
+    assert!(!out.status.success(), "a cleared TPM unsealed the identity?");
+    let out = node.quantumd(&["--regenerate-identity"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}\n{}", String::from_utf8_lossy(&out.stderr));
+    let old_id = id["key_id"].as_str().unwrap();
+    assert!(said.contains(&format!("retired {old_id}")), "{said}");
+    node.start_daemon();
+    let new_id = json(&node.ok(&["identity", "--json"]));
+    assert_ne!(new_id["key_id"], id["key_id"]);
+    assert_eq!(new_id["tpm"], true, "{new_id}");
+    let report = json(&node.ok(&["trail", "verify", "--json"]));
+    assert_eq!(report["ok"], true, "old seals must verify against the retired key: {report}");
+    let regenerated = trail(&node)
+        .into_iter()
+        .filter(|e| e["action"] == "identity")
+        .last()
+        .expect("an identity entry");
+    assert!(
+        regenerated["detail"].as_str().unwrap().contains(&format!("retired {old_id}")),
+        "{regenerated}"
+    );
 }
 
 #[test]

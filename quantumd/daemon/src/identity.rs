@@ -15,6 +15,13 @@ use quantum_trust::{DualSignature, KeyStore, NodeKeys, Origin, PublicKeys, TpmSe
 /// services that re-read the credential on restart.
 const DOCUMENT_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
+/// The current public key, kept beside the secret (plain text: it is public)
+/// so that it is known even when the secret cannot be unsealed any more.
+const PUBLIC_FILE: &str = "node.pub";
+/// Public keys of identities this node had before, by key id: the trail's
+/// older seals are verified against them.
+const RETIRED_DIR: &str = "retired";
+
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
     #[error("cannot open the node identity store in {dir}")]
@@ -27,12 +34,19 @@ pub enum IdentityError {
         store: String,
         source: Box<quantum_trust::SealError>,
     },
+    #[error("cannot {action} {path}")]
+    Files {
+        action: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// The node's keys and where they are kept.
 #[derive(Clone)]
 pub struct Identity {
     keys: Arc<NodeKeys>,
+    dir: std::path::PathBuf,
     store: String,
     fallback: Option<String>,
     /// Whether this start generated the identity (recorded in the trail).
@@ -58,6 +72,7 @@ impl Identity {
         let fallback = store.fallback_reason().map(str::to_owned);
         let identity = Identity {
             keys: Arc::new(keys),
+            dir: dir.to_owned(),
             store: description,
             fallback,
             generated: origin == Origin::Generated,
@@ -71,7 +86,64 @@ impl Identity {
             ),
             None => tracing::info!(key_id = %identity.keys.key_id(), store = %identity.store, "node identity sealed by the TPM"),
         }
+        let public = identity.public().to_toml();
+        let path = dir.join(PUBLIC_FILE);
+        if std::fs::read_to_string(&path).ok().as_deref() != Some(public.as_str()) {
+            std::fs::write(&path, public).map_err(|source| IdentityError::Files {
+                action: "write the public key to",
+                path: path.display().to_string(),
+                source,
+            })?;
+        }
         Ok(identity)
+    }
+
+    /// Replaces the node identity with a new one: the recovery path when
+    /// the old one cannot be unsealed (PCR 7 changed, the TPM was cleared)
+    /// or should move into a TPM. The old secret is deleted; its public key
+    /// moves to `retired/`, so the trail it sealed still verifies. Returns
+    /// the new identity and the retired key id, if it was known.
+    pub fn regenerate(dir: &Path, tpm: TpmSetting, bind_pcr7: bool) -> Result<(Identity, Option<String>), IdentityError> {
+        let files = |action: &'static str, path: &Path| {
+            let path = path.display().to_string();
+            move |source| IdentityError::Files { action, path, source }
+        };
+        let old = std::fs::read_to_string(dir.join(PUBLIC_FILE))
+            .ok()
+            .and_then(|text| PublicKeys::from_toml(&text).ok());
+        if let Some(old) = &old {
+            let retired = dir.join(RETIRED_DIR);
+            std::fs::create_dir_all(&retired).map_err(files("create", &retired))?;
+            let path = retired.join(format!("{}.pub", old.key_id()));
+            std::fs::write(&path, old.to_toml()).map_err(files("write", &path))?;
+        }
+        for name in [quantum_trust::seal::KEY_FILE, quantum_trust::seal::SEALED_FILE, PUBLIC_FILE] {
+            let path = dir.join(name);
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(files("remove", &path)(e)),
+                _ => {}
+            }
+        }
+        let identity = Identity::open(dir, tpm, bind_pcr7)?;
+        Ok((identity, old.map(|k| k.key_id().to_string())))
+    }
+
+    /// Verifies trail seals made by this identity or a retired one.
+    pub fn verifier(&self) -> NodeVerifier {
+        let mut keys = vec![self.public().clone()];
+        // A retired key that cannot be read only means its seals fail to
+        // verify, and verify says which.
+        if let Ok(rd) = std::fs::read_dir(self.dir.join(RETIRED_DIR)) {
+            for entry in rd.flatten() {
+                if let Some(k) = std::fs::read_to_string(entry.path())
+                    .ok()
+                    .and_then(|t| PublicKeys::from_toml(&t).ok())
+                {
+                    keys.push(k);
+                }
+            }
+        }
+        NodeVerifier(keys)
     }
 
     pub fn public(&self) -> &PublicKeys {
@@ -119,16 +191,19 @@ impl quantum_trail::Signer for NodeSigner {
     }
 }
 
-/// Checks trail seals against one node's public keys (both signatures).
-pub struct NodeVerifier(pub PublicKeys);
+/// Checks trail seals against the node's public keys, current and retired
+/// (both signatures).
+pub struct NodeVerifier(pub Vec<PublicKeys>);
 
 impl quantum_trail::Verifier for NodeVerifier {
     fn verify(&self, key_id: &quantum_trail::KeyId, msg: &[u8], sig: &[u8]) -> Result<(), quantum_trail::SignatureError> {
-        if key_id.0 != *self.0.key_id().as_bytes() {
-            return Err(quantum_trail::SignatureError::UnknownKey);
-        }
+        let key = self
+            .0
+            .iter()
+            .find(|k| key_id.0 == *k.key_id().as_bytes())
+            .ok_or(quantum_trail::SignatureError::UnknownKey)?;
         let split = sig.len().checked_sub(64).ok_or(quantum_trail::SignatureError::Invalid)?;
         let dual = DualSignature::from_parts(&sig[..split], &sig[split..]).map_err(|_| quantum_trail::SignatureError::Invalid)?;
-        self.0.verify(msg, &dual).map_err(|_| quantum_trail::SignatureError::Invalid)
+        key.verify(msg, &dual).map_err(|_| quantum_trail::SignatureError::Invalid)
     }
 }

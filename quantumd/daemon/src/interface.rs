@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 use zbus::message::Header;
 
 use crate::command::{error_chain, Command, CommandError};
-use crate::identity::{Identity, NodeVerifier};
+use crate::identity::Identity;
 use crate::planner::Planner;
 use crate::polkit::Authorizer;
 use crate::trail::{self, Recorder};
@@ -222,7 +222,7 @@ impl Quantum1 {
             t.flush().await;
         }
         let dir = self.trail_dir.clone();
-        let verifier = NodeVerifier(self.identity.public().clone());
+        let verifier = self.identity.verifier();
         let report = tokio::task::spawn_blocking(move || quantum_trail::verify(&dir, &verifier))
             .await
             .map_err(|e| Error::Backend(format!("verifying the trail: {e}")))?

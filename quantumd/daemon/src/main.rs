@@ -49,6 +49,14 @@ struct Args {
     /// cgroup v2 mount for the cgroup backend (overrides the configuration).
     #[arg(long, value_name = "DIR")]
     cgroup_root: Option<PathBuf>,
+    /// Replace the node identity with a new one, record it in the trail,
+    /// and exit; quantumd.service must be stopped. The recovery path when
+    /// the TPM no longer unseals the identity (PCR 7 changed, TPM cleared)
+    /// or to move a key-file identity into a TPM. The old secret is
+    /// deleted; its public key is kept under identity/retired/ so that the
+    /// trail it sealed still verifies.
+    #[arg(long)]
+    regenerate_identity: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -72,5 +80,8 @@ fn main() -> anyhow::Result<()> {
         config.cgroup_root = d;
     }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    if args.regenerate_identity {
+        return rt.block_on(main_loop::regenerate_identity(&config));
+    }
     rt.block_on(main_loop::serve(config, args.bus))
 }

@@ -48,6 +48,27 @@ async fn build_runtime(config: &Config, events: mpsc::UnboundedSender<UnitEvent>
     })
 }
 
+/// `quantumd --regenerate-identity`: a new node identity, recorded in the
+/// trail (whose lock also tells that quantumd is not running).
+pub async fn regenerate_identity(config: &Config) -> anyhow::Result<()> {
+    let dir = config.state_dir.join("identity");
+    let (identity, retired) = Identity::regenerate(&dir, config.tpm_setting(), config.tpm_pcr7)
+        .with_context(|| format!("regenerating the node identity in {}", dir.display()))?;
+    let trail_dir = config.state_dir.join("trail");
+    let trail = Recorder::open(&trail_dir, &identity)
+        .with_context(|| format!("opening the trail in {} (stop quantumd.service first)", trail_dir.display()))?;
+    let retired = retired.map_or_else(|| "the previous public key was unknown".to_owned(), |k| format!("retired {k}"));
+    let what = format!(
+        "regenerated node identity {} ({}); {retired}",
+        identity.public().key_id(),
+        identity.describe()
+    );
+    trail.record(crate::trail::entry("quantumd", &quantum_trail::Action::IDENTITY).detail(what.clone()));
+    trail.flush().await;
+    println!("{what}");
+    Ok(())
+}
+
 pub async fn serve(config: Config, bus_address: Option<String>) -> anyhow::Result<()> {
     let (unit_tx, mut unit_rx) = mpsc::unbounded_channel();
     let runtime = build_runtime(&config, unit_tx).await?;

@@ -140,11 +140,13 @@ impl Node {
         self.config = config.to_owned();
     }
 
-    /// Starts quantumd expecting it to refuse to start; returns its log.
-    pub fn start_daemon_expecting_failure(&mut self) -> (std::process::ExitStatus, String) {
+    /// Runs quantumd in the foreground with this node's directories and
+    /// `extra` arguments, to its end: a start expected to fail, or a
+    /// one-shot command such as `--regenerate-identity`.
+    pub fn quantumd(&self, extra: &[&str]) -> Output {
         let config = self.dir.path().join("quantumd.toml");
         std::fs::write(&config, &self.config).expect("quantumd.toml");
-        let out = Command::new(bin("quantumd"))
+        Command::new(bin("quantumd"))
             .args(["--backend", "cgroup", "--config"])
             .arg(&config)
             .arg("--cgroup-root")
@@ -155,10 +157,10 @@ impl Node {
             .arg(self.dir.path().join("cache"))
             .arg("--catalog")
             .arg(&self.catalog)
+            .args(extra)
             .env("QUANTUM_BUS_ADDRESS", &self.bus_address)
             .output()
-            .expect("quantumd");
-        (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
+            .expect("quantumd")
     }
 
     /// kill -9, as a crash would.

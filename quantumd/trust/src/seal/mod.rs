@@ -9,7 +9,7 @@
 //! A firmware update, a Secure Boot key change or turning Secure Boot off changes it, and
 //! [`SealError::PcrChanged`] then says so. The sealed identity cannot be recovered after that
 //! by design: the operator (having checked the boot chain change was intended) regenerates the
-//! identity ([`KeyStore::regenerate`], `quantumctl identity regenerate`), the daemon records
+//! identity ([`KeyStore::regenerate`], `quantumd --regenerate-identity` with quantumd.service stopped), the daemon records
 //! the new key id in its trail, and the new public key is distributed where the old one was
 //! trusted.
 
@@ -81,7 +81,7 @@ pub enum SealError {
     NotFound { path: PathBuf },
     #[error(
         "{}: key file mode is {mode:04o}; refusing to use it: it must be readable and writable by its owner only (0600). \
-         If nobody else can have read it, `chmod 600` it; otherwise regenerate the identity",
+         If nobody else can have read it, `chmod 600` it; otherwise regenerate the identity (`quantumd --regenerate-identity`)",
         path.display()
     )]
     InsecureMode { path: PathBuf, mode: u32 },
@@ -112,7 +112,7 @@ pub enum SealError {
     #[error(
         "{}: the TPM refuses to unseal the node identity because PCR 7 (Secure Boot policy) changed since it was sealed. \
          If the firmware, Secure Boot keys or boot loader were changed on purpose, regenerate the identity \
-         (`quantumctl identity regenerate`; the old key cannot be recovered, the new key id is recorded in the trail \
+         (`quantumd --regenerate-identity` with quantumd.service stopped; the old key cannot be recovered, the new key id is recorded in the trail \
          and its public key must be re-distributed); otherwise investigate the boot chain",
         path.display()
     )]
@@ -174,7 +174,7 @@ impl KeyStore {
                     // The node got its identity before it had a TPM; keep it rather than change
                     // identity behind the operator's back.
                     let reason = format!(
-                        "a TPM answers at {tcti:?} but the node identity was created without one; regenerate the identity to move it into the TPM"
+                        "a TPM answers at {tcti:?} but the node identity was created without one; regenerate the identity to move it into the TPM (`quantumd --regenerate-identity`)"
                     );
                     warn!(%reason, "using the key file");
                     return Ok(KeyStore::File(FileStore::new(key_path, Some(reason))));

@@ -108,8 +108,8 @@ fn with_a_tpm_the_node_key_is_sealed_by_it_a_missing_tpm_stops_quantumd_and_a_cl
     assert_eq!(report["ok"], true, "old seals must verify against the retired key: {report}");
     let regenerated = trail(&node)
         .into_iter()
-        .filter(|e| e["action"] == "identity")
-        .last()
+        .rev()
+        .find(|e| e["action"] == "identity")
         .expect("an identity entry");
     assert!(
         regenerated["detail"].as_str().unwrap().contains(&format!("retired {old_id}")),

@@ -42,7 +42,7 @@ test-nspawn: image
 	$(VM_TEST_ENV) $(CARGO) test -p quantum-vmtest --test nspawn --test systemd_backend
 
 test-vm: image
-	$(VM_TEST_ENV) $(CARGO) test -p quantum-vmtest --test qemu --test isolation
+	$(VM_TEST_ENV) $(CARGO) test -p quantum-vmtest --test qemu --test isolation --test catalog
 
 vm-run: image
 	$(CARGO) run -q -p quantum-vmtest --bin quantum-vm -- run --variant $(VM_VARIANT)

@@ -489,10 +489,21 @@ fn limit_properties(l: &Limits) -> Vec<(&'static str, Value<'static>)> {
     ]
 }
 
+/// The command line as systemd must be given it: systemd expands `$NAME`
+/// and `${NAME}` in ExecStart= arguments at exec time (a transient unit's
+/// too), so a literal `$` — a shell script's `${base%.*}`, a parameter
+/// value — is written `$$`.
+fn exec_argv(argv: &[String]) -> Vec<String> {
+    let mut out = Vec::with_capacity(argv.len());
+    out.extend(argv.first().cloned());
+    out.extend(argv.iter().skip(1).map(|a| a.replace('$', "$$")));
+    out
+}
+
 /// Every property of the transient service for `spec`.
 pub fn unit_properties(spec: &UnitSpec) -> Vec<(&'static str, Value<'static>)> {
     let sb = &spec.sandbox;
-    let exec: Vec<(String, Vec<String>, bool)> = vec![(spec.argv[0].clone(), spec.argv.clone(), false)];
+    let exec: Vec<(String, Vec<String>, bool)> = vec![(spec.argv[0].clone(), exec_argv(&spec.argv), false)];
     let env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let mut p: Vec<(&'static str, Value<'static>)> = vec![
         ("Description", Value::from(spec.description.clone())),
@@ -585,6 +596,12 @@ pub fn describe_properties(spec: &UnitSpec) -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dollars_in_arguments_reach_the_program_unexpanded() {
+        let argv: Vec<String> = ["/bin/sh", "-c", "mv \"$1\" \"${1%.*}.jpg\"", "$HOME"].map(String::from).to_vec();
+        assert_eq!(exec_argv(&argv), ["/bin/sh", "-c", "mv \"$$1\" \"$${1%.*}.jpg\"", "$$HOME"]);
+    }
 
     #[test]
     fn unit_paths_are_escaped_like_sd_bus() {

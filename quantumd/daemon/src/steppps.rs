@@ -100,6 +100,30 @@ impl Steppps {
     }
 }
 
+/// How TIME and EVENT say they wait for the cells' cgroup to exist.
+const WAITING: &str = "waiting for the first cell";
+
+/// Loads the eBPF programs, or says why they are not there.
+fn load_bpf(options: &Options) -> Result<quantum_bpf::Telemetry, String> {
+    if !options.bpf {
+        return Err("eBPF telemetry is turned off (bpf = false in quantumd.toml)".to_owned());
+    }
+    // systemd creates the slice's cgroup with its first unit; the programs
+    // are scoped to it, so they load when it appears.
+    if !options.ancestor.is_dir() {
+        let why = format!("{WAITING}: {} does not exist yet", options.ancestor.display());
+        tracing::info!(reason = %why, "STEPPPS TIME and EVENT load with the first cell");
+        return Err(why);
+    }
+    let loaded =
+        quantum_bpf::Telemetry::load(&quantum_bpf::Options::new(options.ancestor.clone())).map_err(|e| crate::command::error_chain(&e));
+    match &loaded {
+        Ok(t) => tracing::info!(scope = ?t.scope(), ancestor = %options.ancestor.display(), "STEPPPS TIME and EVENT: eBPF programs loaded"),
+        Err(why) => tracing::warn!(reason = %why, "STEPPPS TIME and EVENT unavailable; SPACE figures only"),
+    }
+    loaded
+}
+
 struct Sampler {
     options: Options,
     watched: watch::Receiver<Vec<Watched>>,
@@ -122,17 +146,7 @@ impl Sampler {
         figures: Arc<RwLock<Figures>>,
         tunings: mpsc::UnboundedSender<Tuning>,
     ) -> Sampler {
-        let bpf = if options.bpf {
-            quantum_bpf::Telemetry::load(&quantum_bpf::Options::new(options.ancestor.clone())).map_err(|e| crate::command::error_chain(&e))
-        } else {
-            Err("eBPF telemetry is turned off (bpf = false in quantumd.toml)".to_owned())
-        };
-        match &bpf {
-            Ok(t) => {
-                tracing::info!(scope = ?t.scope(), ancestor = %options.ancestor.display(), "STEPPPS TIME and EVENT: eBPF programs loaded")
-            }
-            Err(why) => tracing::warn!(reason = %why, "STEPPPS TIME and EVENT unavailable; SPACE figures only"),
-        }
+        let bpf = load_bpf(&options);
         let gpus = Gpus::probe();
         Sampler {
             collector: Collector::new(
@@ -190,6 +204,11 @@ impl Sampler {
     }
 
     fn sample(&mut self) {
+        // The cells' slice exists once a first cell ran: load then.
+        let waiting = matches!(&self.bpf, Err(why) if why.starts_with(WAITING));
+        if waiting && self.options.ancestor.is_dir() {
+            self.bpf = load_bpf(&self.options);
+        }
         let cells = self.watched.borrow_and_update().clone();
         self.ids = cells
             .iter()

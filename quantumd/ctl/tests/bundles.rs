@@ -13,18 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use quantum_trust::Bundle;
-use support::{bin, catalog, sh_cell, wait_for, Node};
-
-fn json(text: &str) -> serde_json::Value {
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
-}
-
-fn trail(node: &Node) -> Vec<serde_json::Value> {
-    json(&node.ok(&["trail", "show", "-n", "0", "--json"]))
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
+use support::{bin, catalog, json, sh_cell, trail, wait_for, Node};
 
 fn ctl(args: &[&str]) {
     let out = Command::new(bin("quantumctl")).args(args).output().expect("quantumctl");

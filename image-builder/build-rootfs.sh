@@ -60,6 +60,14 @@ conf() { data_lines "$VARIANT_DIR/image.conf" | sed -n "s/^$1=//p" | tail -n1; }
 
 [ -d "$VARIANT_DIR" ] || die "no variant '$VARIANT' (expected $VARIANT_DIR)"
 
+# A variant may take its root file system from another one (ROOTFS_FROM=NAME
+# in its image.conf): that variant's packages, initramfs modules and rootfs
+# hooks, so that the rootfs is built and cached once for both. The image step
+# still composes this variant's own files, units, users and command line.
+ROOTFS_VARIANT=$(conf ROOTFS_FROM); ROOTFS_VARIANT=${ROOTFS_VARIANT:-$VARIANT}
+ROOTFS_VARIANT_DIR="$REPO/image-builder/variants/$ROOTFS_VARIANT"
+[ -d "$ROOTFS_VARIANT_DIR" ] || die "$VARIANT_DIR/image.conf: ROOTFS_FROM=$ROOTFS_VARIANT names no variant"
+
 if [ "$ACTION" = path ]; then
     [ -e "$IMAGES/current/image.env" ] || die "no image built for '$VARIANT' yet (run: make image)"
     readlink -f "$IMAGES/current"
@@ -110,14 +118,14 @@ flock 9
 
 package_list() {
     {
-        data_lines "$VARIANT_DIR/packages"
+        data_lines "$ROOTFS_VARIANT_DIR/packages"
         if [ -f "$CELLS_PACKAGES" ]; then data_lines "$CELLS_PACKAGES"; fi
     } | awk '{ print $1 }' | LC_ALL=C sort -u
 }
 
 rootfs_inputs() {
     echo "recipe $ROOTFS_RECIPE"
-    echo "variant $VARIANT"
+    echo "variant $ROOTFS_VARIANT"
     echo "suite $SUITE"
     echo "arch amd64"
     echo "mirror $MIRROR"
@@ -125,8 +133,8 @@ rootfs_inputs() {
     echo "source-date-epoch $SOURCE_DATE_EPOCH"
     echo "mmdebstrap $(mmdebstrap --version | awk '{ print $2 }')"
     package_list | sed 's/^/package /'
-    if [ -f "$VARIANT_DIR/initramfs-modules" ]; then
-        data_lines "$VARIANT_DIR/initramfs-modules" | sed 's/^/initramfs-module /'
+    if [ -f "$ROOTFS_VARIANT_DIR/initramfs-modules" ]; then
+        data_lines "$ROOTFS_VARIANT_DIR/initramfs-modules" | sed 's/^/initramfs-module /'
     fi
     local hook
     for hook in $(rootfs_hooks); do
@@ -138,7 +146,7 @@ rootfs_inputs() {
 # order with the root directory as $1), for what a package list cannot say.
 rootfs_hooks() {
     local hook
-    for hook in "$VARIANT_DIR"/rootfs-hooks/*; do
+    for hook in "$ROOTFS_VARIANT_DIR"/rootfs-hooks/*; do
         [ -f "$hook" ] && [ -x "$hook" ] && echo "$hook"
     done
     return 0
@@ -165,12 +173,12 @@ build_rootfs() {
     stage "packages: ${packages//,/ }"
 
     local -a hooks=()
-    if [ -f "$VARIANT_DIR/initramfs-modules" ]; then
+    if [ -f "$ROOTFS_VARIANT_DIR/initramfs-modules" ]; then
         # Before the kernel is installed, so its initramfs is built once and
         # small: only the modules listed (MODULES=list).
         hooks+=(--essential-hook="mkdir -p \"\$1/etc/initramfs-tools/conf.d\" \"\$1/usr/share/initramfs-tools/modules.d\"")
         hooks+=(--essential-hook="echo MODULES=list > \"\$1/etc/initramfs-tools/conf.d/quantumos\"")
-        hooks+=(--essential-hook="sed -e 's/#.*//' -e '/^[[:space:]]*\$/d' '$VARIANT_DIR/initramfs-modules' > \"\$1/usr/share/initramfs-tools/modules.d/quantumos\"")
+        hooks+=(--essential-hook="sed -e 's/#.*//' -e '/^[[:space:]]*\$/d' '$ROOTFS_VARIANT_DIR/initramfs-modules' > \"\$1/usr/share/initramfs-tools/modules.d/quantumos\"")
     fi
 
     local hook

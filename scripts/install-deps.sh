@@ -2,7 +2,8 @@
 # Installs, on a Debian bookworm machine, everything the test tiers need:
 # container and VM tooling (mmdebstrap, systemd-nspawn, QEMU from
 # bookworm-backports, OVMF), eBPF build and benchmark dependencies (bpftool,
-# perf, hackbench), btrfs tools, the TPM emulator and lintian.
+# perf, hackbench), btrfs tools, the TPM emulator, and what `make deb` needs
+# (dpkg-dev, debhelper, lintian).
 #
 # Idempotent and cheap when everything is present: it asks dpkg first and only
 # touches apt when something is missing. Must run as root (CI runs it on a
@@ -22,6 +23,9 @@ BASE_PACKAGES=(
     btrfs-progs libbtrfsutil-dev libclang-dev
     swtpm swtpm-tools tpm2-tools libtss2-dev
     lintian
+    # make deb: dpkg-buildpackage, dpkg-scanpackages and dh (debhelper 13.11
+    # provides dh-sequence-installsysusers)
+    dpkg-dev debhelper
 )
 # Packages that must come from bookworm-backports: bookworm's own QEMU 7.2
 # would downgrade (remove) the machine's newer qemu-utils.

@@ -80,8 +80,19 @@ fn main() -> anyhow::Result<()> {
         config.cgroup_root = d;
     }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    if args.regenerate_identity {
-        return rt.block_on(main_loop::regenerate_identity(&config));
-    }
-    rt.block_on(main_loop::serve(config, args.bus))
+    let result = if args.regenerate_identity {
+        rt.block_on(main_loop::regenerate_identity(&config))
+    } else {
+        rt.block_on(main_loop::serve(config, args.bus))
+    };
+    // Dropping the runtime would wait for every blocking task, and the
+    // intent model can spend minutes embedding the catalog on a slow
+    // machine: quantumd would outlive systemd's stop timeout and be killed.
+    // The trail is flushed by then; what is left may be abandoned.
+    rt.shutdown_timeout(SHUTDOWN_GRACE);
+    result
 }
+
+/// How long blocking work (model loading, trail verification) may hold up
+/// the exit after the loop has stopped.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);

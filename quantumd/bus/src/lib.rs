@@ -122,6 +122,18 @@ pub struct TrailReport {
     pub warnings: Vec<String>,
 }
 
+/// A stateful cell's state after a `CellState` operation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
+pub struct CellStateReport {
+    pub cell: String,
+    /// The directory the cell reads and writes (its `$STATE_DIRECTORY`).
+    pub current: String,
+    /// Whether it is a btrfs subvolume; without btrfs there are no snapshots.
+    pub btrfs: bool,
+    /// Snapshot names, sorted.
+    pub snapshots: Vec<String>,
+}
+
 /// Errors of the interface, mapped to D-Bus error names
 /// `org.quantumos.Quantum1.Error.<Variant>`; the text is for humans.
 #[derive(Debug, zbus::DBusError)]
@@ -201,6 +213,12 @@ pub trait Quantum1 {
     /// Verifies the whole trail: checksums, the hash chain, every seal's
     /// signature against this node's keys; names the first failing entry.
     fn trail_verify(&self) -> Result<TrailReport, Error>;
+
+    /// A stateful cell's state (`[state] subvolume = true`): `op` is `list`,
+    /// `snapshot` (a read-only snapshot named `name`), `rollback` (the state
+    /// becomes a copy of snapshot `name`; no instance of the cell may be
+    /// running) or `delete` (snapshot `name`). Snapshots need btrfs.
+    fn cell_state(&self, cell: &str, op: &str, name: &str) -> Result<CellStateReport, Error>;
 
     /// STEPPPS figures as JSON (the `quantumctl steppps --json` contract,
     /// see quantum-steppps' `Figures`): every cell, or the instances of

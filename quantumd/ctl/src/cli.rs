@@ -220,6 +220,27 @@ pub enum CliCommand {
     /// everything it ran, stopped or refused.
     #[command(subcommand)]
     Trail(TrailCommand),
+    /// Snapshot and roll back a stateful cell's state.
+    ///
+    /// A cell with `[state] subvolume = true` keeps a state directory of its
+    /// own across runs (`$STATE_DIRECTORY` in the cell). Where /var/lib is
+    /// btrfs it is a subvolume: a snapshot is read-only and instant, and a
+    /// rollback replaces the state with a copy of a snapshot in one atomic
+    /// step (the snapshot stays). Elsewhere the state is a plain directory
+    /// and these commands say so. Every change is recorded in the trail.
+    #[command(
+        subcommand,
+        after_help = "EXAMPLES:
+    quantumctl cell snapshot sql-database before-upgrade
+    quantumctl cell snapshots sql-database
+    quantumctl stop sql-database && quantumctl cell rollback sql-database before-upgrade
+    quantumctl cell forget sql-database before-upgrade
+
+EXIT STATUS:
+    0 success; 1 refused (no such cell or snapshot, the cell keeps no state,
+    running during a rollback, not on btrfs); 2 quantumd unreachable."
+    )]
+    Cell(CellCommand),
     /// Show STEPPPS figures: the node, and per cell its CPU, memory, I/O
     /// and tasks (SPACE), run-queue latency (TIME) and process events (EVENT).
     ///
@@ -245,6 +266,38 @@ pub enum CliCommand {
         /// Print once and exit, even on a terminal.
         #[arg(long)]
         once: bool,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum CellCommand {
+    /// Take a read-only snapshot of the cell's state (it may be running).
+    Snapshot {
+        cell: String,
+        /// 1 to 64 of A-Z a-z 0-9 . _ - (default: the time now, UTC).
+        name: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace the cell's state with a copy of a snapshot; stop the cell first.
+    Rollback {
+        cell: String,
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the snapshots of the cell's state.
+    Snapshots {
+        cell: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a snapshot.
+    Forget {
+        cell: String,
+        name: String,
+        #[arg(long)]
+        json: bool,
     },
 }
 

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{anyhow, Context};
 use quantum_bus::{Error, Quantum1Proxy};
 
-use crate::cli::{CliCommand, TrailCommand};
+use crate::cli::{CellCommand, CliCommand, TrailCommand};
 use crate::output;
 
 /// A failed request: printed, then exit status 1.
@@ -126,6 +126,26 @@ async fn execute(proxy: &Quantum1Proxy<'_>, command: CliCommand) -> Result<(), F
                 output::json(&id);
             } else {
                 print!("{}", output::identity(&id));
+            }
+        }
+        CliCommand::Cell(command) => {
+            let (cell, op, name, json) = match command {
+                CellCommand::Snapshot { cell, name, json } => {
+                    let name = name.unwrap_or_else(output::snapshot_name_now);
+                    (cell, "snapshot", name, json)
+                }
+                CellCommand::Rollback { cell, name, json } => (cell, "rollback", name, json),
+                CellCommand::Snapshots { cell, json } => (cell, "list", String::new(), json),
+                CellCommand::Forget { cell, name, json } => (cell, "delete", name, json),
+            };
+            let report = proxy
+                .cell_state(&cell, op, &name)
+                .await
+                .map_err(|e| Failed(request_failed(&format!("cannot {op} the state of cell {cell}"), e)))?;
+            if json {
+                output::json(&report);
+            } else {
+                print!("{}", output::cell_state(op, &name, &report));
             }
         }
         CliCommand::Trail(TrailCommand::Show { cell, since, limit, json }) => {

@@ -75,6 +75,53 @@ pub fn identity(id: &quantum_bus::NodeIdentity) -> String {
     out
 }
 
+/// What a `quantumctl cell` command did, then the state's snapshots.
+pub fn cell_state(op: &str, name: &str, r: &quantum_bus::CellStateReport) -> String {
+    let mut out = String::new();
+    match op {
+        "snapshot" => {
+            let _ = writeln!(out, "snapshot {name} of {} taken", r.cell);
+        }
+        "rollback" => {
+            let _ = writeln!(out, "{} rolled back to snapshot {name}", r.cell);
+        }
+        "delete" => {
+            let _ = writeln!(out, "snapshot {name} of {} deleted", r.cell);
+        }
+        _ => {}
+    }
+    let _ = writeln!(
+        out,
+        "state:      {}{}",
+        r.current,
+        if r.btrfs {
+            " (btrfs subvolume)"
+        } else {
+            " (not btrfs: no snapshots)"
+        }
+    );
+    if r.snapshots.is_empty() {
+        let _ = writeln!(out, "snapshots:  none");
+    } else {
+        let _ = writeln!(out, "snapshots:  {}", r.snapshots.join(" "));
+    }
+    out
+}
+
+/// A snapshot name for now, UTC: `2026-11-29T07-30-05` (no colons, so that
+/// it is a valid snapshot name).
+pub fn snapshot_name_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    utc(secs * 1_000_000_000)
+        .replace(':', "-")
+        .replace(' ', "T")
+        .trim_end_matches('Z')
+        .to_owned()
+}
+
 pub fn trail(entries: &[quantum_bus::TrailEntry]) -> String {
     let mut out = String::new();
     for e in entries {

@@ -6,6 +6,8 @@
 //! runs in spawned tasks that report back with another event, so the loop
 //! never waits on the backend.
 
+mod state;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -407,6 +409,7 @@ impl Cells {
             Command::Inspect { target, reply } => {
                 let _ = reply.send(self.inspect(&target));
             }
+            Command::CellState { actor, cell, op, reply } => self.cell_state(actor, cell, op, reply),
         }
     }
 
@@ -765,6 +768,7 @@ impl Cells {
                 writable: m.isolation.writable.iter().map(subst).collect::<Result<_, _>>()?,
                 inaccessible: vec![self.config.state_dir.display().to_string()],
             },
+            state: m.state.subvolume,
         })
     }
 
@@ -1318,6 +1322,7 @@ fn bare_spec(r: &Record) -> UnitSpec {
             writable: vec![],
             inaccessible: vec![],
         },
+        state: false,
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use quantum_bus::{CellDetail, CellInfo};
+use quantum_bus::{CellDetail, CellInfo, CellStateReport};
 use tokio::sync::oneshot;
 
 pub type Reply<T> = oneshot::Sender<Result<T, CommandError>>;
@@ -30,6 +30,12 @@ pub enum Command {
     Inspect {
         target: String,
         reply: Reply<CellDetail>,
+    },
+    CellState {
+        actor: String,
+        cell: String,
+        op: crate::cell_state::Op,
+        reply: Reply<CellStateReport>,
     },
 }
 

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use quantum_bus::{CellDetail, CellInfo, Error, NodeIdentity, TrailEntry, TrailReport, ACTION_MANAGE};
+use quantum_bus::{CellDetail, CellInfo, CellStateReport, Error, NodeIdentity, TrailEntry, TrailReport, ACTION_MANAGE};
 use quantum_trail::{Action, Outcome};
 use tokio::sync::{mpsc, oneshot};
 use zbus::message::Header;
@@ -74,6 +74,31 @@ impl Quantum1 {
             reply,
         })
         .await
+    }
+
+    async fn cell_state(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        cell: String,
+        op: String,
+        name: String,
+    ) -> Result<CellStateReport, Error> {
+        use crate::cell_state::Op;
+        let op = match op.as_str() {
+            "list" => Op::List,
+            "snapshot" => Op::Snapshot { name },
+            "rollback" => Op::Rollback { name },
+            "delete" => Op::Delete { name },
+            other => {
+                return Err(Error::from(CommandError::Invalid(format!(
+                    "{other:?} is not a state operation: use list, snapshot, rollback or delete"
+                ))))
+            }
+        };
+        self.authorize(&header).await?;
+        let actor = actor(conn, &header).await;
+        self.call(|reply| Command::CellState { actor, cell, op, reply }).await
     }
 
     async fn stop(

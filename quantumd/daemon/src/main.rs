@@ -2,6 +2,7 @@
 
 mod bundles;
 mod catalog;
+mod cell_state;
 mod cells;
 mod command;
 mod config;
@@ -57,11 +58,34 @@ struct Args {
     /// trail it sealed still verifies.
     #[arg(long)]
     regenerate_identity: bool,
+    #[command(subcommand)]
+    helper: Option<Helper>,
+}
+
+/// What quantumd runs of itself in other units; not for people.
+#[derive(Debug, clap::Subcommand)]
+enum Helper {
+    /// The privileged half of a stateful cell's state: quantumd runs
+    /// `quantumd cell-state DIR OP` as root in a short unit, because a
+    /// dynamic user's state lives where only root may go. Prints a JSON
+    /// report; errors go to stderr with exit status 1.
+    #[command(hide = true)]
+    CellState {
+        dir: PathBuf,
+        #[command(subcommand)]
+        op: cell_state::Op,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     logging::init();
+    if let Some(Helper::CellState { dir, op }) = &args.helper {
+        let report = cell_state::apply(dir, op)
+            .map_err(|e| anyhow::anyhow!("{} of the cell state in {}: {}", op.verb(), dir.display(), command::error_chain(&e)))?;
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
+    }
     let required = args.config.as_path() != std::path::Path::new(config::DEFAULT_CONFIG);
     let mut config = Config::load(&args.config, required)?;
     if let Some(b) = args.backend {

@@ -40,11 +40,18 @@ async fn build_runtime(config: &Config, events: mpsc::UnboundedSender<UnitEvent>
     };
     Ok(match choice {
         BackendChoice::Systemd => Runtime::Systemd(
-            SystemdRuntime::connect(events, &config.cell_slice, Path::new("/sys/fs/cgroup"))
-                .await
-                .context("systemd backend")?,
+            SystemdRuntime::connect(
+                events,
+                &config.cell_slice,
+                Path::new("/sys/fs/cgroup"),
+                &config.state_dir.join("cell-state"),
+            )
+            .await
+            .context("systemd backend")?,
         ),
-        _ => Runtime::Cgroup(CgroupRuntime::new(&config.cgroup_root, events).context("cgroup backend")?),
+        _ => Runtime::Cgroup(
+            CgroupRuntime::new(&config.cgroup_root, &config.state_dir.join("cell-state"), events).context("cgroup backend")?,
+        ),
     })
 }
 

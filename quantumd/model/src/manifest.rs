@@ -70,6 +70,7 @@ pub struct Manifest {
     pub resources: Resources,
     pub lifecycle: Lifecycle,
     pub objectives: Objectives,
+    pub state: State,
     pub isolation: Isolation,
     /// `[needs] cells`: started before this cell and stopped after it.
     pub needs: Vec<CellName>,
@@ -213,6 +214,16 @@ pub struct Objectives {
     /// 99 % of the cell's waits for a CPU must be shorter than this; while
     /// they are not, quantumd raises the cell's CPUWeight (bounded).
     pub runq_latency_p99: Option<crate::units::Latency>,
+}
+
+/// `[state]`: what the cell keeps between runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct State {
+    /// The cell has a state directory of its own (`$STATE_DIRECTORY`) that
+    /// outlives its runs; on btrfs it is a subvolume, with read-only
+    /// snapshots to roll back to (`quantumctl cell snapshot|rollback`).
+    pub subvolume: bool,
 }
 
 /// `[lifecycle]`.

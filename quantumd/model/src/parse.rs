@@ -10,7 +10,7 @@ use toml_edit::{ImDocument, Item, TableLike, Value};
 use crate::diagnostic::Diagnostic;
 use crate::manifest::{
     Artifact, CellName, ChildRef, Isolation, Lifecycle, Manifest, Network, Objectives, ParamSpec, ParamType, Program, Resources, Restart,
-    UserMode,
+    State, UserMode,
 };
 use crate::placeholder::{is_param_name, placeholders};
 use crate::units::{ByteSize, CpuCores, Duration, Latency};
@@ -23,6 +23,7 @@ const TOP_KEYS: &[&str] = &[
     "resources",
     "lifecycle",
     "objectives",
+    "state",
     "isolation",
     "needs",
     "child",
@@ -33,6 +34,7 @@ const PARAM_KEYS: &[&str] = &["type", "default", "description"];
 const RESOURCE_KEYS: &[&str] = &["cpu-min", "cpu-max", "memory-min", "memory-max", "io-weight", "tasks-max", "gpus"];
 const LIFECYCLE_KEYS: &[&str] = &["idle-timeout", "restart", "max-restarts", "restart-window"];
 const OBJECTIVES_KEYS: &[&str] = &["runq-latency-p99"];
+const STATE_KEYS: &[&str] = &["subvolume"];
 const ISOLATION_KEYS: &[&str] = &["network", "user", "readable", "writable"];
 const NEEDS_KEYS: &[&str] = &["cells"];
 const CHILD_KEYS: &[&str] = &["name", "manifest", "count"];
@@ -116,6 +118,7 @@ fn home_of(key: &str) -> Option<&'static str> {
         ("resources", RESOURCE_KEYS),
         ("lifecycle", LIFECYCLE_KEYS),
         ("objectives", OBJECTIVES_KEYS),
+        ("state", STATE_KEYS),
         ("isolation", ISOLATION_KEYS),
         ("needs", NEEDS_KEYS),
     ]
@@ -382,6 +385,7 @@ impl Walker {
         let resources = self.resources(root.get("resources"));
         let lifecycle = self.lifecycle(root.get("lifecycle"));
         let objectives = self.objectives(root.get("objectives"));
+        let state = self.state(root.get("state"));
         let (isolation, isolation_spans) = self.isolation(root.get("isolation"));
         let (needs, needs_spans) = self.needs(root.get("needs"));
         let (children, child_manifest, child_count, child_index) = self.children(root.get("child"));
@@ -420,6 +424,7 @@ impl Walker {
                 resources,
                 lifecycle,
                 objectives,
+                state,
                 isolation,
                 needs: needs.clone(),
                 children: children.clone(),
@@ -700,6 +705,24 @@ impl Walker {
             }
         }
         o
+    }
+
+    fn state(&mut self, item: Option<&Item>) -> State {
+        let mut state = State::default();
+        let Some(item) = item else { return state };
+        let Some(t) = self.table("state", item) else { return state };
+        self.check_keys("state", t, STATE_KEYS);
+        if let Some(v) = t.get("subvolume") {
+            match v.as_bool() {
+                Some(b) => state.subvolume = b,
+                None => self.error(
+                    "state.subvolume",
+                    v.span(),
+                    format!("expected true or false, found {}", describe(v)),
+                ),
+            }
+        }
+        state
     }
 
     /// Also returns the path strings with their spans, for the placeholder check.

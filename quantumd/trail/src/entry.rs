@@ -112,6 +112,9 @@ impl Action {
     pub const TUNE: Action = Action(Cow::Borrowed("tune"));
     /// A signed bundle verified before its cell runs (signer, origin).
     pub const BUNDLE: Action = Action(Cow::Borrowed("bundle"));
+    /// A stateful cell's state changed: `snapshot NAME`, `rollback NAME`,
+    /// `delete NAME` in the detail.
+    pub const STATE: Action = Action(Cow::Borrowed("state"));
     /// Something that happened to the trail itself (a repair at open).
     pub const TRAIL: Action = Action(Cow::Borrowed("trail"));
 

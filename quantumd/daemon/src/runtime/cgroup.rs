@@ -27,7 +27,12 @@ pub struct CgroupRuntime {
     /// Slice name -> directory, for nested families.
     slices: Arc<Mutex<HashMap<String, PathBuf>>>,
     is_root: bool,
+    /// Stateful cells' state, `<dir>/<cell>/current`.
+    state_root: PathBuf,
 }
+
+/// The uid a dynamic-user cell runs as under this backend (nobody).
+const DYNAMIC_UID: libc::uid_t = 65534;
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> RuntimeError + 'a {
     move |source| RuntimeError::Cgroup {
@@ -47,7 +52,7 @@ pub fn read_usage_usec(cpu_stat: &Path) -> Option<u64> {
 
 impl CgroupRuntime {
     /// Prepares `<root>/quantum` and enables what controllers `root` offers.
-    pub fn new(root: &Path, events: EventSender) -> Result<Self, RuntimeError> {
+    pub fn new(root: &Path, state_root: &Path, events: EventSender) -> Result<Self, RuntimeError> {
         let base = root.join("quantum");
         if !root.join("cgroup.controllers").exists() {
             return Err(RuntimeError::Cgroup {
@@ -78,6 +83,7 @@ impl CgroupRuntime {
             events,
             slices: Arc::default(),
             is_root: unsafe { libc::geteuid() } == 0,
+            state_root: state_root.to_owned(),
         })
     }
 
@@ -163,6 +169,17 @@ impl CgroupRuntime {
         Ok(())
     }
 
+    /// Where `cell`'s state lives (see crate::cell_state).
+    pub fn state_dir(&self, cell: &str) -> PathBuf {
+        self.state_root.join(cell)
+    }
+
+    /// Who must own a cell's state: the uid its processes get, when this
+    /// backend changes it.
+    pub fn state_owner(&self, user: UserMode) -> Option<libc::uid_t> {
+        (user == UserMode::Dynamic && self.is_root).then_some(DYNAMIC_UID)
+    }
+
     pub fn start(&self, spec: &UnitSpec) -> Result<u32, RuntimeError> {
         let dir = self.dir_of(&spec.slice).join(&spec.unit);
         fs::create_dir_all(&dir).map_err(io_err("cannot create", &dir))?;
@@ -175,6 +192,9 @@ impl CgroupRuntime {
 
         let mut cmd = std::process::Command::new(&spec.argv[0]);
         cmd.args(&spec.argv[1..]).envs(&spec.env).stdin(std::process::Stdio::null());
+        if spec.state {
+            cmd.env("STATE_DIRECTORY", self.state_dir(&spec.cell).join("current"));
+        }
         let drop_user = spec.sandbox.user == UserMode::Dynamic && self.is_root;
         let private_net = spec.sandbox.network == Network::None && self.is_root;
         let procs_fd = std::os::fd::AsRawFd::as_raw_fd(&procs);
@@ -194,7 +214,7 @@ impl CgroupRuntime {
                     return Err(std::io::Error::last_os_error());
                 }
                 if drop_user {
-                    let id: libc::uid_t = 65534;
+                    let id = DYNAMIC_UID;
                     if libc::setgroups(0, std::ptr::null()) != 0 || libc::setgid(id) != 0 || libc::setuid(id) != 0 {
                         return Err(std::io::Error::last_os_error());
                     }

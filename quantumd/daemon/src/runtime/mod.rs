@@ -13,6 +13,9 @@ pub use spec::{unit_name, Limits, Sandbox, SliceSpec, UnitSpec};
 
 use tokio::sync::mpsc;
 
+use crate::cell_state::{Op, Report};
+use quantum_model::UserMode;
+
 /// How a unit's main process ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Exit {
@@ -97,6 +100,8 @@ pub enum RuntimeError {
     },
     #[error("cannot start {program}")]
     Spawn { program: String, source: std::io::Error },
+    #[error("{verb} of cell {cell}'s state failed: {message}")]
+    CellState { cell: String, verb: &'static str, message: String },
 }
 
 /// The backend in use; cheap to clone (shared state inside).
@@ -137,8 +142,12 @@ impl Runtime {
         }
     }
 
-    /// Starts the unit and returns its main PID once the program runs.
+    /// Starts the unit and returns its main PID once the program runs; a
+    /// stateful cell's state is made first when it is missing.
     pub async fn start(&self, spec: &UnitSpec) -> Result<u32, RuntimeError> {
+        if spec.state {
+            self.cell_state(&spec.cell, spec.sandbox.user, &Op::Prepare).await?;
+        }
         match self {
             Runtime::Systemd(r) => r.start(spec).await,
             Runtime::Cgroup(r) => r.start(spec),
@@ -195,6 +204,32 @@ impl Runtime {
                 let cells = r.cells_cgroup();
                 let mount = cells.parent().map(std::path::Path::to_owned).unwrap_or_else(|| cells.clone());
                 (cells, mount)
+            }
+        }
+    }
+
+    /// Does `op` on the state of `cell` (whose instances run as `user`).
+    pub async fn cell_state(&self, cell: &str, user: UserMode, op: &Op) -> Result<Report, RuntimeError> {
+        match self {
+            Runtime::Systemd(r) => r.cell_state(cell, user, op).await,
+            Runtime::Cgroup(r) => {
+                let (dir, owner) = (r.state_dir(cell), r.state_owner(user));
+                let task_op = op.clone();
+                let result = tokio::task::spawn_blocking(move || -> Result<Report, String> {
+                    let report = crate::cell_state::apply(&dir, &task_op).map_err(|e| crate::command::error_chain(&e))?;
+                    if let Some(uid) = owner {
+                        std::os::unix::fs::chown(&report.current, Some(uid), Some(uid))
+                            .map_err(|e| format!("chown {}: {e}", report.current.display()))?;
+                    }
+                    Ok(report)
+                })
+                .await
+                .unwrap_or_else(|e| Err(format!("the state task panicked: {e}")));
+                result.map_err(|message| RuntimeError::CellState {
+                    cell: cell.to_owned(),
+                    verb: op.verb(),
+                    message,
+                })
             }
         }
     }

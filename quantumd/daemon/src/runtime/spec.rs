@@ -64,6 +64,9 @@ pub struct UnitSpec {
     pub env: BTreeMap<String, String>,
     pub limits: Limits,
     pub sandbox: Sandbox,
+    /// `[state] subvolume = true`: the cell keeps a state directory of its
+    /// own, made before each start and given in `$STATE_DIRECTORY`.
+    pub state: bool,
 }
 
 /// `quantum-<cell>.<n>.service` for instance `<cell>.<n>`.

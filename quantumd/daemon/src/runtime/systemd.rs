@@ -12,7 +12,19 @@ use zbus::zvariant::{OwnedObjectPath, OwnedValue, Value};
 
 use super::spec::{Limits, SliceSpec, UnitSpec};
 use super::{EventSender, Exit, LiveUnit, RuntimeError, UnitEvent};
+use crate::cell_state::{Op, Report};
 use quantum_model::{Network, UserMode};
+
+/// Where systemd keeps a cell's StateDirectory=quantum-cells/CELL/current:
+/// under /var/lib/private for a dynamic user, which systemd chowns to the
+/// uid of each run; crate::cell_state makes the rest of the layout.
+pub fn state_dir(cell: &str, user: UserMode) -> std::path::PathBuf {
+    let base = match user {
+        UserMode::Dynamic => "/var/lib/private/quantum-cells",
+        UserMode::Root => "/var/lib/quantum-cells",
+    };
+    std::path::Path::new(base).join(cell)
+}
 
 #[zbus::proxy(
     interface = "org.freedesktop.systemd1.Manager",
@@ -88,6 +100,10 @@ pub struct SystemdRuntime {
     events: EventSender,
     cell_slice: String,
     cgroup_root: std::path::PathBuf,
+    /// Where the units doing cell state operations write their output.
+    state_ops: std::path::PathBuf,
+    /// One state operation at a time: they share a unit name per cell.
+    state_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// `sd_bus_path_encode`: every byte outside [A-Za-z0-9] becomes `_xx`.
@@ -105,7 +121,12 @@ fn unit_path(unit: &str) -> String {
 
 impl SystemdRuntime {
     /// Connects to systemd on the system bus and starts following its signals.
-    pub async fn connect(events: EventSender, cell_slice: &str, cgroup_root: &std::path::Path) -> Result<Self, RuntimeError> {
+    pub async fn connect(
+        events: EventSender,
+        cell_slice: &str,
+        cgroup_root: &std::path::Path,
+        state_ops: &std::path::Path,
+    ) -> Result<Self, RuntimeError> {
         let conn = zbus::Connection::system().await.map_err(RuntimeError::Connect)?;
         let manager = ManagerProxy::new(&conn).await.map_err(RuntimeError::Connect)?;
         let shared = Arc::new(Shared {
@@ -153,6 +174,8 @@ impl SystemdRuntime {
             events: events.clone(),
             cell_slice: cell_slice.to_owned(),
             cgroup_root: cgroup_root.to_owned(),
+            state_ops: state_ops.to_owned(),
+            state_lock: Arc::default(),
         };
         let watcher = me.clone();
         tokio::spawn(async move {
@@ -374,6 +397,68 @@ impl SystemdRuntime {
         }
     }
 
+    /// Does `op` on `cell`'s state as root, in a oneshot unit running
+    /// `quantumd cell-state DIR OP` (see crate::cell_state for why), and
+    /// reads its report, or its error, from the files it wrote.
+    pub async fn cell_state(&self, cell: &str, user: UserMode, op: &Op) -> Result<Report, RuntimeError> {
+        let failed = |message: String| RuntimeError::CellState {
+            cell: cell.to_owned(),
+            verb: op.verb(),
+            message,
+        };
+        let _one_at_a_time = self.state_lock.lock().await;
+        let exe = std::env::current_exe().map_err(|e| failed(format!("cannot find quantumd's own executable: {e}")))?;
+        std::fs::create_dir_all(&self.state_ops).map_err(|e| failed(format!("cannot create {}: {e}", self.state_ops.display())))?;
+        let (out, err) = (
+            self.state_ops.join(format!("{cell}.out")),
+            self.state_ops.join(format!("{cell}.err")),
+        );
+        for f in [&out, &err] {
+            // StandardOutputFile= appends to what a previous operation left.
+            let _ = std::fs::remove_file(f);
+        }
+        let unit = format!("quantum-cellstate-{cell}.service");
+        let mut argv = vec![
+            exe.display().to_string(),
+            "cell-state".into(),
+            state_dir(cell, user).display().to_string(),
+        ];
+        argv.extend(op.args());
+        let props: Vec<(&str, Value<'_>)> = vec![
+            (
+                "Description",
+                Value::from(format!("QuantumOS cell {cell}: {} its state", op.verb())),
+            ),
+            ("Type", Value::from("oneshot")),
+            ("ExecStart", Value::from(vec![(argv[0].clone(), exec_argv(&argv), false)])),
+            ("StandardOutputFile", Value::from(out.display().to_string())),
+            ("StandardErrorFile", Value::from(err.display().to_string())),
+            ("Environment", Value::from(vec!["RUST_LOG=warn".to_owned()])),
+            ("CollectMode", Value::from("inactive-or-failed")),
+            ("PrivateNetwork", Value::from(true)),
+            ("NoNewPrivileges", Value::from(true)),
+            ("ProtectHome", Value::from("yes")),
+            ("PrivateTmp", Value::from(true)),
+        ];
+        let job = self
+            .manager
+            .start_transient_unit(&unit, "fail", &props, &[])
+            .await
+            .map_err(|e| failed(format!("systemd refused {unit}: {}", dbus_message(&e))))?;
+        let result = self.wait_job(&job).await;
+        if result != "done" {
+            let why = std::fs::read_to_string(&err).unwrap_or_default();
+            let why = why.trim().strip_prefix("Error: ").unwrap_or(why.trim()).to_owned();
+            return Err(failed(if why.is_empty() {
+                format!("{unit} ended with result \"{result}\"")
+            } else {
+                why
+            }));
+        }
+        let text = std::fs::read_to_string(&out).map_err(|e| failed(format!("reading {}: {e}", out.display())))?;
+        serde_json::from_str(text.trim()).map_err(|e| failed(format!("{unit} printed no report ({e}): {text:?}")))
+    }
+
     pub async fn stop_unit(&self, unit: &str) -> Result<(), RuntimeError> {
         match self.manager.stop_unit(unit, "replace").await {
             Ok(job) => {
@@ -528,6 +613,10 @@ pub fn unit_properties(spec: &UnitSpec) -> Vec<(&'static str, Value<'static>)> {
         ("LockPersonality", Value::from(true)),
     ];
     p.extend(limit_properties(&spec.limits));
+    if spec.state {
+        p.push(("StateDirectory", Value::from(vec![format!("quantum-cells/{}/current", spec.cell)])));
+        p.push(("StateDirectoryMode", Value::from(0o700u32)));
+    }
     if sb.user == UserMode::Dynamic {
         p.push(("DynamicUser", Value::from(true)));
     }

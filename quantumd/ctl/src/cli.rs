@@ -222,6 +222,9 @@ pub enum CliCommand {
     Trail(TrailCommand),
     /// Snapshot and roll back a stateful cell's state.
     ///
+    /// CELL is a catalog name, a running cell's name, or the path of its
+    /// cell.toml.
+    ///
     /// A cell with `[state] subvolume = true` keeps a state directory of its
     /// own across runs (`$STATE_DIRECTORY` in the cell). Where /var/lib is
     /// btrfs it is a subvolume: a snapshot is read-only and instant, and a

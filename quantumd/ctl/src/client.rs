@@ -138,6 +138,12 @@ async fn execute(proxy: &Quantum1Proxy<'_>, command: CliCommand) -> Result<(), F
                 CellCommand::Snapshots { cell, json } => (cell, "list", String::new(), json),
                 CellCommand::Forget { cell, name, json } => (cell, "delete", name, json),
             };
+            // A path names the cell by its cell.toml, as for `run`.
+            let cell = if cell.contains('/') && !cell.starts_with('/') {
+                std::env::current_dir().map(|d| d.join(&cell).display().to_string()).unwrap_or(cell)
+            } else {
+                cell
+            };
             let report = proxy
                 .cell_state(&cell, op, &name)
                 .await

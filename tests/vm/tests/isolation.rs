@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use quantum_vmtest::{eventually, report, Backend, Guest, Scenarios};
+use quantum_vmtest::{eventually, report, Backend, Guest, Scenarios, GUEST_SHARE};
 
 mod lifecycle;
 
@@ -35,6 +35,10 @@ fn cells_are_isolated_and_limited_in_a_vm() {
         steppps_from_ebpf,
     );
     s.run("a-starved-cell-missing-its-objective-gets-more-cpu-weight", objective_raises_weight);
+    s.run(
+        "a-stateful-cell-keeps-its-state-on-btrfs-with-snapshot-and-rollback",
+        stateful_cell_on_btrfs,
+    );
     s.run(
         "kill-9-of-quantumd-while-20-cells-start-loses-none-and-duplicates-none",
         lifecycle::kill_9_readopts,
@@ -197,6 +201,88 @@ fn objective_raises_weight(g: &Guest) -> Result<()> {
     ensure!(!tunes.is_empty() && tunes.iter().all(|e| e["ok"] == true), "{tunes:#?}");
     ensure!(raised <= 100, "above the ceiling of ten times the manifest weight: {raised}");
     g.run_ok("quantumctl stop busy eager")?;
+    Ok(())
+}
+
+/// `[state] subvolume = true` under systemd: quantumd (unprivileged) has a
+/// root helper unit make the state a btrfs subvolume in /var/lib/private,
+/// systemd hands it to each run's dynamic user as StateDirectory=, and
+/// snapshot/rollback go through the same helper. /var/lib/private/quantum-cells
+/// is a btrfs image made on the host (the guest has no btrfs-progs).
+fn stateful_cell_on_btrfs(g: &Guest) -> Result<()> {
+    let img = g.share().join("cells.img");
+    std::fs::File::create(&img).and_then(|f| f.set_len(256 << 20))?;
+    let host = |cmd: &mut std::process::Command| -> Result<()> {
+        let out = cmd.output().with_context(|| format!("{cmd:?}"))?;
+        ensure!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(())
+    };
+    host(std::process::Command::new("mkfs.btrfs").arg("-q").arg(&img))?;
+    host(std::process::Command::new("zstd").args(["-q", "-f", "--rm"]).arg(&img))?;
+    g.run_ok(&format!(
+        "modprobe btrfs && zstd -dqf {GUEST_SHARE}/cells.img.zst -o /var/tmp/cells.img && \
+         mkdir -p /var/lib/private && chmod 0700 /var/lib/private && mkdir -p /var/lib/private/quantum-cells && \
+         mount -o loop /var/tmp/cells.img /var/lib/private/quantum-cells"
+    ))?;
+    let path = cell(
+        g,
+        "keeper",
+        "exec = [\"/bin/sh\", \"-c\", \"echo run >> $STATE_DIRECTORY/runs; id -u >> $STATE_DIRECTORY/uids; exec sleep 600\"]\n\
+         [resources]\nmemory-min = \"0\"\n[state]\nsubvolume = true",
+    )?;
+    let state = "/var/lib/private/quantum-cells/keeper";
+    let runs = |n: usize| -> Result<String> {
+        let info = run(g, &path)?;
+        let id = info["instance"].as_str().context("id")?.to_owned();
+        eventually(
+            &format!("run {n} of the keeper to write its state"),
+            Duration::from_secs(60),
+            || {
+                let out = g.run(&format!("wc -l < {state}/current/runs"))?;
+                Ok((out.stdout.trim() == n.to_string()).then_some(()))
+            },
+        )?;
+        Ok(id)
+    };
+    let first = runs(1)?;
+    let inode = g.run_ok(&format!("stat -c %i {state}/current"))?;
+    ensure!(inode.trim() == "256", "the state is not a subvolume root (inode {})", inode.trim());
+    let uid: u32 = g.run_ok(&format!("tail -n1 {state}/current/uids"))?.trim().parse()?;
+    ensure!(uid >= 61184, "the keeper ran as uid {uid}, not a dynamic user");
+    let taken = g.run_ok("quantumctl cell snapshot keeper one")?;
+    ensure!(taken.contains("(btrfs subvolume)"), "{taken}");
+    g.run_ok(&format!("quantumctl stop {first}"))?;
+
+    let second = runs(2)?;
+    let refused = g.run("quantumctl cell rollback keeper one")?;
+    ensure!(
+        !refused.success() && refused.stderr.contains("stop it first"),
+        "rollback while running: {refused}"
+    );
+    g.run_ok(&format!("quantumctl stop {second}"))?;
+    g.run_ok(&format!("quantumctl cell rollback {path} one"))?;
+    let after = g.run_ok(&format!("wc -l < {state}/current/runs"))?;
+    ensure!(after.trim() == "1", "after the rollback the state has {} runs", after.trim());
+    // The rolled-back copy is handed to the next run's user like the original.
+    let third = runs(2)?;
+    g.run_ok(&format!("quantumctl stop {third}"))?;
+
+    let trail = trail_of(g, "keeper")?;
+    let state_entries: Vec<String> = trail
+        .iter()
+        .filter(|e| e["action"] == "state")
+        .map(|e| format!("{} {}", e["detail"].as_str().unwrap_or(""), e["ok"]))
+        .collect();
+    ensure!(
+        state_entries == ["snapshot one true", "rollback one false", "rollback one true"],
+        "state entries in the trail: {state_entries:?}"
+    );
+    let helpers = g.run_ok("systemctl list-units --all --plain --no-legend 'quantum-cellstate-*'")?;
+    ensure!(helpers.trim().is_empty(), "helper units left behind: {helpers}");
+    report(format_args!(
+        "[qemu] stateful cell: subvolume state kept across 3 runs, snapshot and rollback by the root helper"
+    ));
+    g.run_ok("umount /var/lib/private/quantum-cells && rm -f /var/tmp/cells.img")?;
     Ok(())
 }
 

@@ -12,8 +12,12 @@ use crate::command::{error_chain, CommandError, Reply};
 use crate::trail;
 
 impl Cells {
-    pub(super) fn cell_state(&mut self, actor: String, cell: String, op: Op, reply: Reply<CellStateReport>) {
-        let checked = self.state_manifest(&cell).and_then(|m| {
+    /// `source` names the cell as `run` does: a catalog name, or the
+    /// absolute path of its cell.toml (for a cell that is not running).
+    pub(super) fn cell_state(&mut self, actor: String, source: String, op: Op, reply: Reply<CellStateReport>) {
+        let manifest = self.state_manifest(&source);
+        let cell = manifest.as_ref().map_or(source, |m| m.name.to_string());
+        let checked = manifest.and_then(|m| {
             if !m.state.subvolume {
                 return Err(CommandError::Invalid(format!(
                     "cell \"{cell}\" keeps no state: its cell.toml has no `[state] subvolume = true`"
@@ -75,24 +79,26 @@ impl Cells {
         });
     }
 
-    /// The manifest of `cell`: a running instance's (it may come from a
-    /// bundle), else the catalog's.
-    fn state_manifest(&self, cell: &str) -> Result<std::sync::Arc<Manifest>, CommandError> {
+    /// The manifest of `source`: a running instance's of that name (it may
+    /// come from a bundle), else the catalog's or the file's.
+    fn state_manifest(&self, source: &str) -> Result<std::sync::Arc<Manifest>, CommandError> {
         if let Some(m) = self
             .instances
             .values()
-            .filter(|i| i.record.cell == cell)
+            .filter(|i| i.record.cell == source)
             .find_map(|i| i.manifest.clone())
         {
             return Ok(m);
         }
-        if cell.parse::<quantum_model::CellName>().is_err() {
-            return Err(CommandError::Invalid(format!("{cell:?} is not a cell name")));
+        if !source.starts_with('/') && source.parse::<quantum_model::CellName>().is_err() {
+            return Err(CommandError::Invalid(format!(
+                "{source:?} is neither a cell name nor the absolute path of a cell.toml"
+            )));
         }
         self.catalog
-            .resolve(cell)
+            .resolve(source)
             .map(|r| std::sync::Arc::new(r.manifest))
-            .map_err(|e| CommandError::NotFound(format!("cell \"{cell}\": {e}")))
+            .map_err(|e| CommandError::NotFound(format!("cell \"{source}\": {e}")))
     }
 }
 

@@ -198,8 +198,10 @@ for p in $PACKAGES; do
     [ "$v" = "$version" ] || fail "$p is version $v, Cargo.toml says $version"
     printf '    %-20s %s\n' "$p" "$(field "$p" Depends)"
 done
-field quantumos-daemon Depends | grep -q 'libtss2-esys' ||
-    fail "quantumos-daemon does not depend on libtss2-esys (dh_shlibdeps did not run?)"
+for lib in libtss2-esys libbtrfsutil1; do
+    field quantumos-daemon Depends | grep -q "$lib" ||
+        fail "quantumos-daemon does not depend on $lib (dh_shlibdeps did not run?)"
+done
 dpkg-deb -I "$(deb_of quantumos-daemon)" conffiles 2>/dev/null | grep -qxF /etc/quantumos/quantumd.toml ||
     fail "/etc/quantumos/quantumd.toml is not a conffile of quantumos-daemon"
 

@@ -823,11 +823,19 @@ impl Cells {
 
     async fn started(&mut self, id: &str, result: Result<u32, String>) {
         // (A failed start's record is removed by `plan_done`.)
-        let Some(inst) = self.instances.get_mut(id) else { return };
+        let Some(inst) = self.instances.get_mut(id) else {
+            if result.is_ok() {
+                self.stop_unwanted(crate::runtime::unit_name(id));
+            }
+            return;
+        };
         match result {
             Ok(pid) => {
                 inst.pid = pid;
-                if inst.state == State::Starting {
+                if inst.state == State::Stopping {
+                    let unit = inst.record.unit.clone();
+                    self.stop_unwanted(unit);
+                } else if inst.state == State::Starting {
                     inst.state = State::Running;
                     inst.reason = format!("running as pid {pid}");
                     let (cell, reason) = (inst.record.cell.clone(), inst.reason.clone());
@@ -841,6 +849,19 @@ impl Cells {
                 inst.reason = e;
             }
         }
+    }
+
+    /// A unit whose start finished after it was asked to stop (its stop may
+    /// have found nothing yet to stop): stopped now, so that nothing runs
+    /// that quantumd has let go of.
+    fn stop_unwanted(&self, unit: String) {
+        tracing::info!(unit, "stopping a unit that came up after its stop");
+        let runtime = self.runtime.clone();
+        tokio::spawn(async move {
+            if let Err(e) = runtime.stop(&unit).await {
+                tracing::warn!(unit, error = %crate::command::error_chain(&e), "cannot stop a unit that came up after its stop");
+            }
+        });
     }
 
     async fn plan_done(&mut self, root: String, ids: Vec<String>, failed: Option<String>, reply: Reply<CellInfo>) {

@@ -234,9 +234,16 @@ fn plain_guest(g: &Guest) -> Result<()> {
 }
 
 fn apt_install(g: &Guest) -> Result<()> {
-    let update = g.run_with_timeout(&format!("{APT} update"), Duration::from_secs(120))?;
+    install_quantumos(g, APT, "")
+}
+
+/// `apt-get update` and `apt-get install -y quantumos` with `apt` (the
+/// command with its sources); every package of [`PACKAGES`] must then be
+/// installed at a version ending in `suffix`.
+fn install_quantumos(g: &Guest, apt: &str, suffix: &str) -> Result<()> {
+    let update = g.run_with_timeout(&format!("{apt} update"), Duration::from_secs(120))?;
     ensure!(update.success(), "apt-get update: {update}");
-    let install = g.run_with_timeout(&format!("{APT} install -y quantumos"), Duration::from_secs(600))?;
+    let install = g.run_with_timeout(&format!("{apt} install -y quantumos"), Duration::from_secs(600))?;
     ensure!(install.success(), "apt-get install quantumos: {install}");
     let installed = g.run_ok("dpkg-query -W -f '${Package} ${Version} ${db:Status-Abbrev}\\n' 'quantumos*'")?;
     report(format_args!("[qemu] installed:\n{}", installed.trim_end()));
@@ -244,8 +251,8 @@ fn apt_install(g: &Guest) -> Result<()> {
         ensure!(
             installed
                 .lines()
-                .any(|l| l.starts_with(&format!("{package} ")) && l.ends_with("ii ")),
-            "{package} is not installed:\n{installed}"
+                .any(|l| l.starts_with(&format!("{package} ")) && l.ends_with(&format!("{suffix} ii "))),
+            "{package} is not installed at a version ending in {suffix:?}:\n{installed}"
         );
     }
     Ok(())
@@ -301,21 +308,7 @@ fn apt_upgrade(g: &Guest) -> Result<()> {
     let trail_before = last_seq(g)?;
     let pid_before = g.run_ok("systemctl show -p MainPID --value quantumd.service")?;
 
-    let next = APT.replace("quantumos.list", "quantumos-next.list");
-    let update = g.run_with_timeout(&format!("{next} update"), Duration::from_secs(120))?;
-    ensure!(update.success(), "apt-get update: {update}");
-    let upgrade = g.run_with_timeout(&format!("{next} install -y quantumos"), Duration::from_secs(600))?;
-    ensure!(upgrade.success(), "apt-get install quantumos (upgrade): {upgrade}");
-    let installed = g.run_ok("dpkg-query -W -f '${Package} ${Version} ${db:Status-Abbrev}\\n' 'quantumos*'")?;
-    report(format_args!("[qemu] upgraded:\n{}", installed.trim_end()));
-    for package in PACKAGES {
-        ensure!(
-            installed
-                .lines()
-                .any(|l| l.starts_with(&format!("{package} ")) && l.contains("+next1 ii")),
-            "{package} was not upgraded:\n{installed}"
-        );
-    }
+    install_quantumos(g, &APT.replace("quantumos.list", "quantumos-next.list"), "+next1")?;
 
     let show = g.run_ok("systemctl show quantumd.service -p ActiveState,SubState,MainPID")?;
     ensure!(

@@ -88,6 +88,11 @@ struct ServiceFacts {
 
 struct Shared {
     jobs: Mutex<HashMap<String, JobSlot>>,
+    /// Units whose start is in flight, woken when it has resolved: a stop
+    /// waits for it, or its StopUnit could come before the transient unit
+    /// exists (NoSuchUnit, taken as stopped) and the start would then leave
+    /// the unit running with nobody to stop it.
+    starting: Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
     /// Watched units by object path.
     watched: Mutex<HashMap<String, (String, ServiceFacts)>>,
 }
@@ -131,6 +136,7 @@ impl SystemdRuntime {
         let manager = ManagerProxy::new(&conn).await.map_err(RuntimeError::Connect)?;
         let shared = Arc::new(Shared {
             jobs: Mutex::default(),
+            starting: Mutex::default(),
             watched: Mutex::default(),
         });
 
@@ -367,6 +373,19 @@ impl SystemdRuntime {
     }
 
     pub async fn start(&self, spec: &UnitSpec) -> Result<u32, RuntimeError> {
+        let done = Arc::new(tokio::sync::Notify::new());
+        self.shared
+            .starting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(spec.unit.clone(), done.clone());
+        let result = self.start_unit(spec).await;
+        self.shared.starting.lock().unwrap_or_else(|e| e.into_inner()).remove(&spec.unit);
+        done.notify_waiters();
+        result
+    }
+
+    async fn start_unit(&self, spec: &UnitSpec) -> Result<u32, RuntimeError> {
         let props = unit_properties(spec);
         let path = unit_path(&spec.unit);
         self.shared
@@ -460,6 +479,18 @@ impl SystemdRuntime {
     }
 
     pub async fn stop_unit(&self, unit: &str) -> Result<(), RuntimeError> {
+        // Registered under the lock, so that the wake-up cannot be missed.
+        let start_resolved = self
+            .shared
+            .starting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(unit)
+            .map(|done| done.clone().notified_owned());
+        if let Some(resolved) = start_resolved {
+            tracing::debug!(unit, "waiting for the unit's start to resolve before stopping it");
+            resolved.await;
+        }
         match self.manager.stop_unit(unit, "replace").await {
             Ok(job) => {
                 let result = self.wait_job(&job).await;

@@ -202,7 +202,10 @@ fn objective_raises_weight(g: &Guest) -> Result<()> {
     // CPUWeight 10); it may come before the first look at the unit, so the
     // trail is what shows it.
     let first = tunes[0]["detail"].as_str().unwrap_or("");
-    ensure!(first.contains("CPUWeight 10 -> "), "cpu-min 0.1 must start at CPUWeight 10: {first}");
+    ensure!(
+        first.contains("CPUWeight 10 -> "),
+        "cpu-min 0.1 must start at CPUWeight 10: {first}"
+    );
     ensure!(raised <= 100, "above the ceiling of ten times the manifest weight: {raised}");
     g.run_ok("quantumctl stop busy eager")?;
     Ok(())

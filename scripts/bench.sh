@@ -11,6 +11,8 @@ cargo run -q --release -p quantum-trust --bin bundle-bench
 echo "== quantum trail: appends/s with batched seals vs a signature per entry; verify of 1M entries"
 cargo run -q --release -p quantum-trail --bin trail-bench
 echo "== eBPF telemetry (TIME, EVENT): perf bench sched pipe and hackbench with / without the programs, ring buffer rate"
+# bpf-bench runs bpf-workload (its sibling binary) for the ring-buffer rate.
+cargo build -q --release -p quantum-bpf --bins
 cargo run -q --release -p quantum-bpf --bin bpf-bench
 echo "== cell start: quantumctl run vs systemd-run, in a systemd-nspawn container"
 cargo run -q --release -p quantum-vmtest --bin quantum-bench -- --backend nspawn --starts "${BENCH_STARTS:-100}" --concurrent "${BENCH_CONCURRENT:-256}"

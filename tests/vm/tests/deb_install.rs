@@ -279,12 +279,23 @@ fn quantumd_ready(g: &Guest) -> Result<()> {
 }
 
 fn run_web_server(g: &Guest) -> Result<()> {
-    g.run_ok("mkdir -p /srv/www && echo 'hello from a cell' > /srv/www/index.html")?;
+    let id = start_web_server(g, "hello from a cell")?;
+    stop_web_server(g, &id)
+}
+
+/// `quantumctl run web-server` on port 8080 serving a page that says
+/// `text`, once it answers with it; returns the instance id.
+fn start_web_server(g: &Guest, text: &str) -> Result<String> {
+    g.run_ok(&format!("mkdir -p /srv/www && echo '{text}' > /srv/www/index.html"))?;
     let out = g.run_ok("quantumctl run web-server port=8080 dir=/srv/www --json")?;
     let info: Value = serde_json::from_str(&out).with_context(|| format!("quantumctl run printed no JSON: {out}"))?;
     let id = info["instance"].as_str().context("no instance in quantumctl's answer")?.to_owned();
     let page = fetch_page(g)?;
-    ensure!(page.contains("hello from a cell"), "the cell served {page:?}");
+    ensure!(page.contains(text), "the cell served {page:?}");
+    Ok(id)
+}
+
+fn stop_web_server(g: &Guest, id: &str) -> Result<()> {
     let stopped = g.run_ok(&format!("quantumctl stop {id}"))?;
     ensure!(stopped.trim() == format!("stopped {id}"), "quantumctl stop printed {stopped:?}");
     g.run_ok("rm -rf /srv/www")?;
@@ -297,11 +308,7 @@ fn run_web_server(g: &Guest) -> Result<()> {
 /// is still running and re-adopted, and the node keeps its identity and its
 /// trail, which still verifies and goes on from where it was.
 fn apt_upgrade(g: &Guest) -> Result<()> {
-    g.run_ok("mkdir -p /srv/www && echo 'served across an upgrade' > /srv/www/index.html")?;
-    let out = g.run_ok("quantumctl run web-server port=8080 dir=/srv/www --json")?;
-    let info: Value = serde_json::from_str(&out).with_context(|| format!("quantumctl run printed no JSON: {out}"))?;
-    let id = info["instance"].as_str().context("no instance in quantumctl's answer")?.to_owned();
-    fetch_page(g)?;
+    let id = start_web_server(g, "served across an upgrade")?;
     let identity: Value = serde_json::from_str(&g.run_ok("quantumctl identity --json")?)?;
     // verify seals what is pending, so that `trail show` sees all of it.
     g.run_ok("quantumctl trail verify")?;
@@ -335,10 +342,7 @@ fn apt_upgrade(g: &Guest) -> Result<()> {
         "the trail did not go on across the upgrade: last entry {trail_before} before, {trail_after} after"
     );
 
-    let stopped = g.run_ok(&format!("quantumctl stop {id}"))?;
-    ensure!(stopped.trim() == format!("stopped {id}"), "quantumctl stop printed {stopped:?}");
-    g.run_ok("rm -rf /srv/www")?;
-    Ok(())
+    stop_web_server(g, &id)
 }
 
 /// The sequence number of the newest trail entry.

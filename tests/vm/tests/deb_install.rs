@@ -132,17 +132,7 @@ fn local_repository(debs: &Path, share: &Path) -> Result<()> {
             copied += 1;
         }
     }
-    let scan = Command::new("dpkg-scanpackages")
-        .args(["--multiversion", "."])
-        .current_dir(&repo)
-        .output()
-        .context("running dpkg-scanpackages (package dpkg-dev)")?;
-    ensure!(
-        scan.status.success(),
-        "dpkg-scanpackages failed: {}",
-        String::from_utf8_lossy(&scan.stderr)
-    );
-    fs::write(repo.join("Packages"), &scan.stdout).context("writing the Packages index")?;
+    index_repository(&repo)?;
     fs::write(
         share.join("quantumos.list"),
         format!("deb [trusted=yes] file:{GUEST_SHARE}/repo ./\n"),
@@ -199,17 +189,23 @@ fn next_version_repository(repo: &Path, next: &Path) -> Result<()> {
             .arg(&root)
             .arg(next.join(name)))?;
     }
+    index_repository(next)
+}
+
+/// Writes `dir/Packages`, the index apt reads of a flat repository.
+fn index_repository(dir: &Path) -> Result<()> {
     let scan = Command::new("dpkg-scanpackages")
         .args(["--multiversion", "."])
-        .current_dir(next)
+        .current_dir(dir)
         .output()
         .context("running dpkg-scanpackages (package dpkg-dev)")?;
     ensure!(
         scan.status.success(),
-        "dpkg-scanpackages failed: {}",
+        "dpkg-scanpackages failed in {}: {}",
+        dir.display(),
         String::from_utf8_lossy(&scan.stderr)
     );
-    fs::write(next.join("Packages"), &scan.stdout).context("writing the Packages index of the next version")
+    fs::write(dir.join("Packages"), &scan.stdout).with_context(|| format!("writing the Packages index in {}", dir.display()))
 }
 
 fn run(cmd: &mut Command) -> Result<()> {

@@ -3,7 +3,8 @@
 # container and VM tooling (mmdebstrap, systemd-nspawn, QEMU from
 # bookworm-backports, OVMF), eBPF build and benchmark dependencies (bpftool,
 # perf, hackbench), btrfs tools, the TPM emulator, and what `make deb` needs
-# (dpkg-dev, debhelper, lintian).
+# (dpkg-dev, debhelper, lintian), and what `make iso` needs (squashfs-tools,
+# xorriso, mtools, GRUB for BIOS and UEFI, faketime).
 #
 # Idempotent and cheap when everything is present: it asks dpkg first and only
 # touches apt when something is missing. Must run as root (CI runs it on a
@@ -26,6 +27,9 @@ BASE_PACKAGES=(
     # make deb: dpkg-buildpackage, dpkg-scanpackages and dh (debhelper 13.11
     # provides dh-sequence-installsysusers)
     dpkg-dev debhelper
+    # make iso: squashfs, hybrid BIOS + UEFI ISO (grub-mkrescue), a frozen
+    # clock for reproducible grub-mkrescue output
+    squashfs-tools xorriso mtools dosfstools grub-common grub-pc-bin grub-efi-amd64-bin faketime
 )
 # Packages that must come from bookworm-backports: bookworm's own QEMU 7.2
 # would downgrade (remove) the machine's newer qemu-utils.

@@ -19,6 +19,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::agent::{AgentChannel, Output};
 use crate::image::Image;
+use crate::iso::{machine_command, ovmf_files, swtpm_command, Firmware, Machine, MachineFiles};
 
 /// The line the agent prints on the console once it takes commands.
 pub const READY_LINE: &str = "QUANTUM-TEST-AGENT-READY";
@@ -214,12 +215,18 @@ pub fn nspawn_command(root: &Path, volatile: bool, share: &Path, console: &Conso
 pub struct Guest {
     backend: Backend,
     config: BootConfig,
-    image: Image,
+    /// The composed image booted; `None` for a `Machine` (ISO, installed
+    /// disk), which `what` names instead.
+    image: Option<Image>,
+    /// What was booted, for messages.
+    what: String,
     work: Option<tempfile::TempDir>,
     work_path: PathBuf,
     share: PathBuf,
     console_log: PathBuf,
     process: Mutex<Option<Child>>,
+    /// Processes the guest needs beside QEMU (swtpm), ended after it.
+    helpers: Vec<Child>,
     pid: u32,
     agent: AgentChannel,
     booted_at: Instant,
@@ -266,17 +273,7 @@ impl Guest {
             }
         };
         cmd.stdin(Stdio::null());
-        // SAFETY: prctl is async-signal-safe and touches no memory of the
-        // parent; it makes the kernel kill the guest if the test dies
-        // without running Drop (abort, SIGKILL).
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        die_with_parent(&mut cmd);
         let program = cmd.get_program().to_string_lossy().into_owned();
         let child = cmd
             .spawn()
@@ -296,12 +293,112 @@ impl Guest {
         Ok(Guest {
             backend,
             config,
-            image: image.clone(),
+            image: Some(image.clone()),
+            what: format!("image {} ({})", image.short_hash(), image.variant),
             work,
             work_path,
             share,
             console_log,
             process: Mutex::new(Some(child)),
+            helpers: Vec::new(),
+            pid,
+            agent,
+            booted_at: Instant::now(),
+        })
+    }
+
+    /// Boots a QEMU `Machine` (firmware boot from an ISO or a disk, see
+    /// `iso.rs`): swtpm first when it has a TPM, then QEMU. Readiness,
+    /// commands and shutdown work as for a composed image.
+    pub fn boot_machine(machine: &Machine, config: BootConfig) -> Result<Guest> {
+        let work = tempfile::Builder::new()
+            .prefix(&format!("quantum-vmtest-{}-", machine.label))
+            .tempdir()
+            .context("creating the guest's work directory")?;
+        let work_path = work.path().to_path_buf();
+        let share = work_path.join("share");
+        let agent = AgentChannel::new(&share)?;
+        let console_log = work_path.join("console.log");
+        File::create(&console_log).context("creating the console log")?;
+
+        let mut helpers = Vec::new();
+        let tpm_socket = work_path.join("swtpm.sock");
+        if machine.tpm {
+            let state = work_path.join("tpm");
+            fs::create_dir_all(&state).with_context(|| format!("creating {}", state.display()))?;
+            let log = File::create(work_path.join("swtpm.log")).context("creating swtpm.log")?;
+            let mut cmd = swtpm_command(&state, &tpm_socket);
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::from(log.try_clone()?))
+                .stderr(Stdio::from(log));
+            die_with_parent(&mut cmd);
+            let child = cmd.spawn().context("starting swtpm (package swtpm: make deps)")?;
+            helpers.push(child);
+            // QEMU fails at once when the socket is not there yet.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !tpm_socket.exists() {
+                if Instant::now() >= deadline {
+                    for mut helper in helpers {
+                        let _ = helper.kill();
+                        let _ = helper.wait();
+                    }
+                    bail!("swtpm did not create {} within 10 s", tpm_socket.display());
+                }
+                thread::sleep(Duration::from_millis(50));
+            }
+        }
+        let ovmf_vars = work_path.join("OVMF_VARS.fd");
+        if machine.firmware == Firmware::Uefi {
+            // Each boot gets a fresh, writable copy of the variable store.
+            let (_, template) = ovmf_files()?;
+            fs::copy(&template, &ovmf_vars).with_context(|| format!("copying {}", template.display()))?;
+        }
+        let files = MachineFiles {
+            share: &share,
+            console_log: &console_log,
+            ovmf_vars: (machine.firmware == Firmware::Uefi).then_some(ovmf_vars.as_path()),
+            tpm_socket: machine.tpm.then_some(tpm_socket.as_path()),
+        };
+        let mut cmd = machine_command(machine, &files)?;
+        let own = File::create(work_path.join("qemu.log")).context("creating qemu.log")?;
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::from(own.try_clone()?))
+            .stderr(Stdio::from(own));
+        die_with_parent(&mut cmd);
+        let child = match cmd.spawn() {
+            Ok(child) => child,
+            Err(e) => {
+                for mut helper in helpers {
+                    let _ = helper.kill();
+                    let _ = helper.wait();
+                }
+                return Err(e).context("starting qemu-system-x86_64 (is it installed? make deps)");
+            }
+        };
+        let pid = child.id();
+        crate::report(format_args!(
+            "[qemu] booting {} ({} firmware{}) as pid {pid}; console: {}",
+            machine.label,
+            machine.firmware,
+            if machine.tpm { ", swtpm" } else { "" },
+            console_log.display()
+        ));
+        let (work, work_path) = if config.keep_work_dir {
+            (None, work.keep())
+        } else {
+            (Some(work), work_path)
+        };
+        Ok(Guest {
+            backend: Backend::Qemu,
+            config,
+            image: None,
+            what: machine.label.clone(),
+            work,
+            work_path,
+            share,
+            console_log,
+            process: Mutex::new(Some(child)),
+            helpers,
             pid,
             agent,
             booted_at: Instant::now(),
@@ -317,8 +414,21 @@ impl Guest {
         self.backend
     }
 
+    /// The composed image this guest booted.
+    ///
+    /// # Panics
+    /// For a guest booted from a `Machine` (`Guest::boot_machine`), which has
+    /// no composed image: a test asks for what it booted itself.
     pub fn image(&self) -> &Image {
-        &self.image
+        match &self.image {
+            Some(image) => image,
+            None => panic!("{} was not booted from a composed image", self.what),
+        }
+    }
+
+    /// What was booted (`image <hash> (<variant>)` or the machine's label).
+    pub fn what(&self) -> &str {
+        &self.what
     }
 
     /// The host side of the share (`/mnt/share` in the guest).
@@ -504,6 +614,14 @@ impl Guest {
             }
         }
         let _ = child.wait();
+        // swtpm ends by itself when QEMU disconnects (--terminate); this is
+        // for a QEMU that never connected.
+        for mut helper in self.helpers.drain(..) {
+            if matches!(helper.try_wait(), Ok(None)) {
+                let _ = helper.kill();
+            }
+            let _ = helper.wait();
+        }
         if self.work.is_none() {
             crate::report(format_args!(
                 "[{}] kept the work directory {}",
@@ -517,6 +635,21 @@ impl Guest {
 impl Drop for Guest {
     fn drop(&mut self) {
         self.shutdown();
+    }
+}
+
+/// Has the kernel kill the child when the test process dies without running
+/// `Drop` (abort, SIGKILL), so that no QEMU or swtpm outlives a test.
+fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: prctl is async-signal-safe and touches no memory of the
+    // parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 

@@ -220,8 +220,10 @@ fn run_queue_latency_of_a_cell_rises_under_contention_and_outsiders_are_never_co
     let mut hogs: Vec<Proc> = (0..2).map(|_| spawn(&cell, Some(0), &["spin"])).collect();
     hogs.extend((0..2).map(|_| spawn(&outside, Some(0), &["spin"])));
     hogs.push(spawn(&outside, Some(0), &["wake-loop", "1000"]));
+    let window = Instant::now();
     std::thread::sleep(Duration::from_millis(1500));
     let after = latency(&telemetry);
+    let window = window.elapsed();
     drop(hogs);
     let contended = after.get(&tree.cell.id()).cloned().unwrap_or_default().since(&quiet);
 
@@ -258,6 +260,15 @@ fn run_queue_latency_of_a_cell_rises_under_contention_and_outsiders_are_never_co
     assert!(
         share_over(&contended, 4096) > share_over(&quiet, 4096) + 0.1,
         "waits of 4 ms and more should be markedly more common under contention"
+    );
+
+    // The waits are in nanoseconds of real time: the cell's four tasks on
+    // one CPU cannot together have waited longer than four times the window
+    // (a clock or unit mix-up shows here as absurd sums).
+    let waited = Duration::from_nanos(contended.sum_ns);
+    assert!(
+        waited > Duration::from_millis(100) && waited < window * 4 + Duration::from_millis(200),
+        "the cell's tasks waited {waited:?} in all during a {window:?} window"
     );
 
     // The outsiders waited far more than the cell, yet nothing of theirs is in the map.

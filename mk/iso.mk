@@ -4,14 +4,18 @@
 #
 #   make iso        build it (image-builder/build-iso.sh, variant iso), cached
 #                   by the hash of its inputs under $(QUANTUM_CACHE)/iso/<hash>/
-#   make iso-check  build it twice in two fresh temporary directories and
-#                   compare sha256 (diffoscope on a mismatch); fails unless
-#                   the two are bit-for-bit identical
+#   make iso-check  build it twice in two fresh temporary directories (the
+#                   second from the frozen mirror) and compare sha256
+#                   (diffoscope on a mismatch); fails unless the two are
+#                   bit-for-bit identical
 #   make test-iso   boot it under QEMU (BIOS and UEFI, swtpm), quantumd READY,
 #                   a cell serving HTTP, install it onto a blank disk and boot
 #                   that disk (tests/vm/tests/iso_boot.rs)
 #
-# SOURCE_DATE_EPOCH defaults to the time of the last commit.
+# SOURCE_DATE_EPOCH defaults to the time of the last commit. The Debian
+# packages come from a frozen mirror under $(QUANTUM_CACHE)/iso-mirror/ once a
+# build has downloaded them (offline from then on);
+# QUANTUM_ISO_MIRROR=refresh make iso takes the archive's newest again.
 
 ISO_VARIANT ?= iso
 ISO_BUILD := image-builder/build-iso.sh --variant $(ISO_VARIANT)

@@ -1,6 +1,6 @@
 #!/bin/bash
 # make bench: every benchmark, each a ratio against the obvious alternative
-# measured in the same run. Needs the image (`make image`).
+# measured in the same run. Needs the image and the .debs (`make image deb`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 echo "== intent engine: accuracy on tests/data/intents.tsv, time per intent (one core), model load"
@@ -19,4 +19,8 @@ cargo run -q --release -p quantum-vmtest --bin quantum-bench -- --backend nspawn
 if [ "${BENCH_VM:-1}" = 1 ]; then
     echo "== cell start vs systemd-run, and boot time to quantumd READY vs the image without quantumd, in QEMU (TCG)"
     cargo run -q --release -p quantum-vmtest --bin quantum-bench -- --backend qemu --starts "${BENCH_VM_STARTS:-30}" --concurrent "${BENCH_CONCURRENT:-256}" --boots "${BENCH_BOOTS:-2}"
+fi
+if [ "${BENCH_ISO:-1}" = 1 ]; then
+    echo "== the ISO: cold make iso vs plain mmdebstrap + mksquashfs of the same packages, warm build, size"
+    bash bench/iso.sh
 fi

@@ -30,11 +30,11 @@ fail() { printf 'check-deb: FAIL: %s\n' "$*" >&2; FAILED=1; }
 
 version=$(sed -n '/^\[workspace.package\]/,/^\[/s/^version *= *"\(.*\)"/\1/p' "$REPO/Cargo.toml" | head -n1)
 arch=$(dpkg --print-architecture)
-PACKAGES="quantumos quantumos-daemon quantumos-cli quantumos-cells quantumos-model quantumos-provider"
+PACKAGES="quantumos quantumos-daemon quantumos-cli quantumos-cells quantumos-model quantumos-provider quantumos-installer"
 
 deb_of() {
     local a=$arch
-    case "$1" in quantumos|quantumos-cells|quantumos-model) a=all ;; esac
+    case "$1" in quantumos|quantumos-cells|quantumos-model|quantumos-installer) a=all ;; esac
     echo "$DEB_DIR/${1}_${version}_$a.deb"
 }
 for p in $PACKAGES; do
@@ -95,6 +95,12 @@ EOF
 /usr/share/man/man8/quantum-provider.8.gz
 /usr/share/doc/quantumos-provider/README.Debian
 /usr/share/doc/quantumos-provider/copyright
+EOF
+            ;;
+        quantumos-installer) cat <<'EOF'
+/usr/sbin/quantumos-install
+/usr/share/man/man8/quantumos-install.8.gz
+/usr/share/doc/quantumos-installer/copyright
 EOF
             ;;
         quantumos) echo /usr/share/doc/quantumos/copyright ;;
@@ -239,10 +245,12 @@ fi
 # ------------------------------------------------------- manual pages ---
 
 stage "manual pages cover the options"
-for pair in quantumd:/usr/share/man/man8/quantumd.8.gz quantum-provider:/usr/share/man/man8/quantum-provider.8.gz; do
+for pair in /usr/bin/quantumd:/usr/share/man/man8/quantumd.8.gz \
+    /usr/bin/quantum-provider:/usr/share/man/man8/quantum-provider.8.gz \
+    /usr/sbin/quantumos-install:/usr/share/man/man8/quantumos-install.8.gz; do
     bin=${pair%%:*} page=${pair#*:}
     text=$(zcat "$ROOT$page" | sed 's/\\-/-/g')
-    for opt in $("$ROOT/usr/bin/$bin" --help | grep -oE -- '--[a-z][a-z0-9-]*' | sort -u); do
+    for opt in $("$ROOT$bin" --help | grep -oE -- '--[a-z][a-z0-9-]*' | sort -u); do
         grep -qF -- "$opt" <<<"$text" || fail "$page does not describe $bin $opt"
     done
 done

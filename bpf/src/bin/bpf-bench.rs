@@ -26,12 +26,33 @@ const PIPE_LOOPS: &str = "30000";
 const HACKBENCH_ARGS: &[&str] = &["-g", "1", "-l", "200"];
 const FORKS: u64 = 5000;
 
+/// Where the benchmark runs, and whether the programs are attached. Each
+/// place has its own baseline: a process in a nested cgroup pays for the
+/// nesting (accounting up the hierarchy) with or without the programs.
 #[derive(Clone, Copy, PartialEq)]
-enum Mode {
-    Off,
-    OnOutside,
-    OnInside,
+struct Mode {
+    attached: bool,
+    inside: bool,
 }
+
+const MODES: [Mode; 4] = [
+    Mode {
+        attached: false,
+        inside: false,
+    },
+    Mode {
+        attached: true,
+        inside: false,
+    },
+    Mode {
+        attached: false,
+        inside: true,
+    },
+    Mode {
+        attached: true,
+        inside: true,
+    },
+];
 
 struct Bench {
     ancestor: PathBuf,
@@ -78,33 +99,52 @@ fn run(bench: &Bench, reps: usize) -> Result<()> {
     Ok(())
 }
 
-/// Per mode: the median measurement, and the median over repetitions of
-/// the ratio to the same repetition's run without programs (neighbouring
-/// runs share the machine's momentary load, so their ratio is steadier than
-/// a ratio of medians). Each repetition runs every mode, in rotating order.
-fn measure(bench: &Bench, reps: usize, run: impl Fn(&Bench, bool) -> Result<f64>) -> Result<[(f64, f64); 3]> {
-    let modes = [Mode::Off, Mode::OnOutside, Mode::OnInside];
-    let mut samples: [Vec<f64>; 3] = Default::default();
+/// Per mode (in `MODES` order): the median measurement, and the median over
+/// repetitions of the ratio to the same repetition's run without programs in
+/// the same place (neighbouring runs share the machine's momentary load, so
+/// their ratio is steadier than a ratio of medians). Each repetition runs
+/// every mode, in rotating order.
+fn measure(bench: &Bench, reps: usize, run: impl Fn(&Bench, bool) -> Result<f64>) -> Result<[(f64, f64); 4]> {
+    let mut samples: [Vec<f64>; 4] = Default::default();
     for rep in 0..reps {
-        for k in 0..modes.len() {
-            let i = (rep + k) % modes.len();
-            let telemetry = match modes[i] {
-                Mode::Off => None,
-                _ => Some(Telemetry::load(&Options::new(bench.ancestor.clone())).context("load telemetry")?),
+        for k in 0..MODES.len() {
+            let i = (rep + k) % MODES.len();
+            let telemetry = if MODES[i].attached {
+                Some(Telemetry::load(&Options::new(bench.ancestor.clone())).context("load telemetry")?)
+            } else {
+                None
             };
-            samples[i].push(run(bench, modes[i] == Mode::OnInside)?);
+            samples[i].push(run(bench, MODES[i].inside)?);
             drop(telemetry);
         }
     }
-    let ratios = |i: usize| median(samples[i].iter().zip(&samples[0]).map(|(with, without)| with / without).collect());
-    Ok([0, 1, 2].map(|i| (median(samples[i].clone()), ratios(i))))
+    let baseline = |i: usize| {
+        MODES
+            .iter()
+            .position(|m| {
+                *m == Mode {
+                    attached: false,
+                    ..MODES[i]
+                }
+            })
+            .unwrap_or(i)
+    };
+    let ratios = |i: usize| {
+        median(
+            samples[i]
+                .iter()
+                .zip(&samples[baseline(i)])
+                .map(|(with, without)| with / without)
+                .collect(),
+        )
+    };
+    Ok([0, 1, 2, 3].map(|i| (median(samples[i].clone()), ratios(i))))
 }
 
-fn report(name: &str, [(off, _), (outside, outside_ratio), (inside, inside_ratio)]: &[(f64, f64); 3]) {
+fn report(name: &str, [(off_out, _), (on_out, ratio_out), (off_in, _), (on_in, ratio_in)]: &[(f64, f64); 4]) {
     println!("{name}");
-    println!("  without programs            {off:10.3}");
-    println!("  with, outside the subtree   {outside:10.3}   median ratio {outside_ratio:.3}");
-    println!("  with, inside the subtree    {inside:10.3}   median ratio {inside_ratio:.3}");
+    println!("  outside the subtree: without {off_out:8.3}, with {on_out:8.3}   median ratio {ratio_out:.3}");
+    println!("  inside it (a cell):  without {off_in:8.3}, with {on_in:8.3}   median ratio {ratio_in:.3}");
 }
 
 /// Wall-clock ratios on a busy machine drift by more than the programs

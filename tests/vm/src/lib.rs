@@ -16,6 +16,7 @@
 //! agent that runs the commands lives in `tests/vm/guest/`.
 
 mod agent;
+pub mod catalog;
 mod guest;
 mod image;
 mod iso;

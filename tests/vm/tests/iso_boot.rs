@@ -6,9 +6,11 @@
 //!      `quantumctl run web-server` answers HTTP; the installer refuses
 //!      without confirmation, then `quantumos-install --yes /dev/vda`
 //!      partitions, copies and installs GRUB onto the disk
-//!   2. UEFI (OVMF) from the CD-ROM: quantumd READY, the cell answers
-//!   3. the installed disk alone (no ISO), BIOS: a btrfs root, not a live
-//!      system, quantumd READY
+//!   2. UEFI (OVMF) from the CD-ROM: quantumd READY, the TPM, and the
+//!      catalog smoke (quantum_vmtest::catalog): every catalog cell does its
+//!      job on the live system
+//!   3. the installed disk alone (no ISO), with BIOS and then with UEFI: a
+//!      btrfs root, not a live system, quantumd READY
 //!
 //! The harness reaches the live system through the test agent that the ISO
 //! carries switched off: its unit runs only when QEMU sets the fw_cfg item
@@ -17,8 +19,6 @@
 //!
 //! A missing ISO skips the test with a message, unless
 //! QUANTUM_VMTEST_REQUIRE_IMAGE=1 (`make test-iso` sets it, having built it).
-//! The catalog smoke (tests/vm/tests/catalog.rs) is not run here: the ISO
-//! leaves out the Recommends that several cells need.
 
 use std::time::{Duration, Instant};
 
@@ -85,7 +85,9 @@ fn iso_boots_bios_and_uefi_installs_and_the_disk_boots() {
             let mut scenarios = Scenarios::new(&guest);
             scenarios.run("uefi-live-quantumd-ready", quantumd_ready);
             scenarios.run("uefi-live-tpm", tpm_present);
-            scenarios.run("uefi-live-web-server", web_server);
+            // The catalog smoke, as on the test image: every cell of the
+            // catalog does its job on the live system as shipped.
+            quantum_vmtest::catalog::run_all(&mut scenarios);
             if let Err(e) = scenarios.finish() {
                 failures.push(format!("{e:#}"));
             }
@@ -93,28 +95,33 @@ fn iso_boots_bios_and_uefi_installs_and_the_disk_boots() {
         Err(e) => failures.push(format!("UEFI boot of the ISO: {e:#}")),
     }
 
-    // 3. The installed disk on its own.
+    // 3. The installed disk on its own, with either firmware: the installer
+    //    wrote GRUB for both (BIOS boot partition, and the ESP's removable
+    //    path, which needs no firmware boot entry).
     if installed {
-        let machine = Machine {
-            label: "disk-bios".to_owned(),
-            firmware: Firmware::Bios,
-            cdrom: None,
-            disks: vec![disk.clone()],
-            tpm: true,
-            test_fw_cfg: (!iso.test_fw_cfg.is_empty()).then(|| iso.test_fw_cfg.clone()),
-            memory_mib: iso.memory_mib,
-            cpus: iso.cpus,
-        };
-        match boot(&machine, &mut times) {
-            Ok(guest) => {
-                let mut scenarios = Scenarios::new(&guest);
-                scenarios.run("installed-root-is-btrfs-not-live", installed_root);
-                scenarios.run("installed-quantumd-ready", quantumd_ready);
-                if let Err(e) = scenarios.finish() {
-                    failures.push(format!("{e:#}"));
+        for firmware in [Firmware::Bios, Firmware::Uefi] {
+            let machine = Machine {
+                label: format!("disk-{}", firmware.name()),
+                firmware,
+                cdrom: None,
+                disks: vec![disk.clone()],
+                tpm: true,
+                test_fw_cfg: (!iso.test_fw_cfg.is_empty()).then(|| iso.test_fw_cfg.clone()),
+                memory_mib: iso.memory_mib,
+                cpus: iso.cpus,
+            };
+            match boot(&machine, &mut times) {
+                Ok(guest) => {
+                    let mut scenarios = Scenarios::new(&guest);
+                    let prefix = format!("installed-{}", firmware.name());
+                    scenarios.run(&format!("{prefix}-root-is-btrfs-not-live"), installed_root);
+                    scenarios.run(&format!("{prefix}-quantumd-ready"), quantumd_ready);
+                    if let Err(e) = scenarios.finish() {
+                        failures.push(format!("{e:#}"));
+                    }
                 }
+                Err(e) => failures.push(format!("{} boot of the installed disk: {e:#}", firmware.name())),
             }
-            Err(e) => failures.push(format!("boot of the installed disk: {e:#}")),
         }
     } else {
         failures.push("the installed disk was not booted: the install did not succeed".to_owned());

@@ -168,6 +168,9 @@ export TZ=UTC LC_ALL=C.UTF-8
 SUITE=$(conf SUITE); SUITE=${SUITE:-bookworm}
 HOSTNAME_=$(conf HOSTNAME); HOSTNAME_=${HOSTNAME_:-quantumos}
 QUANTUMOS_PACKAGES=$(conf QUANTUMOS_PACKAGES); QUANTUMOS_PACKAGES=${QUANTUMOS_PACKAGES:-quantumos}
+# "none": the same system without QuantumOS (the boot-time baseline of
+# bench/iso.sh, variant iso-baseline).
+[ "$QUANTUMOS_PACKAGES" != none ] || QUANTUMOS_PACKAGES=""
 RECOMMENDS=$(conf RECOMMENDS); RECOMMENDS=${RECOMMENDS:-no}
 CATALOG_PACKAGES=$(conf CATALOG_PACKAGES); CATALOG_PACKAGES=${CATALOG_PACKAGES:-no}
 CELLS_PACKAGES="$REPO/packaging/cells/packages.list"
@@ -235,11 +238,27 @@ mirror_key() {
 }
 MIRRORS="$CACHE/iso-mirror"
 FROZEN="$MIRRORS/$(mirror_key | sha256sum | cut -c1-16)"
+# The frozen mirror's Release file: mmdebstrap finds the essential packages
+# by suite (?archive/?codename), which a flat repository has only from here.
+frozen_release() {
+    {
+        echo "Origin: Debian"
+        echo "Label: Debian packages frozen by build-iso.sh"
+        echo "Suite: $SUITE"
+        echo "Codename: $SUITE"
+        echo "Architectures: amd64 all"
+        echo "SHA256:"
+        printf ' %s %s Packages\n' "$(sha256sum "$1/Packages" | cut -c1-64)" "$(stat -c %s "$1/Packages")"
+    } >"$1/Release.tmp"
+    mv "$1/Release.tmp" "$1/Release"
+}
 FREEZE=0
 if [ "$MIRROR_MODE" = refresh ] || { [ "$MIRROR_MODE" = auto ] && ! [ -f "$FROZEN/Packages" ]; }; then
     FREEZE=1
 elif ! [ -f "$FROZEN/Packages" ]; then
     die "QUANTUM_ISO_MIRROR=frozen, but there is no frozen mirror for these packages ($FROZEN): build once with the network"
+elif ! [ -f "$FROZEN/Release" ]; then
+    frozen_release "$FROZEN"
 fi
 
 iso_inputs() {
@@ -264,7 +283,8 @@ iso_inputs() {
     echo "grub $(grub-mkrescue --version | awk '{ print $3 }')"
     echo "xorriso $(xorriso -version 2>/dev/null | sed -n 's/^xorriso version *: *//p' | head -n1)"
     local f
-    (cd "$VARIANT_DIR" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0r sha256sum) | sed 's/^/variant-file /'
+    # -L: a variant may link another's files (iso-baseline links iso's).
+    (cd "$VARIANT_DIR" && find -L . -type f -print0 | LC_ALL=C sort -z | xargs -0r sha256sum) | sed 's/^/variant-file /'
     local src dest mode
     while read -r src dest mode; do
         [ -f "$(src_path "$src")" ] || die "$VARIANT_DIR/files: $src does not exist"
@@ -328,7 +348,17 @@ mkdir -p "$WORK" "$STAGE_DIR/live" "$STAGE_DIR/boot/grub"
 # below, it leaves no trace of where this build ran (a path under the build
 # directory left var/tmp/... or work/... in the image).
 LOCAL_REPO=$(mktemp -d /run/quantumos-iso-repo.XXXXXX)
-trap 'rm -rf "$LOCAL_REPO"; [ -z "${FROZEN_LINK:-}" ] || rm -f "$FROZEN_LINK"' EXIT
+# A failed mmdebstrap leaves its hook's bind mounts of the repositories in
+# the chroot.
+cleanup_repos() {
+    local repo
+    for repo in "$LOCAL_REPO" ${FROZEN_LINK:+"$FROZEN_LINK"}; do
+        ! mountpoint -q "$ROOT$repo" 2>/dev/null || umount "$ROOT$repo" || true
+    done
+    rm -rf "$LOCAL_REPO"
+    [ -z "${FROZEN_LINK:-}" ] || rm -f "$FROZEN_LINK"
+}
+trap cleanup_repos EXIT
 printf '%s\n' "$INPUTS" >"$BUILD/inputs.txt"
 : >"$LOG"
 
@@ -352,8 +382,9 @@ cp "${DEBS[@]}" "$LOCAL_REPO/"
 # ---------------------------------------------------------- 2. mmdebstrap ---
 if [ "$FREEZE" = 1 ]; then
     debian_sources=("deb $MIRROR $SUITE main" "deb $MIRROR $SUITE-updates main" "deb $SECURITY_MIRROR $SUITE-security main")
-    # Keep every downloaded .deb (essential ones included) for the freeze.
-    keep=(--skip=cleanup/apt/cache,essential/unlink)
+    # Keep every downloaded .deb (essential ones included) and the
+    # archive's indexes (priorities, sections) for the freeze.
+    keep=(--skip=cleanup/apt/cache,cleanup/apt/lists,essential/unlink)
     stage "mmdebstrap $SUITE from $MIRROR + the local repository (log: $LOG)"
 else
     # Under /run, like the local repository, so that the bind mount's point
@@ -403,8 +434,16 @@ if [ "$FREEZE" = 1 ]; then
     mkdir -p "$MIRRORS"
     freezing=$(mktemp -d "$MIRRORS/.freezing.XXXXXX")
     find "$ROOT/var/cache/apt/archives" -maxdepth 1 -name '*.deb' -exec mv -t "$freezing" {} +
-    (cd "$freezing" && dpkg-scanpackages --multiversion . 2>>"$LOG" >Packages) ||
+    # Priority and Section as the archive has them, not as each .deb says:
+    # they differ (the archive's overrides), and mmdebstrap picks minbase's
+    # packages by priority, so apt would mark other packages as automatic.
+    awk '/^Package:/ { p = $2 } /^Priority:/ { pr = $2 } /^Section:/ { s = $2 }
+         /^$/ { if (p != "" && pr != "" && s != "") print p, pr, s; p = pr = s = "" }' \
+        "$ROOT"/var/lib/apt/lists/*_Packages | LC_ALL=C sort -u -k1,1 >"$WORK/override"
+    [ -s "$WORK/override" ] || die "no package index of the archive in $ROOT/var/lib/apt/lists (log: $LOG)"
+    (cd "$freezing" && dpkg-scanpackages --multiversion . "$WORK/override" 2>>"$LOG" >Packages) ||
         die "dpkg-scanpackages failed in $freezing (log: $LOG)"
+    frozen_release "$freezing"
     rm -rf "$FROZEN"
     mv -T "$freezing" "$FROZEN"
     stage "froze $(grep -c '^Package:' "$FROZEN/Packages") Debian packages ($(du -sh "$FROZEN" | cut -f1)) as $FROZEN"
@@ -441,8 +480,10 @@ while read -r action unit; do
     systemctl --root="$ROOT" --quiet "$action" "$unit"
     echo "    $action $unit"
 done < <(data_lines "$VARIANT_DIR/units")
-systemctl --root="$ROOT" --quiet is-enabled quantumd.service ||
-    die "quantumd.service is not enabled in the image (its package should enable it)"
+if [ -n "$QUANTUMOS_PACKAGES" ]; then
+    systemctl --root="$ROOT" --quiet is-enabled quantumd.service ||
+        die "quantumd.service is not enabled in the image (its package should enable it)"
+fi
 
 stage "identity, apt sources, logins (root: $LIVE_ROOT_LOGIN, user: ${LIVE_USER:-none})"
 echo "$HOSTNAME_" >"$ROOT/etc/hostname"
@@ -492,6 +533,12 @@ find "$ROOT/var/log" -type f -exec truncate -s 0 {} +
 rm -f "$ROOT"/var/cache/debconf/*-old "$ROOT"/var/lib/dpkg/*-old
 rm -f "$ROOT/var/cache/ldconfig/aux-cache" "$ROOT/var/lib/systemd/catalog/database"
 rm -rf "$ROOT"/var/lib/apt/lists/* "$ROOT"/var/cache/apt/*.bin "$ROOT"/var/cache/apt/archives/*.deb
+# ssl-cert (for postgresql) made a snakeoil key pair at install: random,
+# and a private key every copy of the ISO would share. Nothing here uses it
+# (no system-wide cluster); `make-ssl-cert generate-default-snakeoil` makes
+# one for a machine that wants it.
+rm -f "$ROOT/etc/ssl/private/ssl-cert-snakeoil.key" "$ROOT/etc/ssl/certs/ssl-cert-snakeoil.pem"
+find "$ROOT/etc/ssl/certs" -maxdepth 1 -xtype l -delete
 rm -rf "$ROOT"/tmp/* "$ROOT"/var/tmp/* "$ROOT"/run/* 2>/dev/null || true
 # Python bytecode (py3compile at install time) stays: it is the same from
 # build to build (iso-check), and without it every python cell compiles the

@@ -11,14 +11,20 @@
 //! - boot time (QEMU only, `--boots N` boots of each kind, alternating): time
 //!   to quantumd READY and to multi-user.target vs the same image booted with
 //!   `systemd.mask=quantumd.service`, to multi-user.target.
+//! - ISO boot time (`--iso DIR --baseline-iso DIR [--boots N]`, only this):
+//!   the live ISO (BIOS, TPM) to quantumd READY and to multi-user.target vs
+//!   the same ISO built without the QuantumOS packages (variant
+//!   iso-baseline) to multi-user.target, N boots of each, alternating
+//!   (bench/iso.sh builds both).
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use quantum_vmtest::{Backend, BootConfig, Guest, Image, DEFAULT_VARIANT, GUEST_SHARE};
+use quantum_vmtest::{Backend, BootConfig, Firmware, Guest, Image, IsoImage, DEFAULT_VARIANT, GUEST_SHARE};
 
-const USAGE: &str = "usage: quantum-bench [--backend nspawn|qemu] [--starts N] [--concurrent N] [--boots N]";
+const USAGE: &str = "usage: quantum-bench [--backend nspawn|qemu] [--starts N] [--concurrent N] [--boots N]\n       quantum-bench --iso DIR --baseline-iso DIR [--boots N]";
 
 fn main() -> ExitCode {
     match run() {
@@ -35,6 +41,10 @@ struct Args {
     starts: u32,
     concurrent: u32,
     boots: u32,
+    /// The directories of two built ISOs (their iso.env): QuantumOS's and
+    /// the baseline without it.
+    iso: Option<PathBuf>,
+    baseline_iso: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Option<Args>> {
@@ -43,6 +53,8 @@ fn parse_args() -> Result<Option<Args>> {
         starts: 100,
         concurrent: 256,
         boots: 2,
+        iso: None,
+        baseline_iso: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -55,6 +67,8 @@ fn parse_args() -> Result<Option<Args>> {
             "--starts" => a.starts = number("--starts")?,
             "--concurrent" => a.concurrent = number("--concurrent")?,
             "--boots" => a.boots = number("--boots")?,
+            "--iso" => a.iso = Some(args.next().context("--iso needs a directory")?.into()),
+            "--baseline-iso" => a.baseline_iso = Some(args.next().context("--baseline-iso needs a directory")?.into()),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 return Ok(None);
@@ -67,6 +81,11 @@ fn parse_args() -> Result<Option<Args>> {
 
 fn run() -> Result<()> {
     let Some(args) = parse_args()? else { return Ok(()) };
+    match (&args.iso, &args.baseline_iso) {
+        (Some(iso), Some(baseline)) => return iso_boot_time(iso, baseline, args.boots.max(1)),
+        (None, None) => {}
+        _ => bail!("--iso and --baseline-iso go together\n{USAGE}"),
+    }
     let image = Image::locate(DEFAULT_VARIANT)?.context("no image: run `make image` first")?;
     if args.starts > 0 {
         cell_start(&image, &args)?;
@@ -171,6 +190,44 @@ fn boot_time(image: &Image, boots: u32) -> Result<()> {
     println!("  with quantumd:    quantumd READY {r:6.1} s, multi-user.target {m:6.1} s");
     println!("  without quantumd: multi-user.target {b:6.1} s");
     println!("  ratio READY/baseline {:.2}x, multi-user/baseline {:.2}x", r / b, m / b);
+    Ok(())
+}
+
+fn iso_boot_time(iso: &Path, baseline: &Path, boots: u32) -> Result<()> {
+    let iso = IsoImage::load(&iso.join("iso.env"))?;
+    let baseline = IsoImage::load(&baseline.join("iso.env"))?;
+    let boot = |image: &IsoImage| -> Result<Guest> {
+        let mut config = BootConfig::for_backend(Backend::Qemu);
+        config.ready_timeout = Duration::from_secs(600);
+        let guest = Guest::boot_machine(&image.machine(Firmware::Bios), config)?;
+        guest.wait_ready()?;
+        Ok(guest)
+    };
+    let (mut ready, mut multi_user, mut without) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 1..=boots {
+        eprintln!("ISO boot {i}/{boots} with QuantumOS ({}) ...", iso.short_hash());
+        let guest = boot(&iso)?;
+        let t = active_at(&guest, &["quantumd.service", "multi-user.target"])?;
+        ready.push(t[0]);
+        multi_user.push(t[1]);
+        drop(guest);
+
+        eprintln!("ISO boot {i}/{boots} without QuantumOS ({}) ...", baseline.short_hash());
+        let guest = boot(&baseline)?;
+        if guest.run("test -e /usr/bin/quantumd")?.success() {
+            bail!("the baseline ISO {} has quantumd", baseline.iso.display());
+        }
+        without.push(active_at(&guest, &["multi-user.target"])?[0]);
+    }
+    let (r, m, b) = (median(&mut ready), median(&mut multi_user), median(&mut without));
+    println!("ISO boot time (QEMU/TCG, SeaBIOS, median of {boots} boots each, seconds since the kernel started):");
+    println!("  with QuantumOS:    quantumd READY {r:6.1} s, multi-user.target {m:6.1} s");
+    println!("  without QuantumOS: multi-user.target {b:6.1} s");
+    println!(
+        "  ratio READY/baseline {:.2}x (goal <= 1.1x), multi-user/baseline {:.2}x",
+        r / b,
+        m / b
+    );
     Ok(())
 }
 

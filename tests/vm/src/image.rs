@@ -2,11 +2,12 @@
 //! cache: a directory with `image.env` describing the kernel, initramfs,
 //! kernel command line, ext4 disk and root tree.
 
-use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
+
+use crate::env_file::EnvFile;
 
 /// The variant the smoke tests and `make vm-run` use.
 pub const DEFAULT_VARIANT: &str = "test-guest";
@@ -73,56 +74,24 @@ impl Image {
 
     /// Reads an `image.env` written by the build script.
     pub fn load(env_file: &Path) -> Result<Image> {
-        let text = fs::read_to_string(env_file).with_context(|| format!("reading {}", env_file.display()))?;
-        let dir = env_file
-            .parent()
-            .context("image.env has no parent directory")?
-            .canonicalize()
-            .with_context(|| format!("resolving the directory of {}", env_file.display()))?;
-        let values: HashMap<&str, &str> = text
-            .lines()
-            .map(str::trim)
-            .filter(|line| !line.is_empty() && !line.starts_with('#'))
-            .filter_map(|line| line.split_once('='))
-            .collect();
-        let get = |key: &str| -> Result<&str> {
-            values
-                .get(key)
-                .copied()
-                .with_context(|| format!("{}: no {key}=", env_file.display()))
-        };
-        let path = |key: &str| -> Result<PathBuf> {
-            let path = dir.join(get(key)?);
-            if !path.exists() {
-                bail!("{}: {key} names {}, which does not exist", env_file.display(), path.display());
-            }
-            Ok(path)
-        };
-        let number = |key: &str, default: u32| -> Result<u32> {
-            match values.get(key) {
-                Some(v) if !v.is_empty() => v
-                    .parse()
-                    .with_context(|| format!("{}: {key}={v} is not a number", env_file.display())),
-                _ => Ok(default),
-            }
-        };
-        let cmdline_file = path("CMDLINE_FILE")?;
+        let env = EnvFile::read(env_file)?;
+        let cmdline_file = env.existing_path("CMDLINE_FILE")?;
         let cmdline = fs::read_to_string(&cmdline_file)
             .with_context(|| format!("reading {}", cmdline_file.display()))?
             .trim()
             .to_owned();
         Ok(Image {
-            variant: get("VARIANT")?.to_owned(),
-            hash: get("IMAGE_HASH")?.to_owned(),
-            kernel_version: get("KERNEL_VERSION")?.to_owned(),
-            kernel: path("KERNEL")?,
-            initrd: path("INITRD")?,
+            variant: env.get("VARIANT")?.to_owned(),
+            hash: env.get("IMAGE_HASH")?.to_owned(),
+            kernel_version: env.get("KERNEL_VERSION")?.to_owned(),
+            kernel: env.existing_path("KERNEL")?,
+            initrd: env.existing_path("INITRD")?,
             cmdline,
-            disk: path("DISK")?,
-            tree: path("TREE")?,
-            memory_mib: number("VM_MEMORY_MIB", 2560)?,
-            cpus: number("VM_CPUS", 2)?,
-            dir,
+            disk: env.existing_path("DISK")?,
+            tree: env.existing_path("TREE")?,
+            memory_mib: env.number("VM_MEMORY_MIB", 2560)?,
+            cpus: env.number("VM_CPUS", 2)?,
+            dir: env.dir,
         })
     }
 

@@ -3,7 +3,6 @@
 //! ISO tests boot: firmware (SeaBIOS or OVMF), a CD-ROM, blank or installed
 //! disks, a TPM (swtpm) and the fw_cfg switch that lets the test agent run.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -11,6 +10,7 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
+use crate::env_file::EnvFile;
 use crate::image::Image;
 
 /// A built live ISO.
@@ -54,45 +54,16 @@ impl IsoImage {
 
     /// Reads an `iso.env` written by the build script.
     pub fn load(env_file: &Path) -> Result<IsoImage> {
-        let text = fs::read_to_string(env_file).with_context(|| format!("reading {}", env_file.display()))?;
-        let dir = env_file
-            .parent()
-            .context("iso.env has no parent directory")?
-            .canonicalize()
-            .with_context(|| format!("resolving the directory of {}", env_file.display()))?;
-        let values: HashMap<&str, &str> = text
-            .lines()
-            .map(str::trim)
-            .filter(|line| !line.is_empty() && !line.starts_with('#'))
-            .filter_map(|line| line.split_once('='))
-            .collect();
-        let get = |key: &str| -> Result<&str> {
-            values
-                .get(key)
-                .copied()
-                .with_context(|| format!("{}: no {key}=", env_file.display()))
-        };
-        let number = |key: &str, default: u32| -> Result<u32> {
-            match values.get(key) {
-                Some(v) if !v.is_empty() => v
-                    .parse()
-                    .with_context(|| format!("{}: {key}={v} is not a number", env_file.display())),
-                _ => Ok(default),
-            }
-        };
-        let iso = dir.join(get("ISO")?);
-        if !iso.is_file() {
-            bail!("{}: ISO names {}, which does not exist", env_file.display(), iso.display());
-        }
+        let env = EnvFile::read(env_file)?;
         Ok(IsoImage {
-            variant: get("VARIANT")?.to_owned(),
-            hash: get("ISO_HASH")?.to_owned(),
-            iso,
-            kernel_version: get("KERNEL_VERSION")?.to_owned(),
-            test_fw_cfg: values.get("TEST_FW_CFG").copied().unwrap_or_default().to_owned(),
-            memory_mib: number("VM_MEMORY_MIB", 2048)?,
-            cpus: number("VM_CPUS", 2)?,
-            dir,
+            variant: env.get("VARIANT")?.to_owned(),
+            hash: env.get("ISO_HASH")?.to_owned(),
+            iso: env.existing_path("ISO")?,
+            kernel_version: env.get("KERNEL_VERSION")?.to_owned(),
+            test_fw_cfg: env.get_or_empty("TEST_FW_CFG").to_owned(),
+            memory_mib: env.number("VM_MEMORY_MIB", 2048)?,
+            cpus: env.number("VM_CPUS", 2)?,
+            dir: env.dir,
         })
     }
 

@@ -17,6 +17,7 @@
 
 mod agent;
 pub mod catalog;
+mod env_file;
 mod guest;
 mod image;
 mod iso;

@@ -215,6 +215,20 @@ const MINILM_L6_CONFIG: &str = r#"{
   "vocab_size": 30522
 }"#;
 
+/// Something that turns texts into unit vectors: the [`Encoder`] itself, or
+/// a memo over it (the evaluation scores one set under many tunings and
+/// embeds each text once).
+pub trait Embed {
+    /// Embeds several texts: unit vectors, in the order given.
+    fn embed_batch(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, Error>;
+}
+
+impl Embed for Encoder {
+    fn embed_batch(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, Error> {
+        Encoder::embed_batch(self, texts)
+    }
+}
+
 /// Cosine similarity of two unit vectors.
 pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()

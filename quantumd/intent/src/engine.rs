@@ -3,18 +3,24 @@
 //!
 //! A request is split into steps at words that order them ("then", "after
 //! that"). Each step is embedded and compared with every phrase of every
-//! cell; a cell's score mixes its best phrase with its second best, plus a
-//! small prior from words the step shares with the cell's own manifest
-//! text (weighted by how rare each word is across the catalog). The best
-//! cell is taken when its score clears a threshold; the confidence is a
-//! logistic function of the score and of the margin to the runner-up.
+//! cell; a cell's score mixes its best phrase with the mean of the next few
+//! (see [`Tuning`]), plus a small prior from words the step shares with the
+//! cell's own manifest text (weighted by how rare each word is across the
+//! catalog). The best cell is taken when its score clears a threshold; the
+//! confidence is a logistic function of the score and of the margin to the
+//! runner-up.
+//!
+//! The work is split so the evaluation can try many tunings cheaply:
+//! [`Engine::prepare`] reads and embeds a request (everything that does not
+//! depend on a tunable), [`Engine::decide`] chooses under a [`Tuning`], and
+//! [`Engine::plan`] fills the chosen cells' parameters.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::catalog::Catalog;
-use crate::encoder::{cosine, find_model_dir, model_search_path, Encoder};
+use crate::encoder::{cosine, find_model_dir, model_search_path, Embed, Encoder};
 use crate::error::Error;
 use crate::index::{self, CellEmbeddings, IndexStats};
 use crate::params;
@@ -23,12 +29,18 @@ use crate::plan::{Plan, PlannedCell};
 /// The reason given when nothing fits.
 pub const NOTHING_FITS: &str = "nothing in the catalog can do that";
 
-/// Tunables of the matcher. The defaults are the values measured on
-/// tests/data/intents.tsv (see the bench binary `intent-bench`).
-#[derive(Debug, Clone, Copy)]
+/// Tunables of the matcher. The defaults are chosen on
+/// tests/data/intents.tsv and cross-validated there (see
+/// [`crate::evaluation`] and the bench binary `intent-bench`).
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Tuning {
-    /// Weight of a cell's best phrase; the second best gets `1 - best_weight`.
+    /// Weight of a cell's best phrase; the mean of the `pool` phrases after
+    /// it gets `1 - best_weight`.
     pub best_weight: f32,
+    /// How many runner-up phrases of a cell are averaged (1: the second
+    /// best only). A request that meets several of a cell's phrases is
+    /// surer of that cell than one that meets a single phrase by chance.
+    pub pool: usize,
     /// Weight of the lexical prior.
     pub lexical_weight: f32,
     /// Taken off a cell's score when the request asks for an action the
@@ -45,15 +57,49 @@ pub struct Tuning {
 }
 
 impl Default for Tuning {
+    /// Chosen by `intent-bench` on tests/data/intents.tsv (the tuning set)
+    /// from [`crate::evaluation::Grid`], and cross-validated there (5
+    /// folds): a cell is scored by the mean of its runner-up phrases (the
+    /// 2nd to 6th best) rather than its single best one, so one phrase met by
+    /// chance does not make a cell.
     fn default() -> Self {
         Tuning {
-            best_weight: 0.8,
+            best_weight: 0.0,
+            pool: 5,
             lexical_weight: 0.2,
             action_penalty: 0.2,
-            threshold: 0.33,
+            threshold: 0.30,
             slope: 20.0,
             margin_slope: 40.0,
         }
+    }
+}
+
+impl Tuning {
+    /// Confidence that the best cell is right, from its score and its margin
+    /// over the runner-up.
+    ///
+    /// Two parts: how likely some cell fits at all (a logistic of the best
+    /// score around the threshold, 0.5 there), times how likely the best cell
+    /// rather than the runner-up is the one (a logistic of the margin: 0.5
+    /// for a tie).
+    fn confidence(&self, scores: &[Score]) -> f32 {
+        self.fit_probability(scores) * self.choice_probability(scores)
+    }
+
+    fn fit_probability(&self, scores: &[Score]) -> f32 {
+        sigmoid(self.slope * (best_score(scores) - self.threshold))
+    }
+
+    /// Whether the best cell is good enough to be taken.
+    fn accepts(&self, scores: &[Score]) -> bool {
+        best_score(scores) >= self.threshold
+    }
+
+    fn choice_probability(&self, scores: &[Score]) -> f32 {
+        let best = best_score(scores);
+        let margin = scores.get(1).map_or(1.0, |s| best - s.score);
+        sigmoid(self.margin_slope * margin)
     }
 }
 
@@ -110,6 +156,84 @@ pub struct Score {
     pub score: f32,
     pub semantic: f32,
     pub lexical: f32,
+}
+
+/// What one cell has in common with one step of a request, before any
+/// tunable is applied.
+#[derive(Debug, Clone)]
+struct CellFeatures {
+    /// Cosine similarity of the step with each of the cell's phrases, best
+    /// first.
+    sims: Vec<f32>,
+    /// Share of the step's word weight (IDF) that the cell's words carry.
+    lexical: f32,
+    /// The step asks for an action the cell never mentions (see
+    /// [`FOREIGN_ACTIONS`]).
+    foreign: bool,
+}
+
+/// What every cell has in common with one step.
+#[derive(Debug, Clone)]
+pub struct Features {
+    cells: Vec<CellFeatures>,
+}
+
+impl Features {
+    /// Every cell's score under `t`, best first.
+    fn rank(&self, t: &Tuning) -> Vec<Score> {
+        let mut scores: Vec<Score> = self
+            .cells
+            .iter()
+            .enumerate()
+            .map(|(cell, f)| {
+                let best = f.sims.first().copied().unwrap_or(0.0);
+                let runners = &f.sims[1.min(f.sims.len())..(1 + t.pool.max(1)).min(f.sims.len())];
+                let rest = if runners.is_empty() {
+                    best
+                } else {
+                    runners.iter().sum::<f32>() / runners.len() as f32
+                };
+                let semantic = t.best_weight * best + (1.0 - t.best_weight) * rest;
+                let penalty = if f.foreign { t.action_penalty } else { 0.0 };
+                Score {
+                    cell,
+                    score: semantic + t.lexical_weight * f.lexical - penalty,
+                    semantic,
+                    lexical: f.lexical,
+                }
+            })
+            .collect();
+        scores.sort_by(|a, b| b.score.total_cmp(&a.score));
+        scores
+    }
+}
+
+/// A request read and embedded, ready to be decided under any tuning.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// The request, trimmed.
+    intent: String,
+    /// Its ordered steps with their features, when it has more than one.
+    steps: Vec<(String, Features)>,
+    /// The features of the whole request, when prepared.
+    whole: Option<Features>,
+}
+
+/// What the engine chose for a request.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Choice {
+    Refuse,
+    /// One cell for the whole request.
+    Whole(usize),
+    /// One cell per step.
+    Steps(Vec<usize>),
+}
+
+/// A choice and how sure the engine is of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub choice: Choice,
+    pub confidence: f32,
 }
 
 /// The loaded engine.
@@ -214,133 +338,180 @@ impl Engine {
     /// Every cell's score for `text` (as the model is shown it, see
     /// [`model_text`]) whose embedding is `v`, best first.
     pub fn rank_embedded(&self, text: &str, v: &[f32]) -> Vec<Score> {
-        let t = self.tuning;
+        self.features(text, v).rank(&self.tuning)
+    }
+
+    /// What every cell has in common with a step, before any tunable.
+    fn features(&self, text: &str, v: &[f32]) -> Features {
         let words: Vec<String> = content_words(text).into_iter().collect();
         let total_idf: f32 = words.iter().map(|w| self.idf.get(w).copied().unwrap_or(MAX_IDF)).sum();
         let actions: Vec<&String> = words.iter().filter(|w| FOREIGN_ACTIONS.iter().any(|a| stem(a) == **w)).collect();
-        let mut scores: Vec<Score> = self
+        let cells = self
             .embeddings
             .iter()
             .enumerate()
             .map(|(cell, e)| {
                 let mut sims: Vec<f32> = e.vectors.iter().map(|pv| cosine(v, pv)).collect();
                 sims.sort_by(|a, b| b.total_cmp(a));
-                let best = sims.first().copied().unwrap_or(0.0);
-                let second = sims.get(1).copied().unwrap_or(best);
-                let semantic = t.best_weight * best + (1.0 - t.best_weight) * second;
                 let shared: f32 = words
                     .iter()
                     .filter(|w| self.cell_words[cell].contains(*w))
                     .map(|w| self.idf.get(w).copied().unwrap_or(0.0))
                     .sum();
-                let lexical = if total_idf > 0.0 { shared / total_idf } else { 0.0 };
-                let foreign = actions.iter().any(|a| !self.action_words[cell].contains(*a));
-                let penalty = if foreign { t.action_penalty } else { 0.0 };
-                Score {
-                    cell,
-                    score: semantic + t.lexical_weight * lexical - penalty,
-                    semantic,
-                    lexical,
+                CellFeatures {
+                    sims,
+                    lexical: if total_idf > 0.0 { shared / total_idf } else { 0.0 },
+                    foreign: actions.iter().any(|a| !self.action_words[cell].contains(*a)),
                 }
             })
             .collect();
-        scores.sort_by(|a, b| b.score.total_cmp(&a.score));
-        scores
+        Features { cells }
     }
 
-    /// Confidence that the best cell is right, from its score and its margin
-    /// over the runner-up.
+    /// Reads and embeds a request: its steps when it has several, and the
+    /// whole request when it has one or when `whole` asks for it.
+    pub fn prepare(&self, intent: &str, embed: &dyn Embed, whole: bool) -> Result<Prepared, Error> {
+        let intent = intent.trim().to_owned();
+        let mut prepared = Prepared {
+            steps: Vec::new(),
+            whole: None,
+            intent,
+        };
+        if prepared.intent.is_empty() {
+            return Ok(prepared);
+        }
+        let steps = split_steps(&prepared.intent);
+        if steps.len() > 1 {
+            let masked: Vec<String> = steps.iter().map(|s| model_text(s)).collect();
+            let texts: Vec<&str> = masked.iter().map(String::as_str).collect();
+            let vectors = embed.embed_batch(&texts)?;
+            prepared.steps = steps
+                .into_iter()
+                .zip(masked.iter().zip(&vectors))
+                .map(|(step, (text, v))| (step, self.features(text, v)))
+                .collect();
+        }
+        if prepared.steps.is_empty() || whole {
+            self.prepare_whole(&mut prepared, embed)?;
+        }
+        Ok(prepared)
+    }
+
+    fn prepare_whole(&self, prepared: &mut Prepared, embed: &dyn Embed) -> Result<(), Error> {
+        let text = model_text(&prepared.intent);
+        let v = embed.embed_batch(&[&text])?.pop().unwrap_or_default();
+        prepared.whole = Some(self.features(&text, &v));
+        Ok(())
+    }
+
+    /// What the engine answers to a prepared request under `tuning`; `None`
+    /// when the steps do not all fit and the whole request, not prepared,
+    /// is needed.
     ///
-    /// Two parts: how likely some cell fits at all (a logistic of the best
-    /// score around the threshold, 0.5 there), times how likely the best cell
-    /// rather than the runner-up is the one (a logistic of the margin: 0.5
-    /// for a tie).
-    fn confidence(&self, scores: &[Score]) -> f32 {
-        self.fit_probability(scores) * self.choice_probability(scores)
+    /// Each step of a request of several must fit some cell; otherwise the
+    /// request is taken as one.
+    pub fn decide(&self, prepared: &Prepared, tuning: &Tuning) -> Option<Decision> {
+        if prepared.intent.is_empty() {
+            return Some(Decision {
+                choice: Choice::Refuse,
+                confidence: 1.0,
+            });
+        }
+        if !prepared.steps.is_empty() {
+            let mut cells = Vec::with_capacity(prepared.steps.len());
+            let mut confidence = 1.0f32;
+            for (_, features) in &prepared.steps {
+                let scores = features.rank(tuning);
+                if !tuning.accepts(&scores) {
+                    break;
+                }
+                confidence = confidence.min(tuning.confidence(&scores));
+                cells.push(scores[0].cell);
+            }
+            if cells.len() == prepared.steps.len() {
+                return Some(Decision {
+                    choice: Choice::Steps(cells),
+                    confidence,
+                });
+            }
+        }
+        let scores = prepared.whole.as_ref()?.rank(tuning);
+        Some(if !tuning.accepts(&scores) {
+            Decision {
+                choice: Choice::Refuse,
+                confidence: 1.0 - tuning.fit_probability(&scores),
+            }
+        } else {
+            Decision {
+                choice: Choice::Whole(scores[0].cell),
+                confidence: tuning.confidence(&scores),
+            }
+        })
     }
 
-    fn fit_probability(&self, scores: &[Score]) -> f32 {
-        let best = scores.first().map_or(0.0, |s| s.score);
-        sigmoid(self.tuning.slope * (best - self.tuning.threshold))
-    }
-
-    fn choice_probability(&self, scores: &[Score]) -> f32 {
-        let best = scores.first().map_or(0.0, |s| s.score);
-        let margin = scores.get(1).map_or(1.0, |s| best - s.score);
-        sigmoid(self.tuning.margin_slope * margin)
+    /// The plan of a decision: the chosen cells with their parameters.
+    pub fn plan(&self, prepared: &Prepared, decision: &Decision) -> Plan {
+        let intent = prepared.intent.clone();
+        let confidence = decision.confidence;
+        match &decision.choice {
+            Choice::Refuse => Plan {
+                intent,
+                cells: Vec::new(),
+                confidence,
+                reason: Some(NOTHING_FITS.to_owned()),
+            },
+            Choice::Whole(cell) => Plan {
+                cells: vec![self.planned_cell(*cell, &intent)],
+                intent,
+                confidence,
+                reason: None,
+            },
+            Choice::Steps(chosen) => {
+                let mut cells = Vec::with_capacity(chosen.len());
+                let mut previous_path: Option<String> = None;
+                for ((step, _), &cell) in prepared.steps.iter().zip(chosen) {
+                    let mut planned = self.planned_cell(cell, step);
+                    carry_reference(&mut planned, &self.catalog.cells[cell].manifest, step, previous_path.as_deref());
+                    previous_path = first_path(step).or(previous_path);
+                    cells.push(planned);
+                }
+                // Two steps in a row that land on the same cell are one
+                // request said twice ("check for updates, then install
+                // them"): one step, the later words winning.
+                cells.dedup_by(|later, kept| {
+                    if later.name != kept.name {
+                        return false;
+                    }
+                    kept.params.append(&mut later.params);
+                    kept.missing.retain(|m| !kept.params.contains_key(m));
+                    true
+                });
+                Plan {
+                    intent,
+                    cells,
+                    confidence,
+                    reason: None,
+                }
+            }
+        }
     }
 
     /// Turns a request into a plan, or a refusal with a reason.
     pub fn ask(&self, intent: &str) -> Result<Plan, Error> {
-        let intent = intent.trim();
-        let refuse = |confidence: f32| Plan {
-            intent: intent.to_owned(),
-            cells: Vec::new(),
-            confidence,
-            reason: Some(NOTHING_FITS.to_owned()),
+        self.ask_with(intent, &self.tuning, &self.encoder)
+    }
+
+    /// [`Engine::ask`] under another tuning, with texts embedded by `embed`.
+    pub fn ask_with(&self, intent: &str, tuning: &Tuning, embed: &dyn Embed) -> Result<Plan, Error> {
+        let mut prepared = self.prepare(intent, embed, false)?;
+        let decision = match self.decide(&prepared, tuning) {
+            Some(d) => d,
+            None => {
+                self.prepare_whole(&mut prepared, embed)?;
+                self.decide(&prepared, tuning).expect("the whole request is prepared")
+            }
         };
-        if intent.is_empty() {
-            return Ok(refuse(1.0));
-        }
-        let steps = split_steps(intent);
-        if steps.len() > 1 {
-            let masked: Vec<String> = steps.iter().map(|s| model_text(s)).collect();
-            let texts: Vec<&str> = masked.iter().map(String::as_str).collect();
-            let vectors = self.encoder.embed_batch(&texts)?;
-            let mut cells = Vec::new();
-            let mut confidence = 1.0f32;
-            let mut previous_path: Option<String> = None;
-            let mut ok = true;
-            for ((step, text), v) in steps.iter().zip(&masked).zip(&vectors) {
-                let scores = self.rank_embedded(text, v);
-                let best = scores[0];
-                if best.score < self.tuning.threshold {
-                    ok = false;
-                    break;
-                }
-                confidence = confidence.min(self.confidence(&scores));
-                let mut planned = self.planned_cell(best.cell, step);
-                carry_reference(
-                    &mut planned,
-                    &self.catalog.cells[best.cell].manifest,
-                    step,
-                    previous_path.as_deref(),
-                );
-                previous_path = first_path(step).or(previous_path);
-                cells.push(planned);
-            }
-            // Two steps in a row that land on the same cell are one request
-            // said twice ("check for updates, then install them"): one step,
-            // the later words winning.
-            cells.dedup_by(|later, kept| {
-                if later.name != kept.name {
-                    return false;
-                }
-                kept.params.append(&mut later.params);
-                kept.missing.retain(|m| !kept.params.contains_key(m));
-                true
-            });
-            if ok {
-                return Ok(Plan {
-                    intent: intent.to_owned(),
-                    cells,
-                    confidence,
-                    reason: None,
-                });
-            }
-        }
-        let scores = self.rank(intent)?;
-        let confidence = self.confidence(&scores);
-        let best = scores[0];
-        if best.score < self.tuning.threshold {
-            return Ok(refuse(1.0 - self.fit_probability(&scores)));
-        }
-        Ok(Plan {
-            intent: intent.to_owned(),
-            cells: vec![self.planned_cell(best.cell, intent)],
-            confidence,
-            reason: None,
-        })
+        Ok(self.plan(&prepared, &decision))
     }
 
     fn planned_cell(&self, cell: usize, text: &str) -> PlannedCell {
@@ -547,6 +718,10 @@ fn stem(w: &str) -> String {
         }
         return s;
     }
+}
+
+fn best_score(scores: &[Score]) -> f32 {
+    scores.first().map_or(0.0, |s| s.score)
 }
 
 fn sigmoid(x: f32) -> f32 {

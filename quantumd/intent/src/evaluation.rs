@@ -1,10 +1,31 @@
-//! The evaluation set (tests/data/intents.tsv) and how a plan is scored
-//! against it; shared by the test that holds the accuracy floor and by the
-//! `intent-bench` benchmark.
+//! The evaluation sets and how a plan is scored against them; shared by the
+//! tests that hold the accuracy floors and by the `intent-bench` benchmark.
+//!
+//! Two sets, one protocol. tests/data/intents.tsv is the tuning set: the
+//! engine's tunables and the catalog's phrases were chosen while looking at
+//! it, so its score is a training score. The tunables are chosen by
+//! [`cross_validate`] over a grid ([`Grid`]), and [`cross_validate`] measures what
+//! that choice is worth on phrasings it did not see: the set is split into
+//! k stratified folds ([`folds`]), each fold is scored with the tuning chosen
+//! on the others, and the mean over the folds is the cross-validated
+//! accuracy. tests/data/intents-heldout.tsv is the held-out set, written
+//! apart and never used to tune: it is scored, and only its aggregate
+//! figures are reported (never its misses, which would turn it into a second
+//! tuning set).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Mutex;
 
+use crate::encoder::Embed;
+use crate::engine::{Choice, Engine, Prepared, Tuning};
+use crate::error::Error;
 use crate::plan::Plan;
+
+/// The tuning set, relative to the repository.
+pub const TUNING_SET: &str = "tests/data/intents.tsv";
+/// The held-out set, relative to the repository.
+pub const HELDOUT_SET: &str = "tests/data/intents-heldout.tsv";
 
 /// One line of the evaluation set.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +84,49 @@ pub fn parse(text: &str) -> Result<Vec<Case>, String> {
     Ok(cases)
 }
 
+/// Reads and parses a set.
+pub fn read(path: &Path) -> Result<Vec<Case>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// What a case asks for, as one word: its expected cells joined by commas,
+/// or `-` for a refusal. The folds are stratified by it.
+pub fn stratum(case: &Case) -> String {
+    if case.cells.is_empty() {
+        "-".to_owned()
+    } else {
+        case.cells.join(",")
+    }
+}
+
+/// Splits `cases` into `k` folds, stratified by [`stratum`]: the fold of
+/// each case, in the order given.
+///
+/// Deterministic without a random generator: within a stratum the cases are
+/// ordered by the BLAKE3 of their text (so neighbouring lines of the file,
+/// often variations of one phrasing, are scattered) and dealt round-robin,
+/// the dealing continuing from one stratum to the next so the folds' sizes
+/// differ by at most one. Each stratum's cases are spread as evenly as they
+/// can be.
+pub fn folds(cases: &[Case], k: usize) -> Vec<usize> {
+    let k = k.max(1);
+    let mut strata: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (i, case) in cases.iter().enumerate() {
+        strata.entry(stratum(case)).or_default().push(i);
+    }
+    let mut fold = vec![0; cases.len()];
+    let mut next = 0;
+    for members in strata.values_mut() {
+        members.sort_by_key(|&i| (*blake3::hash(cases[i].intent.as_bytes()).as_bytes(), i));
+        for &i in members.iter() {
+            fold[i] = next % k;
+            next += 1;
+        }
+    }
+    fold
+}
+
 /// How a plan compares with a case.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -109,6 +173,8 @@ pub struct Summary {
     pub refusals_correct: usize,
     /// Refusals given where a plan was expected.
     pub false_refusals: usize,
+    /// Per [`stratum`]: (right, cases).
+    pub per_stratum: BTreeMap<String, (usize, usize)>,
     pub misses: Vec<String>,
 }
 
@@ -139,13 +205,12 @@ impl Summary {
             self.false_refusals += 1;
         }
         let outcome = judge(case, plan);
-        let want = if case.cells.is_empty() {
-            "-".to_owned()
-        } else {
-            case.cells.join(",")
-        };
+        let want = stratum(case);
+        let counts = self.per_stratum.entry(want.clone()).or_default();
+        counts.1 += 1;
         match outcome {
             Outcome::Correct => {
+                counts.0 += 1;
                 self.correct += 1;
                 self.cells_correct += 1;
                 if case.cells.is_empty() {
@@ -179,11 +244,351 @@ impl Summary {
         }
     }
 
+    /// Share of the out-of-scope requests that were refused.
+    pub fn refusal_rate(&self) -> f64 {
+        if self.refusals_expected == 0 {
+            0.0
+        } else {
+            self.refusals_correct as f64 / self.refusals_expected as f64
+        }
+    }
+
     pub fn cell_accuracy(&self) -> f64 {
         if self.total == 0 {
             0.0
         } else {
             self.cells_correct as f64 / self.total as f64
         }
+    }
+}
+
+/// Embeddings remembered by text: scoring a set under many tunings embeds
+/// each text once. Each text is embedded alone, as a one-step request is.
+pub struct Memo<'a> {
+    embed: &'a dyn Embed,
+    vectors: Mutex<HashMap<String, Vec<f32>>>,
+}
+
+impl<'a> Memo<'a> {
+    pub fn new(embed: &'a dyn Embed) -> Memo<'a> {
+        Memo {
+            embed,
+            vectors: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl Embed for Memo<'_> {
+    fn embed_batch(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, Error> {
+        let mut vectors = self.vectors.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = Vec::with_capacity(texts.len());
+        for text in texts {
+            if let Some(v) = vectors.get(*text) {
+                out.push(v.clone());
+                continue;
+            }
+            let v = self.embed.embed_batch(&[text])?.pop().unwrap_or_default();
+            vectors.insert((*text).to_owned(), v.clone());
+            out.push(v);
+        }
+        Ok(out)
+    }
+}
+
+/// Scores `cases` under `tuning`.
+pub fn score(engine: &Engine, cases: &[Case], tuning: &Tuning, embed: &dyn Embed) -> Result<Summary, Error> {
+    let mut summary = Summary::default();
+    for case in cases {
+        summary.add(case, &engine.ask_with(&case.intent, tuning, embed)?);
+    }
+    Ok(summary)
+}
+
+/// The tunings [`cross_validate`] chooses from: every combination of the shapes of
+/// the score (how phrases are pooled, how much the shared words and a
+/// foreign action weigh) with every threshold. The confidence slopes do not
+/// change any answer and stay as given.
+#[derive(Debug, Clone)]
+pub struct Grid {
+    /// Tunings whose threshold is replaced by each of `thresholds`.
+    pub shapes: Vec<Tuning>,
+    /// Ascending.
+    pub thresholds: Vec<f32>,
+}
+
+impl Default for Grid {
+    fn default() -> Grid {
+        let base = Tuning::default();
+        let mut shapes = Vec::new();
+        for best_weight in [0.0, 0.1, 0.2, 0.3, 0.4, 0.6, 1.0] {
+            for pool in [1, 3, 5, 7] {
+                if best_weight == 1.0 && pool > 1 {
+                    continue;
+                }
+                for lexical_weight in [0.0, 0.1, 0.2, 0.3] {
+                    for action_penalty in [0.1, 0.2, 0.3] {
+                        shapes.push(Tuning {
+                            best_weight,
+                            pool,
+                            lexical_weight,
+                            action_penalty,
+                            ..base
+                        });
+                    }
+                }
+            }
+        }
+        Grid {
+            shapes,
+            thresholds: (0..16).map(|i| 0.16 + 0.02 * i as f32).collect(),
+        }
+    }
+}
+
+impl Grid {
+    pub fn len(&self) -> usize {
+        self.shapes.len() * self.thresholds.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The `g`th tuning: shape `g / thresholds`, threshold `g % thresholds`.
+    pub fn get(&self, g: usize) -> Tuning {
+        let n = self.thresholds.len();
+        Tuning {
+            threshold: self.thresholds[g % n],
+            ..self.shapes[g / n]
+        }
+    }
+}
+
+/// Which cases each tuning of a grid gets right: `right[g][i]`.
+struct Answers {
+    right: Vec<Vec<bool>>,
+    thresholds: usize,
+}
+
+impl Answers {
+    /// Each case is read and embedded once; each tuning then only decides,
+    /// and a plan is made and judged once per distinct choice.
+    fn new(engine: &Engine, cases: &[Case], grid: &Grid, embed: &dyn Embed) -> Result<Answers, Error> {
+        let prepared: Vec<Prepared> = cases
+            .iter()
+            .map(|c| engine.prepare(&c.intent, embed, true))
+            .collect::<Result<_, _>>()?;
+        let mut judged: Vec<HashMap<Choice, bool>> = vec![HashMap::new(); cases.len()];
+        let mut right = Vec::with_capacity(grid.len());
+        for g in 0..grid.len() {
+            let tuning = grid.get(g);
+            let mut row = Vec::with_capacity(cases.len());
+            for (i, (case, p)) in cases.iter().zip(&prepared).enumerate() {
+                let decision = engine.decide(p, &tuning).expect("the whole request is prepared");
+                let ok = *judged[i]
+                    .entry(decision.choice.clone())
+                    .or_insert_with(|| judge(case, &engine.plan(p, &decision)) == Outcome::Correct);
+                row.push(ok);
+            }
+            right.push(row);
+        }
+        Ok(Answers {
+            right,
+            thresholds: grid.thresholds.len(),
+        })
+    }
+
+    /// The best tuning over the cases `within` admits: the most right
+    /// answers summed over it and its two threshold neighbours (a tuning in
+    /// the middle of a plateau rather than on the edge of a cliff, which
+    /// holds better on requests it has not seen); among equals, the most
+    /// right answers of its own; then the first in the grid.
+    fn best(&self, within: impl Fn(usize) -> bool) -> usize {
+        let counts: Vec<usize> = self
+            .right
+            .iter()
+            .map(|row| row.iter().enumerate().filter(|(i, r)| **r && within(*i)).count())
+            .collect();
+        let n = self.thresholds;
+        let smoothed = |g: usize| {
+            let t = g % n;
+            let lo = if t == 0 { g } else { g - 1 };
+            let hi = if t + 1 == n { g } else { g + 1 };
+            counts[lo] + counts[g] + counts[hi]
+        };
+        (0..counts.len())
+            .max_by_key(|&g| (smoothed(g), counts[g], std::cmp::Reverse(g)))
+            .unwrap_or(0)
+    }
+}
+
+/// One fold of a cross-validation.
+#[derive(Debug, Clone)]
+pub struct Fold {
+    /// The tuning chosen on the other folds.
+    pub tuning: Tuning,
+    /// Its accuracy on the other folds.
+    pub train_accuracy: f64,
+    /// Its score on this fold.
+    pub held: Summary,
+}
+
+/// The result of [`cross_validate`].
+#[derive(Debug, Clone)]
+pub struct CrossValidation {
+    pub folds: Vec<Fold>,
+    /// The tuning chosen on all the folds together: what the engine's
+    /// defaults should be.
+    pub selected: Tuning,
+}
+
+impl CrossValidation {
+    /// Mean over the folds of the held fold's accuracy.
+    pub fn mean_accuracy(&self) -> f64 {
+        mean(self.folds.iter().map(|f| f.held.accuracy()))
+    }
+
+    /// Mean over the folds of the tuning's accuracy on the other folds.
+    pub fn mean_train_accuracy(&self) -> f64 {
+        mean(self.folds.iter().map(|f| f.train_accuracy))
+    }
+
+    /// Out-of-scope requests refused, over all held folds.
+    pub fn refusal_rate(&self) -> f64 {
+        let (right, expected) = self
+            .folds
+            .iter()
+            .fold((0, 0), |(r, e), f| (r + f.held.refusals_correct, e + f.held.refusals_expected));
+        if expected == 0 {
+            0.0
+        } else {
+            right as f64 / expected as f64
+        }
+    }
+}
+
+fn mean(values: impl Iterator<Item = f64>) -> f64 {
+    let (sum, n) = values.fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
+    if n == 0 {
+        0.0
+    } else {
+        sum / n as f64
+    }
+}
+
+/// k-fold cross-validation of the choice of tuning: for each fold, the
+/// tuning of `grid` that scores best on the other folds, scored on this one;
+/// and the tuning chosen the same way on all of `cases`.
+pub fn cross_validate(engine: &Engine, cases: &[Case], k: usize, grid: &Grid, embed: &dyn Embed) -> Result<CrossValidation, Error> {
+    let fold = folds(cases, k);
+    let answers = Answers::new(engine, cases, grid, embed)?;
+    let mut out = Vec::with_capacity(k);
+    for f in 0..k.max(1) {
+        let g = answers.best(|i| fold[i] != f);
+        let train = fold.iter().filter(|&&x| x != f).count();
+        let train_right = (0..cases.len()).filter(|&i| fold[i] != f && answers.right[g][i]).count();
+        let tuning = grid.get(g);
+        let held: Vec<Case> = cases.iter().zip(&fold).filter(|(_, &x)| x == f).map(|(c, _)| c.clone()).collect();
+        out.push(Fold {
+            tuning,
+            train_accuracy: if train == 0 { 0.0 } else { train_right as f64 / train as f64 },
+            held: score(engine, &held, &tuning, embed)?,
+        });
+    }
+    Ok(CrossValidation {
+        folds: out,
+        selected: grid.get(answers.best(|_| true)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn case(line: usize, intent: &str, cells: &str) -> Case {
+        Case {
+            line,
+            intent: intent.to_owned(),
+            cells: if cells == "-" {
+                Vec::new()
+            } else {
+                cells.split(',').map(str::to_owned).collect()
+            },
+            params: BTreeMap::new(),
+        }
+    }
+
+    /// 23 requests over four strata of uneven size.
+    fn synthetic() -> Vec<Case> {
+        let mut cases = Vec::new();
+        for (stratum, n) in [("web-server", 9), ("-", 7), ("archive", 4), ("file-backup,archive", 3)] {
+            for i in 0..n {
+                cases.push(case(cases.len() + 1, &format!("{stratum} request {i}"), stratum));
+            }
+        }
+        cases
+    }
+
+    /// Checks a split: every case in exactly one fold (a fold index below
+    /// k), folds of sizes within one of each other, and each stratum spread
+    /// over the folds within one of evenly.
+    fn check_split(cases: &[Case], k: usize) {
+        let fold = folds(cases, k);
+        assert_eq!(fold.len(), cases.len());
+        assert!(fold.iter().all(|&f| f < k), "{fold:?}");
+        let sizes: Vec<usize> = (0..k).map(|f| fold.iter().filter(|&&x| x == f).count()).collect();
+        assert_eq!(sizes.iter().sum::<usize>(), cases.len());
+        assert!(sizes.iter().max().unwrap() - sizes.iter().min().unwrap() <= 1, "{sizes:?}");
+        let mut per: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for (c, &f) in cases.iter().zip(&fold) {
+            per.entry(stratum(c)).or_insert_with(|| vec![0; k])[f] += 1;
+        }
+        for (s, counts) in per {
+            let (lo, hi) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
+            assert!(hi - lo <= 1, "stratum {s} is spread {counts:?}");
+        }
+        // Disjoint and covering: the folds partition the cases.
+        let mut seen = vec![0; cases.len()];
+        for f in 0..k {
+            for (i, _) in fold.iter().enumerate().filter(|(_, &x)| x == f) {
+                seen[i] += 1;
+            }
+        }
+        assert!(seen.iter().all(|&n| n == 1), "{seen:?}");
+    }
+
+    #[test]
+    fn folds_are_stratified_disjoint_and_cover_the_set() {
+        let cases = synthetic();
+        for k in [1, 2, 3, 5] {
+            check_split(&cases, k);
+        }
+        let real = read(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(TUNING_SET)).unwrap();
+        check_split(&real, 5);
+    }
+
+    #[test]
+    fn folds_are_deterministic_and_follow_the_case_not_its_line() {
+        let cases = synthetic();
+        let fold = folds(&cases, 5);
+        assert_eq!(fold, folds(&cases, 5));
+        // The same cases in another order land in the same folds.
+        let mut reversed = cases.clone();
+        reversed.reverse();
+        let fold_of = |cases: &[Case], fold: &[usize]| -> BTreeMap<String, usize> {
+            cases.iter().zip(fold).map(|(c, &f)| (c.intent.clone(), f)).collect()
+        };
+        assert_eq!(fold_of(&cases, &fold), fold_of(&reversed, &folds(&reversed, 5)));
+    }
+
+    #[test]
+    fn grid_indexes_every_shape_and_threshold() {
+        let grid = Grid::default();
+        assert_eq!(grid.len(), grid.shapes.len() * grid.thresholds.len());
+        let n = grid.thresholds.len();
+        assert_eq!(grid.get(0).threshold, grid.thresholds[0]);
+        assert_eq!(grid.get(n + 1).threshold, grid.thresholds[1]);
+        assert_eq!(grid.get(n + 1).best_weight, grid.shapes[1].best_weight);
+        assert!(grid.thresholds.windows(2).all(|w| w[0] < w[1]));
     }
 }

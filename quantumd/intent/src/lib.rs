@@ -17,7 +17,7 @@ pub mod params;
 pub mod plan;
 
 pub use catalog::{Catalog, CatalogCell};
-pub use encoder::{find_model_dir, model_search_path, Encoder};
-pub use engine::{Config, Engine};
+pub use encoder::{find_model_dir, model_search_path, Embed, Encoder};
+pub use engine::{Config, Engine, Tuning};
 pub use error::Error;
 pub use plan::{Plan, PlannedCell};

@@ -1,5 +1,7 @@
-//! Scores the whole evaluation set (tests/data/intents.tsv) with the real
-//! model and holds the engine to an accuracy floor. Every miss is printed.
+//! Scores the evaluation sets with the real model and holds the engine to
+//! accuracy floors: the tuning set (tests/data/intents.tsv, every miss
+//! printed) and the held-out set (tests/data/intents-heldout.tsv, never used
+//! to tune: only its aggregate figures are printed).
 //!
 //! The model must be present: `scripts/fetch-model.sh` puts it where this
 //! test looks (the Makefile runs the script before the tests). Without it the
@@ -10,12 +12,14 @@ use std::sync::OnceLock;
 
 use quantum_intent::{evaluation, Config, Engine};
 
-/// Share of the cases whose cells (or refusal) and expected parameters are
-/// all right: the goal of issue 8 (95 %), measured at 97 % when set.
-const FLOOR: f64 = 0.95;
-/// Share of the out-of-scope requests that must be refused (the set holds
-/// requests close to what the catalog does, "delete the tmp folder").
-const REFUSAL_FLOOR: f64 = 0.90;
+/// Share of the tuning set's cases whose cells (or refusal) and expected
+/// parameters are all right. A training score (the engine was tuned on
+/// this set): measured at 99.0 % (5-fold cross-validated: 97.0 %).
+const FLOOR: f64 = 0.97;
+/// Share of the tuning set's out-of-scope requests that must be refused
+/// (the set holds requests close to what the catalog does, "delete the tmp
+/// folder"): measured at 40 of 41.
+const REFUSAL_FLOOR: f64 = 0.95;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -55,11 +59,9 @@ fn small_catalog(dir: &Path) -> PathBuf {
 }
 
 #[test]
-fn evaluation_set_meets_the_floor() {
-    let path = repo().join("tests/data/intents.tsv");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let cases = evaluation::parse(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert!(cases.len() >= 120, "the evaluation set has {} cases, fewer than 120", cases.len());
+fn tuning_set_meets_the_floor() {
+    let cases = evaluation::read(&repo().join(evaluation::TUNING_SET)).unwrap_or_else(|e| panic!("{e}"));
+    assert!(cases.len() >= 120, "the tuning set has {} cases, fewer than 120", cases.len());
 
     let engine = engine();
     let mut summary = evaluation::Summary::default();

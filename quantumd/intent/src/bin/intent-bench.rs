@@ -1,27 +1,38 @@
-//! Benchmark of the intent engine: accuracy on the evaluation set, time per
-//! intent (p50/p95) and model load time, on one core unless told otherwise.
+//! Benchmark of the intent engine, on one core unless told otherwise: the
+//! accuracy on the tuning set (a training score), the k-fold cross-validated
+//! accuracy of the choice of tunables on it, the accuracy and out-of-scope
+//! refusal rate on the held-out set (aggregates only: its misses are never
+//! printed), time per intent (p50/p95) and model load time.
 //!
-//!     intent-bench [--catalog DIR] [--set FILE] [--threads N] [--rounds N]
+//!     intent-bench [--catalog DIR] [--set FILE] [--heldout FILE|none] [--folds K] [--threads N] [--rounds N]
 //!
 //! Build it with `--release`; `make bench` runs it.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use quantum_intent::{evaluation, Catalog, Config, Encoder, Engine};
+use quantum_intent::evaluation::{self, Grid, Memo};
+use quantum_intent::{Catalog, Config, Encoder, Engine};
 
 struct Args {
     catalog: PathBuf,
     set: PathBuf,
+    /// `None`: `--heldout none`, while tuning.
+    heldout: Option<PathBuf>,
+    folds: usize,
     threads: usize,
     rounds: usize,
 }
+
+const USAGE: &str = "intent-bench [--catalog DIR] [--set FILE] [--heldout FILE|none] [--folds K] [--threads N] [--rounds N]";
 
 fn parse_args() -> Result<Args, String> {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let mut args = Args {
         catalog: repo.join("packaging/cells"),
-        set: repo.join("tests/data/intents.tsv"),
+        set: repo.join(evaluation::TUNING_SET),
+        heldout: Some(repo.join(evaluation::HELDOUT_SET)),
+        folds: 5,
         threads: 1,
         rounds: 3,
     };
@@ -31,10 +42,14 @@ fn parse_args() -> Result<Args, String> {
         match a.as_str() {
             "--catalog" => args.catalog = PathBuf::from(value()?),
             "--set" => args.set = PathBuf::from(value()?),
+            "--heldout" => {
+                args.heldout = Some(PathBuf::from(value()?)).filter(|p| p.as_os_str() != "none");
+            }
+            "--folds" => args.folds = value()?.parse().map_err(|e| format!("--folds: {e}"))?,
             "--threads" => args.threads = value()?.parse().map_err(|e| format!("--threads: {e}"))?,
             "--rounds" => args.rounds = value()?.parse().map_err(|e| format!("--rounds: {e}"))?,
             "-h" | "--help" => {
-                println!("intent-bench [--catalog DIR] [--set FILE] [--threads N] [--rounds N]");
+                println!("{USAGE}");
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument {other}")),
@@ -103,8 +118,7 @@ fn main() {
     drop(warm_engine);
     let _ = std::fs::remove_dir_all(&cache);
 
-    let text = std::fs::read_to_string(&args.set).unwrap_or_else(|e| fail(&format!("{}: {e}", args.set.display())));
-    let cases = evaluation::parse(&text).unwrap_or_else(|e| fail(&format!("{}: {e}", args.set.display())));
+    let cases = evaluation::read(&args.set).unwrap_or_else(|e| fail(&e));
 
     let mut summary = evaluation::Summary::default();
     let mut times = Vec::new();
@@ -123,6 +137,15 @@ fn main() {
         }
     }
     times.sort();
+
+    // The choice of tunables, cross-validated, and made again on the whole
+    // tuning set (where the defaults came from).
+    let memo = Memo::new(engine.encoder());
+    let grid = Grid::default();
+    let started = Instant::now();
+    let cv = evaluation::cross_validate(&engine, &cases, args.folds, &grid, &memo).unwrap_or_else(|e| fail(&e));
+    let selected = cv.selected;
+    let cv_time = started.elapsed();
 
     println!(
         "intent engine benchmark ({} thread{}, {} cells, {} requests x {} rounds)",
@@ -145,8 +168,59 @@ fn main() {
         ms(percentile(&times, 0.95)),
         ms(*times.last().unwrap_or(&Duration::ZERO))
     );
-    println!("  accuracy          {summary}");
-    println!("  calibration (confidence bucket: answers, right)");
+    println!("  tuning set        {} (a training score: tuned on it)", args.set.display());
+    println!("    accuracy        {summary}");
+    println!(
+        "  {}-fold CV         mean accuracy {:.1}% on the held fold ({:.1}% on the folds it was tuned on), refused {:.1}%; {} tunings tried, {}",
+        args.folds,
+        100.0 * cv.mean_accuracy(),
+        100.0 * cv.mean_train_accuracy(),
+        100.0 * cv.refusal_rate(),
+        grid.len(),
+        ms(cv_time)
+    );
+    for (i, fold) in cv.folds.iter().enumerate() {
+        println!(
+            "    fold {i}: {:.1}% of {} ({:.1}% on the other folds) with {:?}",
+            100.0 * fold.held.accuracy(),
+            fold.held.total,
+            100.0 * fold.train_accuracy,
+            fold.tuning
+        );
+    }
+    let default = engine.tuning();
+    println!(
+        "    chosen on the whole tuning set: {selected:?}{}",
+        if selected == default {
+            " (the default)"
+        } else {
+            "; the default differs"
+        }
+    );
+    match &args.heldout {
+        None => println!("  held-out set      not scored (--heldout none)"),
+        Some(path) => match evaluation::read(path) {
+            Err(e) => println!("  held-out set      not scored: {e}"),
+            Ok(heldout) => {
+                let scored = evaluation::score(&engine, &heldout, &default, engine.encoder()).unwrap_or_else(|e| fail(&e));
+                println!("  held-out set      {} (never used to tune; aggregates only)", path.display());
+                println!(
+                    "    accuracy        {:.1}% ({} of {}), cells right {:.1}%, out-of-scope refused {:.1}% ({} of {}), false refusals {}",
+                    100.0 * scored.accuracy(),
+                    scored.correct,
+                    scored.total,
+                    100.0 * scored.cell_accuracy(),
+                    100.0 * scored.refusal_rate(),
+                    scored.refusals_correct,
+                    scored.refusals_expected,
+                    scored.false_refusals
+                );
+                let per: Vec<String> = scored.per_stratum.iter().map(|(s, (r, n))| format!("{s} {r}/{n}")).collect();
+                println!("    per expected cell: {}", per.join(", "));
+            }
+        },
+    }
+    println!("  calibration on the tuning set (confidence bucket: answers, right)");
     for (lo, hi) in [(0.0, 0.5), (0.5, 0.7), (0.7, 0.9), (0.9, 1.01)] {
         let bucket: Vec<_> = calibration.iter().filter(|(c, _)| *c >= lo && *c < hi).collect();
         let right = bucket.iter().filter(|(_, r)| *r).count();
@@ -160,7 +234,19 @@ fn main() {
         }
     }
     for miss in &summary.misses {
-        println!("  miss: {miss}");
+        println!("  tuning-set miss: {miss}");
+    }
+    for (i, fold) in cv.folds.iter().enumerate() {
+        for miss in &fold.held.misses {
+            println!("  cross-validation miss, fold {i}: {miss}");
+        }
+    }
+    if selected != default {
+        let again = evaluation::score(&engine, &cases, &selected, &memo).unwrap_or_else(|e| fail(&e));
+        println!("  tuning set under the tuning chosen on it: {again}");
+        for miss in &again.misses {
+            println!("  tuning-set miss (chosen tuning): {miss}");
+        }
     }
 }
 

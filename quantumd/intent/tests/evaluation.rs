@@ -21,6 +21,15 @@ const FLOOR: f64 = 0.97;
 /// folder"): measured at 40 of 41.
 const REFUSAL_FLOOR: f64 = 0.95;
 
+/// Share of the held-out set's cases all right. Measured once, after the
+/// tuning was frozen (commit b3b1ede): 75.6 % (155 of 205; cells right
+/// 88.3 %). The goal of issue 17 is 97 %; this floor only keeps it from
+/// falling.
+const HELDOUT_FLOOR: f64 = 0.74;
+/// Share of the held-out set's out-of-scope requests refused: measured at
+/// 65.0 % (26 of 40), against a goal of 95 %.
+const HELDOUT_REFUSAL_FLOOR: f64 = 0.62;
+
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
@@ -84,6 +93,44 @@ fn tuning_set_meets_the_floor() {
         refusals >= REFUSAL_FLOOR,
         "only {:.3} of the out-of-scope requests were refused",
         refusals
+    );
+}
+
+/// The held-out set, never used to tune: only its aggregate figures are
+/// printed, never its misses (they would make it a second tuning set). A
+/// missing file fails the test.
+#[test]
+fn heldout_set_meets_the_floor() {
+    let cases = evaluation::read(&repo().join(evaluation::HELDOUT_SET)).unwrap_or_else(|e| panic!("{e}"));
+    assert!(cases.len() >= 120, "the held-out set has {} cases, fewer than 120", cases.len());
+    let engine = engine();
+    let mut summary = evaluation::Summary::default();
+    for case in &cases {
+        summary.add(case, &engine.ask(&case.intent).expect("the engine answers"));
+    }
+    println!(
+        "held-out: accuracy {:.1}% ({} of {}), cells right {:.1}%, out-of-scope refused {:.1}% ({} of {})",
+        100.0 * summary.accuracy(),
+        summary.correct,
+        summary.total,
+        100.0 * summary.cell_accuracy(),
+        100.0 * summary.refusal_rate(),
+        summary.refusals_correct,
+        summary.refusals_expected
+    );
+    assert!(
+        summary.refusals_expected >= 20,
+        "fewer than 20 out-of-scope requests in the held-out set"
+    );
+    assert!(
+        summary.accuracy() >= HELDOUT_FLOOR,
+        "held-out accuracy {:.3} is below the floor {HELDOUT_FLOOR}",
+        summary.accuracy()
+    );
+    assert!(
+        summary.refusal_rate() >= HELDOUT_REFUSAL_FLOOR,
+        "only {:.3} of the held-out out-of-scope requests were refused (floor {HELDOUT_REFUSAL_FLOOR})",
+        summary.refusal_rate()
     );
 }
 

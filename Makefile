@@ -7,7 +7,7 @@
 # Tiers, each runnable alone:
 #   make test-unit    unit tests and the cell.toml diagnostics folder
 #   make test-host    quantumd + quantumctl on a private D-Bus, real cgroup2,
-#                     and the eBPF programs on the real kernel (root)
+#                     the eBPF programs on the real kernel (root), `make demo`
 #   make test-nspawn  systemd backend against systemd as PID 1 in a container
 #   make test-vm      QEMU guest: isolation and limit scenarios
 #   make test-deb     the quantumos-* .debs: build, lintian, contents
@@ -52,6 +52,7 @@ test-host: deps build model
 	$(CARGO) test -p quantum-bpf --tests
 	$(CARGO) test -p quantum-steppps --tests
 	$(CARGO) test -p quantum-steppps --features bpf --test figures
+	bash tests/demo-test.sh
 
 # eBPF telemetry alone (root, BTF): unit tests and the real-kernel tests.
 test-bpf: deps

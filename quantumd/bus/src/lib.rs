@@ -68,6 +68,30 @@ pub struct CellDetail {
     pub last_exit: i32,
 }
 
+/// A started instance, as `RunAttached` answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
+pub struct Started {
+    pub info: CellInfo,
+    /// The caller's stdio is the cell's: a task, to be waited for.
+    pub attached: bool,
+    /// For a service: how to reach it (its manifest's `reach`, with the
+    /// run's parameters), empty when it says nothing.
+    pub reach: String,
+}
+
+/// How an instance ended (the answer of `Wait`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
+pub struct Ended {
+    /// False when the wait timed out with the instance still running.
+    pub ended: bool,
+    /// Exit status: the program's own, or 128+N when killed by signal N;
+    /// -1 when unknown.
+    pub status: i32,
+    /// `exited`, `failed` or `stopped`; empty while running.
+    pub state: String,
+    pub reason: String,
+}
+
 /// The node's identity: its key ids and fingerprints, and where the
 /// secret keys are kept.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
@@ -180,6 +204,32 @@ pub trait Quantum1 {
     /// cells are started first, children after. Returns the new instance.
     fn run(&self, source: &str, params: HashMap<String, String>, cwd: &str) -> Result<CellInfo, Error>;
 
+    /// Like `Run`, for a caller that wants to see the cell's work. A task
+    /// (`[lifecycle] kind = "task"`) gets the caller's standard input,
+    /// output and error (Unix file descriptors) as its own, as
+    /// `systemd-run --pipe` does: it writes straight to the caller's
+    /// terminal or pipe, nothing is copied through quantumd, it is never
+    /// restarted, and its end and exit status are the caller's to see
+    /// (`Wait`). A service is started as `Run` would and the answer says
+    /// how to reach it. Needed cells and children are never attached.
+    fn run_attached(
+        &self,
+        source: &str,
+        params: HashMap<String, String>,
+        cwd: &str,
+        stdin: zbus::zvariant::Fd<'_>,
+        stdout: zbus::zvariant::Fd<'_>,
+        stderr: zbus::zvariant::Fd<'_>,
+    ) -> Result<Started, Error>;
+
+    /// Waits up to `timeout_ms` (at most 60000) for an instance to end.
+    /// Returns whether it has ended and, if so, how: the exit status (as a
+    /// shell reports it: 128+N for signal N; -1 when unknown), the final
+    /// state (`exited`, `failed`, `stopped`) and the reason. An instance
+    /// that ended before the call is answered at once, as long as quantumd
+    /// still lists it.
+    fn wait(&self, instance: &str, timeout_ms: u32) -> Result<Ended, Error>;
+
     /// Stops an instance (by id) or every instance of a cell (by name),
     /// children first and needed cells last. Returns the stopped instance ids.
     fn stop(&self, target: &str) -> Result<Vec<String>, Error>;
@@ -201,6 +251,17 @@ pub trait Quantum1 {
     /// path parameters are resolved against `cwd`. Only the connection that
     /// asked may execute a plan, once. Returns the started instances.
     fn execute(&self, plan_id: &str, cwd: &str) -> Result<Vec<CellInfo>, Error>;
+
+    /// `Execute`, with each task of the plan attached to the caller's
+    /// standard input, output and error as `RunAttached` does.
+    fn execute_attached(
+        &self,
+        plan_id: &str,
+        cwd: &str,
+        stdin: zbus::zvariant::Fd<'_>,
+        stdout: zbus::zvariant::Fd<'_>,
+        stderr: zbus::zvariant::Fd<'_>,
+    ) -> Result<Vec<Started>, Error>;
 
     /// The node identity.
     fn identity(&self) -> Result<NodeIdentity, Error>;

@@ -231,13 +231,35 @@ async fn ask_one(proxy: &Quantum1Proxy<'_>, args: &AskArgs, catalog: Option<&Cat
     };
     let mut ok = true;
     match confirmed {
-        Some(true) => match proxy.execute(plan_id, cwd).await {
+        // With --json the cells' output would mix with the JSON: they run
+        // in the background, as before.
+        Some(true) if args.json => match proxy.execute(plan_id, cwd).await {
             Ok(started) => {
-                if args.json {
-                    value["started"] = started.iter().map(|c| c.instance.clone()).collect::<Vec<_>>().into();
-                } else {
-                    let lines: Vec<String> = started.iter().map(crate::output::started).collect();
-                    emit(&(lines.join("\n") + "\n"));
+                value["started"] = started.iter().map(|c| c.instance.clone()).collect::<Vec<_>>().into();
+            }
+            Err(e) => {
+                eprintln!("quantumctl: {:#}", crate::client::request_failed("the plan did not run", e));
+                ok = false;
+            }
+        },
+        // Each task's output appears here as it runs; services say how to
+        // reach them.
+        Some(true) => match execute_attached(proxy, plan_id, cwd).await {
+            Ok(started) => {
+                for s in started.iter().filter(|s| !s.attached) {
+                    let mut line = crate::output::started(&s.info);
+                    if !s.reach.is_empty() {
+                        line.push_str(&format!("; reach it at {}", s.reach));
+                    }
+                    emit(&(line + "\n"));
+                }
+                match crate::foreground::wait_all(proxy, &started).await {
+                    Ok(0) => {}
+                    Ok(_) => ok = false,
+                    Err(e) => {
+                        eprintln!("quantumctl: {e:#}");
+                        ok = false;
+                    }
                 }
             }
             Err(e) => {
@@ -266,6 +288,25 @@ async fn ask_one(proxy: &Quantum1Proxy<'_>, args: &AskArgs, catalog: Option<&Cat
         return Err(ExitCode::SUCCESS);
     }
     Ok(ok)
+}
+
+/// Runs an asked plan with this process's stdio given to its tasks.
+async fn execute_attached(proxy: &Quantum1Proxy<'_>, plan_id: &str, cwd: &str) -> Result<Vec<quantum_bus::Started>, quantum_bus::Error> {
+    use std::os::fd::AsFd;
+    use zbus::zvariant::Fd;
+    // The plan's cells get no input: stdin may be the list of requests
+    // (`ask -`), and several cells cannot share a terminal's input.
+    let stdin = std::fs::File::open("/dev/null").map_err(|e| quantum_bus::Error::Backend(format!("cannot open /dev/null: {e}")))?;
+    let (stdout, stderr) = (std::io::stdout(), std::io::stderr());
+    proxy
+        .execute_attached(
+            plan_id,
+            cwd,
+            Fd::from(stdin.as_fd()),
+            Fd::from(stdout.as_fd()),
+            Fd::from(stderr.as_fd()),
+        )
+        .await
 }
 
 /// Asks on the terminal; anything but y/yes is a no.

@@ -173,6 +173,17 @@ pub enum CliCommand {
     /// Parameters are given as NAME=VALUE after the cell; relative paths are
     /// resolved against the current directory.
     ///
+    /// A task (`[lifecycle] kind = "task"` in its manifest: a disk report, a
+    /// checksum, a search) runs in the foreground: its output appears here
+    /// as it comes, it reads this terminal's input, and quantumctl exits with
+    /// its exit status once it ends, like `systemd-run --pipe --wait`. The
+    /// cell's descriptors are this process's own, passed to quantumd, so
+    /// nothing is copied in between. Ctrl-C stops the cell. A task run in
+    /// the foreground is never restarted. A service (a web server, a
+    /// database) is started, and quantumctl returns at once, saying how to
+    /// reach it and how to stop it. `--detach` (or `--json`) starts a task
+    /// in the background instead.
+    ///
     /// A bundle (.qcb, see `quantumctl bundle`) runs only when its hashes and
     /// both signatures verify against a key in quantumd's trusted-keys
     /// directory; a refusal says which check failed and is recorded in the
@@ -180,7 +191,7 @@ pub enum CliCommand {
     /// providers configured in quantumd.toml, in order, skipping any that is
     /// down or serves a bundle that does not verify.
     #[command(
-        after_help = "EXAMPLES:\n    quantumctl run web-server port=8080 dir=.\n    quantumctl run ./my-cell/cell.toml\n    quantumctl run ./hello-1.0.0.qcb\n    quantumctl run hello@1.0.0"
+        after_help = "EXAMPLES:\n    quantumctl run disk-usage path=/var\n    quantumctl run checksum path=/etc/hostname\n    quantumctl run --detach file-backup source=/etc\n    quantumctl run web-server port=8080 dir=.\n    quantumctl run ./my-cell/cell.toml\n    quantumctl run ./hello-1.0.0.qcb\n    quantumctl run hello@1.0.0\n\nEXIT STATUS:\n    A task in the foreground: its own exit status (128+N after signal N,\n    130 after Ctrl-C). Otherwise 0 started; 1 refused or failed to start;\n    2 usage error or quantumd unreachable."
     )]
     Run {
         /// A catalog cell name, NAME@VERSION from a provider, a path to a
@@ -190,9 +201,12 @@ pub enum CliCommand {
         /// Parameter values, NAME=VALUE.
         #[arg(value_name = "NAME=VALUE")]
         params: Vec<String>,
-        /// Print the started instance as JSON.
+        /// Print the started instance as JSON (implies --detach).
         #[arg(long)]
         json: bool,
+        /// Start a task in the background and return at once.
+        #[arg(long, short = 'd')]
+        detach: bool,
     },
     /// Stop instances (by id, e.g. web-server.3) or every instance of a cell.
     Stop {
@@ -269,6 +283,10 @@ EXIT STATUS:
         /// Print once and exit, even on a terminal.
         #[arg(long)]
         once: bool,
+        /// Say in full why a figure is unavailable (the GPU library's own
+        /// error, for instance), not only the gist.
+        #[arg(long, short = 'v')]
+        verbose: bool,
     },
 }
 

@@ -50,7 +50,7 @@ pub fn run(bus: Option<&str>, command: CliCommand) -> anyhow::Result<ExitCode> {
     rt.block_on(async move {
         let proxy = proxy(bus).await?;
         match execute(&proxy, command).await {
-            Ok(()) => Ok(ExitCode::SUCCESS),
+            Ok(code) => Ok(code),
             Err(Failed(e)) => {
                 eprintln!("quantumctl: {e:#}");
                 // Transport problems are "could not ask", status 2.
@@ -65,13 +65,30 @@ pub fn run(bus: Option<&str>, command: CliCommand) -> anyhow::Result<ExitCode> {
     })
 }
 
-async fn execute(proxy: &Quantum1Proxy<'_>, command: CliCommand) -> Result<(), Failed> {
+async fn execute(proxy: &Quantum1Proxy<'_>, command: CliCommand) -> Result<ExitCode, Failed> {
     match command {
         CliCommand::Validate { .. } => unreachable!("validate runs without a daemon"),
-        CliCommand::Run { cell, params, json } => {
+        CliCommand::Run {
+            cell,
+            params,
+            json,
+            detach,
+        } => {
             let params = parse_params(&params).map_err(Failed)?;
             let source = source_of(&cell).map_err(Failed)?;
             let cwd = std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default();
+            if !json && !detach {
+                let started = crate::foreground::start(proxy, &source, params, &cwd).await.map_err(Failed)?;
+                if !started.attached {
+                    println!("{}", output::started(&started.info));
+                    if !started.reach.is_empty() {
+                        println!("reach it at {}", started.reach);
+                    }
+                    println!("stop it with: quantumctl stop {}", started.info.instance);
+                }
+                let code = crate::foreground::wait_all(proxy, &[started]).await.map_err(Failed)?;
+                return Ok(ExitCode::from(code));
+            }
             let info = proxy
                 .run(&source, params, &cwd)
                 .await
@@ -165,7 +182,7 @@ async fn execute(proxy: &Quantum1Proxy<'_>, command: CliCommand) -> Result<(), F
                 print!("{}", output::trail(&entries));
             }
         }
-        CliCommand::Steppps { cell, json, once } => {
+        CliCommand::Steppps { cell, json, once, verbose } => {
             let live = !json && !once && std::io::IsTerminal::is_terminal(&std::io::stdout());
             loop {
                 let text = proxy
@@ -182,7 +199,7 @@ async fn execute(proxy: &Quantum1Proxy<'_>, command: CliCommand) -> Result<(), F
                     // Home and clear, then the view: a redraw without scrolling.
                     print!("\x1b[H\x1b[2J");
                 }
-                print!("{}", output::steppps(&figures));
+                print!("{}", output::steppps(&figures, verbose));
                 if !live {
                     break;
                 }
@@ -204,7 +221,7 @@ async fn execute(proxy: &Quantum1Proxy<'_>, command: CliCommand) -> Result<(), F
             }
         }
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }
 
 /// NAME=VALUE pairs.

@@ -4,6 +4,7 @@ mod ask;
 mod bundle;
 mod cli;
 mod client;
+mod foreground;
 mod output;
 mod validate;
 

@@ -208,7 +208,8 @@ fn or_dash<T>(v: Option<T>, f: impl FnOnce(T) -> String) -> String {
 }
 
 /// The `quantumctl steppps` view: the node, then one line per instance.
-pub fn steppps(f: &quantum_steppps::Figures) -> String {
+/// The STEPPPS view; `verbose` keeps the full reason a figure is missing.
+pub fn steppps(f: &quantum_steppps::Figures, verbose: bool) -> String {
     use quantum_steppps::Availability;
     let mut out = String::new();
     let n = &f.node;
@@ -225,6 +226,11 @@ pub fn steppps(f: &quantum_steppps::Figures) -> String {
     );
     let gpu = match &f.gpus {
         Availability::Available(g) => format!("gpus: {}", g.devices.len()),
+        // "no NVIDIA driver (NVML did not load: libnvidia-ml.so.1: ...)":
+        // the loader's detail is for --verbose and --json.
+        Availability::Unavailable { unavailable } if !verbose => {
+            format!("gpus: none ({})", unavailable.split(" (").next().unwrap_or(unavailable))
+        }
         Availability::Unavailable { unavailable } => format!("gpus: none ({unavailable})"),
     };
     let _ = writeln!(out, "{gpu}");

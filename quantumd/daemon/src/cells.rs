@@ -13,9 +13,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use quantum_bus::{CellDetail, CellInfo};
+use quantum_bus::{CellDetail, CellInfo, Ended, Started};
 use quantum_model::placeholder::substitute;
-use quantum_model::{Manifest, ParamType, Restart};
+use quantum_model::{Kind, Manifest, ParamType, Restart};
 use quantum_trail::Action;
 use tokio::sync::mpsc;
 
@@ -25,7 +25,7 @@ use crate::command::{Command, CommandError, Reply};
 use crate::config::Config;
 use crate::identity::Identity;
 use crate::runtime::spec::{family_slice, instance_of_unit};
-use crate::runtime::{Exit, Limits, Runtime, Sandbox, SliceSpec, UnitEvent, UnitSpec};
+use crate::runtime::{Exit, Limits, Runtime, Sandbox, SliceSpec, Stdio, UnitEvent, UnitSpec};
 use crate::steppps::Steppps;
 use crate::store::{Record, Store};
 use crate::trail::{self, Recorder};
@@ -44,7 +44,7 @@ pub enum Event {
         root: String,
         ids: Vec<String>,
         failed: Option<String>,
-        reply: Reply<CellInfo>,
+        reply: PendingRun,
     },
     /// Units of a stop are gone.
     StopDone {
@@ -61,14 +61,31 @@ pub enum Event {
     Tick,
 }
 
-/// A run whose source is a bundle, back from verification.
+/// The answer a run owes its caller once its units have started.
 #[derive(Debug)]
-pub struct BundleRun {
+pub struct PendingRun {
+    reply: Reply<Started>,
+    /// The caller's stdio went to the cell (a task).
+    attached: bool,
+    /// A service's `reach`, with this run's parameters.
+    reach: String,
+}
+
+/// What a `Run` asked for, kept while its bundle is fetched and verified.
+#[derive(Debug)]
+pub struct RunArgs {
     actor: String,
     source: String,
     params: HashMap<String, String>,
     cwd: String,
-    reply: Reply<CellInfo>,
+    stdio: Option<Stdio>,
+    reply: Reply<Started>,
+}
+
+/// A run whose source is a bundle, back from verification.
+#[derive(Debug)]
+pub struct BundleRun {
+    args: RunArgs,
     result: Result<Unpacked, BundleRefusal>,
 }
 
@@ -109,6 +126,17 @@ struct Instance {
     /// Its cgroup directory, once running (found once: the cgroup backend
     /// searches for it).
     cgroup: Option<PathBuf>,
+    /// Started with the caller's stdio (`RunAttached`): never restarted,
+    /// its end is the caller's to see.
+    attached: bool,
+}
+
+/// An instance that has ended, as `list` shows it and `Wait` reports it.
+#[derive(Debug, Clone)]
+struct EndedInstance {
+    info: CellInfo,
+    /// Exit status as a shell gives it (128+N for signal N), -1 unknown.
+    status: i32,
 }
 
 /// One step of a run, done in order by a spawned task.
@@ -135,7 +163,9 @@ pub struct Cells {
     bundles: Bundles,
     config: Config,
     instances: BTreeMap<String, Instance>,
-    ended: VecDeque<CellInfo>,
+    ended: VecDeque<EndedInstance>,
+    /// Callers of `Wait`, by instance, answered when it ends.
+    waiters: HashMap<String, Vec<Reply<Ended>>>,
     /// Cell name -> (until, why).
     blacklist: HashMap<String, (Instant, String)>,
     next_id: u64,
@@ -206,6 +236,7 @@ impl Cells {
             config,
             instances: BTreeMap::new(),
             ended: VecDeque::new(),
+            waiters: HashMap::new(),
             blacklist: HashMap::new(),
             next_id: 1,
             events,
@@ -269,8 +300,10 @@ impl Cells {
                 None => {
                     tracing::info!(instance = %r.instance, "cell ended while quantumd was not running");
                     self.store.remove(&r.instance);
-                    self.ended
-                        .push_back(info_of_record(&r, "exited", "ended while quantumd was not running"));
+                    self.ended.push_back(EndedInstance {
+                        info: info_of_record(&r, "exited", "ended while quantumd was not running"),
+                        status: -1,
+                    });
                 }
             }
         }
@@ -352,6 +385,7 @@ impl Cells {
                 last_exit: -1,
                 idle: None,
                 cgroup: None,
+                attached: false,
             },
         );
     }
@@ -379,6 +413,7 @@ impl Cells {
                 source,
                 params,
                 cwd,
+                stdio,
                 reply,
             } => {
                 if let Err(why) = &self.trail {
@@ -389,7 +424,17 @@ impl Cells {
                     return;
                 }
                 match self.bundle_source(&source) {
-                    Ok(Some(bundle)) => return self.spawn_bundle(actor, source, bundle, params, cwd, reply),
+                    Ok(Some(bundle)) => {
+                        let args = RunArgs {
+                            actor,
+                            source,
+                            params,
+                            cwd,
+                            stdio,
+                            reply,
+                        };
+                        return self.spawn_bundle(args, bundle);
+                    }
                     Ok(None) => {}
                     Err(e) => {
                         let _ = reply.send(Err(e.clone()));
@@ -397,11 +442,12 @@ impl Cells {
                         return;
                     }
                 }
-                if let Err(e) = self.run(&actor, &source, params, &cwd, reply) {
+                if let Err(e) = self.run(&actor, &source, params, &cwd, stdio, reply) {
                     tracing::info!(source, error = %e, "run refused");
                     self.record(trail::entry(&actor, &Action::REFUSE).cell(source).error(e.to_string()));
                 }
             }
+            Command::Wait { instance, reply } => self.wait(&instance, reply),
             Command::Stop { actor, target, reply } => self.stop(&actor, &target, reply),
             Command::List { reply } => {
                 let _ = reply.send(Ok(self.list()));
@@ -449,38 +495,26 @@ impl Cells {
     }
 
     /// Fetches and verifies off the loop; the run goes on in [`Self::bundle_ready`].
-    fn spawn_bundle(
-        &self,
-        actor: String,
-        source: String,
-        bundle: BundleSource,
-        params: HashMap<String, String>,
-        cwd: String,
-        reply: Reply<CellInfo>,
-    ) {
+    fn spawn_bundle(&self, args: RunArgs, bundle: BundleSource) {
         let bundles = self.bundles.clone();
         let events = self.events.clone();
         tokio::spawn(async move {
             let result = bundles.prepare(&bundle).await;
-            let run = BundleRun {
-                actor,
-                source,
-                params,
-                cwd,
-                reply,
-                result,
-            };
-            let _ = events.send(Event::BundleReady(Box::new(run)));
+            let _ = events.send(Event::BundleReady(Box::new(BundleRun { args, result })));
         });
     }
 
     fn bundle_ready(&mut self, run: BundleRun) {
         let BundleRun {
-            actor,
-            source,
-            params,
-            cwd,
-            reply,
+            args:
+                RunArgs {
+                    actor,
+                    source,
+                    params,
+                    cwd,
+                    stdio,
+                    reply,
+                },
             result,
         } = run;
         match result {
@@ -496,7 +530,7 @@ impl Cells {
                     unpacked.bundle_blake3, unpacked.signer, unpacked.origin
                 )));
                 let manifest = unpacked.manifest.display().to_string();
-                if let Err(e) = self.run(&actor, &manifest, params, &cwd, reply) {
+                if let Err(e) = self.run(&actor, &manifest, params, &cwd, stdio, reply) {
                     tracing::info!(source, error = %e, "run refused");
                     self.record(trail::entry(&actor, &Action::REFUSE).cell(source).error(e.to_string()));
                 }
@@ -515,7 +549,8 @@ impl Cells {
         source: &str,
         params: HashMap<String, String>,
         cwd: &str,
-        reply: Reply<CellInfo>,
+        stdio: Option<Stdio>,
+        reply: Reply<Started>,
     ) -> Result<(), CommandError> {
         let result = self.catalog.resolve(source).map_err(|e| match e {
             crate::catalog::CatalogError::NotFound { .. } => CommandError::NotFound(e.to_string()),
@@ -544,7 +579,41 @@ impl Cells {
             &mut Vec::new(),
         ) {
             Ok(root) => {
-                self.spawn_plan(root, created, steps, reply);
+                let mut pending = PendingRun {
+                    reply,
+                    attached: false,
+                    reach: String::new(),
+                };
+                if let Some(inst) = self.instances.get_mut(&root) {
+                    let lifecycle = inst.manifest.as_ref().map(|m| &m.lifecycle);
+                    match (lifecycle.map(|l| l.kind), stdio) {
+                        (Some(Kind::Task), Some(stdio)) => {
+                            // Only the asked-for cell is attached, not what
+                            // it needs or its children. The instance's own
+                            // spec keeps no copy of the descriptors: the
+                            // start task's copy is dropped once the unit
+                            // runs, so the caller sees end-of-file when the
+                            // cell ends.
+                            inst.attached = true;
+                            pending.attached = true;
+                            for step in &mut steps {
+                                if let Step::Unit(unit) = step {
+                                    if unit.0.instance == root {
+                                        unit.1.stdio = Some(stdio.clone());
+                                    }
+                                }
+                            }
+                        }
+                        _ => {
+                            let params = &inst.record.params;
+                            pending.reach = lifecycle
+                                .and_then(|l| l.reach.as_deref())
+                                .and_then(|r| substitute(r, |n| params.get(n).cloned()).ok())
+                                .unwrap_or_default();
+                        }
+                    }
+                }
+                self.spawn_plan(root, created, steps, pending);
                 Ok(())
             }
             Err(e) => {
@@ -682,6 +751,7 @@ impl Cells {
                 last_exit: -1,
                 idle: None,
                 cgroup: None,
+                attached: false,
             },
         );
 
@@ -769,10 +839,11 @@ impl Cells {
                 inaccessible: vec![self.config.state_dir.display().to_string()],
             },
             state: m.state.subvolume,
+            stdio: None,
         })
     }
 
-    fn spawn_plan(&self, root: String, ids: Vec<String>, steps: Vec<Step>, reply: Reply<CellInfo>) {
+    fn spawn_plan(&self, root: String, ids: Vec<String>, steps: Vec<Step>, reply: PendingRun) {
         let runtime = self.runtime.clone();
         let events = self.events.clone();
         let store = self.store.clone();
@@ -864,7 +935,8 @@ impl Cells {
         });
     }
 
-    async fn plan_done(&mut self, root: String, ids: Vec<String>, failed: Option<String>, reply: Reply<CellInfo>) {
+    async fn plan_done(&mut self, root: String, ids: Vec<String>, failed: Option<String>, pending: PendingRun) {
+        let PendingRun { reply, attached, reach } = pending;
         match failed {
             None => {
                 let info = self.instances.get(&root).map(info_of).unwrap_or_else(|| {
@@ -872,8 +944,8 @@ impl Cells {
                     self.ended
                         .iter()
                         .rev()
-                        .find(|i| i.instance == root)
-                        .cloned()
+                        .find(|e| e.info.instance == root)
+                        .map(|e| e.info.clone())
                         .unwrap_or_else(|| CellInfo {
                             instance: root.clone(),
                             cell: String::new(),
@@ -885,7 +957,7 @@ impl Cells {
                             started_usec: 0,
                         })
                 });
-                let _ = reply.send(Ok(info));
+                let _ = reply.send(Ok(Started { info, attached, reach }));
             }
             Some(why) => {
                 if let Some(inst) = self.instances.get(&root) {
@@ -1024,7 +1096,14 @@ impl Cells {
         info.reason = reason.to_owned();
         info.pid = 0;
         self.emit(id, &inst.record.cell, state, reason).await;
-        self.ended.push_back(info);
+        let ended = EndedInstance {
+            info,
+            status: inst.last_exit,
+        };
+        for waiter in self.waiters.remove(id).unwrap_or_default() {
+            let _ = waiter.send(Ok(ended.answer()));
+        }
+        self.ended.push_back(ended);
         while self.ended.len() > self.config.keep_ended {
             self.ended.pop_front();
         }
@@ -1042,12 +1121,15 @@ impl Cells {
             return;
         }
         let what = ev.exit.describe();
-        let policy = inst.manifest.as_ref().map(|m| m.lifecycle);
-        let should_restart = match policy.map(|l| l.restart) {
-            Some(Restart::Always) => true,
-            Some(Restart::OnFailure) => !ev.exit.is_success(),
-            _ => false,
-        };
+        let policy = inst.manifest.as_ref().map(|m| m.lifecycle.clone());
+        // An attached run's failure goes back to the caller, who sees it
+        // happen; a restart would run the cell again behind their back.
+        let should_restart = !inst.attached
+            && match policy.as_ref().map(|l| l.restart) {
+                Some(Restart::Always) => true,
+                Some(Restart::OnFailure) => !ev.exit.is_success(),
+                _ => false,
+            };
         let cell = inst.record.cell.clone();
         if should_restart {
             let l = policy.unwrap_or_default();
@@ -1247,8 +1329,22 @@ impl Cells {
 
     // ----- reads ------------------------------------------------------------
 
+    /// Answers when instance `id` ends (at once if it already has).
+    fn wait(&mut self, id: &str, reply: Reply<Ended>) {
+        if self.instances.contains_key(id) {
+            let waiters = self.waiters.entry(id.to_owned()).or_default();
+            // Callers whose wait timed out have gone; forget them.
+            waiters.retain(|w| !w.is_closed());
+            waiters.push(reply);
+        } else if let Some(ended) = self.ended.iter().rev().find(|e| e.info.instance == id) {
+            let _ = reply.send(Ok(ended.answer()));
+        } else {
+            let _ = reply.send(Err(CommandError::NotFound(format!("no instance \"{id}\""))));
+        }
+    }
+
     fn list(&self) -> Vec<CellInfo> {
-        let mut v: Vec<CellInfo> = self.ended.iter().cloned().collect();
+        let mut v: Vec<CellInfo> = self.ended.iter().map(|e| e.info.clone()).collect();
         v.extend(self.instances.values().map(info_of));
         v
     }
@@ -1261,9 +1357,9 @@ impl Cells {
                 .max_by_key(|i| i.record.started_usec)
         });
         let Some(inst) = inst else {
-            if let Some(info) = self.ended.iter().rev().find(|i| i.instance == target || i.cell == target) {
+            if let Some(ended) = self.ended.iter().rev().find(|e| e.info.instance == target || e.info.cell == target) {
                 return Ok(CellDetail {
-                    info: info.clone(),
+                    info: ended.info.clone(),
                     manifest_path: String::new(),
                     version: String::new(),
                     argv: vec![],
@@ -1289,6 +1385,17 @@ impl Cells {
             restarts: inst.failures.len() as u32,
             last_exit: inst.last_exit,
         })
+    }
+}
+
+impl EndedInstance {
+    fn answer(&self) -> Ended {
+        Ended {
+            ended: true,
+            status: self.status,
+            state: self.info.state.clone(),
+            reason: self.info.reason.clone(),
+        }
     }
 }
 
@@ -1344,6 +1451,7 @@ fn bare_spec(r: &Record) -> UnitSpec {
             inaccessible: vec![],
         },
         state: false,
+        stdio: None,
     }
 }
 

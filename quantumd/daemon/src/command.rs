@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use quantum_bus::{CellDetail, CellInfo, CellStateReport};
+use quantum_bus::{CellDetail, CellInfo, CellStateReport, Ended, Started};
 use tokio::sync::oneshot;
 
 pub type Reply<T> = oneshot::Sender<Result<T, CommandError>>;
@@ -17,7 +17,14 @@ pub enum Command {
         source: String,
         params: HashMap<String, String>,
         cwd: String,
-        reply: Reply<CellInfo>,
+        /// The caller's stdin, stdout and stderr for an attached run.
+        stdio: Option<crate::runtime::Stdio>,
+        reply: Reply<Started>,
+    },
+    /// Answered when the instance ends (at once if it has).
+    Wait {
+        instance: String,
+        reply: Reply<Ended>,
     },
     Stop {
         actor: String,

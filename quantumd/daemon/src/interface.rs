@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use quantum_bus::{CellDetail, CellInfo, CellStateReport, Error, NodeIdentity, TrailEntry, TrailReport, ACTION_MANAGE};
+use quantum_bus::{CellDetail, CellInfo, CellStateReport, Ended, Error, NodeIdentity, Started, TrailEntry, TrailReport, ACTION_MANAGE};
 use quantum_trail::{Action, Outcome};
 use tokio::sync::{mpsc, oneshot};
 use zbus::message::Header;
@@ -52,6 +52,66 @@ impl Quantum1 {
             .await
             .map_err(|e| Error::from(CommandError::Denied(e)))
     }
+
+    /// Runs an asked plan's cells in order through `Command::Run`, each
+    /// task attached to `stdio` when given.
+    async fn execute_plan(
+        &self,
+        header: &Header<'_>,
+        conn: &zbus::Connection,
+        plan_id: String,
+        cwd: String,
+        stdio: Option<crate::runtime::Stdio>,
+    ) -> Result<Vec<Started>, Error> {
+        self.authorize(header).await?;
+        let actor = actor(conn, header).await;
+        let plan = match self.planner.take(&plan_id, &sender(header)) {
+            Ok(plan) => plan,
+            Err(e) => {
+                self.record(
+                    trail::entry(&actor, &Action::EXECUTE)
+                        .detail(format!("plan {plan_id}"))
+                        .error(e.to_string()),
+                );
+                return Err(e.into());
+            }
+        };
+        self.record(trail::entry(&actor, &Action::EXECUTE).detail(format!("plan {plan_id}: {:?}", plan.intent)));
+        let mut started: Vec<Started> = Vec::new();
+        for (i, step) in plan.cells.iter().enumerate() {
+            let params = step.params.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            let result = self
+                .call(|reply| Command::Run {
+                    actor: actor.clone(),
+                    source: step.name.clone(),
+                    params,
+                    cwd: cwd.clone(),
+                    stdio: stdio.clone(),
+                    reply,
+                })
+                .await;
+            match result {
+                Ok(info) => started.push(info),
+                Err(e) => {
+                    let already = if started.is_empty() {
+                        String::new()
+                    } else {
+                        let ids: Vec<&str> = started.iter().map(|c| c.info.instance.as_str()).collect();
+                        format!(" (still running from earlier steps: {})", ids.join(", "))
+                    };
+                    let message = format!("step {} of the plan, cell \"{}\": {}{already}", i + 1, step.name, e.message());
+                    return Err(match e {
+                        Error::NotFound(_) => Error::NotFound(message),
+                        Error::InvalidManifest(_) => Error::InvalidManifest(message),
+                        Error::AccessDenied(_) => Error::AccessDenied(message),
+                        Error::Refused(_) => Error::Refused(message),
+                        Error::Backend(_) | Error::ZBus(_) => Error::Backend(message),
+                    });
+                }
+            }
+        }
+        Ok(started)
+    }
 }
 
 #[zbus::interface(name = "org.quantumos.Quantum1")]
@@ -71,9 +131,58 @@ impl Quantum1 {
             source,
             params,
             cwd,
+            stdio: None,
             reply,
         })
         .await
+        .map(|started| started.info)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn run_attached(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        source: String,
+        params: HashMap<String, String>,
+        cwd: String,
+        stdin: zbus::zvariant::OwnedFd,
+        stdout: zbus::zvariant::OwnedFd,
+        stderr: zbus::zvariant::OwnedFd,
+    ) -> Result<Started, Error> {
+        self.authorize(&header).await?;
+        let actor = actor(conn, &header).await;
+        let stdio = crate::runtime::Stdio::new(stdin.into(), stdout.into(), stderr.into());
+        self.call(|reply| Command::Run {
+            actor,
+            source,
+            params,
+            cwd,
+            stdio: Some(stdio),
+            reply,
+        })
+        .await
+    }
+
+    async fn wait(&self, instance: String, timeout_ms: u32) -> Result<Ended, Error> {
+        // Bounded, so that no bus timeout ever cuts a wait: callers ask again.
+        let limit = std::time::Duration::from_millis(u64::from(timeout_ms.min(60_000)));
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Wait { instance, reply: tx })
+            .await
+            .map_err(|_| Error::Backend("quantumd is shutting down".into()))?;
+        match tokio::time::timeout(limit, rx).await {
+            Ok(answer) => answer
+                .map_err(|_| Error::Backend("quantumd dropped the request".into()))?
+                .map_err(Error::from),
+            Err(_) => Ok(Ended {
+                ended: false,
+                status: -1,
+                state: String::new(),
+                reason: String::new(),
+            }),
+        }
     }
 
     async fn cell_state(
@@ -153,53 +262,23 @@ impl Quantum1 {
         plan_id: String,
         cwd: String,
     ) -> Result<Vec<CellInfo>, Error> {
-        self.authorize(&header).await?;
-        let actor = actor(conn, &header).await;
-        let plan = match self.planner.take(&plan_id, &sender(&header)) {
-            Ok(plan) => plan,
-            Err(e) => {
-                self.record(
-                    trail::entry(&actor, &Action::EXECUTE)
-                        .detail(format!("plan {plan_id}"))
-                        .error(e.to_string()),
-                );
-                return Err(e.into());
-            }
-        };
-        self.record(trail::entry(&actor, &Action::EXECUTE).detail(format!("plan {plan_id}: {:?}", plan.intent)));
-        let mut started: Vec<CellInfo> = Vec::new();
-        for (i, step) in plan.cells.iter().enumerate() {
-            let params = step.params.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-            let result = self
-                .call(|reply| Command::Run {
-                    actor: actor.clone(),
-                    source: step.name.clone(),
-                    params,
-                    cwd: cwd.clone(),
-                    reply,
-                })
-                .await;
-            match result {
-                Ok(info) => started.push(info),
-                Err(e) => {
-                    let already = if started.is_empty() {
-                        String::new()
-                    } else {
-                        let ids: Vec<&str> = started.iter().map(|c| c.instance.as_str()).collect();
-                        format!(" (still running from earlier steps: {})", ids.join(", "))
-                    };
-                    let message = format!("step {} of the plan, cell \"{}\": {}{already}", i + 1, step.name, e.message());
-                    return Err(match e {
-                        Error::NotFound(_) => Error::NotFound(message),
-                        Error::InvalidManifest(_) => Error::InvalidManifest(message),
-                        Error::AccessDenied(_) => Error::AccessDenied(message),
-                        Error::Refused(_) => Error::Refused(message),
-                        Error::Backend(_) | Error::ZBus(_) => Error::Backend(message),
-                    });
-                }
-            }
-        }
-        Ok(started)
+        let started = self.execute_plan(&header, conn, plan_id, cwd, None).await?;
+        Ok(started.into_iter().map(|s| s.info).collect())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn execute_attached(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        plan_id: String,
+        cwd: String,
+        stdin: zbus::zvariant::OwnedFd,
+        stdout: zbus::zvariant::OwnedFd,
+        stderr: zbus::zvariant::OwnedFd,
+    ) -> Result<Vec<Started>, Error> {
+        let stdio = crate::runtime::Stdio::new(stdin.into(), stdout.into(), stderr.into());
+        self.execute_plan(&header, conn, plan_id, cwd, Some(stdio)).await
     }
 
     async fn steppps(&self, cell: String) -> Result<String, Error> {

@@ -15,8 +15,8 @@ pub mod units;
 
 pub use diagnostic::{Diagnostic, Located, SourceMap};
 pub use manifest::{
-    Artifact, CellName, ChildRef, Isolation, Lifecycle, Manifest, Network, Objectives, ParamSpec, ParamType, Program, Resources, Restart,
-    State, UserMode,
+    Artifact, CellName, ChildRef, Isolation, Kind, Lifecycle, Manifest, Network, Objectives, ParamSpec, ParamType, Program, Resources,
+    Restart, State, UserMode,
 };
 pub use parse::parse_manifest;
 pub use set::{child_path, validate_set, ManifestSource, ValidatedSet};

@@ -226,10 +226,31 @@ pub struct State {
     pub subvolume: bool,
 }
 
+/// `[lifecycle] kind`: whether the cell is a service that runs until it is
+/// stopped, or a task that does its work and ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    /// Runs until stopped (a web server, a database): `quantumctl run`
+    /// returns once it has started and says how to reach it.
+    Service,
+    /// Does its work and exits (a disk report, a checksum): `quantumctl run`
+    /// shows its output as it comes and exits with its status.
+    Task,
+}
+
+impl Kind {
+    pub const ALL: [(&'static str, Kind); 2] = [("service", Kind::Service), ("task", Kind::Task)];
+}
+
 /// `[lifecycle]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct Lifecycle {
+    pub kind: Kind,
+    /// For a service: how to reach it once started, with placeholders
+    /// (`"http://127.0.0.1:{port}/"`), shown by `quantumctl run`.
+    pub reach: Option<String>,
     /// Zero means never stop for idleness.
     pub idle_timeout: Duration,
     pub restart: Restart,
@@ -241,6 +262,8 @@ pub struct Lifecycle {
 impl Default for Lifecycle {
     fn default() -> Self {
         Lifecycle {
+            kind: Kind::Service,
+            reach: None,
             idle_timeout: Duration(300),
             restart: Restart::OnFailure,
             max_restarts: 3,

@@ -9,8 +9,8 @@ use toml_edit::{ImDocument, Item, TableLike, Value};
 
 use crate::diagnostic::Diagnostic;
 use crate::manifest::{
-    Artifact, CellName, ChildRef, Isolation, Lifecycle, Manifest, Network, Objectives, ParamSpec, ParamType, Program, Resources, Restart,
-    State, UserMode,
+    Artifact, CellName, ChildRef, Isolation, Kind, Lifecycle, Manifest, Network, Objectives, ParamSpec, ParamType, Program, Resources,
+    Restart, State, UserMode,
 };
 use crate::placeholder::{is_param_name, placeholders};
 use crate::units::{ByteSize, CpuCores, Duration, Latency};
@@ -32,7 +32,7 @@ const CELL_KEYS: &[&str] = &["name", "version", "description", "capabilities", "
 const ARTIFACT_KEYS: &[&str] = &["path", "blake3"];
 const PARAM_KEYS: &[&str] = &["type", "default", "description"];
 const RESOURCE_KEYS: &[&str] = &["cpu-min", "cpu-max", "memory-min", "memory-max", "io-weight", "tasks-max", "gpus"];
-const LIFECYCLE_KEYS: &[&str] = &["idle-timeout", "restart", "max-restarts", "restart-window"];
+const LIFECYCLE_KEYS: &[&str] = &["kind", "reach", "idle-timeout", "restart", "max-restarts", "restart-window"];
 const OBJECTIVES_KEYS: &[&str] = &["runq-latency-p99"];
 const STATE_KEYS: &[&str] = &["subvolume"];
 const ISOLATION_KEYS: &[&str] = &["network", "user", "readable", "writable"];
@@ -383,7 +383,7 @@ impl Walker {
 
         let params = self.params(root.get("params"));
         let resources = self.resources(root.get("resources"));
-        let lifecycle = self.lifecycle(root.get("lifecycle"));
+        let (lifecycle, reach_span) = self.lifecycle(root.get("lifecycle"));
         let objectives = self.objectives(root.get("objectives"));
         let state = self.state(root.get("state"));
         let (isolation, isolation_spans) = self.isolation(root.get("isolation"));
@@ -391,7 +391,7 @@ impl Walker {
         let (children, child_manifest, child_count, child_index) = self.children(root.get("child"));
 
         // Every placeholder must be declared, wherever it is used.
-        for (field, s, span) in exec_spans.iter().cloned().chain(isolation_spans) {
+        for (field, s, span) in exec_spans.iter().cloned().chain(isolation_spans).chain(reach_span) {
             for p in placeholders(s) {
                 if !params.contains_key(p.name) {
                     let span = span.clone().map(|sp| {
@@ -660,11 +660,32 @@ impl Walker {
         r
     }
 
-    fn lifecycle(&mut self, item: Option<&Item>) -> Lifecycle {
+    /// The `[lifecycle]` table, and `reach` with its span for the
+    /// placeholder check.
+    fn lifecycle<'a>(&mut self, item: Option<&'a Item>) -> (Lifecycle, Option<(String, &'a str, Span)>) {
         let mut l = Lifecycle::default();
-        let Some(item) = item else { return l };
-        let Some(t) = self.table("lifecycle", item) else { return l };
+        let Some(item) = item else { return (l, None) };
+        let Some(t) = self.table("lifecycle", item) else { return (l, None) };
         self.check_keys("lifecycle", t, LIFECYCLE_KEYS);
+        if let Some(v) = t.get("kind").and_then(|v| self.one_of("lifecycle.kind", v, &Kind::ALL)) {
+            l.kind = v;
+        }
+        let mut reach_span = None;
+        if let Some(item) = t.get("reach") {
+            if let Some(s) = self.string("lifecycle.reach", item) {
+                if l.kind == Kind::Task {
+                    self.error(
+                        "lifecycle.reach",
+                        item.span(),
+                        "only a service can be reached: a task (kind = \"task\") ends when its work is done",
+                    );
+                } else if s.trim().is_empty() {
+                    self.error("lifecycle.reach", item.span(), "must not be empty");
+                }
+                l.reach = Some(s.to_owned());
+                reach_span = Some(("lifecycle.reach".to_owned(), s, item.span()));
+            }
+        }
         if let Some(v) = t.get("idle-timeout").and_then(|v| self.duration("lifecycle.idle-timeout", v)) {
             l.idle_timeout = v;
         }
@@ -688,7 +709,7 @@ impl Walker {
                 l.restart_window = v;
             }
         }
-        l
+        (l, reach_span)
     }
 
     fn objectives(&mut self, item: Option<&Item>) -> Objectives {

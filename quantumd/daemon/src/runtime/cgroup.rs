@@ -192,6 +192,16 @@ impl CgroupRuntime {
 
         let mut cmd = std::process::Command::new(&spec.argv[0]);
         cmd.args(&spec.argv[1..]).envs(&spec.env).stdin(std::process::Stdio::null());
+        if let Some(stdio) = &spec.stdio {
+            let [stdin, stdout, stderr] = stdio.fds();
+            let dup = |fd: &std::os::fd::OwnedFd| {
+                fd.try_clone().map_err(|source| RuntimeError::Spawn {
+                    program: spec.argv[0].clone(),
+                    source,
+                })
+            };
+            cmd.stdin(dup(stdin)?).stdout(dup(stdout)?).stderr(dup(stderr)?);
+        }
         if spec.state {
             cmd.env("STATE_DIRECTORY", self.state_dir(&spec.cell).join("current"));
         }
@@ -199,13 +209,25 @@ impl CgroupRuntime {
         let private_net = spec.sandbox.network == Network::None && self.is_root;
         let procs_fd = std::os::fd::AsRawFd::as_raw_fd(&procs);
         // SAFETY: between fork and exec only async-signal-safe calls are
-        // made (write, unshare, setgroups, setgid, setuid, prctl); nothing
-        // allocates or takes locks.
+        // made (write, close_range, fcntl, unshare, setgroups, setgid,
+        // setuid, prctl); nothing allocates or takes locks.
         unsafe {
             cmd.pre_exec(move || {
                 // Join the cell's cgroup before anything can fork.
                 if libc::write(procs_fd, b"0\n".as_ptr().cast(), 2) < 0 {
                     return Err(std::io::Error::last_os_error());
+                }
+                // The cell gets stdin, stdout and stderr and nothing else of
+                // quantumd's: every other descriptor closes at exec. Not all
+                // are close-on-exec already: zbus receives passed
+                // descriptors (a caller's stdout for an attached run)
+                // without it, and a service started meanwhile would keep
+                // the caller's pipe open for its whole life.
+                if libc::close_range(3, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC as libc::c_int) != 0 {
+                    // Kernels before 5.11: one descriptor at a time.
+                    for fd in 3..4096 {
+                        libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+                    }
                 }
                 if private_net && libc::unshare(libc::CLONE_NEWNET) != 0 {
                     return Err(std::io::Error::last_os_error());

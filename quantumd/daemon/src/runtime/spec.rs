@@ -2,6 +2,8 @@
 //! validated manifest and the parameters of this run.
 
 use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
 
 use quantum_model::{Manifest, Network, UserMode};
 
@@ -51,6 +53,40 @@ pub struct SliceSpec {
     pub limits: Limits,
 }
 
+/// A caller's standard input, output and error, given to an attached
+/// instance's main process. Shared rather than duplicated: whoever holds
+/// the last copy closes them, and quantumd lets go of its copy once the
+/// unit has started, so the caller sees end-of-file when the cell ends.
+#[derive(Clone)]
+pub struct Stdio(Arc<[OwnedFd; 3]>);
+
+impl Stdio {
+    pub fn new(stdin: OwnedFd, stdout: OwnedFd, stderr: OwnedFd) -> Stdio {
+        Stdio(Arc::new([stdin, stdout, stderr]))
+    }
+
+    /// Standard input, output and error, in that order.
+    pub fn fds(&self) -> &[OwnedFd; 3] {
+        &self.0
+    }
+}
+
+impl PartialEq for Stdio {
+    fn eq(&self, other: &Stdio) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Stdio {}
+
+impl std::fmt::Debug for Stdio {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::os::fd::AsRawFd;
+        let [i, o, e] = &*self.0;
+        write!(f, "Stdio(fds {} {} {})", i.as_raw_fd(), o.as_raw_fd(), e.as_raw_fd())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnitSpec {
     pub instance: String,
@@ -67,6 +103,9 @@ pub struct UnitSpec {
     /// `[state] subvolume = true`: the cell keeps a state directory of its
     /// own, made before each start and given in `$STATE_DIRECTORY`.
     pub state: bool,
+    /// The caller's stdio for an attached run; otherwise the cell's output
+    /// goes where the backend sends it (the journal under systemd).
+    pub stdio: Option<Stdio>,
 }
 
 /// `quantum-<cell>.<n>.service` for instance `<cell>.<n>`.

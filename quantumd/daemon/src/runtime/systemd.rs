@@ -4,6 +4,7 @@
 //! never by polling.
 
 use std::collections::HashMap;
+use std::os::fd::AsFd;
 use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt;
@@ -617,11 +618,11 @@ fn exec_argv(argv: &[String]) -> Vec<String> {
 }
 
 /// Every property of the transient service for `spec`.
-pub fn unit_properties(spec: &UnitSpec) -> Vec<(&'static str, Value<'static>)> {
+pub fn unit_properties(spec: &UnitSpec) -> Vec<(&'static str, Value<'_>)> {
     let sb = &spec.sandbox;
     let exec: Vec<(String, Vec<String>, bool)> = vec![(spec.argv[0].clone(), exec_argv(&spec.argv), false)];
     let env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    let mut p: Vec<(&'static str, Value<'static>)> = vec![
+    let mut p: Vec<(&'static str, Value<'_>)> = vec![
         ("Description", Value::from(spec.description.clone())),
         ("Slice", Value::from(spec.slice.clone())),
         ("Type", Value::from("exec")),
@@ -644,6 +645,18 @@ pub fn unit_properties(spec: &UnitSpec) -> Vec<(&'static str, Value<'static>)> {
         ("LockPersonality", Value::from(true)),
     ];
     p.extend(limit_properties(&spec.limits));
+    if let Some(stdio) = &spec.stdio {
+        // As `systemd-run --pipe`: systemd gives the caller's descriptors
+        // to the main process, so its output never passes through quantumd.
+        let [stdin, stdout, stderr] = stdio.fds();
+        for (name, fd) in [
+            ("StandardInputFileDescriptor", stdin),
+            ("StandardOutputFileDescriptor", stdout),
+            ("StandardErrorFileDescriptor", stderr),
+        ] {
+            p.push((name, Value::Fd(zbus::zvariant::Fd::from(fd.as_fd()))));
+        }
+    }
     if spec.state {
         p.push(("StateDirectory", Value::from(vec![format!("quantum-cells/{}/current", spec.cell)])));
         p.push(("StateDirectoryMode", Value::from(0o700u32)));

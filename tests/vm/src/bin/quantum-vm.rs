@@ -45,15 +45,17 @@ fn run(args: Vec<String>) -> Result<ExitCode> {
             Image::expected_location(&variant).display()
         )
     })?;
-    // The test agent in the image mounts this share; give it an empty one so
-    // that it starts as it does under the tests.
+    // The image is the test image, but the person at its console gets no
+    // test harness: its agent is masked for this boot. The 9p share of
+    // qemu_command stays, empty.
     let share = tempfile::Builder::new().prefix("quantum-vm-share-").tempdir()?;
-    std::fs::create_dir_all(share.path().join("cmd"))?;
-    let config = BootConfig::for_backend(Backend::Qemu);
+    let mut config = BootConfig::for_backend(Backend::Qemu);
+    config.extra_cmdline.push("systemd.mask=quantum-test-agent.service".to_owned());
     let mut qemu = qemu_command(&image, &config, share.path(), &Console::Terminal);
     eprintln!(
         "QuantumOS {variant} image {} (kernel {}) under QEMU/TCG: booting takes about a minute.\n\
-         You are logged in as `quantum` on the serial console; try `quantumctl --help`.\n\
+         You are logged in as `quantum` on the serial console; try `quantumctl run disk-usage path=/var`,\n\
+         `quantumctl run web-server` then `curl http://127.0.0.1:8080/`, or `quantumctl --help`.\n\
          Quit: Ctrl-A X. Changes are thrown away when QEMU exits.\n",
         image.short_hash(),
         image.kernel_version

@@ -105,3 +105,79 @@ pub fn kill_9_readopts(g: &Guest) -> Result<()> {
     ensure!(left.trim().is_empty(), "orphans after stop:\n{left}");
     Ok(())
 }
+
+/// quantumctl as `quantum`, exec'd in place (no runuser in between), so
+/// that a signal sent to the pid reaches quantumctl itself.
+fn as_quantum_exec(cmd: &str) -> String {
+    format!("setpriv --reuid quantum --regid quantum --init-groups -- {cmd}")
+}
+
+/// A task run in the foreground under systemd: its exact output reaches the
+/// caller through the descriptors passed to systemd, and its exit status
+/// becomes quantumctl's; a catalog task shows its answer.
+pub fn foreground_task(g: &Guest) -> Result<()> {
+    g.run_ok(
+        "mkdir -p /run/qtest/reporter && cat > /run/qtest/reporter/cell.toml <<'EOF'
+[cell]
+name = \"reporter\"
+version = \"1.0.0\"
+description = \"prints two lines and a complaint, then fails\"
+exec = [\"/bin/sh\", \"-c\", \"printf 'line one\\\\nline two\\\\n'; echo complaint >&2; exit 4\"]
+[lifecycle]
+kind = \"task\"
+restart = \"on-failure\"
+EOF",
+    )?;
+    let out = g.run(&as_quantum("quantumctl run /run/qtest/reporter/cell.toml"))?;
+    ensure!(out.code == 4, "quantumctl did not exit with the cell's status 4: {out}");
+    ensure!(
+        out.stdout == "line one\nline two\n",
+        "the cell's output is not exactly what it printed: {out}"
+    );
+    ensure!(out.stderr.starts_with("complaint\n"), "{out}");
+    ensure!(out.stderr.contains("reporter.1 exited with status 4"), "{out}");
+    let restarts = g.run_ok("quantumctl trail show --cell reporter --json")?;
+    ensure!(!restarts.contains("\"restart\""), "a foreground task was restarted: {restarts}");
+
+    // A catalog task, as a person types it: its answer is on the terminal.
+    let out = g.run(&as_quantum("quantumctl run disk-usage path=/var"))?;
+    ensure!(out.success(), "{out}");
+    ensure!(
+        out.stdout.lines().any(|l| l.ends_with("/var")),
+        "no total for /var in the output: {out}"
+    );
+    quantum_vmtest::report(format_args!(
+        "[{}] quantumctl run disk-usage path=/var:\n{}",
+        g.backend().name(),
+        out.stdout.trim_end()
+    ));
+    Ok(())
+}
+
+/// Ctrl-C on a foreground task stops its unit; quantumctl exits 130.
+pub fn ctrl_c_stops_a_foreground_task(g: &Guest) -> Result<()> {
+    g.run_ok(
+        "mkdir -p /run/qtest/napper && cat > /run/qtest/napper/cell.toml <<'EOF'
+[cell]
+name = \"napper\"
+version = \"1.0.0\"
+description = \"says so, then sleeps\"
+exec = [\"/bin/sh\", \"-c\", \"echo napping; exec sleep 600\"]
+[lifecycle]
+kind = \"task\"
+EOF",
+    )?;
+    let out = g.run_ok(&format!(
+        "cd /run/qtest && {} > napper.out 2> napper.err & pid=$!
+         for i in $(seq 600); do grep -q napping /run/qtest/napper.out && break; sleep 0.1; done
+         systemctl is-active quantum-napper.1.service
+         kill -INT $pid; wait $pid; echo rc=$?
+         cat /run/qtest/napper.err",
+        as_quantum_exec("quantumctl run /run/qtest/napper/cell.toml")
+    ))?;
+    ensure!(out.starts_with("active\nrc=130\n"), "{out}");
+    ensure!(out.contains("quantumctl: stopped napper.1"), "{out}");
+    let left = g.run_ok("systemctl list-units --all --plain --no-legend 'quantum-napper.*'")?;
+    ensure!(left.trim().is_empty(), "the unit outlived Ctrl-C:\n{left}");
+    Ok(())
+}

@@ -15,10 +15,17 @@
 # rustc/clang/bindgen versions; a cache hit is a no-op. The last build's
 # directory is also reachable as ${QUANTUM_CACHE}/kernel/current. It holds:
 #   bzImage, System.map, config   the kernel, its symbols and configuration
-#   linux/                        the built tree (modules_prepare'd): the
-#                                 KDIR for out-of-tree modules (kmod/)
+#   linux/                        the built tree (modules_prepare'd, with
+#                                 Module.symvers): the KDIR for kmod/
+#   linux-image-<release>_*.deb   `make bindeb-pkg`: the kernel as a package,
+#   linux-headers-<release>_*.deb and its headers (<release> is
+#                                 6.12.N-quantumos); also a linux-libc-dev
+#                                 deb, which nothing should install
 #   inputs                        what the hash was computed from
 #   build-seconds                 how long the cold build took
+#
+# Only the two most recent builds are kept; builds are serialised by a lock
+# in ${QUANTUM_CACHE}/kernel, so two checkouts sharing a cache wait in turn.
 #
 # Reproducible inputs: the build timestamp is the linux-source package's own
 # release date (not the caller's clock or SOURCE_DATE_EPOCH, so the cache key
@@ -53,7 +60,8 @@ PACKAGES=(
     "$SOURCE_PACKAGE" rustc-web rust-web-src
     clang-22 lld-22 llvm-22 libclang-22-dev
     make bc bison flex cpio xz-utils libelf-dev libssl-dev python3 kmod
-    dpkg-dev
+    # make bindeb-pkg
+    dpkg-dev rsync
 )
 
 is_installed() {
@@ -157,6 +165,11 @@ build() {
     # out-of-tree module build needs; the tree has no =m modules of its own.
     kmake bzImage modules >&2
     kmake modules_prepare >&2
+    # The package revision is also the kernel's build number (uname -v "#1"),
+    # which debian/rules passes back to make: fixing it keeps the packaged
+    # kernel identical to bzImage, with no relink.
+    stage "packaging (bindeb-pkg)"
+    kmake KDEB_PKGVERSION="$(kmake -s kernelversion)-1" bindeb-pkg >&2
     cp "$TREE/arch/x86/boot/bzImage" "$OUT/bzImage"
     cp "$TREE/System.map" "$OUT/System.map"
     cp "$TREE/.config" "$OUT/config"
@@ -166,11 +179,29 @@ build() {
     stage "built in $((end - start)) s"
 }
 
+# Keeps the newest two finished builds (by when they finished) and removes
+# every other build directory, finished or not (the lock is held).
+prune() {
+    local dir keep
+    keep=$(ls -1t "$KCACHE"/*/done 2>/dev/null | head -n2 | xargs -r -n1 dirname)
+    for dir in "$KCACHE"/*/; do
+        dir=${dir%/}
+        [ -L "$dir" ] && continue # `current`
+        [ -f "$dir/inputs" ] || [ -d "$dir/linux" ] || continue
+        [ "$dir" = "$OUT" ] && continue
+        grep -qxF "$dir" <<<"$keep" && continue
+        stage "removing an older build: $dir"
+        rm -rf "$dir"
+    done
+}
+
 main() {
     local cmd=${1:-build}
     case $cmd in build | config | print-dir) ;; *) die "unknown command: $cmd" ;; esac
     install_tools
     mkdir -p "$KCACHE"
+    exec 9>"$KCACHE/.lock"
+    flock 9
     INPUTS=$(inputs)
     HASH=$(printf '%s\n' "$INPUTS" | sha256sum | cut -c1-16)
     OUT=$KCACHE/$HASH
@@ -192,6 +223,7 @@ main() {
         mkdir -p "$OUT"
         printf '%s\n' "$INPUTS" >"$OUT/inputs"
         build
+        prune
     fi
     ln -sfn "$HASH" "$KCACHE/current"
     printf '%s\n' "$OUT"

@@ -204,7 +204,7 @@ for p in $PACKAGES; do
     [ "$v" = "$version" ] || fail "$p is version $v, Cargo.toml says $version"
     printf '    %-20s %s\n' "$p" "$(field "$p" Depends)"
 done
-for lib in libtss2-esys libbtrfsutil1; do
+for lib in libtss2-esys libbtrfsutil1 libsystemd0; do
     field quantumos-daemon Depends | grep -q "$lib" ||
         fail "quantumos-daemon does not depend on $lib (dh_shlibdeps did not run?)"
 done

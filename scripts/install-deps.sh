@@ -22,6 +22,8 @@ BASE_PACKAGES=(
     ovmf
     clang libelf-dev zlib1g-dev pkg-config bpftool linux-perf rt-tests
     btrfs-progs libbtrfsutil-dev libclang-dev
+    # quantumd reads cells' output with sd-journal (quantumctl logs)
+    libsystemd-dev
     swtpm swtpm-tools tpm2-tools libtss2-dev
     lintian
     # make deb: dpkg-buildpackage, dpkg-scanpackages and dh (debhelper 13.11

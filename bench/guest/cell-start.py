@@ -2,7 +2,10 @@
 """Cell start latency inside a QuantumOS guest: `quantumctl run` vs
 `systemd-run` of the same command, from the client's invocation to the unit's
 main process running (systemd's ExecMainStartTimestampMonotonic), p50/p95,
-and the rate of N concurrent starts. Runs as root; prints one JSON object.
+and the rate of N concurrent starts; and a foreground task (`quantumctl run`
+of a `kind = "task"` cell, its output on the caller's stdout) vs
+`systemd-run --pipe --wait` of the same command, from invocation to the
+client's exit with the output read. Runs as root; prints one JSON object.
 
 Both sides are measured the same way: a client process is started at t0 and
 systemd records when the main process was exec'd. Runs are interleaved so
@@ -30,6 +33,18 @@ with open(os.path.join(CELL_DIR, "cell.toml"), "w") as f:
         '[lifecycle]\nidle-timeout = "0"\nrestart = "no"\n'
     )
 MANIFEST = os.path.join(CELL_DIR, "cell.toml")
+
+TASK_DIR = "/run/quantum-bench/echo"
+os.makedirs(TASK_DIR, exist_ok=True)
+with open(os.path.join(TASK_DIR, "cell.toml"), "w") as f:
+    f.write(
+        '[cell]\nname = "bench-echo"\nversion = "1.0.0"\n'
+        'description = "prints a line, for benchmarks"\n'
+        'exec = ["/bin/echo", "hello from a cell"]\n'
+        '[resources]\nmemory-min = "0"\nmemory-max = "16M"\ntasks-max = 4\n'
+        '[lifecycle]\nkind = "task"\nrestart = "no"\n'
+    )
+TASK = os.path.join(TASK_DIR, "cell.toml")
 
 
 def now_usec():
@@ -109,6 +124,31 @@ for i in range(N):
             subprocess.run(["systemctl", "stop", unit], capture_output=True)
 
 
+def foreground(argv):
+    """Invocation to exit, output read: what a person waits for."""
+    t0 = time.monotonic_ns()
+    out = subprocess.run(argv, capture_output=True, text=True)
+    took = (time.monotonic_ns() - t0) // 1000
+    if out.returncode != 0 or out.stdout != "hello from a cell\n":
+        raise SystemExit(f"{argv[0]} failed ({out.returncode}): {out.stdout!r} {out.stderr!r}")
+    return took
+
+
+FOREGROUND_Q = ["quantumctl", "run", TASK]
+# The same limits and sandbox quantumd sets, so both do the same work.
+FOREGROUND_P = ["systemd-run", "--quiet", "--pipe", "--wait", "--slice", "quantum.slice",
+                "-p", "MemoryMax=16M", "-p", "TasksMax=4", "-p", "DynamicUser=yes",
+                "-p", "PrivateNetwork=yes", "-p", "ProtectSystem=strict",
+                "--", "/bin/echo", "hello from a cell"]
+fg_quantum, fg_plain = [], []
+for i in range(N):
+    for kind in (("q", "p") if i % 2 == 0 else ("p", "q")):
+        if kind == "q":
+            fg_quantum.append(foreground(FOREGROUND_Q))
+        else:
+            fg_plain.append(foreground(FOREGROUND_P))
+
+
 def burst(start):
     t0 = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(max_workers=32) as pool:
@@ -132,6 +172,12 @@ result = {
     "systemd_run_p95_ms": pct(plain, 95) / 1000,
     "ratio_p50": pct(quantum, 50) / max(1, pct(plain, 50)),
     "ratio_p95": pct(quantum, 95) / max(1, pct(plain, 95)),
+    "foreground_p50_ms": pct(fg_quantum, 50) / 1000,
+    "foreground_p95_ms": pct(fg_quantum, 95) / 1000,
+    "pipe_wait_p50_ms": pct(fg_plain, 50) / 1000,
+    "pipe_wait_p95_ms": pct(fg_plain, 95) / 1000,
+    "ratio_foreground_p50": pct(fg_quantum, 50) / max(1, pct(fg_plain, 50)),
+    "ratio_foreground_p95": pct(fg_quantum, 95) / max(1, pct(fg_plain, 95)),
     "concurrent": CONCURRENT,
     "concurrent_running": running,
     "quantumctl_burst_s": burst_q,

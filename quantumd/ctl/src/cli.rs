@@ -225,6 +225,32 @@ pub enum CliCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Show what a cell printed: its standard output and error.
+    ///
+    /// TARGET is an instance (disk-usage.3) or a cell name (every instance
+    /// of it quantumd still lists). Under systemd the lines come from the
+    /// journal (this boot), read by quantumd for you, so no membership in
+    /// `adm` or `systemd-journal` is needed: the `quantum` group (polkit's
+    /// org.quantumos.cells.manage) may read any cell's output, anyone else
+    /// only that of the cells they started. A task run in the foreground
+    /// printed to its terminal instead, and has nothing here.
+    #[command(
+        after_help = "EXAMPLES:\n    quantumctl run --detach disk-usage path=/var\n    quantumctl logs disk-usage\n    quantumctl logs -f web-server\n    quantumctl logs -n 20 --json sql-database.4\n\nEXIT STATUS:\n    0 success; 1 no such cell or instance, or not allowed; 2 quantumd unreachable."
+    )]
+    Logs {
+        #[arg(value_name = "TARGET")]
+        target: String,
+        /// Keep printing new lines until every instance has ended (Ctrl-C
+        /// stops following; the cell goes on).
+        #[arg(short, long)]
+        follow: bool,
+        /// Only the last N lines (default: all).
+        #[arg(short = 'n', long, value_name = "N", default_value_t = 0)]
+        lines: u32,
+        /// One JSON object per line: time-usec, instance, message.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show the node identity: key id, fingerprints, and whether a TPM seals it.
     Identity {
         #[arg(long)]

@@ -2,10 +2,12 @@
 //! never a bare D-Bus error string.
 
 use std::collections::HashMap;
+use std::os::fd::AsFd;
 use std::process::ExitCode;
 
 use anyhow::{anyhow, Context};
 use quantum_bus::{Error, Quantum1Proxy};
+use zbus::zvariant::Fd;
 
 use crate::cli::{CellCommand, CliCommand, TrailCommand};
 use crate::output;
@@ -33,6 +35,30 @@ fn unreachable_daemon(e: zbus::Error) -> anyhow::Error {
 }
 
 struct Failed(anyhow::Error);
+
+/// Lines of output `inspect` shows.
+const INSPECT_LINES: u32 = 5;
+
+/// Streams a cell's output to stdout: quantumd writes into a pipe whose
+/// other end this process reads, until quantumd closes it.
+async fn print_logs(proxy: &Quantum1Proxy<'_>, target: &str, lines: u32, follow: bool, json: bool) -> anyhow::Result<()> {
+    let (reader, writer) = std::io::pipe().context("cannot make a pipe")?;
+    proxy
+        .logs(target, lines, follow, json, Fd::from(writer.as_fd()))
+        .await
+        .map_err(|e| request_failed(&format!("cannot show the output of {target}"), e))?;
+    drop(writer);
+    let copy = tokio::task::spawn_blocking(move || {
+        let mut reader = reader;
+        std::io::copy(&mut reader, &mut std::io::stdout().lock())
+    });
+    match copy.await.context("the output reader")? {
+        Ok(_) => Ok(()),
+        // `quantumctl logs x | head`: the reader left; not an error.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(anyhow!("writing the output: {e}")),
+    }
+}
 
 /// Connects to the bus and makes the quantumd proxy.
 pub async fn proxy(bus: Option<&str>) -> anyhow::Result<Quantum1Proxy<'static>> {
@@ -132,7 +158,34 @@ async fn execute(proxy: &Quantum1Proxy<'_>, command: CliCommand) -> Result<ExitC
                 output::json(&d);
             } else {
                 print!("{}", output::detail(&d));
+                // The last lines it printed, where the caller may read them.
+                let (reader, writer) = std::io::pipe().map_err(|e| Failed(anyhow!("cannot make a pipe: {e}")))?;
+                if proxy
+                    .logs(&d.info.instance, INSPECT_LINES, false, false, Fd::from(writer.as_fd()))
+                    .await
+                    .is_ok()
+                {
+                    drop(writer);
+                    let text = std::io::read_to_string(reader).unwrap_or_default();
+                    if !text.is_empty() {
+                        println!(
+                            "output (last {INSPECT_LINES} lines, `quantumctl logs {}` for all):",
+                            d.info.instance
+                        );
+                        for line in text.lines() {
+                            println!("  {line}");
+                        }
+                    }
+                }
             }
+        }
+        CliCommand::Logs {
+            target,
+            follow,
+            lines,
+            json,
+        } => {
+            print_logs(proxy, &target, lines, follow, json).await.map_err(Failed)?;
         }
         CliCommand::Identity { json } => {
             let id = proxy

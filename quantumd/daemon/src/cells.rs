@@ -21,7 +21,7 @@ use tokio::sync::mpsc;
 
 use crate::bundles::{self, BundleRefusal, BundleSource, Bundles, Unpacked};
 use crate::catalog::{Catalog, Resolved};
-use crate::command::{Command, CommandError, Reply};
+use crate::command::{Command, CommandError, LogTarget, Reply};
 use crate::config::Config;
 use crate::identity::Identity;
 use crate::runtime::spec::{family_slice, instance_of_unit};
@@ -137,6 +137,8 @@ struct EndedInstance {
     info: CellInfo,
     /// Exit status as a shell gives it (128+N for signal N), -1 unknown.
     status: i32,
+    /// Who started it (`uid:N`), for who may read its output.
+    actor: String,
 }
 
 /// One step of a run, done in order by a spawned task.
@@ -303,6 +305,7 @@ impl Cells {
                     self.ended.push_back(EndedInstance {
                         info: info_of_record(&r, "exited", "ended while quantumd was not running"),
                         status: -1,
+                        actor: r.actor.clone(),
                     });
                 }
             }
@@ -448,6 +451,9 @@ impl Cells {
                 }
             }
             Command::Wait { instance, reply } => self.wait(&instance, reply),
+            Command::LogTargets { target, reply } => {
+                let _ = reply.send(self.log_targets(&target));
+            }
             Command::Stop { actor, target, reply } => self.stop(&actor, &target, reply),
             Command::List { reply } => {
                 let _ = reply.send(Ok(self.list()));
@@ -1099,6 +1105,7 @@ impl Cells {
         let ended = EndedInstance {
             info,
             status: inst.last_exit,
+            actor: inst.record.actor.clone(),
         };
         for waiter in self.waiters.remove(id).unwrap_or_default() {
             let _ = waiter.send(Ok(ended.answer()));
@@ -1341,6 +1348,38 @@ impl Cells {
         } else {
             let _ = reply.send(Err(CommandError::NotFound(format!("no instance \"{id}\""))));
         }
+    }
+
+    /// The instances `target` names: that instance, or every instance of
+    /// that cell, live or ended, oldest first.
+    fn log_targets(&self, target: &str) -> Result<Vec<LogTarget>, CommandError> {
+        let matches = |instance: &str, cell: &str| instance == target || cell == target;
+        let mut v: Vec<LogTarget> = self
+            .ended
+            .iter()
+            .filter(|e| matches(&e.info.instance, &e.info.cell))
+            .map(|e| LogTarget {
+                instance: e.info.instance.clone(),
+                unit: e.info.unit.clone(),
+                actor: e.actor.clone(),
+                running: false,
+            })
+            .collect();
+        v.extend(
+            self.instances
+                .values()
+                .filter(|i| matches(&i.record.instance, &i.record.cell))
+                .map(|i| LogTarget {
+                    instance: i.record.instance.clone(),
+                    unit: i.record.unit.clone(),
+                    actor: i.record.actor.clone(),
+                    running: true,
+                }),
+        );
+        if v.is_empty() {
+            return Err(CommandError::NotFound(format!("no cell or instance \"{target}\"")));
+        }
+        Ok(v)
     }
 
     fn list(&self) -> Vec<CellInfo> {

@@ -21,6 +21,11 @@ pub enum Command {
         stdio: Option<crate::runtime::Stdio>,
         reply: Reply<Started>,
     },
+    /// The instances `target` names (an id or a cell name), for `Logs`.
+    LogTargets {
+        target: String,
+        reply: Reply<Vec<LogTarget>>,
+    },
     /// Answered when the instance ends (at once if it has).
     Wait {
         instance: String,
@@ -44,6 +49,16 @@ pub enum Command {
         op: crate::cell_state::Op,
         reply: Reply<CellStateReport>,
     },
+}
+
+/// An instance whose output may be read, and who started it.
+#[derive(Debug, Clone)]
+pub struct LogTarget {
+    pub instance: String,
+    pub unit: String,
+    /// `uid:N` of who asked for it.
+    pub actor: String,
+    pub running: bool,
 }
 
 /// Why a command failed; the text names the cell and the cause.

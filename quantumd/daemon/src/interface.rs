@@ -25,6 +25,8 @@ pub struct Quantum1 {
     pub trail: Option<Recorder>,
     pub trail_dir: std::path::PathBuf,
     pub steppps: crate::steppps::Steppps,
+    /// Where the cells' output is read from.
+    pub logs: crate::logs::Source,
 }
 
 impl Quantum1 {
@@ -162,6 +164,58 @@ impl Quantum1 {
             reply,
         })
         .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn logs(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+        target: String,
+        lines: u32,
+        follow: bool,
+        json: bool,
+        out: zbus::zvariant::OwnedFd,
+    ) -> Result<(), Error> {
+        let targets = self.call(|reply| Command::LogTargets { target, reply }).await?;
+        // Your own cells' output is yours to read; anyone else's needs
+        // what managing cells needs.
+        let caller = actor(conn, &header).await;
+        if !targets.iter().all(|t| t.actor == caller) {
+            self.authorize(&header).await?;
+        }
+        let running: Vec<String> = targets.iter().filter(|t| t.running).map(|t| t.instance.clone()).collect();
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(!follow || running.is_empty()));
+        let request = crate::logs::Request {
+            targets: targets
+                .into_iter()
+                .map(|t| crate::logs::Target {
+                    instance: t.instance,
+                    unit: t.unit,
+                })
+                .collect(),
+            lines,
+            follow,
+            json,
+            done: done.clone(),
+        };
+        crate::logs::spawn(&self.logs, request, out.into())
+            .map_err(|e| Error::Backend(format!("cannot read the output: {}", error_chain(&e))))?;
+        if follow && !running.is_empty() {
+            // The follower stops once every instance has ended.
+            let commands = self.commands.clone();
+            tokio::spawn(async move {
+                for instance in running {
+                    let (tx, rx) = oneshot::channel();
+                    if commands.send(Command::Wait { instance, reply: tx }).await.is_err() {
+                        break;
+                    }
+                    let _ = rx.await;
+                }
+                done.store(true, std::sync::atomic::Ordering::Release);
+            });
+        }
+        Ok(())
     }
 
     async fn wait(&self, instance: String, timeout_ms: u32) -> Result<Ended, Error> {

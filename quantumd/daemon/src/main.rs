@@ -9,6 +9,7 @@ mod config;
 mod identity;
 mod interface;
 mod logging;
+mod logs;
 mod main_loop;
 mod metrics;
 mod planner;

@@ -50,7 +50,13 @@ async fn build_runtime(config: &Config, events: mpsc::UnboundedSender<UnitEvent>
             .context("systemd backend")?,
         ),
         _ => Runtime::Cgroup(
-            CgroupRuntime::new(&config.cgroup_root, &config.state_dir.join("cell-state"), events).context("cgroup backend")?,
+            CgroupRuntime::new(
+                &config.cgroup_root,
+                &config.state_dir.join("cell-state"),
+                &config.state_dir.join("logs"),
+                events,
+            )
+            .context("cgroup backend")?,
         ),
     })
 }
@@ -117,6 +123,7 @@ pub async fn serve(config: Config, bus_address: Option<String>) -> anyhow::Resul
     )
     .context("the providers in the configuration")?;
     let runtime_cgroups = runtime.cells_cgroup();
+    let log_source = runtime.log_source();
     let (bpf_enabled, metrics_setting) = (config.bpf, config.metrics.clone());
     let mut cells = Cells::new(runtime, store, config, event_tx.clone());
     cells.set_trust(identity.clone(), trail.clone());
@@ -167,6 +174,7 @@ pub async fn serve(config: Config, bus_address: Option<String>) -> anyhow::Resul
                 trail: trail.ok(),
                 trail_dir,
                 steppps,
+                logs: log_source,
             },
         )
         .await

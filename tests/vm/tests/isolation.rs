@@ -31,6 +31,10 @@ fn cells_are_isolated_and_limited_in_a_vm() {
     s.run("a-crashing-cell-is-restarted-then-blacklisted", lifecycle::crash_then_blacklist);
     s.run("a-foreground-task-shows-its-output-and-exit-status", lifecycle::foreground_task);
     s.run("ctrl-c-stops-a-foreground-task", lifecycle::ctrl_c_stops_a_foreground_task);
+    s.run(
+        "logs-shows-a-cells-output-from-the-journal-to-quantum-not-to-outsiders",
+        lifecycle::logs_through_quantumd,
+    );
     s.run("a-cell-that-exits-is-seen-within-a-second", exit_detected_quickly);
     s.run(
         "steppps-time-and-event-come-from-ebpf-loaded-by-the-unprivileged-quantumd",

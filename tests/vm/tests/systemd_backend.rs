@@ -11,7 +11,9 @@ use anyhow::{bail, ensure, Context, Result};
 use quantum_vmtest::{Backend, Guest, Scenarios};
 
 mod lifecycle;
-use lifecycle::{as_quantum, crash_then_blacklist, ctrl_c_stops_a_foreground_task, foreground_task, kill_9_readopts};
+use lifecycle::{
+    as_quantum, crash_then_blacklist, ctrl_c_stops_a_foreground_task, foreground_task, kill_9_readopts, logs_through_quantumd,
+};
 
 #[test]
 fn systemd_backend_in_a_container() {
@@ -29,6 +31,10 @@ fn systemd_backend_in_a_container() {
     s.run("a-crashing-cell-is-restarted-then-blacklisted", crash_then_blacklist);
     s.run("a-foreground-task-shows-its-output-and-exit-status", foreground_task);
     s.run("ctrl-c-stops-a-foreground-task", ctrl_c_stops_a_foreground_task);
+    s.run(
+        "logs-shows-a-cells-output-from-the-journal-to-quantum-not-to-outsiders",
+        logs_through_quantumd,
+    );
     s.run("kill-9-of-quantumd-loses-no-cell-and-duplicates-none", kill_9_readopts);
     if let Err(e) = s.finish() {
         panic!("{e:#}");

@@ -29,6 +29,8 @@ pub struct CgroupRuntime {
     is_root: bool,
     /// Stateful cells' state, `<dir>/<cell>/current`.
     state_root: PathBuf,
+    /// Each instance's output, `<dir>/<instance>.log` (no journal here).
+    logs_dir: PathBuf,
 }
 
 /// The uid a dynamic-user cell runs as under this backend (nobody).
@@ -52,8 +54,9 @@ pub fn read_usage_usec(cpu_stat: &Path) -> Option<u64> {
 
 impl CgroupRuntime {
     /// Prepares `<root>/quantum` and enables what controllers `root` offers.
-    pub fn new(root: &Path, state_root: &Path, events: EventSender) -> Result<Self, RuntimeError> {
+    pub fn new(root: &Path, state_root: &Path, logs_dir: &Path, events: EventSender) -> Result<Self, RuntimeError> {
         let base = root.join("quantum");
+        fs::create_dir_all(logs_dir).map_err(io_err("cannot create", logs_dir))?;
         if !root.join("cgroup.controllers").exists() {
             return Err(RuntimeError::Cgroup {
                 op: "no cgroup v2 hierarchy at",
@@ -84,6 +87,7 @@ impl CgroupRuntime {
             slices: Arc::default(),
             is_root: unsafe { libc::geteuid() } == 0,
             state_root: state_root.to_owned(),
+            logs_dir: logs_dir.to_owned(),
         })
     }
 
@@ -169,6 +173,11 @@ impl CgroupRuntime {
         Ok(())
     }
 
+    /// Where the instances' output files are.
+    pub fn logs_dir(&self) -> PathBuf {
+        self.logs_dir.clone()
+    }
+
     /// Where `cell`'s state lives (see crate::cell_state).
     pub fn state_dir(&self, cell: &str) -> PathBuf {
         self.state_root.join(cell)
@@ -201,6 +210,17 @@ impl CgroupRuntime {
                 })
             };
             cmd.stdin(dup(stdin)?).stdout(dup(stdout)?).stderr(dup(stderr)?);
+        } else {
+            // What the journal is under systemd: the cell's output, kept for
+            // `quantumctl logs`. Appended to, so that a restart adds to it.
+            let path = crate::logs::file_of(&self.logs_dir, &spec.instance);
+            let log = fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .map_err(io_err("cannot open", &path))?;
+            let log_err = log.try_clone().map_err(io_err("cannot duplicate", &path))?;
+            cmd.stdout(log).stderr(log_err);
         }
         if spec.state {
             cmd.env("STATE_DIRECTORY", self.state_dir(&spec.cell).join("current"));

@@ -242,6 +242,14 @@ impl Runtime {
         }
     }
 
+    /// Where the cells' output is kept.
+    pub fn log_source(&self) -> crate::logs::Source {
+        match self {
+            Runtime::Systemd(_) => crate::logs::Source::Journal,
+            Runtime::Cgroup(r) => crate::logs::Source::Files(r.logs_dir()),
+        }
+    }
+
     /// The backend's own names and values for what `spec` asks, for inspect.
     pub fn properties(&self, spec: &UnitSpec) -> Vec<(String, String)> {
         match self {

@@ -7,6 +7,8 @@
 //!
 //! - cell start: `quantumctl run` vs `systemd-run` of the same command,
 //!   interleaved, p50/p95 (bench/guest/cell-start.py);
+//! - a foreground task: `quantumctl run` of a task cell vs
+//!   `systemd-run --pipe --wait` of the same command, invocation to exit;
 //! - N concurrent starts: quantumctl vs systemd-run;
 //! - boot time (QEMU only, `--boots N` boots of each kind, alternating): time
 //!   to quantumd READY and to multi-user.target vs the same image booted with
@@ -129,6 +131,22 @@ fn cell_start(image: &Image, args: &Args) -> Result<()> {
         "  ratio quantumctl/systemd-run: p50 {:.2}x  p95 {:.2}x",
         f("ratio_p50"),
         f("ratio_p95")
+    );
+    println!("foreground task ({starts} runs each, interleaved; invocation -> exit, output read):");
+    println!(
+        "  quantumctl run             p50 {:7.1} ms  p95 {:7.1} ms",
+        f("foreground_p50_ms"),
+        f("foreground_p95_ms")
+    );
+    println!(
+        "  systemd-run --pipe --wait  p50 {:7.1} ms  p95 {:7.1} ms",
+        f("pipe_wait_p50_ms"),
+        f("pipe_wait_p95_ms")
+    );
+    println!(
+        "  ratio: p50 {:.2}x  p95 {:.2}x",
+        f("ratio_foreground_p50"),
+        f("ratio_foreground_p95")
     );
     println!(
         "{concurrent} concurrent starts (32 clients): quantumctl {:.1} s ({:.0}/s, {} running), systemd-run {:.1} s ({:.0}/s); ratio {:.2}x",

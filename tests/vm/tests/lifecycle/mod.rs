@@ -181,3 +181,58 @@ EOF",
     ensure!(left.trim().is_empty(), "the unit outlived Ctrl-C:\n{left}");
     Ok(())
 }
+
+/// `quantumctl logs` under systemd: quantumd reads the journal for a member
+/// of `quantum` who cannot read it (no adm, no systemd-journal); an outsider
+/// is refused; `-f` follows a service and ends when it stops.
+pub fn logs_through_quantumd(g: &Guest) -> Result<()> {
+    let groups = g.run_ok("id -nG quantum")?;
+    ensure!(
+        !groups.split_whitespace().any(|gr| gr == "adm" || gr == "systemd-journal"),
+        "quantum may read the journal itself ({groups}): the test would prove nothing"
+    );
+    let info: serde_json::Value = serde_json::from_str(&g.run_ok(&as_quantum("quantumctl run --json disk-usage path=/var"))?)?;
+    let id = info["instance"].as_str().context("no instance in run --json")?.to_owned();
+    eventually("the detached disk-usage to end", Duration::from_secs(60), || {
+        let list: serde_json::Value = serde_json::from_str(&g.run_ok("quantumctl list --json")?)?;
+        Ok(list
+            .as_array()
+            .and_then(|a| a.iter().find(|c| c["instance"] == id.as_str() && c["state"] == "exited"))
+            .map(|_| ()))
+    })?;
+    let logs = g.run_ok(&as_quantum(&format!("quantumctl logs {id}")))?;
+    ensure!(logs.lines().any(|l| l.ends_with("/var")), "no total for /var in the logs: {logs:?}");
+    let last = g.run_ok(&as_quantum(&format!("quantumctl logs -n 1 {id}")))?;
+    ensure!(
+        last.lines().count() == 1 && logs.ends_with(&last),
+        "-n 1 is not the last line: {last:?} of {logs:?}"
+    );
+
+    g.run_ok("id outsider >/dev/null 2>&1 || useradd --no-create-home outsider")?;
+    let refused = g.run(&format!("runuser -u outsider -- quantumctl logs {id}"))?;
+    ensure!(refused.code == 1, "an outsider read another user's cell output: {refused}");
+    ensure!(refused.stderr.contains("not authorized"), "{refused}");
+
+    g.run_ok(
+        "mkdir -p /run/qtest/ticker && cat > /run/qtest/ticker/cell.toml <<'EOF'
+[cell]
+name = \"ticker\"
+version = \"1.0.0\"
+description = \"ticks, then sleeps\"
+exec = [\"/bin/sh\", \"-c\", \"for i in 1 2 3; do echo tick $i; sleep 0.2; done; exec sleep 600\"]
+EOF",
+    )?;
+    g.run_ok(&as_quantum("quantumctl run /run/qtest/ticker/cell.toml"))?;
+    let out = g.run_ok(&format!(
+        "cd /run/qtest && {} > ticker.out 2>&1 & pid=$!
+         for i in $(seq 600); do grep -q 'tick 3' ticker.out && break; sleep 0.1; done
+         kill -0 $pid && echo following
+         runuser -u quantum -- quantumctl stop ticker >/dev/null
+         for i in $(seq 300); do kill -0 $pid 2>/dev/null || break; sleep 0.1; done
+         kill -0 $pid 2>/dev/null && echo still-following
+         wait $pid; echo rc=$?; cat ticker.out",
+        as_quantum("quantumctl logs -f ticker")
+    ))?;
+    ensure!(out.starts_with("following\nrc=0\ntick 1\ntick 2\ntick 3\n"), "{out}");
+    Ok(())
+}

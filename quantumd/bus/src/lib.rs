@@ -226,12 +226,13 @@ pub trait Quantum1 {
     /// pipe the caller reads: the journal under systemd, the instance's log
     /// file under the cgroup backend. `target` is an instance id or a cell
     /// name (every instance of it still listed). `lines`: only the last N
-    /// (0: all). With `follow`, new lines keep coming until every instance
+    /// (0: all). `since_usec`: only lines from then on (microseconds since
+    /// the Unix epoch; 0: all; the journal only). With `follow`, new lines keep coming until every instance
     /// has ended or the caller closes its end. With `json`, one object per
     /// line: `time-usec`, `instance`, `message`. Allowed to callers polkit
     /// allows `org.quantumos.cells.manage`, and to whoever started every
     /// instance asked for. Returns once the stream has begun.
-    fn logs(&self, target: &str, lines: u32, follow: bool, json: bool, out: zbus::zvariant::Fd<'_>) -> Result<(), Error>;
+    fn logs(&self, target: &str, lines: u32, since_usec: u64, follow: bool, json: bool, out: zbus::zvariant::Fd<'_>) -> Result<(), Error>;
 
     /// Waits up to `timeout_ms` (at most 60000) for an instance to end.
     /// Returns whether it has ended and, if so, how: the exit status (as a

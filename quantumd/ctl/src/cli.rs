@@ -235,7 +235,7 @@ pub enum CliCommand {
     /// only that of the cells they started. A task run in the foreground
     /// printed to its terminal instead, and has nothing here.
     #[command(
-        after_help = "EXAMPLES:\n    quantumctl run --detach disk-usage path=/var\n    quantumctl logs disk-usage\n    quantumctl logs -f web-server\n    quantumctl logs -n 20 --json sql-database.4\n\nEXIT STATUS:\n    0 success; 1 no such cell or instance, or not allowed; 2 quantumd unreachable."
+        after_help = "EXAMPLES:\n    quantumctl run --detach disk-usage path=/var\n    quantumctl logs disk-usage\n    quantumctl logs -f web-server\n    quantumctl logs -n 20 --json sql-database.4\n    quantumctl logs --since 10m web-server\n\nEXIT STATUS:\n    0 success; 1 no such cell or instance, or not allowed; 2 quantumd unreachable."
     )]
     Logs {
         #[arg(value_name = "TARGET")]
@@ -247,6 +247,9 @@ pub enum CliCommand {
         /// Only the last N lines (default: all).
         #[arg(short = 'n', long, value_name = "N", default_value_t = 0)]
         lines: u32,
+        /// Only lines from this long ago on: 30s, 10m, 2h (under systemd).
+        #[arg(long, value_name = "DURATION")]
+        since: Option<String>,
         /// One JSON object per line: time-usec, instance, message.
         #[arg(long)]
         json: bool,

@@ -36,15 +36,26 @@ fn unreachable_daemon(e: zbus::Error) -> anyhow::Error {
 
 struct Failed(anyhow::Error);
 
+/// `--since 10m`: the time that long ago, µs since the epoch.
+fn since_usec(ago: &str) -> anyhow::Result<u64> {
+    let d: quantum_model::Duration = ago
+        .parse()
+        .map_err(|e| anyhow!("--since {ago:?}: {e} (a duration such as 30s, 10m or 2h)"))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .context("the clock is before 1970")?;
+    Ok(now.saturating_sub(d.as_std()).as_micros() as u64)
+}
+
 /// Lines of output `inspect` shows.
 const INSPECT_LINES: u32 = 5;
 
 /// Streams a cell's output to stdout: quantumd writes into a pipe whose
 /// other end this process reads, until quantumd closes it.
-async fn print_logs(proxy: &Quantum1Proxy<'_>, target: &str, lines: u32, follow: bool, json: bool) -> anyhow::Result<()> {
+async fn print_logs(proxy: &Quantum1Proxy<'_>, target: &str, lines: u32, since_usec: u64, follow: bool, json: bool) -> anyhow::Result<()> {
     let (reader, writer) = std::io::pipe().context("cannot make a pipe")?;
     proxy
-        .logs(target, lines, follow, json, Fd::from(writer.as_fd()))
+        .logs(target, lines, since_usec, follow, json, Fd::from(writer.as_fd()))
         .await
         .map_err(|e| request_failed(&format!("cannot show the output of {target}"), e))?;
     drop(writer);
@@ -161,7 +172,7 @@ async fn execute(proxy: &Quantum1Proxy<'_>, command: CliCommand) -> Result<ExitC
                 // The last lines it printed, where the caller may read them.
                 let (reader, writer) = std::io::pipe().map_err(|e| Failed(anyhow!("cannot make a pipe: {e}")))?;
                 if proxy
-                    .logs(&d.info.instance, INSPECT_LINES, false, false, Fd::from(writer.as_fd()))
+                    .logs(&d.info.instance, INSPECT_LINES, 0, false, false, Fd::from(writer.as_fd()))
                     .await
                     .is_ok()
                 {
@@ -183,9 +194,11 @@ async fn execute(proxy: &Quantum1Proxy<'_>, command: CliCommand) -> Result<ExitC
             target,
             follow,
             lines,
+            since,
             json,
         } => {
-            print_logs(proxy, &target, lines, follow, json).await.map_err(Failed)?;
+            let since_usec = since.as_deref().map(since_usec).transpose().map_err(Failed)?.unwrap_or(0);
+            print_logs(proxy, &target, lines, since_usec, follow, json).await.map_err(Failed)?;
         }
         CliCommand::Identity { json } => {
             let id = proxy

@@ -29,6 +29,17 @@ fn a_detached_tasks_output_is_shown_whole_or_its_last_lines() {
     assert_eq!(json[0]["instance"], "counter.1");
     assert_eq!(json[0]["message"], "one");
 
+    // The cgroup backend's files carry no times: --since says so.
+    let since = node.ctl(&["logs", "--since", "10m", "counter"]);
+    assert_eq!(since.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&since.stderr).contains("--since needs systemd's journal"),
+        "{since:?}"
+    );
+    let bad = node.ctl(&["logs", "--since", "yesterday", "counter"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--since \"yesterday\""), "{bad:?}");
+
     // inspect ends with the last lines.
     let inspect = node.ok(&["inspect", "counter.1"]);
     assert!(

@@ -72,6 +72,14 @@ fn cells_space_time_and_event_figures_are_shown_per_instance() {
         view.contains("INSTANCE") && view.contains(&ticker) && view.contains(&sleeper),
         "{view}"
     );
+    // Without a GPU, one short line; the loader's detail only with -v and
+    // in the JSON.
+    if let Some(reason) = f["gpus"]["unavailable"].as_str() {
+        let gist = reason.split(" (").next().unwrap();
+        assert!(view.lines().any(|l| l == format!("gpus: none ({gist})")), "{view}");
+        let verbose = node.ok(&["steppps", "--once", "--verbose"]);
+        assert!(verbose.lines().any(|l| l == format!("gpus: none ({reason})")), "{verbose}");
+    }
 }
 
 #[test]

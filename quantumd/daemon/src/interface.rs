@@ -173,10 +173,18 @@ impl Quantum1 {
         #[zbus(connection)] conn: &zbus::Connection,
         target: String,
         lines: u32,
+        since_usec: u64,
         follow: bool,
         json: bool,
         out: zbus::zvariant::OwnedFd,
     ) -> Result<(), Error> {
+        if since_usec > 0 {
+            if let crate::logs::Source::Files(_) = self.logs {
+                return Err(Error::InvalidManifest(
+                    "the cgroup backend keeps no times with its cells' output: --since needs systemd's journal".into(),
+                ));
+            }
+        }
         let targets = self.call(|reply| Command::LogTargets { target, reply }).await?;
         // Your own cells' output is yours to read; anyone else's needs
         // what managing cells needs.
@@ -195,6 +203,7 @@ impl Quantum1 {
                 })
                 .collect(),
             lines,
+            since_usec,
             follow,
             json,
             done: done.clone(),

@@ -40,6 +40,9 @@ pub struct Request {
     pub targets: Vec<Target>,
     /// The last `lines` lines (of all targets together); 0 for all.
     pub lines: u32,
+    /// Only lines written from then on (µs since the epoch); 0 for all.
+    /// The journal only: the cgroup backend's files carry no times.
+    pub since_usec: u64,
     pub follow: bool,
     pub json: bool,
     /// Set once every target has ended: a follower then writes what is
@@ -191,6 +194,18 @@ fn stream_journal(mut journal: systemd::journal::Journal, request: &Request, sin
         }
     } else {
         journal.seek_head()?;
+    }
+    if request.since_usec > 0 {
+        // Skip what came before; with -n, the last lines of what is left.
+        let mut skipped = 0;
+        while journal.next()? > 0 {
+            if journal.timestamp_usec()? >= request.since_usec {
+                journal.previous()?;
+                break;
+            }
+            skipped += 1;
+        }
+        tracing::debug!(skipped, "log lines before --since");
     }
     // After every target has ended, a few more passes: journald may not
     // yet have written what the cells printed last.

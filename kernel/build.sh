@@ -12,7 +12,7 @@
 #
 # The output lives in ${QUANTUM_CACHE:-.cache}/kernel/<hash>, where <hash> is
 # the sha256 of the fragment, this script, the linux-source version and the
-# rustc/clang/bindgen versions; a cache hit is a no-op. The last build's
+# rustc/clang/bindgen/pahole versions; a cache hit is a no-op. The last build's
 # directory is also reachable as ${QUANTUM_CACHE}/kernel/current. It holds:
 #   bzImage, System.map, config   the kernel, its symbols and configuration
 #   linux/                        the built tree (modules_prepare'd, with
@@ -62,6 +62,8 @@ PACKAGES=(
     make bc bison flex cpio xz-utils libelf-dev libssl-dev python3 kmod
     # make bindeb-pkg
     dpkg-dev rsync
+    # pahole, for BTF (CONFIG_DEBUG_INFO_BTF)
+    dwarves
 )
 
 is_installed() {
@@ -96,6 +98,7 @@ inputs() {
     printf 'rustc %s\n' "$("$RUSTC" --version)"
     printf 'rust-web-src %s\n' "$(dpkg-query -W -f='${Version}' rust-web-src)"
     printf 'clang %s\n' "$("${LLVM_DIR}clang" --version | head -n1)"
+    printf 'pahole %s\n' "$(pahole --version)"
     printf 'bindgen %s\n' "$(LIBCLANG_PATH=/usr/lib/llvm-22/lib "$BINDGEN" --version | head -n1)"
     printf 'fragment %s\n' "$(sha256sum <"$FRAGMENT" | cut -d' ' -f1)"
     printf 'script %s\n' "$(sha256sum <"$HERE/build.sh" | cut -d' ' -f1)"

@@ -21,11 +21,11 @@ use tokio::sync::mpsc;
 
 use crate::bundles::{self, BundleRefusal, BundleSource, Bundles, Unpacked};
 use crate::catalog::{Catalog, Resolved};
-use crate::command::{Command, CommandError, LogTarget, Reply};
+use crate::command::{Command, CommandError, LogTarget, Reply, RunRequest};
 use crate::config::Config;
 use crate::identity::Identity;
 use crate::runtime::spec::{family_slice, instance_of_unit};
-use crate::runtime::{Exit, Limits, Runtime, Sandbox, SliceSpec, Stdio, UnitEvent, UnitSpec};
+use crate::runtime::{Exit, Limits, Runtime, Sandbox, SliceSpec, UnitEvent, UnitSpec};
 use crate::steppps::Steppps;
 use crate::store::{Record, Store};
 use crate::trail::{self, Recorder};
@@ -71,21 +71,10 @@ pub struct PendingRun {
     reach: String,
 }
 
-/// What a `Run` asked for, kept while its bundle is fetched and verified.
-#[derive(Debug)]
-pub struct RunArgs {
-    actor: String,
-    source: String,
-    params: HashMap<String, String>,
-    cwd: String,
-    stdio: Option<Stdio>,
-    reply: Reply<Started>,
-}
-
 /// A run whose source is a bundle, back from verification.
 #[derive(Debug)]
 pub struct BundleRun {
-    args: RunArgs,
+    request: RunRequest,
     result: Result<Unpacked, BundleRefusal>,
 }
 
@@ -411,41 +400,29 @@ impl Cells {
 
     async fn command(&mut self, c: Command) {
         match c {
-            Command::Run {
-                actor,
-                source,
-                params,
-                cwd,
-                stdio,
-                reply,
-            } => {
+            Command::Run(request) => {
                 if let Err(why) = &self.trail {
                     let e = CommandError::Refused(format!(
                         "quantumd runs nothing it cannot record, and its trail is unusable: {why}; see `quantumctl trail verify`"
                     ));
-                    let _ = reply.send(Err(e));
+                    let _ = request.reply.send(Err(e));
                     return;
                 }
-                match self.bundle_source(&source) {
-                    Ok(Some(bundle)) => {
-                        let args = RunArgs {
-                            actor,
-                            source,
-                            params,
-                            cwd,
-                            stdio,
-                            reply,
-                        };
-                        return self.spawn_bundle(args, bundle);
-                    }
+                match self.bundle_source(&request.source) {
+                    Ok(Some(bundle)) => return self.spawn_bundle(request, bundle),
                     Ok(None) => {}
                     Err(e) => {
-                        let _ = reply.send(Err(e.clone()));
-                        self.record(trail::entry(&actor, &Action::REFUSE).cell(source).error(e.to_string()));
+                        let _ = request.reply.send(Err(e.clone()));
+                        self.record(
+                            trail::entry(&request.actor, &Action::REFUSE)
+                                .cell(request.source)
+                                .error(e.to_string()),
+                        );
                         return;
                     }
                 }
-                if let Err(e) = self.run(&actor, &source, params, &cwd, stdio, reply) {
+                let (actor, source) = (request.actor.clone(), request.source.clone());
+                if let Err(e) = self.run(request) {
                     tracing::info!(source, error = %e, "run refused");
                     self.record(trail::entry(&actor, &Action::REFUSE).cell(source).error(e.to_string()));
                 }
@@ -501,34 +478,24 @@ impl Cells {
     }
 
     /// Fetches and verifies off the loop; the run goes on in [`Self::bundle_ready`].
-    fn spawn_bundle(&self, args: RunArgs, bundle: BundleSource) {
+    fn spawn_bundle(&self, request: RunRequest, bundle: BundleSource) {
         let bundles = self.bundles.clone();
         let events = self.events.clone();
         tokio::spawn(async move {
             let result = bundles.prepare(&bundle).await;
-            let _ = events.send(Event::BundleReady(Box::new(BundleRun { args, result })));
+            let _ = events.send(Event::BundleReady(Box::new(BundleRun { request, result })));
         });
     }
 
     fn bundle_ready(&mut self, run: BundleRun) {
-        let BundleRun {
-            args:
-                RunArgs {
-                    actor,
-                    source,
-                    params,
-                    cwd,
-                    stdio,
-                    reply,
-                },
-            result,
-        } = run;
+        let BundleRun { request, result } = run;
+        let (actor, source) = (request.actor.clone(), request.source.clone());
         match result {
             Err(refusal) => {
                 let why = crate::command::error_chain(&refusal);
                 tracing::warn!(source, error = %why, "bundle refused");
                 self.record(trail::entry(&actor, &Action::REFUSE).cell(source).error(why.clone()));
-                let _ = reply.send(Err(CommandError::Refused(why)));
+                let _ = request.reply.send(Err(CommandError::Refused(why)));
             }
             Ok(unpacked) => {
                 self.record(trail::entry(&actor, &Action::BUNDLE).cell(source.clone()).detail(format!(
@@ -536,7 +503,10 @@ impl Cells {
                     unpacked.bundle_blake3, unpacked.signer, unpacked.origin
                 )));
                 let manifest = unpacked.manifest.display().to_string();
-                if let Err(e) = self.run(&actor, &manifest, params, &cwd, stdio, reply) {
+                if let Err(e) = self.run(RunRequest {
+                    source: manifest,
+                    ..request
+                }) {
                     tracing::info!(source, error = %e, "run refused");
                     self.record(trail::entry(&actor, &Action::REFUSE).cell(source).error(e.to_string()));
                 }
@@ -549,16 +519,17 @@ impl Cells {
     /// Plans the run (needs, the cell, its children), records every
     /// instance, and hands the starts to a task. On error nothing is left
     /// behind and the reply carries the reason.
-    fn run(
-        &mut self,
-        actor: &str,
-        source: &str,
-        params: HashMap<String, String>,
-        cwd: &str,
-        stdio: Option<Stdio>,
-        reply: Reply<Started>,
-    ) -> Result<(), CommandError> {
-        let result = self.catalog.resolve(source).map_err(|e| match e {
+    fn run(&mut self, request: RunRequest) -> Result<(), CommandError> {
+        let RunRequest {
+            actor,
+            source,
+            params,
+            cwd,
+            stdio,
+            reply,
+        } = request;
+        let (actor, cwd) = (actor.as_str(), cwd.as_str());
+        let result = self.catalog.resolve(&source).map_err(|e| match e {
             crate::catalog::CatalogError::NotFound { .. } => CommandError::NotFound(e.to_string()),
             _ => CommandError::Invalid(e.to_string()),
         });

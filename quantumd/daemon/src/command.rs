@@ -9,18 +9,22 @@ use tokio::sync::oneshot;
 
 pub type Reply<T> = oneshot::Sender<Result<T, CommandError>>;
 
+/// A `Run`: what to start, for whom, and where the answer goes.
+#[derive(Debug)]
+pub struct RunRequest {
+    /// Who asked (`uid:N`), for the trail.
+    pub actor: String,
+    pub source: String,
+    pub params: HashMap<String, String>,
+    pub cwd: String,
+    /// The caller's stdin, stdout and stderr for an attached run.
+    pub stdio: Option<crate::runtime::Stdio>,
+    pub reply: Reply<Started>,
+}
+
 #[derive(Debug)]
 pub enum Command {
-    Run {
-        /// Who asked (`uid:N`), for the trail.
-        actor: String,
-        source: String,
-        params: HashMap<String, String>,
-        cwd: String,
-        /// The caller's stdin, stdout and stderr for an attached run.
-        stdio: Option<crate::runtime::Stdio>,
-        reply: Reply<Started>,
-    },
+    Run(RunRequest),
     /// The instances `target` names (an id or a cell name), for `Logs`.
     LogTargets {
         target: String,

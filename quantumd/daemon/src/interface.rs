@@ -9,7 +9,7 @@ use quantum_trail::{Action, Outcome};
 use tokio::sync::{mpsc, oneshot};
 use zbus::message::Header;
 
-use crate::command::{error_chain, Command, CommandError};
+use crate::command::{error_chain, Command, CommandError, RunRequest};
 use crate::identity::Identity;
 use crate::planner::Planner;
 use crate::polkit::Authorizer;
@@ -55,6 +55,31 @@ impl Quantum1 {
             .map_err(|e| Error::from(CommandError::Denied(e)))
     }
 
+    /// `Run` and `RunAttached`: authorize, then one `Command::Run`.
+    async fn start(
+        &self,
+        header: &Header<'_>,
+        conn: &zbus::Connection,
+        source: String,
+        params: HashMap<String, String>,
+        cwd: String,
+        stdio: Option<crate::runtime::Stdio>,
+    ) -> Result<Started, Error> {
+        self.authorize(header).await?;
+        let actor = actor(conn, header).await;
+        self.call(|reply| {
+            Command::Run(RunRequest {
+                actor,
+                source,
+                params,
+                cwd,
+                stdio,
+                reply,
+            })
+        })
+        .await
+    }
+
     /// Runs an asked plan's cells in order through `Command::Run`, each
     /// task attached to `stdio` when given.
     async fn execute_plan(
@@ -83,13 +108,15 @@ impl Quantum1 {
         for (i, step) in plan.cells.iter().enumerate() {
             let params = step.params.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
             let result = self
-                .call(|reply| Command::Run {
-                    actor: actor.clone(),
-                    source: step.name.clone(),
-                    params,
-                    cwd: cwd.clone(),
-                    stdio: stdio.clone(),
-                    reply,
+                .call(|reply| {
+                    Command::Run(RunRequest {
+                        actor: actor.clone(),
+                        source: step.name.clone(),
+                        params,
+                        cwd: cwd.clone(),
+                        stdio: stdio.clone(),
+                        reply,
+                    })
                 })
                 .await;
             match result {
@@ -126,18 +153,9 @@ impl Quantum1 {
         params: HashMap<String, String>,
         cwd: String,
     ) -> Result<CellInfo, Error> {
-        self.authorize(&header).await?;
-        let actor = actor(conn, &header).await;
-        self.call(|reply| Command::Run {
-            actor,
-            source,
-            params,
-            cwd,
-            stdio: None,
-            reply,
-        })
-        .await
-        .map(|started| started.info)
+        self.start(&header, conn, source, params, cwd, None)
+            .await
+            .map(|started| started.info)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -152,18 +170,8 @@ impl Quantum1 {
         stdout: zbus::zvariant::OwnedFd,
         stderr: zbus::zvariant::OwnedFd,
     ) -> Result<Started, Error> {
-        self.authorize(&header).await?;
-        let actor = actor(conn, &header).await;
         let stdio = crate::runtime::Stdio::new(stdin.into(), stdout.into(), stderr.into());
-        self.call(|reply| Command::Run {
-            actor,
-            source,
-            params,
-            cwd,
-            stdio: Some(stdio),
-            reply,
-        })
-        .await
+        self.start(&header, conn, source, params, cwd, Some(stdio)).await
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -13,19 +13,24 @@ pub fn as_quantum(cmd: &str) -> String {
     format!("runuser -u quantum -- {cmd}")
 }
 
+/// Writes /run/qtest/NAME/cell.toml in the guest: a cell running `script`
+/// under /bin/sh, with `extra` (more tables) after `[cell]`.
+fn write_cell(g: &Guest, name: &str, description: &str, script: &str, extra: &str) -> Result<()> {
+    g.run_ok(&format!(
+        "mkdir -p /run/qtest/{name} && cat > /run/qtest/{name}/cell.toml <<'EOF'\n\
+         [cell]\nname = \"{name}\"\nversion = \"1.0.0\"\ndescription = \"{description}\"\n\
+         exec = [\"/bin/sh\", \"-c\", {script:?}]\n{extra}\nEOF"
+    ))?;
+    Ok(())
+}
+
 pub fn crash_then_blacklist(g: &Guest) -> Result<()> {
-    g.run_ok(
-        "mkdir -p /run/qtest/crasher && cat > /run/qtest/crasher/cell.toml <<'EOF'
-[cell]
-name = \"crasher\"
-version = \"1.0.0\"
-description = \"exits with status 3\"
-exec = [\"/bin/sh\", \"-c\", \"exit 3\"]
-[lifecycle]
-restart = \"on-failure\"
-max-restarts = 2
-restart-window = \"1m\"
-EOF",
+    write_cell(
+        g,
+        "crasher",
+        "exits with status 3",
+        "exit 3",
+        "[lifecycle]\nrestart = \"on-failure\"\nmax-restarts = 2\nrestart-window = \"1m\"",
     )?;
     g.run(&as_quantum("quantumctl run /run/qtest/crasher/cell.toml"))?;
     let reason = eventually("the crasher to be blacklisted", Duration::from_secs(60), || {
@@ -116,17 +121,12 @@ fn as_quantum_exec(cmd: &str) -> String {
 /// caller through the descriptors passed to systemd, and its exit status
 /// becomes quantumctl's; a catalog task shows its answer.
 pub fn foreground_task(g: &Guest) -> Result<()> {
-    g.run_ok(
-        "mkdir -p /run/qtest/reporter && cat > /run/qtest/reporter/cell.toml <<'EOF'
-[cell]
-name = \"reporter\"
-version = \"1.0.0\"
-description = \"prints two lines and a complaint, then fails\"
-exec = [\"/bin/sh\", \"-c\", \"printf 'line one\\\\nline two\\\\n'; echo complaint >&2; exit 4\"]
-[lifecycle]
-kind = \"task\"
-restart = \"on-failure\"
-EOF",
+    write_cell(
+        g,
+        "reporter",
+        "prints two lines and a complaint, then fails",
+        "printf 'line one\\nline two\\n'; echo complaint >&2; exit 4",
+        "[lifecycle]\nkind = \"task\"\nrestart = \"on-failure\"",
     )?;
     let out = g.run(&as_quantum("quantumctl run /run/qtest/reporter/cell.toml"))?;
     ensure!(out.code == 4, "quantumctl did not exit with the cell's status 4: {out}");
@@ -156,16 +156,12 @@ EOF",
 
 /// Ctrl-C on a foreground task stops its unit; quantumctl exits 130.
 pub fn ctrl_c_stops_a_foreground_task(g: &Guest) -> Result<()> {
-    g.run_ok(
-        "mkdir -p /run/qtest/napper && cat > /run/qtest/napper/cell.toml <<'EOF'
-[cell]
-name = \"napper\"
-version = \"1.0.0\"
-description = \"says so, then sleeps\"
-exec = [\"/bin/sh\", \"-c\", \"echo napping; exec sleep 600\"]
-[lifecycle]
-kind = \"task\"
-EOF",
+    write_cell(
+        g,
+        "napper",
+        "says so, then sleeps",
+        "echo napping; exec sleep 600",
+        "[lifecycle]\nkind = \"task\"",
     )?;
     let out = g.run_ok(&format!(
         "cd /run/qtest && {} > napper.out 2> napper.err & pid=$!
@@ -202,6 +198,8 @@ pub fn logs_through_quantumd(g: &Guest) -> Result<()> {
     })?;
     let logs = g.run_ok(&as_quantum(&format!("quantumctl logs {id}")))?;
     ensure!(logs.lines().any(|l| l.ends_with("/var")), "no total for /var in the logs: {logs:?}");
+    let recent = g.run_ok(&as_quantum(&format!("quantumctl logs --since 1h {id}")))?;
+    ensure!(recent == logs, "--since 1h lost lines: {recent:?} of {logs:?}");
     let last = g.run_ok(&as_quantum(&format!("quantumctl logs -n 1 {id}")))?;
     ensure!(
         last.lines().count() == 1 && logs.ends_with(&last),
@@ -213,14 +211,12 @@ pub fn logs_through_quantumd(g: &Guest) -> Result<()> {
     ensure!(refused.code == 1, "an outsider read another user's cell output: {refused}");
     ensure!(refused.stderr.contains("not authorized"), "{refused}");
 
-    g.run_ok(
-        "mkdir -p /run/qtest/ticker && cat > /run/qtest/ticker/cell.toml <<'EOF'
-[cell]
-name = \"ticker\"
-version = \"1.0.0\"
-description = \"ticks, then sleeps\"
-exec = [\"/bin/sh\", \"-c\", \"for i in 1 2 3; do echo tick $i; sleep 0.2; done; exec sleep 600\"]
-EOF",
+    write_cell(
+        g,
+        "ticker",
+        "ticks, then sleeps",
+        "for i in 1 2 3; do echo tick $i; sleep 0.2; done; exec sleep 600",
+        "",
     )?;
     g.run_ok(&as_quantum("quantumctl run /run/qtest/ticker/cell.toml"))?;
     let out = g.run_ok(&format!(

@@ -244,8 +244,8 @@ async fn ask_one(proxy: &Quantum1Proxy<'_>, args: &AskArgs, catalog: Option<&Cat
         },
         // Each task's output appears here as it runs; services say how to
         // reach them.
-        Some(true) => match execute_attached(proxy, plan_id, cwd).await {
-            Ok(started) => {
+        Some(true) => match execute_with_interrupts(proxy, plan_id, cwd).await {
+            Ok((started, mut interrupts)) => {
                 for s in started.iter().filter(|s| !s.attached) {
                     let mut line = crate::output::started(&s.info);
                     if !s.reach.is_empty() {
@@ -253,7 +253,7 @@ async fn ask_one(proxy: &Quantum1Proxy<'_>, args: &AskArgs, catalog: Option<&Cat
                     }
                     emit(&(line + "\n"));
                 }
-                match crate::foreground::wait_all(proxy, &started).await {
+                match crate::foreground::wait_all(proxy, &started, &mut interrupts).await {
                     Ok(0) => {}
                     Ok(_) => ok = false,
                     Err(e) => {
@@ -288,6 +288,18 @@ async fn ask_one(proxy: &Quantum1Proxy<'_>, args: &AskArgs, catalog: Option<&Cat
         return Err(ExitCode::SUCCESS);
     }
     Ok(ok)
+}
+
+/// `execute_attached` with SIGINT, SIGTERM and SIGHUP caught from before
+/// the plan starts.
+async fn execute_with_interrupts(
+    proxy: &Quantum1Proxy<'_>,
+    plan_id: &str,
+    cwd: &str,
+) -> Result<(Vec<quantum_bus::Started>, crate::foreground::Interrupts), quantum_bus::Error> {
+    let interrupts =
+        crate::foreground::Interrupts::catch().map_err(|e| quantum_bus::Error::Backend(format!("cannot catch signals: {e}")))?;
+    Ok((execute_attached(proxy, plan_id, cwd).await?, interrupts))
 }
 
 /// Runs an asked plan with this process's stdio given to its tasks.

@@ -115,6 +115,7 @@ async fn execute(proxy: &Quantum1Proxy<'_>, command: CliCommand) -> Result<ExitC
             let source = source_of(&cell).map_err(Failed)?;
             let cwd = std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default();
             if !json && !detach {
+                let mut interrupts = crate::foreground::Interrupts::catch().map_err(Failed)?;
                 let started = crate::foreground::start(proxy, &source, params, &cwd).await.map_err(Failed)?;
                 if !started.attached {
                     println!("{}", output::started(&started.info));
@@ -123,7 +124,9 @@ async fn execute(proxy: &Quantum1Proxy<'_>, command: CliCommand) -> Result<ExitC
                     }
                     println!("stop it with: quantumctl stop {}", started.info.instance);
                 }
-                let code = crate::foreground::wait_all(proxy, &[started]).await.map_err(Failed)?;
+                let code = crate::foreground::wait_all(proxy, &[started], &mut interrupts)
+                    .await
+                    .map_err(Failed)?;
                 return Ok(ExitCode::from(code));
             }
             let info = proxy

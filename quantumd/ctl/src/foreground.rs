@@ -9,7 +9,7 @@ use std::os::fd::AsFd;
 
 use anyhow::anyhow;
 use quantum_bus::{Ended, Quantum1Proxy, Started};
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use zbus::zvariant::Fd;
 
 use crate::client::request_failed;
@@ -34,21 +34,45 @@ pub async fn start(proxy: &Quantum1Proxy<'_>, source: &str, params: HashMap<Stri
         .map_err(|e| request_failed(&format!("cannot run {source}"), e))
 }
 
+/// SIGINT, SIGTERM and SIGHUP, caught from before a foreground run starts:
+/// one that comes while the cell is being started still stops it (and
+/// quantumctl may have been started with SIGINT ignored, as a background
+/// job of a script is).
+pub struct Interrupts {
+    interrupt: Signal,
+    terminate: Signal,
+    hangup: Signal,
+}
+
+impl Interrupts {
+    pub fn catch() -> Result<Interrupts, anyhow::Error> {
+        Ok(Interrupts {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+            hangup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// The next of them, as its signal number.
+    async fn recv(&mut self) -> u8 {
+        tokio::select! {
+            _ = self.interrupt.recv() => libc_signal::INT,
+            _ = self.terminate.recv() => libc_signal::TERM,
+            _ = self.hangup.recv() => libc_signal::HUP,
+        }
+    }
+}
+
 /// Waits for every attached instance in `started` to end, in order, and
 /// returns the exit status quantumctl should end with: the first failing
 /// cell's status, else 0. A signal stops every instance still running.
-pub async fn wait_all(proxy: &Quantum1Proxy<'_>, started: &[Started]) -> Result<u8, anyhow::Error> {
+pub async fn wait_all(proxy: &Quantum1Proxy<'_>, started: &[Started], interrupts: &mut Interrupts) -> Result<u8, anyhow::Error> {
     let mut code = 0u8;
-    let mut interrupt = signal(SignalKind::interrupt())?;
-    let mut terminate = signal(SignalKind::terminate())?;
-    let mut hangup = signal(SignalKind::hangup())?;
     let attached: Vec<&str> = started.iter().filter(|s| s.attached).map(|s| s.info.instance.as_str()).collect();
     for (i, instance) in attached.iter().enumerate() {
         let ended = tokio::select! {
             ended = wait_for(proxy, instance) => ended?,
-            _ = interrupt.recv() => return stop_all(proxy, &attached[i..], libc_signal::INT).await,
-            _ = terminate.recv() => return stop_all(proxy, &attached[i..], libc_signal::TERM).await,
-            _ = hangup.recv() => return stop_all(proxy, &attached[i..], libc_signal::HUP).await,
+            signal = interrupts.recv() => return stop_all(proxy, &attached[i..], signal).await,
         };
         if ended.state != "exited" || ended.status != 0 {
             eprintln!("quantumctl: {instance} {}", ended.reason);

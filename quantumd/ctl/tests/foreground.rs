@@ -85,13 +85,20 @@ fn ctrl_c_stops_a_foreground_task() {
     let script = "echo started; exec sleep 600";
     let cat = catalog(&[("sleepy", &sh_cell("sleepy", script, TASK))]);
     let node = Node::start(cat.path());
-    let mut child = Command::new(support::bin("quantumctl"))
-        .args(["run", "sleepy"])
+    let mut cmd = Command::new(support::bin("quantumctl"));
+    cmd.args(["run", "sleepy"])
         .env("QUANTUM_BUS_ADDRESS", &node.bus_address)
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::piped());
+    // Started with SIGINT ignored, as a script's background job is: a
+    // foreground run catches it all the same.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            libc::signal(libc::SIGINT, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
     // The cell's own first line, written straight to quantumctl's stdout.
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();

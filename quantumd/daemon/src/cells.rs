@@ -128,6 +128,8 @@ struct EndedInstance {
     status: i32,
     /// Who started it (`uid:N`), for who may read its output.
     actor: String,
+    /// When quantumd saw it end (µs since the epoch).
+    ended_usec: u64,
 }
 
 /// One step of a run, done in order by a spawned task.
@@ -295,6 +297,7 @@ impl Cells {
                         info: info_of_record(&r, "exited", "ended while quantumd was not running"),
                         status: -1,
                         actor: r.actor.clone(),
+                        ended_usec: now_usec(),
                     });
                 }
             }
@@ -1077,6 +1080,7 @@ impl Cells {
             info,
             status: inst.last_exit,
             actor: inst.record.actor.clone(),
+            ended_usec: now_usec(),
         };
         for waiter in self.waiters.remove(id).unwrap_or_default() {
             let _ = waiter.send(Ok(ended.answer()));
@@ -1334,6 +1338,8 @@ impl Cells {
                 unit: e.info.unit.clone(),
                 actor: e.actor.clone(),
                 running: false,
+                started_usec: e.info.started_usec,
+                ended_usec: Some(e.ended_usec),
             })
             .collect();
         v.extend(
@@ -1345,6 +1351,8 @@ impl Cells {
                     unit: i.record.unit.clone(),
                     actor: i.record.actor.clone(),
                     running: true,
+                    started_usec: i.record.started_usec,
+                    ended_usec: None,
                 }),
         );
         if v.is_empty() {

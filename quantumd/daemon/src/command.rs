@@ -63,6 +63,11 @@ pub struct LogTarget {
     /// `uid:N` of who asked for it.
     pub actor: String,
     pub running: bool,
+    /// When it started and, once ended, when it ended (µs since the epoch):
+    /// its unit's name (and so its journal entries) may belong to an
+    /// earlier instance too, from before a restart of quantumd.
+    pub started_usec: u64,
+    pub ended_usec: Option<u64>,
 }
 
 /// Why a command failed; the text names the cell and the cause.

@@ -208,6 +208,8 @@ impl Quantum1 {
                 .map(|t| crate::logs::Target {
                     instance: t.instance,
                     unit: t.unit,
+                    started_usec: t.started_usec,
+                    ended_usec: t.ended_usec,
                 })
                 .collect(),
             lines,

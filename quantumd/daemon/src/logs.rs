@@ -28,11 +28,26 @@ pub enum Source {
     Files(PathBuf),
 }
 
+/// How long after quantumd saw an instance end journald may still be
+/// writing what it printed.
+const JOURNAL_LAG_USEC: u64 = 10_000_000;
+
 /// One instance whose output is asked for.
 #[derive(Debug, Clone)]
 pub struct Target {
     pub instance: String,
     pub unit: String,
+    /// Its life (µs since the epoch): instance ids, and so unit names, come
+    /// back after quantumd restarts, so a unit's journal entries are this
+    /// instance's only within it.
+    pub started_usec: u64,
+    pub ended_usec: Option<u64>,
+}
+
+impl Target {
+    fn lived_at(&self, usec: u64) -> bool {
+        usec >= self.started_usec && self.ended_usec.is_none_or(|end| usec <= end + JOURNAL_LAG_USEC)
+    }
 }
 
 #[derive(Debug)]
@@ -145,36 +160,30 @@ impl Sink {
     }
 }
 
-fn boot_id() -> Option<String> {
-    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-        .ok()
-        .map(|s| s.trim().replace('-', ""))
-}
-
 fn open_journal(targets: &[Target]) -> Result<systemd::journal::Journal, LogsError> {
     let mut journal = systemd::journal::OpenOptions::default()
         .system(true)
         .local_only(true)
         .open()
         .map_err(LogsError::Journal)?;
-    // (unit = a OR unit = b ...) AND this boot: unit names come back after
-    // a reboot, instances do not.
+    // unit = a OR unit = b ...; which entries of a unit are the instance's
+    // is decided by time (Target::lived_at). Not _BOOT_ID: quantumd's
+    // sandbox (ProtectKernelTunables=) may show another boot id than
+    // journald's in a container.
     for t in targets {
         journal.match_add("_SYSTEMD_UNIT", t.unit.as_str()).map_err(LogsError::Journal)?;
-    }
-    if let Some(boot) = boot_id() {
-        journal.match_add("_BOOT_ID", boot).map_err(LogsError::Journal)?;
     }
     Ok(journal)
 }
 
 fn stream_journal(mut journal: systemd::journal::Journal, request: &Request, sink: &mut Sink) -> std::io::Result<()> {
-    let instance_of = |unit: &str| {
+    // The instance an entry is from: its unit's, alive at that time.
+    let instance_of = |unit: &str, usec: u64| {
         request
             .targets
             .iter()
-            .find(|t| t.unit == unit)
-            .map_or_else(|| unit.to_owned(), |t| t.instance.clone())
+            .find(|t| t.unit == unit && t.lived_at(usec))
+            .map(|t| t.instance.clone())
     };
     if request.lines > 0 {
         journal.seek_tail()?;
@@ -193,7 +202,9 @@ fn stream_journal(mut journal: systemd::journal::Journal, request: &Request, sin
             journal.seek_head()?;
         }
     } else {
-        journal.seek_head()?;
+        // Nothing of these instances is older than the first one.
+        let first = request.targets.iter().map(|t| t.started_usec).min().unwrap_or(0);
+        journal.seek_realtime_usec(first)?;
     }
     if request.since_usec > 0 {
         // Skip what came before; with -n, the last lines of what is left.
@@ -219,9 +230,11 @@ fn stream_journal(mut journal: systemd::journal::Journal, request: &Request, sin
         }
         while let Some(entry) = journal.next_entry()? {
             let unit = entry.get("_SYSTEMD_UNIT").map_or("", String::as_str);
+            let usec = journal.timestamp_usec()?;
+            let Some(instance) = instance_of(unit, usec) else { continue };
             sink.write(&Line {
-                time_usec: journal.timestamp_usec().ok(),
-                instance: instance_of(unit),
+                time_usec: Some(usec),
+                instance,
                 message: entry.get("MESSAGE").cloned().unwrap_or_default(),
             })?;
         }

@@ -204,19 +204,7 @@ fn stream_journal(mut journal: systemd::journal::Journal, request: &Request, sin
     } else {
         // Nothing of these instances is older than the first one.
         let first = request.targets.iter().map(|t| t.started_usec).min().unwrap_or(0);
-        journal.seek_realtime_usec(first)?;
-    }
-    if request.since_usec > 0 {
-        // Skip what came before; with -n, the last lines of what is left.
-        let mut skipped = 0;
-        while journal.next()? > 0 {
-            if journal.timestamp_usec()? >= request.since_usec {
-                journal.previous()?;
-                break;
-            }
-            skipped += 1;
-        }
-        tracing::debug!(skipped, "log lines before --since");
+        journal.seek_realtime_usec(first.max(request.since_usec))?;
     }
     // After every target has ended, a few more passes: journald may not
     // yet have written what the cells printed last.
@@ -231,6 +219,9 @@ fn stream_journal(mut journal: systemd::journal::Journal, request: &Request, sin
         while let Some(entry) = journal.next_entry()? {
             let unit = entry.get("_SYSTEMD_UNIT").map_or("", String::as_str);
             let usec = journal.timestamp_usec()?;
+            if usec < request.since_usec {
+                continue;
+            }
             let Some(instance) = instance_of(unit, usec) else { continue };
             sink.write(&Line {
                 time_usec: Some(usec),

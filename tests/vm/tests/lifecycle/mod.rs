@@ -112,7 +112,8 @@ pub fn kill_9_readopts(g: &Guest) -> Result<()> {
 }
 
 /// quantumctl as `quantum`, exec'd in place (no runuser in between), so
-/// that a signal sent to the pid reaches quantumctl itself.
+/// that a signal sent to the pid reaches quantumctl itself. (Started with
+/// `&` alone: `a && b &` would background a subshell, and $! be its pid.)
 fn as_quantum_exec(cmd: &str) -> String {
     format!("setpriv --reuid quantum --regid quantum --init-groups -- {cmd}")
 }
@@ -170,7 +171,7 @@ pub fn ctrl_c_stops_a_foreground_task(g: &Guest) -> Result<()> {
         "[lifecycle]\nkind = \"task\"",
     )?;
     let out = g.run_ok(&format!(
-        "cd /run/qtest && {} > napper.out 2> napper.err & pid=$!
+        "cd /run/qtest; {} > napper.out 2> napper.err & pid=$!
          for i in $(seq 600); do grep -q napping /run/qtest/napper.out && break; sleep 0.1; done
          systemctl list-units --plain --no-legend --state=active 'quantum-napper.*' | wc -l
          kill -INT $pid; wait $pid; echo rc=$?
@@ -226,7 +227,7 @@ pub fn logs_through_quantumd(g: &Guest) -> Result<()> {
     )?;
     g.run_ok(&as_quantum("quantumctl run /run/qtest/ticker/cell.toml"))?;
     let out = g.run_ok(&format!(
-        "cd /run/qtest && {} > ticker.out 2>&1 & pid=$!
+        "cd /run/qtest; {} > ticker.out 2>&1 & pid=$!
          for i in $(seq 600); do grep -q 'tick 3' ticker.out && break; sleep 0.1; done
          kill -0 $pid && echo following
          runuser -u quantum -- quantumctl stop ticker >/dev/null

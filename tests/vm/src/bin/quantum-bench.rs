@@ -144,7 +144,14 @@ fn cell_start(image: &Image, args: &Args) -> Result<()> {
         f("pipe_wait_p95_ms")
     );
     println!(
-        "  ratio: p50 {:.2}x  p95 {:.2}x",
+        "  systemd-run --pipe --wait, quantumd's whole sandbox  p50 {:7.1} ms  p95 {:7.1} ms",
+        f("pipe_wait_full_p50_ms"),
+        f("pipe_wait_full_p95_ms")
+    );
+    println!(
+        "  ratio vs the same sandbox: p50 {:.2}x  p95 {:.2}x; vs the plain one: p50 {:.2}x  p95 {:.2}x",
+        f("ratio_foreground_full_p50"),
+        f("ratio_foreground_full_p95"),
         f("ratio_foreground_p50"),
         f("ratio_foreground_p95")
     );

@@ -178,16 +178,17 @@ pub struct Summary {
     pub misses: Vec<String>,
 }
 
-/// One line: accuracy, cells right, refusals, false refusals.
+/// One line: accuracy, cells right, out-of-scope refused, false refusals.
 impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{:.1}% ({} of {}), cells right {:.1}%, refusals {} of {}, false refusals {}",
+            "{:.1}% ({} of {}), cells right {:.1}%, out-of-scope refused {:.1}% ({} of {}), false refusals {}",
             100.0 * self.accuracy(),
             self.correct,
             self.total,
             100.0 * self.cell_accuracy(),
+            100.0 * self.refusal_rate(),
             self.refusals_correct,
             self.refusals_expected,
             self.false_refusals

@@ -153,6 +153,8 @@ impl Sampler {
                 Sources {
                     cgroup_root: options.cgroup_mount.clone(),
                     proc_root: PathBuf::from("/proc"),
+                    // Node figures from the steppps kernel module when it is loaded.
+                    kmod_device: Some(PathBuf::from(quantum_steppps::kmod::DEVICE)),
                 },
                 gpus,
             ),

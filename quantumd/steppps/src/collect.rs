@@ -1,13 +1,15 @@
-//! One pass over everything: the node, each cell's cgroup, the GPUs, and
-//! the TIME/EVENT figures the caller got from quantum-bpf.
+//! One pass over everything: the node, each cell's cgroup, the GPUs, the
+//! `steppps` kernel module when it is loaded, and the TIME/EVENT figures
+//! the caller got from quantum-bpf.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use crate::cgroup::{CgroupError, CgroupReader};
-use crate::figures::{Availability, EventFigures, Figures, TimeFigures};
+use crate::figures::{Availability, EventFigures, Figures, KernelFigures, TimeFigures};
 use crate::gpu::Gpus;
 use crate::kernfile::FileError;
+use crate::kmod::{KmodError, KmodReader};
 use crate::proc::ProcReader;
 use crate::sampler::{CellCgroup, Sampler};
 
@@ -18,6 +20,9 @@ pub struct Sources {
     pub cgroup_root: PathBuf,
     /// The procfs mount point (`/proc`).
     pub proc_root: PathBuf,
+    /// The `steppps` kernel module's device ([`crate::kmod::DEVICE`]);
+    /// `None` does not look for it.
+    pub kmod_device: Option<PathBuf>,
 }
 
 impl Default for Sources {
@@ -25,6 +30,7 @@ impl Default for Sources {
         Sources {
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),
             proc_root: PathBuf::from("/proc"),
+            kmod_device: Some(PathBuf::from(crate::kmod::DEVICE)),
         }
     }
 }
@@ -46,16 +52,57 @@ pub struct Collector {
     proc: ProcReader,
     gpus: Gpus,
     sampler: Sampler,
+    kmod: Option<KmodReader>,
+    /// Whether the device was readable at the previous read, so that a
+    /// change (module loaded or unloaded) is logged once.
+    kmod_readable: Option<bool>,
 }
 
 impl Collector {
-    /// A collector over `sources` with the GPU backend already probed.
+    /// A collector over `sources` with the GPU backend already probed. It
+    /// reads the kernel module's device once here, to log whether it is
+    /// used, and again at every collection (the module may come and go).
     pub fn new(sources: Sources, gpus: Gpus) -> Collector {
-        Collector {
+        let mut collector = Collector {
             cgroups: CgroupReader::new(sources.cgroup_root),
             proc: ProcReader::new(sources.proc_root),
             gpus,
             sampler: Sampler::new(),
+            kmod: sources.kmod_device.map(KmodReader::new),
+            kmod_readable: None,
+        };
+        collector.kernel();
+        collector
+    }
+
+    /// The kernel module's figures, or why there are none; logs when the
+    /// device becomes readable or stops being readable.
+    fn kernel(&mut self) -> Availability<KernelFigures> {
+        let Some(reader) = &self.kmod else {
+            return Availability::unavailable("the steppps kernel module's device is not read (none configured)");
+        };
+        let result = reader.read();
+        let readable = result.is_ok();
+        if self.kmod_readable != Some(readable) {
+            match &result {
+                Ok(k) => tracing::info!(
+                    device = %reader.path().display(),
+                    generation = k.generation,
+                    interval_ms = k.interval_ms,
+                    "STEPPPS: reading node figures from the steppps kernel module"
+                ),
+                Err(e) => tracing::info!(
+                    reason = %error_chain(e),
+                    "STEPPPS: the steppps kernel module is not used; node figures from /proc, TIME and EVENT from eBPF"
+                ),
+            }
+        } else if let Err(e @ KmodError::File(_)) = &result {
+            tracing::debug!(error = %error_chain(e), "reading the steppps kernel module failed again");
+        }
+        self.kmod_readable = Some(readable);
+        match result {
+            Ok(k) => Availability::Available(k),
+            Err(e) => Availability::unavailable(error_chain(&e)),
         }
     }
 
@@ -67,11 +114,13 @@ impl Collector {
         event: Availability<EventFigures>,
     ) -> Result<Collection, FileError> {
         let node = self.sampler.node(&self.proc.read()?);
+        let kernel = self.kernel();
         let mut figures = Figures {
             node,
             gpus: self.gpus.figures(),
             time,
             event,
+            kernel,
             ..Figures::default()
         };
         let mut errors = Vec::new();
@@ -87,4 +136,16 @@ impl Collector {
         self.sampler.retain(cells);
         Ok(Collection { figures, errors })
     }
+}
+
+/// An error and its sources on one line (`a: b: c`).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }

@@ -25,6 +25,10 @@ pub struct Figures {
     pub time: Availability<TimeFigures>,
     /// EVENT: recent process events per cell instance, or why they are not seen.
     pub event: Availability<EventFigures>,
+    /// What the `steppps` kernel module says (`/dev/steppps`), or why it
+    /// is not read. Absent in the JSON of a quantumd that predates it.
+    #[serde(default)]
+    pub kernel: Availability<KernelFigures>,
 }
 
 /// A dimension that is either measured or unavailable, with the reason.
@@ -82,6 +86,37 @@ pub struct NodeFigures {
     pub load: LoadAvg,
     /// Pressure stall information, where the kernel has it.
     pub pressure: PressureSet,
+}
+
+/// The node as the `steppps` kernel module samples it (every
+/// `interval-ms`), read from its device. The same figures as /proc's, taken
+/// inside the kernel; `generation` moves when one of them changes enough to
+/// matter, which is when the device wakes a `poll()`er.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct KernelFigures {
+    /// The device read (`/dev/steppps`).
+    pub device: String,
+    /// Changes that matter since the module was loaded (starts at 1).
+    pub generation: u64,
+    /// Samples the module has taken since it was loaded.
+    pub samples: u64,
+    /// The module's sampling period, milliseconds.
+    pub interval_ms: u64,
+    /// CLOCK_BOOTTIME of the sample, milliseconds.
+    pub sampled_at_ms: u64,
+    /// Load average over 1 minute, rounded as /proc/loadavg rounds it.
+    pub load_one: f64,
+    /// Over 5 minutes.
+    pub load_five: f64,
+    /// Over 15 minutes.
+    pub load_fifteen: f64,
+    /// Online CPUs.
+    pub cpus_online: u32,
+    /// Usable RAM, bytes (`MemTotal`).
+    pub memory_total_bytes: u64,
+    /// Free RAM at the sample, bytes (`MemFree`).
+    pub memory_free_bytes: u64,
 }
 
 /// One cell instance's SPACE.

@@ -351,6 +351,9 @@ pub fn prometheus(f: &Figures) -> String {
         ("gpu", f.gpus.available().is_some()),
         ("time", f.time.available().is_some()),
         ("event", f.event.available().is_some()),
+        // The steppps kernel module (/dev/steppps): not a dimension of its
+        // own, a source of the node's; 1 while quantumd reads it.
+        ("kernel-module", f.kernel.available().is_some()),
     ];
     for (dimension, up) in dimensions {
         e.add(&STEPPPS_AVAILABLE, &[("dimension", dimension)], Some(if up { 1.0 } else { 0.0 }));

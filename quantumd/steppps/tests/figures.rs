@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use expect_test::{expect, Expect};
 use quantum_steppps::cgroup::{CpuStat, IoStat, MemoryEvents};
 use quantum_steppps::figures::{
-    CellFigures, CellRates, EventCounts, EventFigures, GpuDevice, GpuFigures, NodeFigures, RunqLatency, TimeFigures,
+    CellFigures, CellRates, EventCounts, EventFigures, GpuDevice, GpuFigures, KernelFigures, NodeFigures, RunqLatency, TimeFigures,
 };
 use quantum_steppps::proc::LoadAvg;
 use quantum_steppps::{prometheus, Availability, CgroupSample, Figures, Limit, Pressure, PressureLine, PressureSet};
@@ -120,6 +120,19 @@ fn sample_figures() -> Figures {
             )]),
         }),
         event: Availability::unavailable("BPF needs CAP_BPF and CAP_PERFMON"),
+        kernel: Availability::Available(KernelFigures {
+            device: "/dev/steppps".into(),
+            generation: 7,
+            samples: 1234,
+            interval_ms: 250,
+            sampled_at_ms: 308_500,
+            load_one: 0.42,
+            load_five: 0.17,
+            load_fifteen: 0.05,
+            cpus_online: 2,
+            memory_total_bytes: 8_589_934_592,
+            memory_free_bytes: 1_073_741_824,
+        }),
     }
 }
 
@@ -263,6 +276,19 @@ fn the_json_contract() {
               },
               "event": {
                 "unavailable": "BPF needs CAP_BPF and CAP_PERFMON"
+              },
+              "kernel": {
+                "device": "/dev/steppps",
+                "generation": 7,
+                "samples": 1234,
+                "interval-ms": 250,
+                "sampled-at-ms": 308500,
+                "load-one": 0.42,
+                "load-five": 0.17,
+                "load-fifteen": 0.05,
+                "cpus-online": 2,
+                "memory-total-bytes": 8589934592,
+                "memory-free-bytes": 1073741824
               }
             }"#]],
     );
@@ -291,6 +317,7 @@ fn the_prometheus_exposition() {
         quantumos_steppps_available{dimension="gpu"} 1
         quantumos_steppps_available{dimension="time"} 1
         quantumos_steppps_available{dimension="event"} 1
+        quantumos_steppps_available{dimension="kernel-module"} 1
         # HELP quantumos_node_cpus Online CPUs.
         # TYPE quantumos_node_cpus gauge
         quantumos_node_cpus 2
@@ -408,6 +435,16 @@ fn unavailable_dimensions_are_zero_in_prometheus_and_say_why_in_json() {
     assert!(text.contains("quantumos_steppps_available{dimension=\"gpu\"} 0\n"), "{text}");
     assert!(!text.contains("quantumos_gpu_"), "{text}");
     assert!(!text.contains("quantumos_cell_runq_latency_seconds"), "{text}");
+}
+
+/// A quantumctl reads the figures of a quantumd that predates the kernel
+/// module's figures: `kernel` is then "not collected".
+#[test]
+fn figures_without_the_kernel_field_still_read() {
+    let mut json = serde_json::to_value(sample_figures()).expect("serializes");
+    json.as_object_mut().expect("an object").remove("kernel");
+    let back: Figures = serde_json::from_value(json).expect("reads without `kernel`");
+    assert_eq!(back.kernel, Availability::unavailable("not collected"));
 }
 
 /// With the `bpf` feature (quantumd's build), TIME and EVENT figures come straight from quantum-bpf's types.

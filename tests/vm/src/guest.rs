@@ -94,6 +94,10 @@ pub struct BootConfig {
     /// Words appended to the image's kernel command line (QEMU only), e.g.
     /// `systemd.mask=quantumd.service` for the boot-time baseline.
     pub extra_cmdline: Vec<String>,
+    /// A kernel to boot instead of the image's (QEMU only): a bzImage with
+    /// everything the root filesystem needs built in (virtio-blk, ext4),
+    /// booted without an initramfs, e.g. the QuantumOS kernel of `kernel/`.
+    pub kernel: Option<PathBuf>,
     /// Keep the work directory (console log, share) after the guest is gone.
     /// `QUANTUM_VMTEST_KEEP=1` sets it.
     pub keep_work_dir: bool,
@@ -122,6 +126,7 @@ impl BootConfig {
             cpus: None,
             nspawn_root: NspawnRoot::VolatileOverlay,
             extra_cmdline: Vec::new(),
+            kernel: None,
             keep_work_dir: std::env::var("QUANTUM_VMTEST_KEEP").is_ok_and(|v| v == "1"),
         }
     }
@@ -137,18 +142,25 @@ pub enum Console {
 }
 
 /// The QEMU command line for an image: TCG, direct kernel boot, the disk as
-/// a throw-away snapshot, the share over 9p.
+/// a throw-away snapshot, the share over 9p. With `config.kernel` that
+/// kernel boots instead of the image's, without the image's initramfs (the
+/// image's command line names the root device and filesystem, which such
+/// a kernel has built in).
 pub fn qemu_command(image: &Image, config: &BootConfig, share: &Path, console: &Console) -> Command {
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args(["-name", "quantumos-test", "-machine", "pc", "-accel", "tcg,thread=multi"])
         .args(["-smp", &config.cpus.unwrap_or(image.cpus).to_string()])
         .args(["-m", &format!("{}M", config.memory_mib.unwrap_or(image.memory_mib))])
-        .args(["-nographic", "-no-reboot", "-nic", "none"])
-        .arg("-kernel")
-        .arg(&image.kernel)
-        .arg("-initrd")
-        .arg(&image.initrd)
-        .args(["-append", &kernel_cmdline(&image.cmdline, &config.extra_cmdline)])
+        .args(["-nographic", "-no-reboot", "-nic", "none"]);
+    match &config.kernel {
+        Some(kernel) => {
+            cmd.arg("-kernel").arg(kernel);
+        }
+        None => {
+            cmd.arg("-kernel").arg(&image.kernel).arg("-initrd").arg(&image.initrd);
+        }
+    }
+    cmd.args(["-append", &kernel_cmdline(&image.cmdline, &config.extra_cmdline)])
         .arg("-drive")
         .arg(format!(
             "file={},format=raw,if=virtio,snapshot=on,cache=unsafe",
@@ -279,8 +291,12 @@ impl Guest {
             .spawn()
             .with_context(|| format!("starting {program} (is it installed? make deps)"))?;
         let pid = child.id();
+        let kernel = match (&config.kernel, backend) {
+            (Some(kernel), Backend::Qemu) => format!(" with kernel {}", kernel.display()),
+            _ => String::new(),
+        };
         crate::report(format_args!(
-            "[{backend}] booting image {} ({}) as pid {pid}; console: {}",
+            "[{backend}] booting image {} ({}){kernel} as pid {pid}; console: {}",
             image.short_hash(),
             image.variant,
             console_log.display()

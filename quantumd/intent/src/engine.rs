@@ -43,10 +43,10 @@ pub struct Tuning {
     pub pool: usize,
     /// Weight of the lexical prior.
     pub lexical_weight: f32,
-    /// Taken off a cell's score when the request asks for an action the
-    /// cell's manifest never mentions and that lies outside what system
-    /// cells do (see [`FOREIGN_ACTIONS`]).
-    pub action_penalty: f32,
+    /// The reject class (see [`OUT_OF_SCOPE`]): a request whose nearest
+    /// out-of-scope phrase is closer than the best cell's best phrase plus
+    /// this margin is refused. Larger refuses less.
+    pub reject_margin: f32,
     /// Score at which a cell is accepted (confidence 0.5 at zero margin).
     pub threshold: f32,
     /// Logistic slope of the confidence on the score.
@@ -67,7 +67,7 @@ impl Default for Tuning {
             best_weight: 0.0,
             pool: 5,
             lexical_weight: 0.2,
-            action_penalty: 0.2,
+            reject_margin: 0.05,
             threshold: 0.30,
             slope: 20.0,
             margin_slope: 40.0,
@@ -91,9 +91,15 @@ impl Tuning {
         sigmoid(self.slope * (best_score(scores) - self.threshold))
     }
 
-    /// Whether the best cell is good enough to be taken.
-    fn accepts(&self, scores: &[Score]) -> bool {
-        best_score(scores) >= self.threshold
+    /// Whether the best cell is good enough to be taken: its score clears
+    /// the threshold, and no out-of-scope phrase is nearer to the request
+    /// than the cell's best phrase (by the margin).
+    fn accepts(&self, scores: &[Score], reject: f32) -> bool {
+        best_score(scores) >= self.threshold && !self.rejects(scores, reject)
+    }
+
+    fn rejects(&self, scores: &[Score], reject: f32) -> bool {
+        scores.first().is_some_and(|s| reject > s.best + self.reject_margin)
     }
 
     fn choice_probability(&self, scores: &[Score]) -> f32 {
@@ -156,6 +162,8 @@ pub struct Score {
     pub score: f32,
     pub semantic: f32,
     pub lexical: f32,
+    /// Similarity of the step with the cell's nearest phrase.
+    pub best: f32,
 }
 
 /// What one cell has in common with one step of a request, before any
@@ -167,15 +175,14 @@ struct CellFeatures {
     sims: Vec<f32>,
     /// Share of the step's word weight (IDF) that the cell's words carry.
     lexical: f32,
-    /// The step asks for an action the cell never mentions (see
-    /// [`FOREIGN_ACTIONS`]).
-    foreign: bool,
 }
 
 /// What every cell has in common with one step.
 #[derive(Debug, Clone)]
 pub struct Features {
     cells: Vec<CellFeatures>,
+    /// Similarity of the step with the nearest out-of-scope phrase.
+    reject: f32,
 }
 
 impl Features {
@@ -194,12 +201,12 @@ impl Features {
                     runners.iter().sum::<f32>() / runners.len() as f32
                 };
                 let semantic = t.best_weight * best + (1.0 - t.best_weight) * rest;
-                let penalty = if f.foreign { t.action_penalty } else { 0.0 };
                 Score {
                     cell,
-                    score: semantic + t.lexical_weight * f.lexical - penalty,
+                    score: semantic + t.lexical_weight * f.lexical,
                     semantic,
                     lexical: f.lexical,
+                    best,
                 }
             })
             .collect();
@@ -243,9 +250,8 @@ pub struct Engine {
     embeddings: Vec<CellEmbeddings>,
     /// Content words of each cell's manifest text.
     cell_words: Vec<HashSet<String>>,
-    /// Content words of each cell's description and capabilities: the
-    /// actions it says it performs.
-    action_words: Vec<HashSet<String>>,
+    /// The embeddings of the reject class, [`OUT_OF_SCOPE`].
+    reject: Vec<Vec<f32>>,
     /// Inverse document frequency of each word over the cells.
     idf: HashMap<String, f32>,
     tuning: Tuning,
@@ -265,10 +271,7 @@ impl Engine {
     pub fn new(encoder: Encoder, catalog: Catalog, cache_dir: Option<&Path>, tuning: Tuning) -> Result<Engine, Error> {
         let started = Instant::now();
         let (embeddings, stats) = index::build(&encoder, &catalog, cache_dir)?;
-        let action_words: Vec<HashSet<String>> = embeddings
-            .iter()
-            .map(|e| e.phrases.iter().flat_map(|(_, p)| content_words(p)).collect())
-            .collect();
+        let reject = index::embed_texts(&encoder, &out_of_scope(), cache_dir)?;
         // The words of a cell: its name, its phrases and what its parameters
         // say.
         let cell_words: Vec<HashSet<String>> = embeddings
@@ -301,7 +304,7 @@ impl Engine {
             catalog,
             embeddings,
             cell_words,
-            action_words,
+            reject,
             idf,
             tuning,
             report,
@@ -345,7 +348,6 @@ impl Engine {
     fn features(&self, text: &str, v: &[f32]) -> Features {
         let words: Vec<String> = content_words(text).into_iter().collect();
         let total_idf: f32 = words.iter().map(|w| self.idf.get(w).copied().unwrap_or(MAX_IDF)).sum();
-        let actions: Vec<&String> = words.iter().filter(|w| FOREIGN_ACTIONS.iter().any(|a| stem(a) == **w)).collect();
         let cells = self
             .embeddings
             .iter()
@@ -361,11 +363,11 @@ impl Engine {
                 CellFeatures {
                     sims,
                     lexical: if total_idf > 0.0 { shared / total_idf } else { 0.0 },
-                    foreign: actions.iter().any(|a| !self.action_words[cell].contains(*a)),
                 }
             })
             .collect();
-        Features { cells }
+        let reject = self.reject.iter().map(|pv| cosine(v, pv)).fold(f32::MIN, f32::max);
+        Features { cells, reject }
     }
 
     /// Reads and embeds a request: its steps when it has several, and the
@@ -422,7 +424,7 @@ impl Engine {
             let mut confidence = 1.0f32;
             for (_, features) in &prepared.steps {
                 let scores = features.rank(tuning);
-                if !tuning.accepts(&scores) {
+                if !tuning.accepts(&scores, features.reject) {
                     break;
                 }
                 confidence = confidence.min(tuning.confidence(&scores));
@@ -435,11 +437,13 @@ impl Engine {
                 });
             }
         }
-        let scores = prepared.whole.as_ref()?.rank(tuning);
-        Some(if !tuning.accepts(&scores) {
+        let whole = prepared.whole.as_ref()?;
+        let scores = whole.rank(tuning);
+        Some(if !tuning.accepts(&scores, whole.reject) {
+            let nearer = scores.first().map_or(0.0, |s| whole.reject - s.best - tuning.reject_margin);
             Decision {
                 choice: Choice::Refuse,
-                confidence: 1.0 - tuning.fit_probability(&scores),
+                confidence: (1.0 - tuning.fit_probability(&scores)).max(sigmoid(tuning.margin_slope * nearer)),
             }
         } else {
             Decision {
@@ -617,72 +621,22 @@ pub fn split_steps(text: &str) -> Vec<String> {
     steps
 }
 
-/// Actions outside what cells of a system do: commerce, messaging, media,
-/// devices, sessions, editing. A request naming one is penalised for every
-/// cell whose description and capabilities do not use the word, so a catalog that gains such
-/// a cell (an "email" cell) is matched normally. Verbs that are mere
-/// rephrasings of a cell's job ("shrink", "publish", "open") are not here.
-pub const FOREIGN_ACTIONS: &[&str] = &[
-    "buy",
-    "purchase",
-    "sell",
-    "order",
-    "book",
-    "reserve",
-    "pay",
-    "rent",
-    "delete",
-    "erase",
-    "wipe",
-    "shred",
-    "format",
-    "partition",
-    "translate",
-    "email",
-    "send",
-    "post",
-    "tweet",
-    "call",
-    "phone",
-    "dial",
-    "play",
-    "sing",
-    "draw",
-    "paint",
-    "write",
-    "compose",
-    "cook",
-    "bake",
-    "remind",
-    "wake",
-    "mute",
-    "unmute",
-    "print",
-    "login",
-    "register",
-    "subscribe",
-    "upload",
-    "uninstall",
-    "rename",
-    "edit",
-    "encrypt",
-    "decrypt",
-    "restart",
-    "reboot",
-    "shutdown",
-    "suspend",
-    "hibernate",
-    "lock",
-    "unlock",
-    "mount",
-    "unmount",
-    "eject",
-    "burn",
-    "record",
-    "stream",
-    "recommend",
-    "summarize",
-];
+/// The reject class: requests no cell of a system catalog serves, by kind
+/// (talk, general knowledge, messaging, media, desktop, devices, accounts,
+/// software, harmful asks), one phrase per line. A data file rather than a
+/// word list: each phrase is embedded, so a request is refused for being
+/// *like* one of them, in any words.
+pub const OUT_OF_SCOPE: &str = include_str!("../data/out-of-scope.txt");
+
+/// The phrases of [`OUT_OF_SCOPE`].
+pub fn out_of_scope() -> Vec<String> {
+    OUT_OF_SCOPE
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect()
+}
 
 /// IDF given to words no cell uses.
 const MAX_IDF: f32 = 3.0;

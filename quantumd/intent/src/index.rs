@@ -73,11 +73,37 @@ pub fn build(encoder: &Encoder, catalog: &Catalog, cache_dir: Option<&Path>) -> 
     Ok((out, stats))
 }
 
+/// Embeds `texts` (a list that is not a manifest: the reject class), read
+/// from and written to `cache_dir` like a cell's phrases.
+pub fn embed_texts(encoder: &Encoder, texts: &[String], cache_dir: Option<&Path>) -> Result<Vec<Vec<f32>>, Error> {
+    let file = cache_dir
+        .filter(|d| std::fs::create_dir_all(d).is_ok())
+        .map(|d| cache_path(d, encoder, texts.join("\n").as_bytes()));
+    if let Some(vectors) = file.as_deref().and_then(|f| read_cache(f, texts.len())) {
+        return Ok(vectors);
+    }
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let mut vectors = Vec::with_capacity(texts.len());
+    // In batches of a few dozen: one batch pads every text to the longest.
+    for chunk in refs.chunks(32) {
+        vectors.extend(encoder.embed_batch(chunk)?);
+    }
+    if let Some(f) = file {
+        // A cache that cannot be written only costs the next start time.
+        let _ = write_cache(&f, &vectors);
+    }
+    Ok(vectors)
+}
+
 fn cache_file(dir: &Path, encoder: &Encoder, cell: &CatalogCell) -> PathBuf {
+    cache_path(dir, encoder, cell.source.as_bytes())
+}
+
+fn cache_path(dir: &Path, encoder: &Encoder, source: &[u8]) -> PathBuf {
     let mut h = blake3::Hasher::new();
     h.update(MAGIC);
     h.update(encoder.fingerprint());
-    h.update(cell.source.as_bytes());
+    h.update(source);
     dir.join(format!("{}.emb", h.finalize().to_hex()))
 }
 

@@ -69,7 +69,8 @@ fn small_catalog(dir: &Path) -> PathBuf {
 
 #[test]
 fn tuning_set_meets_the_floor() {
-    let cases = evaluation::read(&repo().join(evaluation::TUNING_SET)).unwrap_or_else(|e| panic!("{e}"));
+    let cases =
+        evaluation::read_all(&evaluation::TUNING_SETS.iter().map(|s| repo().join(s)).collect::<Vec<_>>()).unwrap_or_else(|e| panic!("{e}"));
     assert!(cases.len() >= 120, "the tuning set has {} cases, fewer than 120", cases.len());
 
     let engine = engine();

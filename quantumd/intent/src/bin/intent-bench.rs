@@ -4,7 +4,7 @@
 //! refusal rate on the held-out set (aggregates only: its misses are never
 //! printed), time per intent (p50/p95) and model load time.
 //!
-//!     intent-bench [--catalog DIR] [--set FILE] [--heldout FILE|none] [--folds K] [--threads N] [--rounds N]
+//!     intent-bench [--catalog DIR] [--set FILE]... [--heldout FILE|none] [--folds K] [--threads N] [--rounds N]
 //!
 //! Build it with `--release`; `make bench` runs it.
 
@@ -16,7 +16,8 @@ use quantum_intent::{Catalog, Config, Encoder, Engine};
 
 struct Args {
     catalog: PathBuf,
-    set: PathBuf,
+    /// The tuning data: every `--set`, or [`evaluation::TUNING_SETS`].
+    sets: Vec<PathBuf>,
     /// `None`: `--heldout none`, while tuning.
     heldout: Option<PathBuf>,
     folds: usize,
@@ -24,13 +25,13 @@ struct Args {
     rounds: usize,
 }
 
-const USAGE: &str = "intent-bench [--catalog DIR] [--set FILE] [--heldout FILE|none] [--folds K] [--threads N] [--rounds N]";
+const USAGE: &str = "intent-bench [--catalog DIR] [--set FILE]... [--heldout FILE|none] [--folds K] [--threads N] [--rounds N]";
 
 fn parse_args() -> Result<Args, String> {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let mut args = Args {
         catalog: repo.join("packaging/cells"),
-        set: repo.join(evaluation::TUNING_SET),
+        sets: Vec::new(),
         heldout: Some(repo.join(evaluation::HELDOUT_SET)),
         folds: 5,
         threads: 1,
@@ -41,7 +42,7 @@ fn parse_args() -> Result<Args, String> {
         let mut value = || it.next().ok_or_else(|| format!("{a} needs a value"));
         match a.as_str() {
             "--catalog" => args.catalog = PathBuf::from(value()?),
-            "--set" => args.set = PathBuf::from(value()?),
+            "--set" => args.sets.push(PathBuf::from(value()?)),
             "--heldout" => {
                 args.heldout = Some(PathBuf::from(value()?)).filter(|p| p.as_os_str() != "none");
             }
@@ -54,6 +55,9 @@ fn parse_args() -> Result<Args, String> {
             }
             other => return Err(format!("unknown argument {other}")),
         }
+    }
+    if args.sets.is_empty() {
+        args.sets = evaluation::TUNING_SETS.iter().map(|s| repo.join(s)).collect();
     }
     Ok(args)
 }
@@ -118,7 +122,7 @@ fn main() {
     drop(warm_engine);
     let _ = std::fs::remove_dir_all(&cache);
 
-    let cases = evaluation::read(&args.set).unwrap_or_else(|e| fail(&e));
+    let cases = evaluation::read_all(&args.sets).unwrap_or_else(|e| fail(&e));
 
     let mut summary = evaluation::Summary::default();
     let mut times = Vec::new();
@@ -168,7 +172,8 @@ fn main() {
         ms(percentile(&times, 0.95)),
         ms(*times.last().unwrap_or(&Duration::ZERO))
     );
-    println!("  tuning set        {} (a training score: tuned on it)", args.set.display());
+    let sets: Vec<String> = args.sets.iter().map(|p| p.display().to_string()).collect();
+    println!("  tuning data       {} (a training score: tuned on it)", sets.join(" + "));
     println!("    accuracy        {summary}");
     println!(
         "  {}-fold CV         mean accuracy {:.1}% on the held fold ({:.1}% on the folds it was tuned on), refused {:.1}%; {} tunings tried, {}",

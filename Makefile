@@ -14,8 +14,12 @@
 #   make test-deb-vm  apt install / run / purge them on a plain bookworm guest
 #   make test-iso     the live ISO: BIOS and UEFI boots with a TPM, the catalog
 #                     on the live system, quantumos-install to a disk, its boot
+#   make test-kernel-vm  the test image on the QuantumOS kernel (kernel/) with
+#                     the steppps module (kmod/); not in `make test` (see
+#                     kernel/README.md)
 #
-# Other targets: deps, rootfs, image, deb, iso, iso-check, vm-run, demo, lint, fmt.
+# Other targets: deps, rootfs, image, deb, iso, iso-check, vm-run, demo, lint, fmt,
+# kernel, kmod, test-kmod.
 
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never

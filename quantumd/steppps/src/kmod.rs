@@ -40,9 +40,10 @@ pub enum KmodError {
         /// The device.
         path: PathBuf,
     },
-    /// The device exists but may not be opened here, e.g. a service's
-    /// device policy does not allow it.
-    #[error("{path} may not be opened here")]
+    /// The device exists but may not be opened here: a service's device
+    /// policy does not allow it (quantumd.service without the steppps
+    /// drop-in), or allowed the device of a module unloaded since.
+    #[error("{path} may not be opened here (a device policy without it, or its module was unloaded since this service started)")]
     Denied {
         /// The device.
         path: PathBuf,

@@ -84,6 +84,34 @@ def start_systemd_run():
     return t0, unit
 
 
+# Every sandbox setting quantumd gives a cell (runtime/systemd.rs
+# unit_properties) and its Type=exec: the same work for systemd, so a ratio
+# against it is quantumd's own cost. Each namespace systemd sets up costs
+# milliseconds, and PrivateDevices= a BPF device program per unit.
+FULL_SANDBOX = [
+    "-p", "Type=exec", "-p", "CPUQuota=100%", "-p", "ProtectHome=yes", "-p", "PrivateTmp=yes",
+    "-p", "PrivateDevices=yes", "-p", "ProtectKernelTunables=yes",
+    "-p", "ProtectKernelModules=yes", "-p", "ProtectKernelLogs=yes",
+    "-p", "ProtectControlGroups=yes", "-p", "ProtectClock=yes",
+    "-p", "RestrictSUIDSGID=yes", "-p", "RestrictRealtime=yes",
+    "-p", "LockPersonality=yes", "-p", "NoNewPrivileges=yes",
+    "-p", "InaccessiblePaths=-/var/lib/quantumd",
+]
+
+
+def start_systemd_run_full():
+    counter[0] += 1
+    unit = f"bench-plain-{os.getpid()}-{counter[0]}.service"
+    t0 = now_usec()
+    subprocess.run(
+        ["systemd-run", "--quiet", "--unit", unit, "--slice", "quantum.slice",
+         "-p", "MemoryMax=16M", "-p", "TasksMax=4", "-p", "DynamicUser=yes",
+         "-p", "PrivateNetwork=yes", "-p", "ProtectSystem=strict", *FULL_SANDBOX, "--", *COMMAND],
+        check=True,
+    )
+    return t0, unit
+
+
 def latency(start):
     t0, unit = start()
     started = 0
@@ -111,16 +139,16 @@ def pct(values, p):
     return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
 
 
-quantum, plain = [], []
+quantum, plain, full = [], [], []
 for i in range(N):
-    for kind in (("q", "p") if i % 2 == 0 else ("p", "q")):
+    for kind in (("q", "p", "f") if i % 2 == 0 else ("f", "p", "q")):
         if kind == "q":
             unit, us = latency(start_quantum)
             quantum.append(us)
             subprocess.run(["quantumctl", "stop", unit.removeprefix("quantum-").removesuffix(".service")], capture_output=True)
         else:
-            unit, us = latency(start_systemd_run)
-            plain.append(us)
+            unit, us = latency(start_systemd_run if kind == "p" else start_systemd_run_full)
+            (plain if kind == "p" else full).append(us)
             subprocess.run(["systemctl", "stop", unit], capture_output=True)
 
 
@@ -141,18 +169,8 @@ FOREGROUND_P = ["systemd-run", "--quiet", "--pipe", "--wait", "--slice", "quantu
                 "-p", "MemoryMax=16M", "-p", "TasksMax=4", "-p", "DynamicUser=yes",
                 "-p", "PrivateNetwork=yes", "-p", "ProtectSystem=strict",
                 "--", "/bin/echo", "hello from a cell"]
-# ... and with every sandbox setting quantumd gives a cell (runtime/systemd.rs
-# unit_properties): the same work for systemd, so the ratio is quantumd's
-# own cost. Each namespace systemd sets up costs milliseconds.
-FOREGROUND_P_FULL = FOREGROUND_P[:-3] + [
-    "-p", "CPUQuota=100%", "-p", "ProtectHome=yes", "-p", "PrivateTmp=yes",
-    "-p", "PrivateDevices=yes", "-p", "ProtectKernelTunables=yes",
-    "-p", "ProtectKernelModules=yes", "-p", "ProtectKernelLogs=yes",
-    "-p", "ProtectControlGroups=yes", "-p", "ProtectClock=yes",
-    "-p", "RestrictSUIDSGID=yes", "-p", "RestrictRealtime=yes",
-    "-p", "LockPersonality=yes", "-p", "NoNewPrivileges=yes",
-    "-p", "InaccessiblePaths=-/var/lib/quantumd",
-    "--", "/bin/echo", "hello from a cell"]
+# ... and with every sandbox setting quantumd gives a cell.
+FOREGROUND_P_FULL = FOREGROUND_P[:-3] + FULL_SANDBOX + ["--", "/bin/echo", "hello from a cell"]
 fg_quantum, fg_plain, fg_full = [], [], []
 for i in range(N):
     order = ("q", "p", "f") if i % 2 == 0 else ("f", "p", "q")
@@ -179,6 +197,8 @@ running = int(subprocess.run(
 stop_all()
 burst_p = burst(start_systemd_run)
 stop_all()
+burst_f = burst(start_systemd_run_full)
+stop_all()
 
 result = {
     "starts": N,
@@ -188,6 +208,10 @@ result = {
     "systemd_run_p95_ms": pct(plain, 95) / 1000,
     "ratio_p50": pct(quantum, 50) / max(1, pct(plain, 50)),
     "ratio_p95": pct(quantum, 95) / max(1, pct(plain, 95)),
+    "systemd_run_full_p50_ms": pct(full, 50) / 1000,
+    "systemd_run_full_p95_ms": pct(full, 95) / 1000,
+    "ratio_full_p50": pct(quantum, 50) / max(1, pct(full, 50)),
+    "ratio_full_p95": pct(quantum, 95) / max(1, pct(full, 95)),
     "foreground_p50_ms": pct(fg_quantum, 50) / 1000,
     "foreground_p95_ms": pct(fg_quantum, 95) / 1000,
     "pipe_wait_p50_ms": pct(fg_plain, 50) / 1000,
@@ -205,5 +229,8 @@ result = {
     "quantumctl_starts_per_s": CONCURRENT / burst_q,
     "systemd_run_starts_per_s": CONCURRENT / burst_p,
     "ratio_burst_time": burst_q / burst_p,
+    "systemd_run_full_burst_s": burst_f,
+    "systemd_run_full_starts_per_s": CONCURRENT / burst_f,
+    "ratio_burst_full_time": burst_q / burst_f,
 }
 print(json.dumps(result))

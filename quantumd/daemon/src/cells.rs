@@ -24,6 +24,7 @@ use crate::catalog::{Catalog, Resolved};
 use crate::command::{Command, CommandError, LogTarget, Reply, RunRequest};
 use crate::config::Config;
 use crate::identity::Identity;
+use crate::start_profile::StartProfile;
 use crate::runtime::spec::{family_slice, instance_of_unit};
 use crate::runtime::{Exit, Limits, Runtime, Sandbox, SliceSpec, UnitEvent, UnitSpec};
 use crate::steppps::Steppps;
@@ -69,6 +70,7 @@ pub struct PendingRun {
     attached: bool,
     /// A service's `reach`, with this run's parameters.
     reach: String,
+    profile: StartProfile,
 }
 
 /// A run whose source is a bundle, back from verification.
@@ -198,6 +200,46 @@ fn entry_for(actor: &str, action: &Action, r: &Record) -> quantum_trail::NewEntr
 fn record_to(trail: &Result<Recorder, String>, entry: quantum_trail::NewEntry) {
     if let Ok(trail) = trail {
         trail.record(entry);
+    }
+}
+
+/// An instance's identity document being signed on a blocking thread.
+///
+/// In `$QUANTUM_IDENTITY`, not a systemd credential (SetCredential=): in
+/// systemd 252 each unit's credentials are a mount in the host's namespace,
+/// and PID 1 rereads the mount table on every mount, so 256 cells took over
+/// 600 s to start instead of 150 s under TCG. Signed by the start task, not
+/// the main loop, so that concurrent runs do not queue behind each other's
+/// signatures; every start (a restart too) gets a fresh document.
+struct Signing {
+    instance: String,
+    task: Option<tokio::task::JoinHandle<Result<String, quantum_trust::IdentityError>>>,
+}
+
+impl Signing {
+    fn begin(identity: Option<Identity>, r: &Record) -> Signing {
+        let hash = r.manifest_blake3.as_deref().and_then(|h| blake3::Hash::from_hex(h).ok());
+        let task = identity.zip(hash).map(|(identity, hash)| {
+            let (cell, instance) = (r.cell.clone(), r.instance.clone());
+            tokio::task::spawn_blocking(move || identity.document(&cell, &hash, &instance))
+        });
+        Signing {
+            instance: r.instance.clone(),
+            task,
+        }
+    }
+
+    /// Puts the document in `spec`'s environment; without one the cell
+    /// still starts (and says nothing of who it is), as before.
+    async fn finish(self, spec: &mut UnitSpec) {
+        let Some(task) = self.task else { return };
+        match task.await {
+            Ok(Ok(doc)) => {
+                spec.env.insert(IDENTITY_ENV.to_owned(), doc);
+            }
+            Ok(Err(e)) => tracing::warn!(instance = self.instance, error = %e, "no identity document for the cell"),
+            Err(e) => tracing::warn!(instance = self.instance, error = %e, "no identity document for the cell: the signer failed"),
+        }
     }
 }
 
@@ -403,7 +445,8 @@ impl Cells {
 
     async fn command(&mut self, c: Command) {
         match c {
-            Command::Run(request) => {
+            Command::Run(mut request) => {
+                request.profile.mark("queue");
                 if let Err(why) = &self.trail {
                     let e = CommandError::Refused(format!(
                         "quantumd runs nothing it cannot record, and its trail is unusable: {why}; see `quantumctl trail verify`"
@@ -530,6 +573,7 @@ impl Cells {
             cwd,
             stdio,
             reply,
+            mut profile,
         } = request;
         let (actor, cwd) = (actor.as_str(), cwd.as_str());
         let result = self.catalog.resolve(&source).map_err(|e| match e {
@@ -543,6 +587,7 @@ impl Cells {
                 return Err(e);
             }
         };
+        profile.mark("resolve");
         let mut steps = Vec::new();
         let mut created = Vec::new();
         let slice = self.config.cell_slice.clone();
@@ -559,10 +604,12 @@ impl Cells {
             &mut Vec::new(),
         ) {
             Ok(root) => {
+                profile.mark("plan");
                 let mut pending = PendingRun {
                     reply,
                     attached: false,
                     reach: String::new(),
+                    profile,
                 };
                 if let Some(inst) = self.instances.get_mut(&root) {
                     let lifecycle = inst.manifest.as_ref().map(|m| &m.lifecycle);
@@ -786,22 +833,8 @@ impl Cells {
         for (k, v) in &r.params {
             env.insert(format!("QUANTUM_PARAM_{}", k.to_uppercase().replace('-', "_")), v.clone());
         }
-        // The cell's identity document, signed by the node, in
-        // $QUANTUM_IDENTITY. Not a systemd credential (SetCredential=): in
-        // systemd 252 each unit's credentials are a mount in the host's
-        // namespace, and PID 1 rereads the mount table on every mount, so
-        // 256 cells took over 600 s to start instead of 150 s under TCG.
-        if let (Some(identity), Some(hash)) = (
-            &self.identity,
-            r.manifest_blake3.as_deref().and_then(|h| blake3::Hash::from_hex(h).ok()),
-        ) {
-            match identity.document(&r.cell, &hash, &r.instance) {
-                Ok(doc) => {
-                    env.insert(IDENTITY_ENV.to_owned(), doc);
-                }
-                Err(e) => tracing::warn!(instance = r.instance, error = %e, "no identity document for the cell"),
-            }
-        }
+        // The identity document is signed by the start task (`Signing`), off
+        // the main loop.
         Ok(UnitSpec {
             instance: r.instance.clone(),
             cell: r.cell.clone(),
@@ -823,11 +856,13 @@ impl Cells {
         })
     }
 
-    fn spawn_plan(&self, root: String, ids: Vec<String>, steps: Vec<Step>, reply: PendingRun) {
+    fn spawn_plan(&self, root: String, ids: Vec<String>, steps: Vec<Step>, mut reply: PendingRun) {
+        let identity = self.identity.clone();
         let runtime = self.runtime.clone();
         let events = self.events.clone();
         let store = self.store.clone();
         tokio::spawn(async move {
+            reply.profile.mark("spawn");
             let mut done: Vec<StopStep> = Vec::new();
             let mut failed = None;
             for step in steps {
@@ -840,10 +875,17 @@ impl Cells {
                         }
                     },
                     Step::Unit(unit) => {
-                        let (record, spec) = *unit;
+                        let (record, mut spec) = *unit;
                         let id = record.instance.clone();
-                        let result = match save(&store, record).await {
-                            Ok(()) => runtime.start(&spec).await.map_err(|e| e.to_string()),
+                        // Signing (milliseconds of ML-DSA under TCG) runs on
+                        // another thread while the record is written.
+                        let signing = Signing::begin(identity.clone(), &record);
+                        let saved = save(&store, record).await;
+                        reply.profile.mark("record");
+                        signing.finish(&mut spec).await;
+                        reply.profile.mark("identity");
+                        let result = match saved {
+                            Ok(()) => runtime.start(&spec, &mut reply.profile).await.map_err(|e| e.to_string()),
                             Err(e) => Err(e),
                         };
                         let err = result.as_ref().err().cloned();
@@ -916,9 +958,16 @@ impl Cells {
     }
 
     async fn plan_done(&mut self, root: String, ids: Vec<String>, failed: Option<String>, pending: PendingRun) {
-        let PendingRun { reply, attached, reach } = pending;
+        let PendingRun {
+            reply,
+            attached,
+            reach,
+            mut profile,
+        } = pending;
         match failed {
             None => {
+                profile.mark("done");
+                profile.log(&root);
                 let info = self.instances.get(&root).map(info_of).unwrap_or_else(|| {
                     // It already ended (a short job); report how.
                     self.ended
@@ -1177,12 +1226,14 @@ impl Cells {
             return;
         }
         inst.state = State::Starting;
-        let spec = inst.spec.clone();
+        let mut spec = inst.spec.clone();
+        let signing = Signing::begin(self.identity.clone(), &inst.record);
         let runtime = self.runtime.clone();
         let events = self.events.clone();
         let id = id.to_owned();
         tokio::spawn(async move {
-            let result = runtime.start(&spec).await;
+            signing.finish(&mut spec).await;
+            let result = runtime.start(&spec, &mut StartProfile::begin()).await;
             match result {
                 Ok(pid) => {
                     let _ = events.send(Event::Started {

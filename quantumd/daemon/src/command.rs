@@ -20,6 +20,8 @@ pub struct RunRequest {
     /// The caller's stdin, stdout and stderr for an attached run.
     pub stdio: Option<crate::runtime::Stdio>,
     pub reply: Reply<Started>,
+    /// Where this start's time goes (logged once it has started).
+    pub profile: crate::start_profile::StartProfile,
 }
 
 #[derive(Debug)]

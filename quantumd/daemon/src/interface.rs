@@ -59,14 +59,16 @@ impl Quantum1 {
     async fn start(
         &self,
         header: &Header<'_>,
-        conn: &zbus::Connection,
         source: String,
         params: HashMap<String, String>,
         cwd: String,
         stdio: Option<crate::runtime::Stdio>,
     ) -> Result<Started, Error> {
+        let mut profile = crate::start_profile::StartProfile::begin();
         self.authorize(header).await?;
-        let actor = actor(conn, header).await;
+        profile.mark("authorize");
+        let actor = actor(&self.authorizer, header).await;
+        profile.mark("caller");
         self.call(|reply| {
             Command::Run(RunRequest {
                 actor,
@@ -75,6 +77,7 @@ impl Quantum1 {
                 cwd,
                 stdio,
                 reply,
+                profile,
             })
         })
         .await
@@ -85,13 +88,12 @@ impl Quantum1 {
     async fn execute_plan(
         &self,
         header: &Header<'_>,
-        conn: &zbus::Connection,
         plan_id: String,
         cwd: String,
         stdio: Option<crate::runtime::Stdio>,
     ) -> Result<Vec<Started>, Error> {
         self.authorize(header).await?;
-        let actor = actor(conn, header).await;
+        let actor = actor(&self.authorizer, header).await;
         let plan = match self.planner.take(&plan_id, &sender(header)) {
             Ok(plan) => plan,
             Err(e) => {
@@ -116,6 +118,7 @@ impl Quantum1 {
                         cwd: cwd.clone(),
                         stdio: stdio.clone(),
                         reply,
+                        profile: crate::start_profile::StartProfile::begin(),
                     })
                 })
                 .await;
@@ -148,12 +151,11 @@ impl Quantum1 {
     async fn run(
         &self,
         #[zbus(header)] header: Header<'_>,
-        #[zbus(connection)] conn: &zbus::Connection,
         source: String,
         params: HashMap<String, String>,
         cwd: String,
     ) -> Result<CellInfo, Error> {
-        self.start(&header, conn, source, params, cwd, None)
+        self.start(&header, source, params, cwd, None)
             .await
             .map(|started| started.info)
     }
@@ -162,7 +164,6 @@ impl Quantum1 {
     async fn run_attached(
         &self,
         #[zbus(header)] header: Header<'_>,
-        #[zbus(connection)] conn: &zbus::Connection,
         source: String,
         params: HashMap<String, String>,
         cwd: String,
@@ -171,14 +172,13 @@ impl Quantum1 {
         stderr: zbus::zvariant::OwnedFd,
     ) -> Result<Started, Error> {
         let stdio = crate::runtime::Stdio::new(stdin.into(), stdout.into(), stderr.into());
-        self.start(&header, conn, source, params, cwd, Some(stdio)).await
+        self.start(&header, source, params, cwd, Some(stdio)).await
     }
 
     #[allow(clippy::too_many_arguments)]
     async fn logs(
         &self,
         #[zbus(header)] header: Header<'_>,
-        #[zbus(connection)] conn: &zbus::Connection,
         target: String,
         lines: u32,
         since_usec: u64,
@@ -196,7 +196,7 @@ impl Quantum1 {
         let targets = self.call(|reply| Command::LogTargets { target, reply }).await?;
         // Your own cells' output is yours to read; anyone else's needs
         // what managing cells needs.
-        let caller = actor(conn, &header).await;
+        let caller = actor(&self.authorizer, &header).await;
         if !targets.iter().all(|t| t.actor == caller) {
             self.authorize(&header).await?;
         }
@@ -261,7 +261,6 @@ impl Quantum1 {
     async fn cell_state(
         &self,
         #[zbus(header)] header: Header<'_>,
-        #[zbus(connection)] conn: &zbus::Connection,
         cell: String,
         op: String,
         name: String,
@@ -279,18 +278,17 @@ impl Quantum1 {
             }
         };
         self.authorize(&header).await?;
-        let actor = actor(conn, &header).await;
+        let actor = actor(&self.authorizer, &header).await;
         self.call(|reply| Command::CellState { actor, cell, op, reply }).await
     }
 
     async fn stop(
         &self,
         #[zbus(header)] header: Header<'_>,
-        #[zbus(connection)] conn: &zbus::Connection,
         target: String,
     ) -> Result<Vec<String>, Error> {
         self.authorize(&header).await?;
-        let actor = actor(conn, &header).await;
+        let actor = actor(&self.authorizer, &header).await;
         self.call(|reply| Command::Stop { actor, target, reply }).await
     }
 
@@ -305,10 +303,9 @@ impl Quantum1 {
     async fn ask(
         &self,
         #[zbus(header)] header: Header<'_>,
-        #[zbus(connection)] conn: &zbus::Connection,
         intent: String,
     ) -> Result<String, Error> {
-        let actor = actor(conn, &header).await;
+        let actor = actor(&self.authorizer, &header).await;
         let (plan, id) = self.planner.ask(intent, &sender(&header)).await?;
         let cells: Vec<&str> = plan.cell_names();
         let mut e = trail::entry(&actor, &Action::PLAN).detail(format!(
@@ -331,11 +328,10 @@ impl Quantum1 {
     async fn execute(
         &self,
         #[zbus(header)] header: Header<'_>,
-        #[zbus(connection)] conn: &zbus::Connection,
         plan_id: String,
         cwd: String,
     ) -> Result<Vec<CellInfo>, Error> {
-        let started = self.execute_plan(&header, conn, plan_id, cwd, None).await?;
+        let started = self.execute_plan(&header, plan_id, cwd, None).await?;
         Ok(started.into_iter().map(|s| s.info).collect())
     }
 
@@ -343,7 +339,6 @@ impl Quantum1 {
     async fn execute_attached(
         &self,
         #[zbus(header)] header: Header<'_>,
-        #[zbus(connection)] conn: &zbus::Connection,
         plan_id: String,
         cwd: String,
         stdin: zbus::zvariant::OwnedFd,
@@ -351,7 +346,7 @@ impl Quantum1 {
         stderr: zbus::zvariant::OwnedFd,
     ) -> Result<Vec<Started>, Error> {
         let stdio = crate::runtime::Stdio::new(stdin.into(), stdout.into(), stderr.into());
-        self.execute_plan(&header, conn, plan_id, cwd, Some(stdio)).await
+        self.execute_plan(&header, plan_id, cwd, Some(stdio)).await
     }
 
     async fn steppps(&self, cell: String) -> Result<String, Error> {
@@ -444,16 +439,12 @@ fn sender(header: &Header<'_>) -> String {
 
 /// Who is calling, for the trail: `uid:N` as the bus daemon vouches, else
 /// the unique bus name.
-async fn actor(conn: &zbus::Connection, header: &Header<'_>) -> String {
+/// `uid:N` of the caller, or its bus name when the bus cannot say.
+async fn actor(authorizer: &Authorizer, header: &Header<'_>) -> String {
     let name = sender(header);
-    let uid = async {
-        let dbus = zbus::fdo::DBusProxy::new(conn).await.ok()?;
-        let bus_name = zbus::names::BusName::try_from(name.as_str()).ok()?;
-        dbus.get_connection_unix_user(bus_name).await.ok()
-    };
-    match uid.await {
-        Some(uid) => format!("uid:{uid}"),
-        None => name,
+    match authorizer.uid(&name).await {
+        Ok(uid) => format!("uid:{uid}"),
+        Err(_) => name,
     }
 }
 

@@ -15,6 +15,7 @@ mod metrics;
 mod planner;
 mod polkit;
 mod runtime;
+mod start_profile;
 mod steppps;
 mod store;
 mod trail;

@@ -16,7 +16,7 @@ use crate::config::{BackendChoice, Config};
 use crate::identity::Identity;
 use crate::interface::Quantum1;
 use crate::planner::Planner;
-use crate::polkit::Authorizer;
+use crate::polkit::{Authorizer, Mode as AccessMode};
 use crate::runtime::{cgroup::CgroupRuntime, systemd::SystemdRuntime, Runtime, UnitEvent};
 use crate::steppps::Steppps;
 use crate::store::Store;
@@ -156,12 +156,13 @@ pub async fn serve(config: Config, bus_address: Option<String>) -> anyhow::Resul
         None => zbus::connection::Builder::system().context("system bus")?,
     };
     let conn = builder.build().await.context("connecting to the bus")?;
-    let authorizer = if private {
+    let mode = if private {
         tracing::warn!("private bus: access is governed by the bus alone, not polkit");
-        Authorizer::BusOnly
+        AccessMode::BusOnly
     } else {
-        Authorizer::Polkit(conn.clone())
+        AccessMode::Polkit
     };
+    let authorizer = Authorizer::new(mode, conn.clone());
     conn.object_server()
         .at(
             quantum_bus::OBJECT_PATH,

@@ -14,6 +14,7 @@ pub use spec::{unit_name, Limits, Sandbox, SliceSpec, Stdio, UnitSpec};
 use tokio::sync::mpsc;
 
 use crate::cell_state::{Op, Report};
+use crate::start_profile::StartProfile;
 use quantum_model::UserMode;
 
 /// How a unit's main process ended.
@@ -144,13 +145,19 @@ impl Runtime {
 
     /// Starts the unit and returns its main PID once the program runs; a
     /// stateful cell's state is made first when it is missing.
-    pub async fn start(&self, spec: &UnitSpec) -> Result<u32, RuntimeError> {
+    /// Starts the unit; `profile` gets the backend's stages.
+    pub async fn start(&self, spec: &UnitSpec, profile: &mut StartProfile) -> Result<u32, RuntimeError> {
         if spec.state {
             self.cell_state(&spec.cell, spec.sandbox.user, &Op::Prepare).await?;
+            profile.mark("cell-state");
         }
         match self {
-            Runtime::Systemd(r) => r.start(spec).await,
-            Runtime::Cgroup(r) => r.start(spec),
+            Runtime::Systemd(r) => r.start(spec, profile).await,
+            Runtime::Cgroup(r) => {
+                let pid = r.start(spec);
+                profile.mark("spawn-cell");
+                pid
+            }
         }
     }
 

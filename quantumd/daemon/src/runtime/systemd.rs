@@ -14,6 +14,7 @@ use zbus::zvariant::{OwnedObjectPath, OwnedValue, Value};
 use super::spec::{Limits, SliceSpec, UnitSpec};
 use super::{EventSender, Exit, LiveUnit, RuntimeError, UnitEvent};
 use crate::cell_state::{Op, Report};
+use crate::start_profile::StartProfile;
 use quantum_model::{Network, UserMode};
 
 /// Where systemd keeps a cell's StateDirectory=quantum-cells/CELL/current:
@@ -373,21 +374,22 @@ impl SystemdRuntime {
         }
     }
 
-    pub async fn start(&self, spec: &UnitSpec) -> Result<u32, RuntimeError> {
+    pub async fn start(&self, spec: &UnitSpec, profile: &mut StartProfile) -> Result<u32, RuntimeError> {
         let done = Arc::new(tokio::sync::Notify::new());
         self.shared
             .starting
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(spec.unit.clone(), done.clone());
-        let result = self.start_unit(spec).await;
+        let result = self.start_unit(spec, profile).await;
         self.shared.starting.lock().unwrap_or_else(|e| e.into_inner()).remove(&spec.unit);
         done.notify_waiters();
         result
     }
 
-    async fn start_unit(&self, spec: &UnitSpec) -> Result<u32, RuntimeError> {
+    async fn start_unit(&self, spec: &UnitSpec, profile: &mut StartProfile) -> Result<u32, RuntimeError> {
         let props = unit_properties(spec);
+        profile.mark("unit-properties");
         let path = unit_path(&spec.unit);
         self.shared
             .watched
@@ -395,7 +397,10 @@ impl SystemdRuntime {
             .unwrap_or_else(|e| e.into_inner())
             .insert(path.clone(), (spec.unit.clone(), ServiceFacts::default()));
         let job = match self.manager.start_transient_unit(&spec.unit, "fail", &props, &[]).await {
-            Ok(job) => job,
+            Ok(job) => {
+                profile.mark("start-transient-unit");
+                job
+            }
             Err(e) => {
                 self.shared.watched.lock().unwrap_or_else(|e| e.into_inner()).remove(&path);
                 return Err(RuntimeError::Systemd {
@@ -404,8 +409,14 @@ impl SystemdRuntime {
                 });
             }
         };
-        match self.wait_job(&job).await.as_str() {
-            "done" => Ok(self.main_pid(&spec.unit).await),
+        let result = self.wait_job(&job).await;
+        profile.mark("job");
+        match result.as_str() {
+            "done" => {
+                let pid = self.main_pid(&spec.unit).await;
+                profile.mark("main-pid");
+                Ok(pid)
+            }
             other => {
                 self.shared.watched.lock().unwrap_or_else(|e| e.into_inner()).remove(&path);
                 let _ = self.manager.reset_failed_unit(&spec.unit).await;

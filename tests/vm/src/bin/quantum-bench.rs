@@ -26,7 +26,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use quantum_vmtest::{Backend, BootConfig, Firmware, Guest, Image, IsoImage, DEFAULT_VARIANT, GUEST_SHARE};
 
-const USAGE: &str = "usage: quantum-bench [--backend nspawn|qemu] [--starts N] [--concurrent N] [--boots N]\n       quantum-bench --iso DIR --baseline-iso DIR [--boots N]";
+const USAGE: &str = "usage: quantum-bench [--backend nspawn|qemu] [--starts N] [--concurrent N] [--boots N] [--profile N]\n       quantum-bench --iso DIR --baseline-iso DIR [--boots N]";
 
 fn main() -> ExitCode {
     match run() {
@@ -43,6 +43,8 @@ struct Args {
     starts: u32,
     concurrent: u32,
     boots: u32,
+    /// Sequential starts to split into stages (0: none).
+    profile: u32,
     /// The directories of two built ISOs (their iso.env): QuantumOS's and
     /// the baseline without it.
     iso: Option<PathBuf>,
@@ -55,6 +57,7 @@ fn parse_args() -> Result<Option<Args>> {
         starts: 100,
         concurrent: 256,
         boots: 2,
+        profile: 0,
         iso: None,
         baseline_iso: None,
     };
@@ -69,6 +72,7 @@ fn parse_args() -> Result<Option<Args>> {
             "--starts" => a.starts = number("--starts")?,
             "--concurrent" => a.concurrent = number("--concurrent")?,
             "--boots" => a.boots = number("--boots")?,
+            "--profile" => a.profile = number("--profile")?,
             "--iso" => a.iso = Some(args.next().context("--iso needs a directory")?.into()),
             "--baseline-iso" => a.baseline_iso = Some(args.next().context("--baseline-iso needs a directory")?.into()),
             "-h" | "--help" => {
@@ -89,6 +93,9 @@ fn run() -> Result<()> {
         _ => bail!("--iso and --baseline-iso go together\n{USAGE}"),
     }
     let image = Image::locate(DEFAULT_VARIANT)?.context("no image: run `make image` first")?;
+    if args.profile > 0 {
+        start_profile(&image, args.backend, args.profile)?;
+    }
     if args.starts > 0 {
         cell_start(&image, &args)?;
     }
@@ -128,7 +135,14 @@ fn cell_start(image: &Image, args: &Args) -> Result<()> {
         f("systemd_run_p95_ms")
     );
     println!(
-        "  ratio quantumctl/systemd-run: p50 {:.2}x  p95 {:.2}x",
+        "  systemd-run, quantumd's whole sandbox and Type=exec  p50 {:7.1} ms  p95 {:7.1} ms",
+        f("systemd_run_full_p50_ms"),
+        f("systemd_run_full_p95_ms")
+    );
+    println!(
+        "  ratio vs the same sandbox: p50 {:.2}x  p95 {:.2}x; vs the plain one: p50 {:.2}x  p95 {:.2}x",
+        f("ratio_full_p50"),
+        f("ratio_full_p95"),
         f("ratio_p50"),
         f("ratio_p95")
     );
@@ -164,6 +178,34 @@ fn cell_start(image: &Image, args: &Args) -> Result<()> {
         f("systemd_run_starts_per_s"),
         f("ratio_burst_time")
     );
+    println!(
+        "  the same sandbox: systemd-run {:.1} s ({:.0}/s); ratio {:.2}x",
+        f("systemd_run_full_burst_s"),
+        f("systemd_run_full_starts_per_s"),
+        f("ratio_burst_full_time")
+    );
+    Ok(())
+}
+
+/// Where a start's time goes: bench/guest/start-profile.py in a fresh guest.
+fn start_profile(image: &Image, backend: Backend, starts: u32) -> Result<()> {
+    eprintln!("booting the {DEFAULT_VARIANT} image ({backend}) for the start profile ...");
+    let guest = Guest::boot(image, backend)?;
+    guest.wait_ready()?;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../bench/guest/start-profile.py");
+    std::fs::copy(script, guest.share().join("start-profile.py")).context("copying the profile script into the share")?;
+    guest.run_ok("systemctl is-active --wait quantumd.service || true")?;
+    let out = guest.run_with_timeout(&format!("python3 {GUEST_SHARE}/start-profile.py {starts}"), Duration::from_secs(1800))?;
+    if !out.success() {
+        bail!("the start profile failed in the guest: {out}");
+    }
+    let r: serde_json::Value = serde_json::from_str(out.stdout.trim()).context("start profile output")?;
+    let stages = r["median_us"].as_array().context("start profile: no median_us")?;
+    println!("start path ({backend}, median of {starts} sequential `quantumctl run`s, microseconds):");
+    for pair in stages {
+        let stage = pair[0].as_str().unwrap_or("?");
+        println!("  {stage:<50} {:>9.0}", pair[1].as_f64().unwrap_or(f64::NAN));
+    }
     Ok(())
 }
 

@@ -155,9 +155,7 @@ impl Quantum1 {
         params: HashMap<String, String>,
         cwd: String,
     ) -> Result<CellInfo, Error> {
-        self.start(&header, source, params, cwd, None)
-            .await
-            .map(|started| started.info)
+        self.start(&header, source, params, cwd, None).await.map(|started| started.info)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -282,11 +280,7 @@ impl Quantum1 {
         self.call(|reply| Command::CellState { actor, cell, op, reply }).await
     }
 
-    async fn stop(
-        &self,
-        #[zbus(header)] header: Header<'_>,
-        target: String,
-    ) -> Result<Vec<String>, Error> {
+    async fn stop(&self, #[zbus(header)] header: Header<'_>, target: String) -> Result<Vec<String>, Error> {
         self.authorize(&header).await?;
         let actor = actor(&self.authorizer, &header).await;
         self.call(|reply| Command::Stop { actor, target, reply }).await
@@ -300,11 +294,7 @@ impl Quantum1 {
         self.call(|reply| Command::Inspect { target, reply }).await
     }
 
-    async fn ask(
-        &self,
-        #[zbus(header)] header: Header<'_>,
-        intent: String,
-    ) -> Result<String, Error> {
+    async fn ask(&self, #[zbus(header)] header: Header<'_>, intent: String) -> Result<String, Error> {
         let actor = actor(&self.authorizer, &header).await;
         let (plan, id) = self.planner.ask(intent, &sender(&header)).await?;
         let cells: Vec<&str> = plan.cell_names();
@@ -325,12 +315,7 @@ impl Quantum1 {
         Ok(json.to_string())
     }
 
-    async fn execute(
-        &self,
-        #[zbus(header)] header: Header<'_>,
-        plan_id: String,
-        cwd: String,
-    ) -> Result<Vec<CellInfo>, Error> {
+    async fn execute(&self, #[zbus(header)] header: Header<'_>, plan_id: String, cwd: String) -> Result<Vec<CellInfo>, Error> {
         let started = self.execute_plan(&header, plan_id, cwd, None).await?;
         Ok(started.into_iter().map(|s| s.info).collect())
     }

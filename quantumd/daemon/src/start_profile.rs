@@ -75,7 +75,12 @@ mod tests {
         let text = p.render();
         let names: Vec<&str> = text.split(' ').map(|s| s.split('=').next().unwrap_or("")).collect();
         assert_eq!(names, ["authorize", "plan", "total"]);
-        let plan: u128 = text.split(' ').nth(1).and_then(|s| s.strip_prefix("plan=")).and_then(|n| n.parse().ok()).unwrap_or(0);
+        let plan: u128 = text
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.strip_prefix("plan="))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
         assert!(plan >= 2000, "{text}");
     }
 }

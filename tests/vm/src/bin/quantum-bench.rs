@@ -195,7 +195,10 @@ fn start_profile(image: &Image, backend: Backend, starts: u32) -> Result<()> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../bench/guest/start-profile.py");
     std::fs::copy(script, guest.share().join("start-profile.py")).context("copying the profile script into the share")?;
     guest.run_ok("systemctl is-active --wait quantumd.service || true")?;
-    let out = guest.run_with_timeout(&format!("python3 {GUEST_SHARE}/start-profile.py {starts}"), Duration::from_secs(1800))?;
+    let out = guest.run_with_timeout(
+        &format!("python3 {GUEST_SHARE}/start-profile.py {starts}"),
+        Duration::from_secs(1800),
+    )?;
     if !out.success() {
         bail!("the start profile failed in the guest: {out}");
     }

@@ -241,7 +241,7 @@ fn is_domain(s: &str) -> bool {
     let tld = labels[labels.len() - 1];
     labels
         .iter()
-        .all(|l| l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') && !l.starts_with('-'))
+        .all(|l| l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') && !l.starts_with('-'))
         && tld.len() >= 2
         && tld.chars().all(|c| c.is_ascii_alphabetic())
         && labels[0].chars().any(|c| c.is_ascii_alphanumeric())
@@ -450,6 +450,44 @@ pub fn scan(text: &str) -> (Vec<Token>, Vec<Candidate>) {
                 }
             }
         }
+        // "half an hour", "a quarter of an hour", "half-hour".
+        let fraction = match w {
+            "half" => Some(2),
+            "quarter" => Some(4),
+            _ => None,
+        };
+        if let Some(parts) = fraction {
+            let span = match (next, next2) {
+                ("an" | "a", unit) => time_unit(unit).map(|u| (u, 2)),
+                ("of", "an" | "a") => time_unit(lower.get(i + 3).copied().unwrap_or("")).map(|u| (u, 3)),
+                (unit, _) => time_unit(unit).filter(|_| !unit.ends_with('s')).map(|u| (u, 1)),
+            };
+            if let Some((unit, words)) = span {
+                push(Kind::Duration, duration_value(unit / parts), i, i + words, &mut used);
+                i += words + 1;
+                continue;
+            }
+            if w == "half" {
+                // "half their size", "by half": a scale.
+                push(Kind::Geometry, "50%".to_owned(), i, i, &mut used);
+                i += 1;
+                continue;
+            }
+        }
+        // "every night", "each morning": once a day.
+        if matches!(w, "every" | "each") && matches!(next, "night" | "morning" | "evening" | "midnight") {
+            push(Kind::Duration, duration_value(86_400), i, i + 1, &mut used);
+            i += 2;
+            continue;
+        }
+        // "twice a day", "twice an hour".
+        if w == "twice" && matches!(next, "a" | "an" | "per" | "every" | "each") {
+            if let Some(unit) = time_unit(next2) {
+                push(Kind::Duration, duration_value(unit / 2), i, i + 2, &mut used);
+                i += 3;
+                continue;
+            }
+        }
         // "every hour", "last hour", "past day", "per minute": one unit.
         if matches!(
             w,
@@ -604,7 +642,9 @@ fn integer_affinity(c: &Candidate, name: &str, spec: &ParamSpec) -> i32 {
         } else {
             // "5 passwords", "3 random passwords": a count of things.
             let plural = |w: &String| w.ends_with('s') && !w.ends_with("ss") && !is_measure_word(w);
-            if counts_things && (plural(next) || c.after.get(1).is_some_and(|w| plural(w) && !is_measure_word(next))) {
+            // "the 20 most cpu-hungry processes": the plural a little later.
+            let later_plural = c.after[1..].iter().take(2).any(plural) && !is_measure_word(next);
+            if counts_things && (plural(next) || later_plural) {
                 score += 3;
             }
             if hit(next) {
@@ -722,9 +762,18 @@ fn choice_synonyms(word: &str) -> &'static [&'static str] {
         "unpack" | "unzip" | "decompress" | "untar" | "extract" | "unarchive" | "expand" => &["extract"],
         "compress" | "pack" | "zip" | "squeeze" | "tarball" => &["create"],
         "inside" | "contents" | "content" => &["list"],
-        "verify" | "validate" | "compare" | "against" => &["verify"],
-        "upgrade" | "install" | "apply" => &["apply"],
-        "check" | "available" | "outdated" | "pending" | "any" => &["check"],
+        "verify" | "validate" | "compare" | "against" | "corrupted" | "corrupt" | "tampered" => &["verify"],
+        "upgrade" | "install" | "apply" | "update" | "patch" | "upgrading" | "updating" | "patching" => &["apply"],
+        "check" | "available" | "outdated" | "pending" | "any" | "list" | "upgradable" | "upgradeable" => &["check"],
+        "force" | "forcefully" | "forced" | "sigkill" => &["kill"],
+        "pause" | "suspend" | "freeze" | "sigstop" => &["stop"],
+        "resume" | "unpause" | "continue" | "sigcont" => &["cont"],
+        "reload" | "sighup" => &["hup"],
+        "interrupt" | "sigint" => &["int"],
+        "hexadecimal" => &["hex"],
+        "numeric" => &["pin"],
+        "libreoffice" | "writer" | "opendocument" => &["odt"],
+        "grep" => &["content"],
         "error" | "errors" | "failures" | "failed" => &["err"],
         "warnings" | "warning" => &["warning"],
         "critical" => &["crit"],
@@ -743,30 +792,111 @@ fn choice_synonyms(word: &str) -> &'static [&'static str] {
     }
 }
 
-/// The choice of `options` the request names, preferring one after "to",
-/// "into" or "as" (the target of a conversion), else the last named.
-fn pick_choice(tokens: &[Token], taken: &[bool], options: &[String]) -> Option<String> {
-    let mut found: Vec<(usize, bool, String)> = Vec::new();
+/// Everyday phrases for a choice, weighed like everyday words (a question
+/// or a verb named first may still win).
+const CHOICE_IDIOMS: &[(&str, &str)] = &[("up to date", "apply"), ("up-to-date", "apply"), ("bring up", "apply")];
+
+/// Phrases of several words that name a choice as surely as its own word;
+/// tried before single words.
+const CHOICE_PHRASES: &[(&str, &str)] = &[
+    ("letters and numbers", "alphanumeric"),
+    ("letters and digits", "alphanumeric"),
+    ("numbers and letters", "alphanumeric"),
+    ("no symbols", "alphanumeric"),
+    ("without symbols", "alphanumeric"),
+    ("no special characters", "alphanumeric"),
+    ("only digits", "pin"),
+    ("digits only", "pin"),
+    ("only numbers", "pin"),
+    ("numbers only", "pin"),
+    ("url safe", "token"),
+    ("plain text", "txt"),
+    ("web page", "html"),
+    ("word document", "docx"),
+    ("word file", "docx"),
+    ("kill -9", "kill"),
+    ("apt update", "check"),
+    ("apt-get update", "check"),
+    ("apt upgrade", "apply"),
+    ("apt-get upgrade", "apply"),
+    ("apt full-upgrade", "apply"),
+];
+
+/// Words that make the word after them (within three) not asked for:
+/// "don't install anything", "without killing it".
+fn negated(tokens: &[Token], i: usize) -> bool {
+    tokens[i.saturating_sub(3)..i].iter().any(|t| {
+        matches!(
+            t.lower.as_str(),
+            "don't" | "dont" | "do not" | "not" | "never" | "without" | "no" | "nor" | "doesn't" | "won't"
+        )
+    })
+}
+
+/// Whether the request is a question ("are there updates?", "is it up to
+/// date?"), which asks to look rather than to change.
+fn is_question(tokens: &[Token], text_ends_with_question: bool) -> bool {
+    text_ends_with_question
+        || tokens.first().is_some_and(|t| {
+            matches!(
+                t.lower.as_str(),
+                "is" | "are" | "do" | "does" | "did" | "any" | "anything" | "what" | "what's" | "which" | "how" | "has" | "have"
+            )
+        })
+}
+
+/// The choice of `options` the request names. A choice that is the target
+/// of a conversion (within two words after "to", "into", "as", "in") wins,
+/// then one named as written (the last of those), then one named by an
+/// everyday word (the first of those: the verb of the request usually comes
+/// first). Words after a negation do not count.
+fn pick_choice(tokens: &[Token], taken: &[bool], options: &[String], question: bool) -> Option<String> {
+    // (token, rank, option): rank 2 targeted, 1 exact, 0 synonym.
+    let mut found: Vec<(usize, u8, String)> = Vec::new();
+    let lower_options: Vec<String> = options.iter().map(|o| o.to_ascii_lowercase()).collect();
+    let targeted = |i: usize| {
+        let target = |j: Option<usize>| j.is_some_and(|j| matches!(tokens[j].lower.as_str(), "to" | "into" | "as" | "in"));
+        target(i.checked_sub(1)) || target(i.checked_sub(2))
+    };
+    for (i, _) in tokens.iter().enumerate() {
+        let phrases = CHOICE_PHRASES.iter().map(|p| (p, 1)).chain(CHOICE_IDIOMS.iter().map(|p| (p, 0)));
+        for ((phrase, option), surety) in phrases {
+            let words: Vec<&str> = phrase.split(' ').collect();
+            let matches = words.iter().enumerate().all(|(k, w)| {
+                tokens
+                    .get(i + k)
+                    .is_some_and(|t| !t.quoted && !taken[i + k] && t.lower.trim_end_matches(['.', ',']) == *w)
+            });
+            if matches && !negated(tokens, i) {
+                if let Some(o) = lower_options.iter().position(|o| o == option) {
+                    let rank = if targeted(i) { 2 } else { surety };
+                    found.push((i, rank, options[o].clone()));
+                }
+            }
+        }
+    }
     for (i, t) in tokens.iter().enumerate() {
-        if t.quoted || taken[i] {
+        if t.quoted || taken[i] || negated(tokens, i) {
             continue;
         }
         let word = t.lower.trim_start_matches('.');
-        let prev = i.checked_sub(1).map(|p| tokens[p].lower.as_str());
         let next = tokens.get(i + 1).map(|t| t.lower.as_str());
         let two = next.map(|n| format!("{word} {n}"));
         let single = singular(word);
         // "md5sum", "sha256sum": the tools are named after the algorithm.
         let tool = word.strip_suffix("sum").unwrap_or(word);
         let mut direct: Vec<&str> = vec![word, single.as_str(), tool];
+        // "cpu-hungry", "memory-heavy": each part of a hyphenated word.
+        if word.contains('-') && !word.starts_with('-') {
+            direct.extend(word.split('-').filter(|p| !p.is_empty()));
+        }
         if matches!(
             two.as_deref(),
             Some("name servers") | Some("name server") | Some("mail servers") | Some("mail server")
         ) {
             direct.push(if word == "name" { "nameserver" } else { "mail" });
         }
-        for option in options {
-            let o = option.to_ascii_lowercase();
+        for (option, o) in options.iter().zip(&lower_options) {
             // Upper-case choices (signals, record types) are also English
             // words ("kill", "a"): only taken as written in capitals, or
             // before "record(s)".
@@ -778,17 +908,26 @@ fn pick_choice(tokens: &[Token], taken: &[bool], options: &[String]) -> Option<S
             };
             let synonym = direct.iter().any(|w| choice_synonyms(w).contains(&o.as_str()));
             if exact || synonym {
-                let targeted = matches!(prev, Some("to" | "into" | "as" | "in" | "a" | "an"));
-                found.push((i, targeted || exact, option.clone()));
+                let rank = if targeted(i) {
+                    2
+                } else if exact {
+                    1
+                } else {
+                    0
+                };
+                found.push((i, rank, option.clone()));
             }
         }
     }
-    found
-        .iter()
-        .rev()
-        .find(|(_, strong, _)| *strong)
-        .or(found.last())
-        .map(|(_, _, o)| o.clone())
+    found.sort_by_key(|(i, _, _)| *i);
+    let best = found.iter().map(|(_, r, _)| *r).max();
+    match best {
+        Some(rank @ 1..) => found.iter().rev().find(|(_, r, _)| *r == rank).map(|(_, _, o)| o.clone()),
+        // A question looks rather than changes: "are there updates?".
+        _ if question && lower_options.iter().any(|o| o == "check") => options.iter().find(|o| o.eq_ignore_ascii_case("check")).cloned(),
+        Some(_) => found.iter().min_by_key(|(i, _, _)| *i).map(|(_, _, o)| o.clone()),
+        None => None,
+    }
 }
 
 /// What a path parameter is for, from its name and description.
@@ -801,7 +940,7 @@ fn is_destination(name: &str, spec: &ParamSpec) -> bool {
         || d.contains("made to match")
 }
 
-fn is_host_param(name: &str, spec: &ParamSpec) -> bool {
+pub fn is_host_param(name: &str, spec: &ParamSpec) -> bool {
     let d = spec.description.to_ascii_lowercase();
     matches!(name, "host" | "hostname" | "name" | "domain" | "address" | "server" | "target")
         && (d.contains("host") || d.contains("name") || d.contains("address") || d.contains("domain"))
@@ -830,10 +969,12 @@ fn seconds_param(spec: &ParamSpec) -> bool {
 /// left out (their defaults apply).
 pub fn fill(manifest: &Manifest, text: &str) -> BTreeMap<String, String> {
     let (tokens, candidates) = scan(text);
-    fill_from(manifest, &tokens, &candidates)
+    fill_from(manifest, &tokens, &candidates, text.trim_end().ends_with('?'))
 }
 
-pub fn fill_from(manifest: &Manifest, tokens: &[Token], candidates: &[Candidate]) -> BTreeMap<String, String> {
+/// [`fill`] from a scanned request; `ends_with_question` says whether the
+/// request ended with a question mark (the tokens no longer show it).
+pub fn fill_from(manifest: &Manifest, tokens: &[Token], candidates: &[Candidate], ends_with_question: bool) -> BTreeMap<String, String> {
     let mut out: BTreeMap<String, String> = BTreeMap::new();
     let mut used = vec![false; candidates.len()];
     let params: Vec<(&String, &ParamSpec)> = manifest.params.iter().collect();
@@ -919,6 +1060,7 @@ pub fn fill_from(manifest: &Manifest, tokens: &[Token], candidates: &[Candidate]
 
     // Choices named by a word of the request. Tokens that are values (paths,
     // hosts, quoted text) are not words.
+    let question = is_question(tokens, ends_with_question);
     let mut taken = vec![false; tokens.len()];
     for c in candidates {
         if c.kind != Kind::Integer {
@@ -930,9 +1072,45 @@ pub fn fill_from(manifest: &Manifest, tokens: &[Token], candidates: &[Candidate]
         if options.is_empty() || !free(&out, name) {
             continue;
         }
-        if let Some(choice) = pick_choice(tokens, &taken, &options) {
+        if let Some(choice) = pick_choice(tokens, &taken, &options, question) {
             if spec.kind.check(&choice).is_ok() {
                 out.insert((*name).clone(), choice);
+            }
+        }
+    }
+
+    // A yes/no parameter whose description says what "yes" does ("yes:
+    // delete files ..."): yes when the request asks for that, no when it
+    // asks for it not to be done or only to add.
+    for (name, spec) in params.iter().filter(|(_, s)| s.kind == ParamType::String) {
+        if free(&out, name) {
+            if let Some(value) = yes_or_no(tokens, spec) {
+                out.insert((*name).clone(), value.to_owned());
+            }
+        }
+    }
+    // An integer parameter where 0 means all ("0 keeps all"): "keep every
+    // version", "never throw old copies away".
+    for (name, spec) in params.iter().filter(|(_, s)| s.kind == ParamType::Integer) {
+        if free(&out, name) && spec.description.to_ascii_lowercase().contains("0 keeps all") && asks_for_all(tokens) {
+            out.insert((*name).clone(), "0".to_owned());
+        }
+    }
+    // A name given after the parameter's own word: "user alice",
+    // "superuser dev".
+    for (name, spec) in params.iter().filter(|(n, s)| {
+        s.kind == ParamType::String
+            && choices(s).is_empty()
+            && !is_host_param(n, s)
+            && !is_unit_param(n, s)
+            && !is_command_param(n, s)
+            && !is_pattern_param(n, s)
+    }) {
+        if free(&out, name) {
+            if let Some(value) = named_after(tokens, &taken, name, spec) {
+                if spec.kind.check(&value).is_ok() {
+                    out.insert((*name).clone(), value);
+                }
             }
         }
     }
@@ -969,8 +1147,19 @@ pub fn fill_from(manifest: &Manifest, tokens: &[Token], candidates: &[Candidate]
                 .position(|(i, c)| !used[i] && c.kind == Kind::Path && program(c))
             {
                 take(&mut out, &mut used, name, spec, ci, candidates[ci].value.clone());
+            } else if let Some(command) = command_words(tokens, candidates) {
+                if spec.kind.check(&command).is_ok() {
+                    out.insert((*name).clone(), command);
+                }
             }
-        } else if spec.description.to_ascii_lowercase().contains("file name") {
+            continue;
+        }
+        // "files that mention X", "lines containing X", "grep -r X".
+        if let Some(value) = searched_word(tokens, &taken) {
+            out.insert((*name).clone(), value);
+            continue;
+        }
+        if spec.description.to_ascii_lowercase().contains("file name") {
             // A bare file name ("invoice.pdf"), "named budget", "pdf files".
             if let Some(ci) = candidates
                 .iter()
@@ -995,8 +1184,23 @@ pub fn fill_from(manifest: &Manifest, tokens: &[Token], candidates: &[Candidate]
         .filter(|&i| !used[i] && candidates[i].kind == Kind::Path)
         .collect();
     let cue = |ci: usize| candidates[ci].before.last().map(String::as_str).unwrap_or("");
+    // "keep X identical to Y", "make X match Y": Y is what X is made like.
+    let likeness = |ci: usize| {
+        let b = &candidates[ci].before;
+        let last2: Vec<&str> = b.iter().rev().take(2).rev().map(String::as_str).collect();
+        matches!(
+            last2.as_slice(),
+            [_, "match" | "matches" | "mirrors"] | ["identical" | "equal" | "same", "to" | "as"] | ["in", "sync"]
+        )
+    };
     let mut pending = Vec::new();
     for &ci in &paths {
+        if likeness(ci) {
+            if let Some((name, spec)) = sources.iter().find(|(n, _)| free(&out, n)) {
+                take(&mut out, &mut used, name, spec, ci, candidates[ci].value.clone());
+                continue;
+            }
+        }
         match cue(ci) {
             "to" | "into" | "onto" => {
                 if let Some((name, spec)) = dests.iter().find(|(n, _)| free(&out, n)) {
@@ -1056,6 +1260,203 @@ pub fn fill_from(manifest: &Manifest, tokens: &[Token], candidates: &[Candidate]
         take(&mut out, &mut used, name, spec, left[0], candidates[left[0]].value.clone());
     }
     out
+}
+
+/// Words that fill a sentence around a value without being one.
+fn is_filler(w: &str) -> bool {
+    matches!(
+        w,
+        "the"
+            | "a"
+            | "an"
+            | "my"
+            | "this"
+            | "that"
+            | "these"
+            | "those"
+            | "some"
+            | "it"
+            | "its"
+            | "our"
+            | "your"
+            | "something"
+            | "anything"
+            | "everything"
+            | "command"
+            | "script"
+            | "job"
+            | "task"
+            | "program"
+            | "and"
+            | "or"
+            | "to"
+            | "for"
+            | "in"
+            | "on"
+            | "at"
+            | "with"
+            | "of"
+            | "every"
+            | "each"
+    )
+}
+
+/// For a yes/no parameter described as "yes: VERB ...; no: ...": yes when
+/// the request uses the verb (or a word for it), no when it negates it or
+/// asks only to add ("only the new and changed files").
+fn yes_or_no(tokens: &[Token], spec: &ParamSpec) -> Option<&'static str> {
+    let d = spec.description.to_ascii_lowercase();
+    let verb = d.strip_prefix("yes:")?.split_whitespace().next()?.to_owned();
+    if !d.contains("no:") {
+        return None;
+    }
+    let alike: &[&str] = match verb.as_str() {
+        "delete" | "remove" => &[
+            "delete", "deleting", "deleted", "remove", "removing", "removed", "prune", "pruning", "purge", "purging",
+        ],
+        _ => &[],
+    };
+    let mut said = None;
+    for (i, t) in tokens.iter().enumerate() {
+        let w = t.lower.as_str();
+        if w == verb || alike.contains(&w) {
+            // "also removing the files I deleted here": the first use decides.
+            said.get_or_insert(if negated(tokens, i) { "no" } else { "yes" });
+        }
+        if w == "only" || w == "just" {
+            let next: Vec<&str> = tokens[i + 1..].iter().take(4).map(|t| t.lower.as_str()).collect();
+            if next
+                .iter()
+                .any(|n| matches!(*n, "add" | "new" | "changed" | "updated" | "missing" | "newer" | "modified"))
+            {
+                said.get_or_insert("no");
+            }
+        }
+    }
+    said
+}
+
+/// "keep every version", "never throw old copies away", "keep them all".
+fn asks_for_all(tokens: &[Token]) -> bool {
+    tokens.iter().enumerate().any(|(i, t)| {
+        let next = tokens.get(i + 1).map_or("", |t| t.lower.as_str());
+        let next2 = tokens.get(i + 2).map_or("", |t| t.lower.as_str());
+        match t.lower.as_str() {
+            "keep" | "keeping" => matches!(next, "all" | "every" | "everything" | "forever") || (next == "them" && next2 == "all"),
+            "never" => matches!(next, "delete" | "remove" | "throw" | "prune" | "drop" | "discard"),
+            "all" | "every" => {
+                matches!(singular(next).as_str(), "version" | "copy" | "snapshot" | "backup" | "copie") && i > 0 && !negated(tokens, i)
+            }
+            "forever" | "unlimited" => true,
+            _ => false,
+        }
+    })
+}
+
+/// The word after the parameter's own word ("user alice"), or after the
+/// last word of its description ("name of the database superuser" ->
+/// "superuser dev").
+fn named_after(tokens: &[Token], taken: &[bool], name: &str, spec: &ParamSpec) -> Option<String> {
+    let mut keys = vec![singular(name)];
+    if let Some(last) = words(&spec.description).pop() {
+        keys.push(last);
+    }
+    if name == "user" {
+        keys.extend(["username", "role", "owner"].map(str::to_owned));
+    }
+    for (i, t) in tokens.iter().enumerate() {
+        if t.quoted || !keys.contains(&t.lower) {
+            continue;
+        }
+        let Some(next) = tokens.get(i + 1) else { continue };
+        let plain = next.text.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            && next.text.chars().next().is_some_and(|c| c.is_ascii_alphabetic());
+        if plain && !taken[i + 1] && !is_filler(&next.lower) && !STEP_WORDS.contains(&next.lower.as_str()) {
+            return Some(next.text.clone());
+        }
+    }
+    None
+}
+
+/// Words after a name that are not a name.
+const STEP_WORDS: &[&str] = &[
+    "then", "please", "and", "with", "called", "named", "account", "accounts", "name", "password",
+];
+
+/// The word searched for when the request says so without quotes: "files
+/// that mention X", "lines containing the text X", "grep -r X".
+fn searched_word(tokens: &[Token], taken: &[bool]) -> Option<String> {
+    for (i, t) in tokens.iter().enumerate() {
+        let cue = matches!(
+            t.lower.as_str(),
+            "mention" | "mentions" | "mentioning" | "contain" | "contains" | "containing" | "saying" | "says"
+        ) || (t.lower == "grep" && tokens.get(i + 1).is_some_and(|n| n.text.starts_with('-')));
+        if !cue {
+            continue;
+        }
+        let rest = tokens[i + 1..]
+            .iter()
+            .enumerate()
+            .map(|(k, t)| (i + 1 + k, t))
+            .skip_while(|(_, t)| {
+                t.text.starts_with('-')
+                    || matches!(
+                        t.lower.as_str(),
+                        "the" | "text" | "word" | "string" | "phrase" | "term" | "a" | "an"
+                    )
+            });
+        for (j, t) in rest.take(1) {
+            if !taken[j] && !is_filler(&t.lower) {
+                return Some(t.text.clone());
+            }
+        }
+    }
+    None
+}
+
+/// A command written without quotes: "run make test every 2h", "every 30
+/// seconds, curl http://x/health": the words after the verb (or after a
+/// leading "every ...") up to the schedule, a working directory or the end.
+fn command_words(tokens: &[Token], candidates: &[Candidate]) -> Option<String> {
+    let duration_at: Vec<usize> = candidates.iter().filter(|c| c.kind == Kind::Duration).map(|c| c.token).collect();
+    let verb = tokens.iter().position(|t| {
+        matches!(
+            t.lower.as_str(),
+            "run" | "execute" | "exec" | "launch" | "call" | "running" | "executing"
+        )
+    });
+    let start = match verb {
+        Some(v) => v + 1,
+        None => {
+            // "every 30 seconds, curl ...": after a leading schedule.
+            let first = tokens.first()?;
+            if !matches!(first.lower.as_str(), "every" | "each") {
+                return None;
+            }
+            let unit = tokens
+                .iter()
+                .position(|t| time_unit(&t.lower).is_some() || compact_duration(&t.lower).is_some())?;
+            unit + 1
+        }
+    };
+    let first = tokens.get(start)?;
+    if first.quoted || is_filler(&first.lower) {
+        return None;
+    }
+    let mut end = start;
+    while end < tokens.len() {
+        let t = &tokens[end];
+        let w = t.lower.as_str();
+        let schedule = matches!(w, "every" | "each" | "hourly" | "daily" | "nightly" | "weekly" | "once" | "twice")
+            || duration_at.contains(&end)
+            || (w.parse::<u64>().is_ok() && tokens.get(end + 1).is_some_and(|n| time_unit(&n.lower).is_some()));
+        let place = matches!(w, "in" | "inside" | "from" | "within") && tokens.get(end + 1).is_some_and(|n| is_path(&n.text));
+        if schedule || place {
+            break;
+        }
+        end += 1;
+    }
+    (end > start).then(|| tokens[start..end].iter().map(|t| t.text.as_str()).collect::<Vec<_>>().join(" "))
 }
 
 /// A name pattern written without quotes: "called budget", "named x",

@@ -168,10 +168,49 @@ fn cat(g: &Guest, path: &str) -> Result<String> {
     Ok(g.run_ok(&format!("cat {path}"))?.trim().to_owned())
 }
 
-/// system-monitor from the catalog: cpu-max 0.2, memory-min 4M, memory-max
-/// 32M, io-weight 10, tasks-max 4. Its slice delegates the four
-/// controllers and its cgroup holds those limits.
+/// The `[resources]` of a catalog manifest, as the cgroup files systemd
+/// writes them: `cpu.max`, `memory.min`, `memory.max`, `pids.max`,
+/// `io.weight`. A line parser is enough for the catalog's plain
+/// `key = value` lines.
+fn expected_limits(cell: &str) -> Result<Vec<(&'static str, String)>> {
+    let path = Image::repo_root().join(format!("packaging/cells/{cell}/cell.toml"));
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let mut in_resources = false;
+    let mut values = std::collections::HashMap::new();
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_resources = line == "[resources]";
+        } else if let (true, Some((k, v))) = (in_resources, line.split_once('=')) {
+            values.insert(k.trim().to_owned(), v.trim().trim_matches('"').to_owned());
+        }
+    }
+    let get = |k: &str| values.get(k).with_context(|| format!("{}: no resources.{k}", path.display()));
+    let bytes = |k: &str| -> Result<String> {
+        let v = get(k)?;
+        let (n, unit) = v.split_at(v.len() - 1);
+        let shift = match unit {
+            "K" => 10,
+            "M" => 20,
+            "G" => 30,
+            _ => anyhow::bail!("{}: resources.{k} = {v}: expected K, M or G", path.display()),
+        };
+        Ok((n.parse::<u64>()? << shift).to_string())
+    };
+    let cpu: f64 = get("cpu-max")?.parse()?;
+    Ok(vec![
+        ("cpu.max", format!("{} 100000", (cpu * 100_000.0).round() as u64)),
+        ("memory.min", bytes("memory-min")?),
+        ("memory.max", bytes("memory-max")?),
+        ("pids.max", get("tasks-max")?.clone()),
+        ("io.weight", format!("default {}", get("io-weight")?)),
+    ])
+}
+
+/// system-monitor from the catalog: its slice delegates the cpu, memory,
+/// pids and io controllers, and its cgroup holds the limits of its
+/// manifest (packaging/cells/system-monitor/cell.toml).
 fn catalog_cell_limits(g: &Guest) -> Result<()> {
+    let want = expected_limits("system-monitor")?;
     let info = quantumctl_json(g, "run system-monitor interval=2")?;
     let id = info["instance"].as_str().context("no instance in quantumctl's answer")?.to_owned();
     let unit = format!("quantum-{id}.service");
@@ -192,16 +231,9 @@ fn catalog_cell_limits(g: &Guest) -> Result<()> {
             "{parent}/cgroup.subtree_control is [{delegated}]: no {controller}"
         );
     }
-    let want = [
-        ("cpu.max", "20000 100000"),
-        ("memory.min", "4194304"),
-        ("memory.max", "33554432"),
-        ("pids.max", "4"),
-        ("io.weight", "default 10"),
-    ];
-    for (file, value) in want {
+    for (file, value) in &want {
         let got = cat(g, &format!("{cgroup}/{file}"))?;
-        ensure!(got == value, "{cgroup}/{file} is {got:?}, expected {value:?}");
+        ensure!(&got == value, "{cgroup}/{file} is {got:?}, the manifest asks for {value:?}");
     }
     report(format_args!("[qemu] {id} in {cgroup}: controllers [{delegated}], limits {want:?}"));
     g.run_ok("quantumctl stop system-monitor")?;

@@ -47,6 +47,10 @@ pub struct Tuning {
     /// out-of-scope phrase is closer than the best cell's best phrase plus
     /// this margin is refused. Larger refuses less.
     pub reject_margin: f32,
+    /// Taken off a cell's score when the request leads with a verb that
+    /// opens some out-of-scope phrase ("train", "translate", "reboot") and
+    /// that none of the cell's own phrases uses.
+    pub action_penalty: f32,
     /// Score at which a cell is accepted (confidence 0.5 at zero margin).
     pub threshold: f32,
     /// Logistic slope of the confidence on the score.
@@ -60,17 +64,20 @@ impl Default for Tuning {
     /// Chosen by `intent-bench` on the tuning data (tests/data/intents.tsv
     /// and tests/data/intents-tuning-2.tsv) from [`crate::evaluation::Grid`],
     /// and cross-validated there (5 folds): a cell is scored by its best
-    /// phrase (a fifth) and the mean of the 2nd to 8th best (the rest), so
-    /// one phrase met by chance does not make a cell; the request is refused
-    /// when that score is under 0.30 or when an out-of-scope phrase is
-    /// nearer to it than the cell's best phrase by more than 0.1.
+    /// phrase (0.4) and the mean of the 2nd to 4th best (0.6), so one phrase
+    /// met by chance does not make a cell, plus 0.2 x the shared-words
+    /// prior, less 0.2 when the request leads with an out-of-scope verb the
+    /// cell never uses; the request is refused when the best score is under
+    /// 0.42 or when an out-of-scope phrase is nearer to it than the cell's
+    /// best phrase by more than 0.05.
     fn default() -> Self {
         Tuning {
-            best_weight: 0.2,
-            pool: 7,
-            lexical_weight: 0.0,
-            reject_margin: 0.1,
-            threshold: 0.30,
+            best_weight: 0.4,
+            pool: 3,
+            lexical_weight: 0.2,
+            reject_margin: 0.05,
+            action_penalty: 0.2,
+            threshold: 0.42,
             slope: 20.0,
             margin_slope: 40.0,
         }
@@ -190,6 +197,8 @@ struct CellFeatures {
     sims: Vec<f32>,
     /// Share of the step's word weight (IDF) that the cell's words carry.
     lexical: f32,
+    /// The step leads with an out-of-scope verb the cell never uses.
+    foreign: bool,
 }
 
 /// What every cell has in common with one step.
@@ -211,9 +220,10 @@ impl Features {
             .map(|(cell, f)| {
                 let best = f.sims.first().copied().unwrap_or(0.0);
                 let semantic = t.pooled(&f.sims);
+                let penalty = if f.foreign { t.action_penalty } else { 0.0 };
                 Score {
                     cell,
-                    score: semantic + t.lexical_weight * f.lexical,
+                    score: semantic + t.lexical_weight * f.lexical - penalty,
                     semantic,
                     lexical: f.lexical,
                     best,
@@ -262,6 +272,11 @@ pub struct Engine {
     cell_words: Vec<HashSet<String>>,
     /// The embeddings of the reject class, [`OUT_OF_SCOPE`].
     reject: Vec<Vec<f32>>,
+    /// The verbs that open out-of-scope phrases, stemmed.
+    reject_verbs: HashSet<String>,
+    /// Words of each cell's description and capabilities, stemmed: the
+    /// actions it says it performs.
+    phrase_words: Vec<HashSet<String>>,
     /// Inverse document frequency of each word over the cells.
     idf: HashMap<String, f32>,
     tuning: Tuning,
@@ -281,7 +296,13 @@ impl Engine {
     pub fn new(encoder: Encoder, catalog: Catalog, cache_dir: Option<&Path>, tuning: Tuning) -> Result<Engine, Error> {
         let started = Instant::now();
         let (embeddings, stats) = index::build(&encoder, &catalog, cache_dir)?;
-        let reject = index::embed_texts(&encoder, &out_of_scope(), cache_dir)?;
+        let out = out_of_scope();
+        let reject = index::embed_texts(&encoder, &out, cache_dir)?;
+        let reject_verbs = out.iter().filter_map(|p| lead_verb(p)).collect();
+        let phrase_words = embeddings
+            .iter()
+            .map(|e| e.phrases.iter().flat_map(|(_, p)| content_words(p)).collect())
+            .collect();
         // The words of a cell: its name, its phrases and what its parameters
         // say.
         let cell_words: Vec<HashSet<String>> = embeddings
@@ -315,6 +336,8 @@ impl Engine {
             embeddings,
             cell_words,
             reject,
+            reject_verbs,
+            phrase_words,
             idf,
             tuning,
             report,
@@ -357,6 +380,7 @@ impl Engine {
     /// What every cell has in common with a step, before any tunable.
     fn features(&self, text: &str, v: &[f32]) -> Features {
         let words: Vec<String> = content_words(text).into_iter().collect();
+        let verb = lead_verb(text).filter(|v| self.reject_verbs.contains(v));
         let total_idf: f32 = words.iter().map(|w| self.idf.get(w).copied().unwrap_or(MAX_IDF)).sum();
         let cells = self
             .embeddings
@@ -373,6 +397,7 @@ impl Engine {
                 CellFeatures {
                     sims,
                     lexical: if total_idf > 0.0 { shared / total_idf } else { 0.0 },
+                    foreign: verb.as_ref().is_some_and(|v| !self.phrase_words[cell].contains(v)),
                 }
             })
             .collect();
@@ -671,6 +696,26 @@ const STOP_WORDS: &[&str] = &[
     "than", "then", "after", "them", "they", "their", "have", "has", "had", "will", "shall", "should", "about", "over", "under", "between",
     "use", "using", "now", "right", "new", "way", "much", "many", "more", "most", "too", "very", "also", "only", "another", "other",
 ];
+
+/// Words that lead into a request without being its verb.
+const LEAD_INS: &[&str] = &[
+    "please", "pls", "plz", "kindly", "can", "could", "would", "will", "you", "u", "i", "we", "want", "wanna", "need", "to", "help", "me",
+    "let", "let's", "like", "just", "quickly", "hey", "ok", "okay", "so", "now", "go", "ahead", "and", "try", "d", "ll", "id", "i'd",
+];
+
+/// The stemmed verb a request leads with ("please translate this" ->
+/// "translat"), if it leads with a word that is not a question or a filler.
+fn lead_verb(text: &str) -> Option<String> {
+    let word = text
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '\'' || c == '-'))
+        .map(|w| w.trim_matches(['\'', '-']).to_ascii_lowercase())
+        .filter(|w| !w.is_empty())
+        .find(|w| !LEAD_INS.contains(&w.as_str()))?;
+    if STOP_WORDS.contains(&word.as_str()) || !word.bytes().all(|b| b.is_ascii_lowercase()) {
+        return None;
+    }
+    Some(stem(&word))
+}
 
 /// Lower-case content words with plurals folded.
 fn content_words(text: &str) -> HashSet<String> {

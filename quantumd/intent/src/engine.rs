@@ -25,6 +25,7 @@ use crate::error::Error;
 use crate::index::{self, CellEmbeddings, IndexStats};
 use crate::params;
 use crate::plan::{Plan, PlannedCell};
+use crate::spelling::Speller;
 
 /// The reason given when nothing fits.
 pub const NOTHING_FITS: &str = "nothing in the catalog can do that";
@@ -64,20 +65,20 @@ impl Default for Tuning {
     /// Chosen by `intent-bench` on the tuning data (tests/data/intents.tsv
     /// and tests/data/intents-tuning-2.tsv) from [`crate::evaluation::Grid`],
     /// and cross-validated there (5 folds): a cell is scored by its best
-    /// phrase (0.4) and the mean of the 2nd to 4th best (0.6), so one phrase
-    /// met by chance does not make a cell, plus 0.2 x the shared-words
+    /// phrase (0.6) and the mean of the 2nd to 4th best (0.4), so one phrase
+    /// met by chance does not make a cell, plus 0.1 x the shared-words
     /// prior, less 0.2 when the request leads with an out-of-scope verb the
     /// cell never uses; the request is refused when the best score is under
-    /// 0.42 or when an out-of-scope phrase is nearer to it than the cell's
+    /// 0.40 or when an out-of-scope phrase is nearer to it than the cell's
     /// best phrase by more than 0.05.
     fn default() -> Self {
         Tuning {
-            best_weight: 0.4,
+            best_weight: 0.6,
             pool: 3,
-            lexical_weight: 0.2,
+            lexical_weight: 0.1,
             reject_margin: 0.05,
             action_penalty: 0.2,
-            threshold: 0.42,
+            threshold: 0.40,
             slope: 20.0,
             margin_slope: 40.0,
         }
@@ -272,6 +273,8 @@ pub struct Engine {
     cell_words: Vec<HashSet<String>>,
     /// The embeddings of the reject class, [`OUT_OF_SCOPE`].
     reject: Vec<Vec<f32>>,
+    /// Mends typing slips against every word the engine knows.
+    speller: Speller,
     /// The verbs that open out-of-scope phrases, stemmed.
     reject_verbs: HashSet<String>,
     /// Words of each cell's description and capabilities, stemmed: the
@@ -299,6 +302,15 @@ impl Engine {
         let out = out_of_scope();
         let reject = index::embed_texts(&encoder, &out, cache_dir)?;
         let reject_verbs = out.iter().filter_map(|p| lead_verb(p)).collect();
+        // Every word the engine knows: the catalog's phrases, names and
+        // parameter descriptions, and the reject class.
+        let mut known: Vec<&str> = out.iter().map(String::as_str).collect();
+        for (e, cell) in embeddings.iter().zip(&catalog.cells) {
+            known.extend(e.phrases.iter().map(|(_, p)| p.as_str()));
+            known.push(cell.name());
+            known.extend(cell.manifest.params.iter().flat_map(|(n, s)| [n.as_str(), s.description.as_str()]));
+        }
+        let speller = Speller::new(known);
         let phrase_words = embeddings
             .iter()
             .map(|e| e.phrases.iter().flat_map(|(_, p)| content_words(p)).collect())
@@ -336,12 +348,19 @@ impl Engine {
             embeddings,
             cell_words,
             reject,
+            speller,
             reject_verbs,
             phrase_words,
             idf,
             tuning,
             report,
         })
+    }
+
+    /// What the model is shown of a request: its slips mended and its
+    /// values masked (see [`model_text`]).
+    pub fn model_text(&self, text: &str) -> String {
+        model_text(&self.speller.correct(text))
     }
 
     pub fn catalog(&self) -> &Catalog {
@@ -366,7 +385,7 @@ impl Engine {
 
     /// Every cell's score for `text`, best first.
     pub fn rank(&self, text: &str) -> Result<Vec<Score>, Error> {
-        let text = model_text(text);
+        let text = self.model_text(text);
         let v = self.encoder.embed(&text)?;
         Ok(self.rank_embedded(&text, &v))
     }
@@ -421,7 +440,7 @@ impl Engine {
         }
         let steps = split_steps(&prepared.intent);
         if steps.len() > 1 {
-            let masked: Vec<String> = steps.iter().map(|s| model_text(s)).collect();
+            let masked: Vec<String> = steps.iter().map(|s| self.model_text(s)).collect();
             let texts: Vec<&str> = masked.iter().map(String::as_str).collect();
             let vectors = embed.embed_batch(&texts)?;
             prepared.steps = steps
@@ -437,7 +456,7 @@ impl Engine {
     }
 
     fn prepare_whole(&self, prepared: &mut Prepared, embed: &dyn Embed) -> Result<(), Error> {
-        let text = model_text(&prepared.intent);
+        let text = self.model_text(&prepared.intent);
         let v = embed.embed_batch(&[&text])?.pop().unwrap_or_default();
         prepared.whole = Some(self.features(&text, &v));
         Ok(())
@@ -559,7 +578,9 @@ impl Engine {
 
     fn planned_cell(&self, cell: usize, text: &str) -> PlannedCell {
         let manifest = &self.catalog.cells[cell].manifest;
-        let params = params::fill(manifest, text);
+        // Slips mended here too ("chekc for updates"); values are never
+        // touched by the speller.
+        let params = params::fill(manifest, &self.speller.correct(text));
         let missing = missing_params(manifest, &params);
         PlannedCell {
             name: manifest.name.as_str().to_owned(),

@@ -365,7 +365,7 @@ impl Default for Grid {
         }
         Grid {
             shapes,
-            thresholds: (0..16).map(|i| 0.16 + 0.02 * i as f32).collect(),
+            thresholds: (0..16).map(|i| (16 + 2 * i) as f32 / 100.0).collect(),
         }
     }
 }

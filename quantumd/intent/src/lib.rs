@@ -15,6 +15,7 @@ pub mod evaluation;
 pub mod index;
 pub mod params;
 pub mod plan;
+pub mod spelling;
 
 pub use catalog::{Catalog, CatalogCell};
 pub use encoder::{find_model_dir, model_search_path, Embed, Encoder};

@@ -908,7 +908,25 @@ fn pick_choice(tokens: &[Token], taken: &[bool], options: &[String], question: b
             };
             let synonym = direct.iter().any(|w| choice_synonyms(w).contains(&o.as_str()));
             if exact || synonym {
-                let rank = if targeted(i) {
+                // "to" before a verb is not a conversion: "anything to
+                // update?", "I want to extract it".
+                let verb = matches!(
+                    o.as_str(),
+                    "apply"
+                        | "check"
+                        | "create"
+                        | "extract"
+                        | "list"
+                        | "verify"
+                        | "hash"
+                        | "kill"
+                        | "stop"
+                        | "cont"
+                        | "hup"
+                        | "int"
+                        | "term"
+                );
+                let rank = if targeted(i) && (exact || !verb) {
                     2
                 } else if exact {
                     1

@@ -1,0 +1,155 @@
+//! Typing slips in a request ("bakcup", "serach", "pasword"): a word the
+//! engine does not know, one slip away from exactly one word it does, is read
+//! as that word before the model sees the request. The model's word pieces
+//! split a misspelt word into pieces that mean nothing, so one slip can cost
+//! the whole match.
+//!
+//! Only slips that keep the word's letters are mended: two neighbours
+//! swapped, one letter missing, one letter doubled or added. A different
+//! letter ("mount" / "count") is a different word as often as a slip, and is
+//! left alone; so are words shorter than five letters.
+
+use std::collections::{HashMap, HashSet};
+
+/// The words the engine knows and how to reach them from a slip.
+#[derive(Debug, Clone, Default)]
+pub struct Speller {
+    known: HashSet<String>,
+    /// A known word with one letter taken out -> the known words it came
+    /// from (a request word missing that letter).
+    missing: HashMap<String, Vec<String>>,
+}
+
+const MIN_LEN: usize = 5;
+
+impl Speller {
+    /// Knows every word of `texts` (lower-cased, letters only).
+    pub fn new<'a>(texts: impl IntoIterator<Item = &'a str>) -> Speller {
+        let mut known = HashSet::new();
+        for text in texts {
+            known.extend(words(text).map(str::to_ascii_lowercase));
+        }
+        let mut missing: HashMap<String, Vec<String>> = HashMap::new();
+        for w in &known {
+            if w.len() <= MIN_LEN - 1 {
+                continue;
+            }
+            for i in 0..w.len() {
+                let mut short = w.clone();
+                short.remove(i);
+                let list = missing.entry(short).or_default();
+                if !list.contains(w) {
+                    list.push(w.clone());
+                }
+            }
+        }
+        for list in missing.values_mut() {
+            list.sort();
+        }
+        Speller { known, missing }
+    }
+
+    /// The known word `word` is one slip away from, if there is exactly one
+    /// kind of answer; `None` for known words, short words and words that
+    /// are nothing like a known one.
+    pub fn mend(&self, word: &str) -> Option<String> {
+        let w = word.to_ascii_lowercase();
+        if w.len() < MIN_LEN || !w.bytes().all(|b| b.is_ascii_lowercase()) || self.known.contains(&w) {
+            return None;
+        }
+        let bytes = w.as_bytes();
+        let mut found: Vec<String> = Vec::new();
+        // Two neighbours swapped.
+        for i in 0..bytes.len() - 1 {
+            let mut b = bytes.to_vec();
+            b.swap(i, i + 1);
+            if let Ok(s) = String::from_utf8(b) {
+                if self.known.contains(&s) && !found.contains(&s) {
+                    found.push(s);
+                }
+            }
+        }
+        // One letter missing.
+        if found.is_empty() {
+            if let Some(list) = self.missing.get(&w) {
+                found.extend(list.iter().cloned());
+            }
+        }
+        // One letter too many.
+        if found.is_empty() {
+            for i in 0..w.len() {
+                let mut s = w.clone();
+                s.remove(i);
+                if self.known.contains(&s) && !found.contains(&s) {
+                    found.push(s);
+                }
+            }
+        }
+        (found.len() == 1).then(|| found.remove(0))
+    }
+
+    /// `text` with each mendable word replaced, everything else as written.
+    /// A token with anything but letters inside (a path, a file name, a
+    /// number) is not a word.
+    pub fn correct(&self, text: &str) -> String {
+        let mut out = String::with_capacity(text.len());
+        for piece in text.split_inclusive(char::is_whitespace) {
+            let core = piece
+                .trim_end()
+                .trim_start_matches(['"', '\'', '(', '`'])
+                .trim_end_matches([',', '.', ';', ':', '!', '?', '"', '\'', ')', '`']);
+            match self.mend(core).filter(|_| core.bytes().all(|b| b.is_ascii_alphabetic())) {
+                Some(mended) => out.push_str(&piece.replacen(core, &mended, 1)),
+                None => out.push_str(piece),
+            }
+        }
+        out
+    }
+}
+
+fn words(text: &str) -> impl Iterator<Item = &str> {
+    text.split(|c: char| !c.is_ascii_alphabetic()).filter(|w| !w.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn speller() -> Speller {
+        Speller::new([
+            "make a backup of my files",
+            "search for a password",
+            "serve a folder",
+            "count lines",
+        ])
+    }
+
+    #[test]
+    fn slips_are_mended() {
+        let s = speller();
+        assert_eq!(s.mend("bakcup").as_deref(), Some("backup"));
+        assert_eq!(s.mend("serach").as_deref(), Some("search"));
+        assert_eq!(s.mend("pasword").as_deref(), Some("password"));
+        assert_eq!(s.mend("folderr").as_deref(), Some("folder"));
+        assert_eq!(s.mend("sevre").as_deref(), Some("serve"));
+    }
+
+    #[test]
+    fn words_that_may_be_words_are_left() {
+        let s = speller();
+        // Known, too short, a different letter, nothing like a known word.
+        assert_eq!(s.mend("backup"), None);
+        assert_eq!(s.mend("fles"), None);
+        assert_eq!(s.mend("mount"), None);
+        assert_eq!(s.mend("weather"), None);
+    }
+
+    #[test]
+    fn only_words_are_touched() {
+        let s = speller();
+        assert_eq!(
+            s.correct("bakcup /srv/bakcup ~/folderr to serach.txt, pls serach?"),
+            "backup /srv/bakcup ~/folderr to serach.txt, pls search?"
+        );
+    }
+}

@@ -31,7 +31,7 @@ impl Speller {
         }
         let mut missing: HashMap<String, Vec<String>> = HashMap::new();
         for w in &known {
-            if w.len() <= MIN_LEN - 1 {
+            if w.len() <= MIN_LEN {
                 continue;
             }
             for i in 0..w.len() {

@@ -63,7 +63,7 @@ def profile_lines(since_usec):
         if int(e.get("__MONOTONIC_TIMESTAMP", 0)) < since_usec:
             continue
         # tracing-journald prefixes the fields with F_.
-        lines[e["F_INSTANCE"]] = (int(e["__MONOTONIC_TIMESTAMP"]), e["F_STAGES"])
+        lines[e["F_INSTANCE"]] = (int(e["F_ARRIVED_MONOTONIC_US"]), e["F_STAGES"])
     return lines
 
 
@@ -89,10 +89,10 @@ try:
     for instance, unit, t0, t1 in runs:
         if instance not in logged:
             raise SystemExit(f"no start path line for {instance}: is RUST_LOG taken?")
-        logged_at, stages = logged[instance]
+        arrived, stages = logged[instance]
         values = dict(kv.split("=") for kv in stages.split())
         total = int(values["total"])
-        arrived = logged_at - total  # when the call reached quantumd (about)
+        logged_at = arrived + total
         row = {"client: invocation -> call reaches quantumd": arrived - t0}
         for kv in stages.split():
             name, v = kv.split("=")

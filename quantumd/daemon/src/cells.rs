@@ -175,11 +175,11 @@ pub struct Cells {
     steppps: Option<Steppps>,
 }
 
-/// Writes an instance record off the event loop (it fsyncs).
+/// Writes the record of an instance about to start, off the event loop.
 async fn save(store: &Store, record: Record) -> Result<(), String> {
     let store = store.clone();
     let id = record.instance.clone();
-    match tokio::task::spawn_blocking(move || store.save(&record)).await {
+    match tokio::task::spawn_blocking(move || store.save_before_start(&record)).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(format!("cannot record instance {id}: {}", crate::command::error_chain(&e))),
         Err(e) => Err(format!("cannot record instance {id}: {e}")),
@@ -468,9 +468,12 @@ impl Cells {
                     }
                 }
                 let (actor, source) = (request.actor.clone(), request.source.clone());
-                if let Err(e) = self.run(request) {
+                if let Err((e, reply)) = self.run(request) {
                     tracing::info!(source, error = %e, "run refused");
+                    // Recorded before the answer, so that whoever reads the
+                    // trail after the refusal finds it there.
                     self.record(trail::entry(&actor, &Action::REFUSE).cell(source).error(e.to_string()));
+                    let _ = reply.send(Err(e));
                 }
             }
             Command::Wait { instance, reply } => self.wait(&instance, reply),
@@ -549,12 +552,13 @@ impl Cells {
                     unpacked.bundle_blake3, unpacked.signer, unpacked.origin
                 )));
                 let manifest = unpacked.manifest.display().to_string();
-                if let Err(e) = self.run(RunRequest {
+                if let Err((e, reply)) = self.run(RunRequest {
                     source: manifest,
                     ..request
                 }) {
                     tracing::info!(source, error = %e, "run refused");
                     self.record(trail::entry(&actor, &Action::REFUSE).cell(source).error(e.to_string()));
+                    let _ = reply.send(Err(e));
                 }
             }
         }
@@ -564,8 +568,8 @@ impl Cells {
 
     /// Plans the run (needs, the cell, its children), records every
     /// instance, and hands the starts to a task. On error nothing is left
-    /// behind and the reply carries the reason.
-    fn run(&mut self, request: RunRequest) -> Result<(), CommandError> {
+    /// behind, and the reason comes back with the unanswered reply.
+    fn run(&mut self, request: RunRequest) -> Result<(), (CommandError, Reply<Started>)> {
         let RunRequest {
             actor,
             source,
@@ -582,10 +586,7 @@ impl Cells {
         });
         let resolved = match result {
             Ok(r) => r,
-            Err(e) => {
-                let _ = reply.send(Err(e.clone()));
-                return Err(e);
-            }
+            Err(e) => return Err((e, reply)),
         };
         profile.mark("resolve");
         let mut steps = Vec::new();
@@ -654,8 +655,7 @@ impl Cells {
                         }
                     }
                 }
-                let _ = reply.send(Err(e.clone()));
-                Err(e)
+                Err((e, reply))
             }
         }
     }

@@ -351,6 +351,9 @@ impl Quantum1 {
     }
 
     async fn trail_show(&self, cell: String, since_seq: u64, limit: u32) -> Result<Vec<TrailEntry>, Error> {
+        if let Some(t) = &self.trail {
+            t.appended().await;
+        }
         let dir = self.trail_dir.clone();
         let filter = quantum_trail::Filter {
             cell: (!cell.is_empty()).then_some(cell),

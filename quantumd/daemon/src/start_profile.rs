@@ -16,6 +16,10 @@ pub const TARGET: &str = "quantumd::start_path";
 #[derive(Debug, Clone)]
 pub struct StartProfile {
     begun: Instant,
+    /// CLOCK_MONOTONIC at `begun`, in µs: the clock systemd's
+    /// `ExecMainStartTimestampMonotonic` and a client's `time.monotonic`
+    /// use, so that the stages line up with theirs.
+    begun_monotonic_us: u64,
     last: Instant,
     stages: Vec<(&'static str, Duration)>,
 }
@@ -26,6 +30,7 @@ impl StartProfile {
         let now = Instant::now();
         StartProfile {
             begun: now,
+            begun_monotonic_us: monotonic_us(),
             last: now,
             stages: Vec::new(),
         }
@@ -54,12 +59,22 @@ impl StartProfile {
             tracing::debug!(
                 target: TARGET,
                 instance,
+                arrived_monotonic_us = self.begun_monotonic_us,
                 total_us = (self.last - self.begun).as_micros() as u64,
                 stages = %self.render(),
                 "start path"
             );
         }
     }
+}
+
+fn monotonic_us() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } != 0 {
+        return 0;
+    }
+    (ts.tv_sec as u64) * 1_000_000 + (ts.tv_nsec as u64) / 1000
 }
 
 #[cfg(test)]

@@ -25,6 +25,8 @@ enum Message {
     Append(NewEntry),
     /// Seal now, then answer (shutdown, tests).
     Flush(std_mpsc::Sender<()>),
+    /// Answer once everything sent before is appended (not sealed).
+    Appended(std_mpsc::Sender<()>),
 }
 
 /// A handle to the trail's writer thread; cheap to clone.
@@ -71,8 +73,18 @@ impl Recorder {
 
     /// Seals what was appended and waits until it is on disk.
     pub async fn flush(&self) {
+        self.ask(Message::Flush).await;
+    }
+
+    /// Waits until every entry recorded so far is in the trail's files, so
+    /// that a reader sees what was done before it asked.
+    pub async fn appended(&self) {
+        self.ask(Message::Appended).await;
+    }
+
+    async fn ask(&self, message: fn(std_mpsc::Sender<()>) -> Message) {
         let (tx, rx) = std_mpsc::channel();
-        if self.tx.send(Message::Flush(tx)).is_ok() {
+        if self.tx.send(message(tx)).is_ok() {
             let _ = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(10))).await;
         }
     }
@@ -91,6 +103,9 @@ fn write_loop(trail: &mut Trail, rx: &std_mpsc::Receiver<Message>) {
             Ok(Message::Flush(done)) => {
                 seal(trail);
                 last_seal = Instant::now();
+                let _ = done.send(());
+            }
+            Ok(Message::Appended(done)) => {
                 let _ = done.send(());
             }
             Err(std_mpsc::RecvTimeoutError::Timeout) => {}

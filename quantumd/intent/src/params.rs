@@ -858,7 +858,13 @@ fn pick_choice(tokens: &[Token], taken: &[bool], options: &[String], question: b
         let target = |j: Option<usize>| j.is_some_and(|j| matches!(tokens[j].lower.as_str(), "to" | "into" | "as" | "in"));
         target(i.checked_sub(1)) || target(i.checked_sub(2))
     };
+    // A phrase covers its words: "letters and numbers only" is not also
+    // "numbers only".
+    let mut covered = 0;
     for (i, _) in tokens.iter().enumerate() {
+        if i < covered {
+            continue;
+        }
         let phrases = CHOICE_PHRASES.iter().map(|p| (p, 1)).chain(CHOICE_IDIOMS.iter().map(|p| (p, 0)));
         for ((phrase, option), surety) in phrases {
             let words: Vec<&str> = phrase.split(' ').collect();
@@ -871,6 +877,7 @@ fn pick_choice(tokens: &[Token], taken: &[bool], options: &[String], question: b
                 if let Some(o) = lower_options.iter().position(|o| o == option) {
                     let rank = if targeted(i) { 2 } else { surety };
                     found.push((i, rank, options[o].clone()));
+                    covered = i + words.len();
                 }
             }
         }
@@ -1788,5 +1795,59 @@ mod tests {
     fn masking_hides_names_but_keeps_what_they_are() {
         let (tokens, candidates) = scan("convert ~/book/draft.md to html and serve /srv/www, grep 'x y'");
         expect![["convert md file to html and serve folder grep x y"]].assert_eq(&masked(&tokens, &candidates));
+    }
+
+    /// What issue 17's round added, one case per rule: ranked choices,
+    /// negation, phrases, questions, yes/no and keep-all from their
+    /// descriptions, "user NAME", unquoted search words and commands,
+    /// fractions of time and size, likeness of paths.
+    #[test]
+    fn words_that_name_parameters() {
+        check_fill("package-update", "install all pending updates", "mode=apply");
+        check_fill("package-update", "is anything outdated?", "mode=check");
+        check_fill("package-update", "anything to update?", "mode=check");
+        check_fill("package-update", "just list what is outdated, don't install anything", "mode=check");
+        check_fill("process-hog", "force kill pid 9876", "pid=9876;signal=KILL");
+        check_fill("process-hog", "pause process 55 without killing it", "pid=55;signal=STOP");
+        check_fill("process-hog", "the 20 most cpu-hungry processes", "by=cpu;top=20");
+        check_fill(
+            "password-generator",
+            "three passwords of 16 chars",
+            "count=3;kind=password;length=16",
+        );
+        check_fill("password-generator", "a password of letters and numbers only", "kind=alphanumeric");
+        check_fill("document-convert", "change this docx to plain text", "to=txt");
+        check_fill("archive", "unpack ~/x.tar.gz", "mode=extract;source=~/x.tar.gz");
+        check_fill(
+            "file-sync",
+            "sync /a to /b but never delete anything",
+            "delete=no;dest=/b;source=/a",
+        );
+        check_fill(
+            "file-sync",
+            "copy only the changed files from /a to /b",
+            "delete=no;dest=/b;source=/a",
+        );
+        check_fill("file-sync", "keep /b identical to /a", "dest=/b;source=/a");
+        check_fill("file-backup", "back up /srv and keep every version", "keep=0;source=/srv");
+        check_fill("sql-database", "a scratch db with superuser dev", "user=dev");
+        check_fill(
+            "file-search",
+            "files in /etc that mention PermitRootLogin",
+            "by=content;path=/etc;pattern=PermitRootLogin",
+        );
+        check_fill("scheduled-task", "execute make test every 2h", "command=make test;every=2h");
+        check_fill(
+            "scheduled-task",
+            "every 30 seconds, curl http://x/health",
+            "command=curl http://x/health;every=30s",
+        );
+        check_fill(
+            "scheduled-task",
+            "run 'git pull' every quarter of an hour",
+            "command=git pull;every=15m",
+        );
+        check_fill("image-resize", "make ~/pics half their size", "input=~/pics;size=50%");
+        check_fill("dns-lookup", "dig TXT _dmarc.example.com", "name=_dmarc.example.com;type=TXT");
     }
 }

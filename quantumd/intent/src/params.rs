@@ -517,6 +517,22 @@ pub fn scan(text: &str) -> (Vec<Token>, Vec<Candidate>) {
             i += 1;
             continue;
         }
+        // "1024 wide", "800 pixels wide", "600px high": one side of an image.
+        if w.bytes().all(|b| b.is_ascii_digit()) && !w.is_empty() {
+            let px = matches!(next, "px" | "pixel" | "pixels");
+            let side = if px { next2 } else { next };
+            let words = if px { 2 } else { 1 };
+            let geometry = match side {
+                "wide" | "width" => Some(w.to_owned()),
+                "tall" | "high" | "height" => Some(format!("x{w}")),
+                _ => None,
+            };
+            if let Some(g) = geometry {
+                push(Kind::Geometry, g, i, i + words, &mut used);
+                i += words + 1;
+                continue;
+            }
+        }
         if w == "port" {
             if let Some(p) = next.parse::<u16>().ok().filter(|&p| p > 0) {
                 push(Kind::Port, p.to_string(), i + 1, i + 1, &mut used);
@@ -777,7 +793,11 @@ fn choice_synonyms(word: &str) -> &'static [&'static str] {
         "error" | "errors" | "failures" | "failed" => &["err"],
         "warnings" | "warning" => &["warning"],
         "critical" => &["crit"],
-        "mail" => &["mx"],
+        "mail" | "email" | "e-mail" | "mailserver" | "mailservers" => &["mx"],
+        "gzip" | "gzipped" | "gz" | "tgz" => &["tar.gz"],
+        "xz" => &["tar.xz"],
+        "bzip2" | "bz2" => &["tar.bz2"],
+        "zstd" | "zst" => &["tar.zst"],
         "nameserver" | "nameservers" => &["ns"],
         "ipv6" => &["aaaa"],
         "ipv4" => &["a"],
@@ -815,6 +835,9 @@ const CHOICE_PHRASES: &[(&str, &str)] = &[
     ("word document", "docx"),
     ("word file", "docx"),
     ("kill -9", "kill"),
+    ("what's in", "list"),
+    ("whats in", "list"),
+    ("what is in", "list"),
     ("apt update", "check"),
     ("apt-get update", "check"),
     ("apt upgrade", "apply"),
@@ -1215,7 +1238,7 @@ pub fn fill_from(manifest: &Manifest, tokens: &[Token], candidates: &[Candidate]
         let last2: Vec<&str> = b.iter().rev().take(2).rev().map(String::as_str).collect();
         matches!(
             last2.as_slice(),
-            [_, "match" | "matches" | "mirrors"] | ["identical" | "equal" | "same", "to" | "as"] | ["in", "sync"]
+            [_, "match" | "matches" | "mirror" | "mirrors"] | ["identical" | "equal" | "same", "to" | "as"] | ["in", "sync"]
         )
     };
     let mut pending = Vec::new();
@@ -1848,6 +1871,9 @@ mod tests {
             "command=git pull;every=15m",
         );
         check_fill("image-resize", "make ~/pics half their size", "input=~/pics;size=50%");
+        check_fill("image-resize", "scale a.png to 1024 pixels wide", "input=a.png;size=1024");
+        check_fill("archive", "a gzip tarball of /etc", "format=tar.gz;mode=create;source=/etc");
+        check_fill("file-sync", "make /mnt/b mirror /mnt/a", "dest=/mnt/b;source=/mnt/a");
         check_fill("dns-lookup", "dig TXT _dmarc.example.com", "name=_dmarc.example.com;type=TXT");
     }
 }

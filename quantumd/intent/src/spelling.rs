@@ -22,8 +22,9 @@ pub struct Speller {
 
 const MIN_LEN: usize = 5;
 
-/// Everyday words a request uses for numbers and time that are one slip
-/// from a catalog word ("three" / "there"): known, so never mended.
+/// Everyday words a request uses (numbers, time, contractions written
+/// without their apostrophe) that are one slip from a catalog word ("three"
+/// / "there", "whats" / "what"): known, so never mended.
 const EVERYDAY: &[&str] = &[
     "three",
     "seven",

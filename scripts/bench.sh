@@ -14,11 +14,11 @@ echo "== eBPF telemetry (TIME, EVENT): perf bench sched pipe and hackbench with 
 # bpf-bench runs bpf-workload (its sibling binary) for the ring-buffer rate.
 cargo build -q --release -p quantum-bpf --bins
 cargo run -q --release -p quantum-bpf --bin bpf-bench
-echo "== cell start: quantumctl run vs systemd-run, in a systemd-nspawn container"
-cargo run -q --release -p quantum-vmtest --bin quantum-bench -- --backend nspawn --starts "${BENCH_STARTS:-100}" --concurrent "${BENCH_CONCURRENT:-256}"
+echo "== cell start: where its time goes (quantumd's stages), then quantumctl run vs systemd-run (plain, and with quantumd's whole sandbox), in a systemd-nspawn container"
+cargo run -q --release -p quantum-vmtest --bin quantum-bench -- --backend nspawn --profile "${BENCH_PROFILE:-50}" --starts "${BENCH_STARTS:-100}" --concurrent "${BENCH_CONCURRENT:-256}"
 if [ "${BENCH_VM:-1}" = 1 ]; then
     echo "== cell start vs systemd-run, and boot time to quantumd READY vs the image without quantumd, in QEMU (TCG)"
-    cargo run -q --release -p quantum-vmtest --bin quantum-bench -- --backend qemu --starts "${BENCH_VM_STARTS:-30}" --concurrent "${BENCH_CONCURRENT:-256}" --boots "${BENCH_BOOTS:-2}"
+    cargo run -q --release -p quantum-vmtest --bin quantum-bench -- --backend qemu --profile "${BENCH_VM_PROFILE:-30}" --starts "${BENCH_VM_STARTS:-30}" --concurrent "${BENCH_CONCURRENT:-256}" --boots "${BENCH_BOOTS:-2}"
 fi
 if [ "${BENCH_ISO:-1}" = 1 ]; then
     echo "== the ISO: cold make iso vs plain mmdebstrap + mksquashfs of the same packages, warm build, size"

@@ -2,11 +2,16 @@
 //! printing each as a ratio against the obvious alternative measured in the
 //! same run (`make bench`).
 //!
-//! usage: quantum-bench [--backend nspawn|qemu] [--starts N] [--concurrent N] [--boots N]
+//! usage: quantum-bench [--backend nspawn|qemu] [--starts N] [--concurrent N] [--boots N] [--profile N]
 //! (`--starts 0` skips the cell start benchmark)
 //!
+//! - the start path (`--profile N`, in a guest of its own): N sequential
+//!   `quantumctl run`s split into the client's part and quantumd's stages
+//!   (bench/guest/start-profile.py, quantumd/daemon/src/start_profile.rs),
+//!   medians;
 //! - cell start: `quantumctl run` vs `systemd-run` of the same command,
-//!   interleaved, p50/p95 (bench/guest/cell-start.py);
+//!   plain and with quantumd's whole sandbox and `Type=exec`, interleaved,
+//!   p50/p95 (bench/guest/cell-start.py);
 //! - a foreground task: `quantumctl run` of a task cell vs
 //!   `systemd-run --pipe --wait` of the same command, invocation to exit;
 //! - N concurrent starts: quantumctl vs systemd-run;

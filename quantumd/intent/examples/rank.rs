@@ -1,37 +1,36 @@
-//! Development aid: the top three cells and their scores for each line of
-//! standard input, and the text the model was shown.
+//! Why the engine answers what it does: for each request given (arguments,
+//! or one per line on stdin), the plan and the five best cells with their
+//! scores, their nearest phrase and the nearest out-of-scope phrase.
 //!
-//!     printf '%s\n' "what's eating my disk" | cargo run --release -p quantum-intent --example rank
+//!     cargo run --release -p quantum-intent --example rank -- "back up /etc"
+
 use std::io::BufRead;
 use std::path::Path;
 
-use quantum_intent::{engine::model_text, Config, Engine};
+use quantum_intent::{Config, Engine};
 
 fn main() {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let catalog = std::env::var_os("QUANTUM_CATALOG").map_or(repo.join("packaging/cells"), Into::into);
-    let engine = Engine::load(&Config::new(&catalog)).unwrap_or_else(|e| {
-        eprintln!("rank: {e}");
-        std::process::exit(2)
-    });
-    for line in std::io::stdin().lock().lines().map_while(Result::ok) {
-        if line.trim().is_empty() {
-            continue;
+    let catalog = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packaging/cells");
+    let engine = match Engine::load(&Config::new(&catalog)) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("rank: {e}");
+            std::process::exit(1);
         }
-        let scores = engine.rank(&line).expect("the engine answers");
-        let top: Vec<String> = scores
-            .iter()
-            .take(3)
-            .map(|s| {
-                format!(
-                    "{} {:.3} (sem {:.3} lex {:.2})",
-                    engine.catalog().cells[s.cell].name(),
-                    s.score,
-                    s.semantic,
-                    s.lexical
-                )
-            })
-            .collect();
-        println!("{line}\n    [{}] {}", model_text(&line), top.join(" | "));
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let requests: Vec<String> = if args.is_empty() {
+        std::io::stdin().lock().lines().map_while(Result::ok).collect()
+    } else {
+        args
+    };
+    for request in requests {
+        let explained = engine.explain(&request);
+        match (engine.ask(&request), explained) {
+            (Ok(plan), Ok(text)) => {
+                println!("{request}\n  -> {:?} ({:.2})\n{text}", plan.cell_names(), plan.confidence);
+            }
+            (Err(e), _) | (_, Err(e)) => eprintln!("rank: {request}: {e}"),
+        }
     }
 }

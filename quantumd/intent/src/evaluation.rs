@@ -354,14 +354,17 @@ impl Default for Grid {
                 for lexical_weight in [0.0, 0.1, 0.2, 0.3] {
                     for reject_margin in [-0.05, 0.0, 0.05, 0.1, 0.15, 1.0] {
                         for action_penalty in [0.0, 0.1, 0.2] {
-                            shapes.push(Tuning {
-                                best_weight,
-                                pool,
-                                lexical_weight,
-                                reject_margin,
-                                action_penalty,
-                                ..base
-                            });
+                            for periodic_bonus in [0.0, 0.05, 0.1] {
+                                shapes.push(Tuning {
+                                    best_weight,
+                                    pool,
+                                    lexical_weight,
+                                    reject_margin,
+                                    action_penalty,
+                                    periodic_bonus,
+                                    ..base
+                                });
+                            }
                         }
                     }
                 }

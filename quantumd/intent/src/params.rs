@@ -932,7 +932,7 @@ fn pick_choice(tokens: &[Token], taken: &[bool], options: &[String], question: b
             // before "record(s)".
             let shouty = option.chars().any(|c| c.is_ascii_uppercase()) && option.chars().all(|c| !c.is_ascii_lowercase());
             let exact = if shouty {
-                t.text == *option || (word == o && matches!(next, Some("record") | Some("records")))
+                t.text == *option || (word == o && matches!(next, Some("record" | "records" | "server" | "servers" | "entry" | "entries")))
             } else {
                 direct.contains(&o.as_str())
             };
@@ -1874,6 +1874,11 @@ mod tests {
         check_fill("image-resize", "scale a.png to 1024 pixels wide", "input=a.png;size=1024");
         check_fill("archive", "a gzip tarball of /etc", "format=tar.gz;mode=create;source=/etc");
         check_fill("file-sync", "make /mnt/b mirror /mnt/a", "dest=/mnt/b;source=/mnt/a");
+        check_fill(
+            "dns-lookup",
+            "what ns servers does wikipedia.org have",
+            "name=wikipedia.org;type=NS",
+        );
         check_fill("dns-lookup", "dig TXT _dmarc.example.com", "name=_dmarc.example.com;type=TXT");
     }
 }

@@ -26,6 +26,17 @@ const MIN_LEN: usize = 5;
 /// without their apostrophe) that are one slip from a catalog word ("three"
 /// / "there", "whats" / "what"): known, so never mended.
 const EVERYDAY: &[&str] = &[
+    "whats",
+    "thats",
+    "heres",
+    "theres",
+    "youre",
+    "doesnt",
+    "cant",
+    "wont",
+    "isnt",
+    "arent",
+    "didnt",
     "three",
     "seven",
     "eight",
@@ -185,6 +196,7 @@ mod tests {
         assert_eq!(s.mend("weather"), None);
         // An everyday word one slip from a known one.
         assert_eq!(Speller::new(["hi there"]).mend("three"), None);
+        assert_eq!(Speller::new(["what is it"]).mend("whats"), None);
     }
 
     #[test]

@@ -775,7 +775,7 @@ fn choice_synonyms(word: &str) -> &'static [&'static str] {
         "latex" => &["tex"],
         "restructuredtext" => &["rst"],
         "jpeg" => &["jpg"],
-        "unpack" | "unzip" | "decompress" | "untar" | "extract" | "unarchive" | "expand" => &["extract"],
+        "unpack" | "unzip" | "decompress" | "untar" | "extract" | "unarchive" | "expand" | "open" => &["extract"],
         "compress" | "pack" | "zip" | "squeeze" | "tarball" => &["create"],
         "inside" | "contents" | "content" => &["list"],
         "verify" | "validate" | "compare" | "against" | "corrupted" | "corrupt" | "tampered" => &["verify"],
@@ -835,6 +835,8 @@ const CHOICE_PHRASES: &[(&str, &str)] = &[
     ("word document", "docx"),
     ("word file", "docx"),
     ("kill -9", "kill"),
+    ("in them", "content"),
+    ("inside them", "content"),
     ("what's in", "list"),
     ("whats in", "list"),
     ("what is in", "list"),
@@ -1238,7 +1240,10 @@ pub fn fill_from(manifest: &Manifest, tokens: &[Token], candidates: &[Candidate]
         let last2: Vec<&str> = b.iter().rev().take(2).rev().map(String::as_str).collect();
         matches!(
             last2.as_slice(),
-            [_, "match" | "matches" | "mirror" | "mirrors"] | ["identical" | "equal" | "same", "to" | "as"] | ["in", "sync"]
+            [_, "match" | "matches" | "mirror" | "mirrors"]
+                | ["look" | "looks", "like"]
+                | ["identical" | "equal" | "same", "to" | "as"]
+                | ["in", "sync"]
         )
     };
     let mut pending = Vec::new();
@@ -1879,6 +1884,13 @@ mod tests {
             "what ns servers does wikipedia.org have",
             "name=wikipedia.org;type=NS",
         );
+        check_fill("password-generator", "two url-safe tokens", "count=2;kind=token");
+        check_fill(
+            "file-search",
+            "files in ./src with 'unsafe' in them",
+            "by=content;path=./src;pattern=unsafe",
+        );
+        check_fill("file-sync", "just make /b look like /a", "dest=/b;source=/a");
         check_fill("dns-lookup", "dig TXT _dmarc.example.com", "name=_dmarc.example.com;type=TXT");
     }
 }

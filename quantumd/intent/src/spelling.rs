@@ -109,6 +109,13 @@ impl Speller {
         if w.len() < MIN_LEN || !w.bytes().all(|b| b.is_ascii_lowercase()) || self.known.contains(&w) {
             return None;
         }
+        // A known word with an ending ("tokens", "passwords", "killed") is
+        // a word, not a slip: the ending may matter ("two tokens").
+        for ending in ["s", "es", "ed", "d", "ing"] {
+            if w.strip_suffix(ending).is_some_and(|stem| self.known.contains(stem)) {
+                return None;
+            }
+        }
         let bytes = w.as_bytes();
         let mut found: Vec<String> = Vec::new();
         // Two neighbours swapped.
@@ -194,6 +201,9 @@ mod tests {
         assert_eq!(s.mend("fles"), None);
         assert_eq!(s.mend("mount"), None);
         assert_eq!(s.mend("weather"), None);
+        // A known word with an ending.
+        assert_eq!(s.mend("folders"), None);
+        assert_eq!(s.mend("searched"), None);
         // An everyday word one slip from a known one.
         assert_eq!(Speller::new(["hi there"]).mend("three"), None);
         assert_eq!(Speller::new(["what is it"]).mend("whats"), None);

@@ -69,21 +69,21 @@ impl Default for Tuning {
     /// Chosen by `intent-bench` on the tuning data ([`crate::evaluation::TUNING_SETS`])
     /// from [`crate::evaluation::Grid`], and cross-validated there (5
     /// folds): a cell is scored by its best phrase (0.4) and the mean of the
-    /// 2nd to 4th best (0.6), so one phrase met by chance does not make a
+    /// 2nd to 6th best (0.6), so one phrase met by chance does not make a
     /// cell, plus 0.2 x the shared-words prior, less 0.2 when the request
     /// leads with an out-of-scope verb the cell never uses, plus 0.1 for a
     /// repeating cell when the request asks for repetition; the request is
-    /// refused when the best score is under 0.42 or when an out-of-scope
+    /// refused when the best score is under 0.34 or when an out-of-scope
     /// phrase is nearer to it than the cell's best phrase by more than 0.05.
     fn default() -> Self {
         Tuning {
             best_weight: 0.4,
-            pool: 3,
+            pool: 5,
             lexical_weight: 0.2,
             reject_margin: 0.05,
             action_penalty: 0.2,
             periodic_bonus: 0.1,
-            threshold: 0.42,
+            threshold: 0.34,
             slope: 20.0,
             margin_slope: 40.0,
         }

@@ -933,8 +933,13 @@ fn pick_choice(tokens: &[Token], taken: &[bool], options: &[String], question: b
             // words ("kill", "a"): only taken as written in capitals, or
             // before "record(s)".
             let shouty = option.chars().any(|c| c.is_ascii_uppercase()) && option.chars().all(|c| !c.is_ascii_lowercase());
+            // Record types that are no English word ("cname", "mx") may be
+            // written in lower case.
+            let word_like = matches!(o.as_str(), "a" | "any" | "kill" | "stop" | "term" | "int" | "cont" | "hup");
             let exact = if shouty {
-                t.text == *option || (word == o && matches!(next, Some("record" | "records" | "server" | "servers" | "entry" | "entries")))
+                t.text == *option
+                    || (!word_like && word == o)
+                    || (word == o && matches!(next, Some("record" | "records" | "server" | "servers" | "entry" | "entries")))
             } else {
                 direct.contains(&o.as_str())
             };
@@ -1891,6 +1896,12 @@ mod tests {
             "by=content;path=./src;pattern=unsafe",
         );
         check_fill("file-sync", "just make /b look like /a", "dest=/b;source=/a");
+        check_fill(
+            "dns-lookup",
+            "get me the cname for www.github.com",
+            "name=www.github.com;type=CNAME",
+        );
+        check_fill("process-hog", "stop 2222", "pid=2222");
         check_fill("dns-lookup", "dig TXT _dmarc.example.com", "name=_dmarc.example.com;type=TXT");
     }
 }

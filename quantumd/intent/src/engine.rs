@@ -68,21 +68,22 @@ pub struct Tuning {
 impl Default for Tuning {
     /// Chosen by `intent-bench` on the tuning data ([`crate::evaluation::TUNING_SETS`])
     /// from [`crate::evaluation::Grid`], and cross-validated there (5
-    /// folds): a cell is scored by its best phrase (0.4) and the mean of the
-    /// 2nd to 6th best (0.6), so one phrase met by chance does not make a
-    /// cell, plus 0.2 x the shared-words prior, less 0.2 when the request
-    /// leads with an out-of-scope verb the cell never uses, plus 0.1 for a
+    /// folds): a cell is scored by its best phrase (0.6) and the mean of the
+    /// 2nd to 4th best (0.4), so one phrase met by chance does not make a
+    /// cell, plus 0.1 x the shared-words prior, less 0.1 when the request
+    /// leads with an out-of-scope verb the cell never uses, plus 0.05 for a
     /// repeating cell when the request asks for repetition; the request is
     /// refused when the best score is under 0.34 or when an out-of-scope
-    /// phrase is nearer to it than the cell's best phrase by more than 0.05.
+    /// phrase is nearer to it than the cell's best phrase by more than 0.05
+    /// (by more than -0.05 after such a verb).
     fn default() -> Self {
         Tuning {
-            best_weight: 0.4,
-            pool: 5,
-            lexical_weight: 0.2,
+            best_weight: 0.6,
+            pool: 3,
+            lexical_weight: 0.1,
             reject_margin: 0.05,
-            action_penalty: 0.2,
-            periodic_bonus: 0.1,
+            action_penalty: 0.1,
+            periodic_bonus: 0.05,
             threshold: 0.34,
             slope: 20.0,
             margin_slope: 40.0,
@@ -114,7 +115,14 @@ impl Tuning {
     }
 
     fn rejects(&self, scores: &[Score], reject: &[f32]) -> bool {
-        scores.first().is_some_and(|s| nearest(reject) > s.best + self.reject_margin)
+        scores.first().is_some_and(|s| nearest(reject) > s.best + self.margin(s))
+    }
+
+    /// How much nearer than the cell's best phrase an out-of-scope phrase
+    /// must be to refuse: less when the request leads with a verb the cell
+    /// never uses (the verb is evidence that it asks for something else).
+    fn margin(&self, s: &Score) -> f32 {
+        self.reject_margin - if s.foreign { self.action_penalty } else { 0.0 }
     }
 
     /// A cell's semantic score from its phrases' similarities, best first:
@@ -192,6 +200,8 @@ pub struct Score {
     pub lexical: f32,
     /// Similarity of the step with the cell's nearest phrase.
     pub best: f32,
+    /// The step leads with an out-of-scope verb the cell never uses.
+    pub foreign: bool,
 }
 
 /// What one cell has in common with one step of a request, before any
@@ -235,6 +245,7 @@ impl Features {
                     semantic,
                     lexical: f.lexical,
                     best,
+                    foreign: f.foreign,
                 }
             })
             .collect();
@@ -554,9 +565,7 @@ impl Engine {
         let whole = prepared.whole.as_ref()?;
         let scores = whole.rank(tuning);
         Some(if !tuning.accepts(&scores, &whole.reject) {
-            let nearer = scores
-                .first()
-                .map_or(0.0, |s| nearest(&whole.reject) - s.best - tuning.reject_margin);
+            let nearer = scores.first().map_or(0.0, |s| nearest(&whole.reject) - s.best - tuning.margin(s));
             Decision {
                 choice: Choice::Refuse,
                 confidence: (1.0 - tuning.fit_probability(&scores)).max(sigmoid(tuning.margin_slope * nearer)),

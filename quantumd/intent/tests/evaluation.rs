@@ -1,6 +1,6 @@
 //! Scores the evaluation sets with the real model and holds the engine to
-//! accuracy floors: the tuning set (tests/data/intents.tsv, every miss
-//! printed) and the held-out set (tests/data/intents-heldout.tsv, never used
+//! accuracy floors: the tuning data ([`evaluation::TUNING_SETS`], every miss
+//! printed) and held-out set 2 (tests/data/intents-heldout-2.tsv, never used
 //! to tune: only its aggregate figures are printed).
 //!
 //! The model must be present: `scripts/fetch-model.sh` puts it where this
@@ -12,23 +12,29 @@ use std::sync::OnceLock;
 
 use quantum_intent::{evaluation, Config, Engine};
 
-/// Share of the tuning set's cases whose cells (or refusal) and expected
+/// Share of the tuning data's cases whose cells (or refusal) and expected
 /// parameters are all right. A training score (the engine was tuned on
-/// this set): measured at 99.0 % (5-fold cross-validated: 97.0 %).
+/// these sets, [`evaluation::TUNING_SETS`]): measured at 98.0 % (671 of 685;
+/// 5-fold cross-validated: 97.4 %).
 const FLOOR: f64 = 0.97;
-/// Share of the tuning set's out-of-scope requests that must be refused
-/// (the set holds requests close to what the catalog does, "delete the tmp
-/// folder"): measured at 40 of 41.
-const REFUSAL_FLOOR: f64 = 0.95;
+/// Share of the tuning data's out-of-scope requests that must be refused
+/// (they hold requests close to what the catalog does, "delete the tmp
+/// folder"): measured at 95.2 % (138 of 145).
+const REFUSAL_FLOOR: f64 = 0.94;
 
-/// Share of the held-out set's cases all right. Measured once, after the
-/// tuning was frozen (commit b3b1ede): 75.6 % (155 of 205; cells right
-/// 88.3 %). The goal of issue 17 is 97 %; this floor only keeps it from
-/// falling.
-const HELDOUT_FLOOR: f64 = 0.74;
-/// Share of the held-out set's out-of-scope requests refused: measured at
-/// 65.0 % (26 of 40), against a goal of 95 %.
-const HELDOUT_REFUSAL_FLOOR: f64 = 0.62;
+/// Mean 5-fold cross-validated accuracy on the tuning data: measured at
+/// 97.4 %.
+const CV_FLOOR: f64 = 0.96;
+
+/// Share of held-out set 2's cases all right. Measured once, after the
+/// tuning was frozen (commit d388891): 95.0 % (245 of 258; cells right
+/// 95.7 %). The goal of issue 17 is 97 %. The floor sits just under the
+/// measurement (two more misses fail it), so a regression fails the test.
+const HELDOUT_FLOOR: f64 = 0.94;
+/// Share of held-out set 2's out-of-scope requests refused: measured at
+/// 90.4 % (47 of 52), against a goal of 95 %; one more miss is tolerated
+/// (a float difference on another CPU can move a borderline request).
+const HELDOUT_REFUSAL_FLOOR: f64 = 0.88;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -83,7 +89,7 @@ fn tuning_set_meets_the_floor() {
         println!("miss: {miss}");
     }
     let refusals = summary.refusals_correct as f64 / summary.refusals_expected.max(1) as f64;
-    println!("accuracy {summary}");
+    println!("tuning data: accuracy {summary}");
     assert!(summary.refusals_expected >= 20, "fewer than 20 out-of-scope requests in the set");
     assert!(
         summary.accuracy() >= FLOOR,
@@ -109,7 +115,7 @@ fn heldout_set_meets_the_floor() {
     for case in &cases {
         summary.add(case, &engine.ask(&case.intent).expect("the engine answers"));
     }
-    println!("held-out: accuracy {summary}");
+    println!("held-out set 2: accuracy {summary}");
     assert!(
         summary.refusals_expected >= 20,
         "fewer than 20 out-of-scope requests in the held-out set"
@@ -123,6 +129,35 @@ fn heldout_set_meets_the_floor() {
         summary.refusal_rate() >= HELDOUT_REFUSAL_FLOOR,
         "only {:.3} of the held-out out-of-scope requests were refused (floor {HELDOUT_REFUSAL_FLOOR})",
         summary.refusal_rate()
+    );
+}
+
+/// The choice of tunables, 5-fold cross-validated over the tuning data:
+/// each fold scored with the tuning chosen on the other four, and the choice
+/// made on all of it must be the engine's default. The grid here keeps the
+/// default's pooling ([`evaluation::Grid::around`]) so that a debug build
+/// takes seconds, not minutes; `intent-bench` cross-validates over the full
+/// grid (97.4 %, refused 95.2 %). Measured here at 97.7 %.
+#[test]
+fn cross_validated_choice_holds() {
+    let paths: Vec<PathBuf> = evaluation::TUNING_SETS.iter().map(|s| repo().join(s)).collect();
+    let cases = evaluation::read_all(&paths).unwrap_or_else(|e| panic!("{e}"));
+    let engine = engine();
+    let memo = evaluation::Memo::new(engine.encoder());
+    let grid = evaluation::Grid::around(&engine.tuning());
+    let cv = evaluation::cross_validate(engine, &cases, 5, &grid, &memo).expect("the engine answers");
+    println!(
+        "5-fold CV ({} tunings around the default pooling): mean accuracy {:.1}% on the held fold ({:.1}% on the folds tuned on), refused {:.1}%",
+        grid.len(),
+        100.0 * cv.mean_accuracy(),
+        100.0 * cv.mean_train_accuracy(),
+        100.0 * cv.refusal_rate()
+    );
+    assert_eq!(cv.selected, engine.tuning(), "the default tuning is not the one the grid chooses");
+    assert!(
+        cv.mean_accuracy() >= CV_FLOOR,
+        "cross-validated accuracy {:.3} is below {CV_FLOOR}",
+        cv.mean_accuracy()
     );
 }
 

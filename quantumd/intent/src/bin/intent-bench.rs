@@ -203,12 +203,15 @@ fn main() {
         }
     );
     match &args.heldout {
-        None => println!("  held-out set      not scored (--heldout none)"),
+        None => println!("  held-out set 2    not scored (--heldout none)"),
         Some(path) => match evaluation::read(path) {
-            Err(e) => println!("  held-out set      not scored: {e}"),
+            Err(e) => println!("  held-out set 2    not scored: {e}"),
             Ok(heldout) => {
                 let scored = evaluation::score(&engine, &heldout, &default, engine.encoder()).unwrap_or_else(|e| fail(&e));
-                println!("  held-out set      {} (never used to tune; aggregates only)", path.display());
+                println!(
+                    "  held-out set 2    {} (written before the tuning, never used to tune; aggregates only)",
+                    path.display()
+                );
                 println!("    accuracy        {scored}");
                 let per: Vec<String> = scored.per_stratum.iter().map(|(s, (r, n))| format!("{s} {r}/{n}")).collect();
                 println!("    per expected cell: {}", per.join(", "));

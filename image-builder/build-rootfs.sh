@@ -403,6 +403,11 @@ DISK_MIB=$(conf DISK_SIZE_MIB); DISK_MIB=${DISK_MIB:-4096}
 TREE_MIB=$(du -sm "$TREE" | cut -f1)
 [ "$TREE_MIB" -lt $((DISK_MIB * 3 / 4)) ] ||
     die "the tree ($TREE_MIB MiB) does not fit well in DISK_SIZE_MIB=$DISK_MIB: raise it in $VARIANT_DIR/image.conf"
+# The image file is sparse: it takes about the tree's size on the host.
+# Say so plainly rather than let mkfs.ext4 fail half-way with ENOSPC.
+FREE_MIB=$(df -Pm "$TMP_IMAGE" | awk 'NR == 2 { print $4 }')
+[ "$FREE_MIB" -gt $((TREE_MIB + 512)) ] ||
+    die "no room for the disk image: it needs about $((TREE_MIB + 512)) MiB on $(df -P "$TMP_IMAGE" | awk 'NR == 2 { print $6 }'), $FREE_MIB MiB are free (point QUANTUM_CACHE elsewhere or free some space)"
 stage "ext4 disk image: $DISK_MIB MiB, $TREE_MIB MiB used (mkfs.ext4 -d)"
 E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH mkfs.ext4 -q -F -d "$TREE" -L quantumos-root \
     -U 5154554d-0000-4000-8000-000000000001 -E root_owner=0:0 \

@@ -234,6 +234,21 @@ pub fn steppps(f: &quantum_steppps::Figures, verbose: bool) -> String {
         Availability::Unavailable { unavailable } => format!("gpus: none ({unavailable})"),
     };
     let _ = writeln!(out, "{gpu}");
+    // Most kernels have no steppps module: its absence is news only to
+    // someone asking for --verbose.
+    match &f.kernel {
+        Availability::Available(k) => {
+            let _ = writeln!(
+                out,
+                "kernel module: {} ({} samples every {} ms, generation {})",
+                k.device, k.samples, k.interval_ms, k.generation
+            );
+        }
+        Availability::Unavailable { unavailable } if verbose => {
+            let _ = writeln!(out, "kernel module: unavailable ({unavailable})");
+        }
+        Availability::Unavailable { .. } => {}
+    }
     if let Availability::Unavailable { unavailable } = &f.time {
         let _ = writeln!(out, "TIME: unavailable ({unavailable})");
     }

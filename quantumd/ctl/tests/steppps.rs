@@ -80,6 +80,14 @@ fn cells_space_time_and_event_figures_are_shown_per_instance() {
         let verbose = node.ok(&["steppps", "--once", "--verbose"]);
         assert!(verbose.lines().any(|l| l == format!("gpus: none ({reason})")), "{verbose}");
     }
+    // The host's kernel has no steppps module: said only with -v.
+    let reason = f["kernel"]["unavailable"].as_str().expect("no steppps module on the host");
+    assert!(!view.contains("kernel module"), "{view}");
+    let verbose = node.ok(&["steppps", "--once", "--verbose"]);
+    assert!(
+        verbose.lines().any(|l| l == format!("kernel module: unavailable ({reason})")),
+        "{verbose}"
+    );
 }
 
 #[test]

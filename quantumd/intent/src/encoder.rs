@@ -151,6 +151,17 @@ impl Encoder {
     }
 
     /// How long [`Encoder::load`] took.
+    /// The whole words of the model's vocabulary (lower-case letters only,
+    /// no word pieces): words the model knows as words, so a request's word
+    /// found here is a word and not a typing slip ("patch" is not "path").
+    pub fn vocabulary_words(&self) -> Vec<String> {
+        self.tokenizer
+            .get_vocab(false)
+            .into_keys()
+            .filter(|w| w.len() > 1 && w.bytes().all(|b| b.is_ascii_lowercase()))
+            .collect()
+    }
+
     pub fn load_time(&self) -> Duration {
         self.load_time
     }

@@ -766,7 +766,7 @@ fn list_in(segment: &str, default: Option<&str>) -> Vec<String> {
 fn choice_synonyms(word: &str) -> &'static [&'static str] {
     match word {
         "ram" | "mem" | "memory" => &["memory", "mem"],
-        "processor" | "cpu" => &["cpu"],
+        "processor" | "cpu" | "core" | "cores" | "cpus" => &["cpu"],
         "markdown" => &["md", "markdown"],
         "word" | "msword" => &["docx"],
         "text" | "plaintext" => &["txt"],
@@ -781,7 +781,7 @@ fn choice_synonyms(word: &str) -> &'static [&'static str] {
         "verify" | "validate" | "compare" | "against" | "corrupted" | "corrupt" | "tampered" => &["verify"],
         "upgrade" | "install" | "apply" | "update" | "patch" | "upgrading" | "updating" | "patching" => &["apply"],
         "check" | "available" | "outdated" | "pending" | "any" | "list" | "upgradable" | "upgradeable" => &["check"],
-        "force" | "forcefully" | "forced" | "sigkill" => &["kill"],
+        "force" | "forcefully" | "forced" | "sigkill" | "hard" | "brutally" => &["kill"],
         "pause" | "suspend" | "freeze" | "sigstop" => &["stop"],
         "resume" | "unpause" | "continue" | "sigcont" => &["cont"],
         "reload" | "sighup" => &["hup"],
@@ -800,10 +800,14 @@ fn choice_synonyms(word: &str) -> &'static [&'static str] {
         "zstd" | "zst" => &["tar.zst"],
         "nameserver" | "nameservers" => &["ns"],
         "ipv6" => &["aaaa"],
+        "spf" | "dkim" | "dmarc" => &["txt"],
+        "alias" | "canonical" => &["cname"],
         "ipv4" => &["a"],
         "containing" | "contain" | "contains" | "mention" | "mentions" | "mentioning" | "inside of" => &["content"],
         "named" | "called" | "name" => &["name"],
         "blake2" | "blake2b" => &["b2"],
+        // A checksum list named: it is checked against.
+        "sha256sums" | "sha512sums" | "sha1sums" | "md5sums" | "b2sums" => &["verify"],
         "sha-256" => &["sha256"],
         "sha-512" => &["sha512"],
         "pin" | "pins" | "pincode" => &["pin"],
@@ -840,6 +844,8 @@ const CHOICE_PHRASES: &[(&str, &str)] = &[
     ("what's in", "list"),
     ("whats in", "list"),
     ("what is in", "list"),
+    ("what files are in", "list"),
+    ("which files are in", "list"),
     ("apt update", "check"),
     ("apt-get update", "check"),
     ("apt upgrade", "apply"),
@@ -975,6 +981,14 @@ fn pick_choice(tokens: &[Token], taken: &[bool], options: &[String], question: b
         }
     }
     found.sort_by_key(|(i, _, _)| *i);
+    // Two choices named in a row qualify one another: the first is the
+    // kind of the second ("an alphanumeric password", "a hex token").
+    let qualified: Vec<usize> = found
+        .iter()
+        .filter(|(i, r, o)| *r == 1 && found.iter().any(|(j, rj, oj)| *rj == 1 && j + 1 == *i && oj != o))
+        .map(|(i, _, _)| *i)
+        .collect();
+    found.retain(|(i, _, _)| !qualified.contains(i));
     let best = found.iter().map(|(_, r, _)| *r).max();
     match best {
         Some(rank @ 1..) => found.iter().rev().find(|(_, r, _)| *r == rank).map(|(_, _, o)| o.clone()),
@@ -1526,15 +1540,38 @@ fn named_pattern(tokens: &[Token]) -> Option<String> {
                 return Some(next.text.clone());
             }
         }
-        if matches!(t.lower.as_str(), "file" | "files" | "documents" | "document") && i > 0 {
+        if matches!(
+            t.lower.as_str(),
+            "file" | "files" | "documents" | "document" | "images" | "pictures" | "photos" | "videos" | "songs" | "archives" | "scripts"
+        ) && i > 0
+        {
             let prev = &tokens[i - 1].lower;
             if FILE_EXTENSIONS.contains(&prev.trim_start_matches('.')) {
                 return Some(format!("*.{}", prev.trim_start_matches('.')));
             }
         }
+        // "all pdfs", "every jpg", "any isos": a file type counted.
+        if i > 0 && matches!(tokens[i - 1].lower.as_str(), "all" | "every" | "any") {
+            let w = t.lower.trim_start_matches('.');
+            let ext = if COUNTED_TYPES.contains(&w) {
+                Some(w)
+            } else {
+                w.strip_suffix('s').filter(|e| COUNTED_TYPES.contains(e))
+            };
+            if let Some(ext) = ext {
+                return Some(format!("*.{ext}"));
+            }
+        }
     }
     None
 }
+
+/// File types people count by their extension alone ("all pdfs", "every
+/// jpg"): the ones that are no English word.
+const COUNTED_TYPES: &[&str] = &[
+    "pdf", "docx", "odt", "epub", "csv", "xlsx", "png", "jpg", "jpeg", "gif", "webp", "svg", "heic", "tiff", "mp3", "mp4", "mkv", "wav",
+    "flac", "iso", "zip", "tgz", "py", "sh", "json", "yaml", "yml", "toml",
+];
 
 /// How the model is shown a file name: by its type ("pdf file"), since
 /// the name itself only adds noise.
@@ -1544,6 +1581,14 @@ fn file_words(ext: &str) -> String {
         "sh" => "shell script".to_owned(),
         ext => format!("{ext} file"),
     }
+}
+
+/// A word joined by underscores: a name in code or configuration.
+fn is_identifier(text: &str) -> bool {
+    let core = text.trim_matches(|c: char| !(c.is_ascii_alphanumeric() || c == '_'));
+    core.contains('_')
+        && core.split('_').filter(|p| !p.is_empty()).count() >= 2
+        && core.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 /// The request with its values replaced by what they are ("~/book/draft.md"
@@ -1572,6 +1617,13 @@ pub fn masked(tokens: &[Token], candidates: &[Candidate]) -> String {
             _ => continue,
         };
         replaced[c.token] = Some(word);
+    }
+    // An identifier ("ssl_certificate", "MAX_RETRIES") is a value the
+    // request looks for, no word the model can read.
+    for (t, r) in tokens.iter().zip(replaced.iter_mut()) {
+        if r.is_none() && is_identifier(&t.text) {
+            *r = Some("text".to_owned());
+        }
     }
     tokens
         .iter()
@@ -1746,6 +1798,13 @@ mod tests {
         check_fill("image-resize", "convert logo.png to webp", "format=webp;input=logo.png");
         check_fill("document-convert", "turn my report.docx into markdown", "input=report.docx;to=md");
         check_fill("file-search", "find all pdf files in ~/Documents", "path=~/Documents;pattern=*.pdf");
+        check_fill("file-search", "find all pdfs in ~/Documents", "path=~/Documents;pattern=*.pdf");
+        check_fill(
+            "password-generator",
+            "a 12 char alphanumeric password",
+            "kind=alphanumeric;length=12",
+        );
+        check_fill("file-search", "search for png images under /srv", "path=/srv;pattern=*.png");
         check_fill(
             "file-search",
             "search ~/code for files containing 'TODO'",
@@ -1828,6 +1887,14 @@ mod tests {
     fn masking_hides_names_but_keeps_what_they_are() {
         let (tokens, candidates) = scan("convert ~/book/draft.md to html and serve /srv/www, grep 'x y'");
         expect![["convert md file to html and serve folder grep x y"]].assert_eq(&masked(&tokens, &candidates));
+    }
+
+    #[test]
+    fn identifiers_are_masked_as_text() {
+        let (tokens, candidates) = scan("which files in /etc/nginx mention ssl_certificate");
+        expect![["which files in folder mention text"]].assert_eq(&masked(&tokens, &candidates));
+        assert!(!is_identifier("snake_"));
+        assert!(!is_identifier("back-up"));
     }
 
     /// What issue 17's round added, one case per rule: ranked choices,

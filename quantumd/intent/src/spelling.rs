@@ -7,7 +7,8 @@
 //! Only slips that keep the word's letters are mended: two neighbours
 //! swapped, one letter missing, one letter doubled or added. A different
 //! letter ("mount" / "count") is a different word as often as a slip, and is
-//! left alone; so are words shorter than five letters.
+//! left alone; so are words shorter than five letters, and words the
+//! model's vocabulary holds whole ("patch" is a word, not a slip of "path").
 
 use std::collections::{HashMap, HashSet};
 
@@ -18,6 +19,9 @@ pub struct Speller {
     /// A known word with one letter taken out -> the known words it came
     /// from (a request word missing that letter).
     missing: HashMap<String, Vec<String>>,
+    /// Words that are words though the catalog never uses them (the model's
+    /// whole-word vocabulary): never mended.
+    words: HashSet<String>,
 }
 
 const MIN_LEN: usize = 5;
@@ -98,7 +102,18 @@ impl Speller {
         for list in missing.values_mut() {
             list.sort();
         }
-        Speller { known, missing }
+        Speller {
+            known,
+            missing,
+            words: HashSet::new(),
+        }
+    }
+
+    /// Leaves `words` alone: they are words of the language (the model's
+    /// vocabulary), not slips, even where the catalog does not use them.
+    pub fn leave(mut self, words: impl IntoIterator<Item = String>) -> Speller {
+        self.words.extend(words.into_iter().map(|w| w.to_ascii_lowercase()));
+        self
     }
 
     /// The known word `word` is one slip away from, if there is exactly one
@@ -106,7 +121,7 @@ impl Speller {
     /// are nothing like a known one.
     pub fn mend(&self, word: &str) -> Option<String> {
         let w = word.to_ascii_lowercase();
-        if w.len() < MIN_LEN || !w.bytes().all(|b| b.is_ascii_lowercase()) || self.known.contains(&w) {
+        if w.len() < MIN_LEN || !w.bytes().all(|b| b.is_ascii_lowercase()) || self.known.contains(&w) || self.words.contains(&w) {
             return None;
         }
         // A known word with an ending ("tokens", "passwords", "killed") is
@@ -206,6 +221,9 @@ mod tests {
         assert_eq!(s.mend("searched"), None);
         // An everyday word one slip from a known one.
         assert_eq!(Speller::new(["hi there"]).mend("three"), None);
+        // A word of the language one slip from a known one.
+        assert_eq!(Speller::new(["show the path"]).mend("patch").as_deref(), Some("path"));
+        assert_eq!(Speller::new(["show the path"]).leave(["patch".to_owned()]).mend("patch"), None);
         assert_eq!(Speller::new(["what is it"]).mend("whats"), None);
     }
 

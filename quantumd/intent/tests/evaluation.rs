@@ -1,6 +1,6 @@
 //! Scores the evaluation sets with the real model and holds the engine to
 //! accuracy floors: the tuning data ([`evaluation::TUNING_SETS`], every miss
-//! printed) and held-out set 2 (tests/data/intents-heldout-2.tsv, never used
+//! printed) and held-out set 3 (tests/data/intents-heldout-3.tsv, never used
 //! to tune: only its aggregate figures are printed).
 //!
 //! The model must be present: `scripts/fetch-model.sh` puts it where this
@@ -115,7 +115,7 @@ fn heldout_set_meets_the_floor() {
     for case in &cases {
         summary.add(case, &engine.ask(&case.intent).expect("the engine answers"));
     }
-    println!("held-out set 2: accuracy {summary}");
+    println!("held-out set 3: accuracy {summary}");
     assert!(
         summary.refusals_expected >= 20,
         "fewer than 20 out-of-scope requests in the held-out set"

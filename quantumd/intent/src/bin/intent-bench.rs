@@ -203,13 +203,13 @@ fn main() {
         }
     );
     match &args.heldout {
-        None => println!("  held-out set 2    not scored (--heldout none)"),
+        None => println!("  held-out set      not scored (--heldout none)"),
         Some(path) => match evaluation::read(path) {
-            Err(e) => println!("  held-out set 2    not scored: {e}"),
+            Err(e) => println!("  held-out set      not scored: {e}"),
             Ok(heldout) => {
                 let scored = evaluation::score(&engine, &heldout, &default, engine.encoder()).unwrap_or_else(|e| fail(&e));
                 println!(
-                    "  held-out set 2    {} (written before the tuning, never used to tune; aggregates only)",
+                    "  held-out set      {} (written before the tuning, never used to tune; aggregates only)",
                     path.display()
                 );
                 println!("    accuracy        {scored}");

@@ -14,27 +14,29 @@ use quantum_intent::{evaluation, Config, Engine};
 
 /// Share of the tuning data's cases whose cells (or refusal) and expected
 /// parameters are all right. A training score (the engine was tuned on
-/// these sets, [`evaluation::TUNING_SETS`]): measured at 98.0 % (671 of 685;
-/// 5-fold cross-validated: 97.4 %).
-const FLOOR: f64 = 0.97;
+/// these sets, [`evaluation::TUNING_SETS`]): measured at 99.0 % (1068 of
+/// 1079; 5-fold cross-validated: 98.8 %).
+const FLOOR: f64 = 0.98;
 /// Share of the tuning data's out-of-scope requests that must be refused
 /// (they hold requests close to what the catalog does, "delete the tmp
-/// folder"): measured at 95.2 % (138 of 145).
-const REFUSAL_FLOOR: f64 = 0.94;
+/// folder"): measured at 97.6 % (239 of 245).
+const REFUSAL_FLOOR: f64 = 0.96;
 
 /// Mean 5-fold cross-validated accuracy on the tuning data: measured at
-/// 97.4 %.
-const CV_FLOOR: f64 = 0.96;
+/// 98.8 % over the full grid (`intent-bench`), 98.9 % over the grid around
+/// the default pooling (this test).
+const CV_FLOOR: f64 = 0.98;
 
-/// Share of held-out set 2's cases all right. Measured once, after the
-/// tuning was frozen (commit d388891): 95.0 % (245 of 258; cells right
-/// 95.7 %). The goal of issue 17 is 97 %. The floor sits just under the
-/// measurement (two more misses fail it), so a regression fails the test.
-const HELDOUT_FLOOR: f64 = 0.94;
-/// Share of held-out set 2's out-of-scope requests refused: measured at
-/// 90.4 % (47 of 52), against a goal of 95 %; one more miss is tolerated
+/// Share of held-out set 3's cases all right. Measured once, after the
+/// tuning was frozen (commit 7ef50f3): 91.5 % (238 of 260; cells right
+/// 95.4 %). The goal of issue 17 is 97 %: not met. The floor sits just
+/// under the measurement (two more misses fail it), so a regression fails
+/// the test.
+const HELDOUT_FLOOR: f64 = 0.91;
+/// Share of held-out set 3's out-of-scope requests refused: measured at
+/// 88.5 % (46 of 52), against a goal of 95 %; one more miss is tolerated
 /// (a float difference on another CPU can move a borderline request).
-const HELDOUT_REFUSAL_FLOOR: f64 = 0.88;
+const HELDOUT_REFUSAL_FLOOR: f64 = 0.86;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -137,7 +139,7 @@ fn heldout_set_meets_the_floor() {
 /// made on all of it must be the engine's default. The grid here keeps the
 /// default's pooling ([`evaluation::Grid::around`]) so that a debug build
 /// takes seconds, not minutes; `intent-bench` cross-validates over the full
-/// grid (97.4 %, refused 95.2 %). Measured here at 97.7 %.
+/// grid (98.8 %, refused 96.7 %). Measured here at 98.9 %.
 #[test]
 fn cross_validated_choice_holds() {
     let paths: Vec<PathBuf> = evaluation::TUNING_SETS.iter().map(|s| repo().join(s)).collect();

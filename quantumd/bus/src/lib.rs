@@ -298,6 +298,12 @@ pub trait Quantum1 {
     /// `cell` when it is not empty. Updated once a second.
     fn steppps(&self, cell: &str) -> Result<String, Error>;
 
+    /// STEPPPS PSYCHOLOGY: recommended `[resources]` for `cell` from its
+    /// usage history, as JSON (the `quantumctl recommend --json` contract,
+    /// see quantum-psychology's `Recommendation`). `NotFound` when neither
+    /// the catalog nor the history knows the cell.
+    fn recommend(&self, cell: &str) -> Result<String, Error>;
+
     /// Emitted when quantumd changes a running cell's CPU weight to keep its
     /// run-queue latency objective.
     #[zbus(signal)]

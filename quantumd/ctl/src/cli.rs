@@ -317,6 +317,39 @@ EXIT STATUS:
         #[arg(long, short = 'v')]
         verbose: bool,
     },
+    /// Recommend `[resources]` for a cell from what its runs really used.
+    ///
+    /// quantumd keeps a usage history per cell (STEPPPS PSYCHOLOGY, under
+    /// /var/lib/quantumd/psychology): one sample for every instance that
+    /// ends, with its memory peak, CPU (average and busiest second),
+    /// run-queue latency, tasks, run length, start hour and how it ended;
+    /// the last 1000 runs of each cell. From them, as Kubernetes' VPA
+    /// recommender does: memory-max is the 99th percentile of the peaks
+    /// plus a 15 % margin, memory-min their median, cpu-min the 90th
+    /// percentile of average cores plus 15 %, cpu-max the 99th percentile
+    /// of busiest seconds plus 15 %, tasks-max the most tasks plus 15 %;
+    /// rounded up to a unit you would write, never more than the machine
+    /// has. An OOM-killed run's peak counts x1.2 (it wanted more than it
+    /// got).
+    ///
+    /// The output is a `[resources]` block to paste into the cell's
+    /// cell.toml, with the evidence (runs, percentiles, how runs ended, the
+    /// busiest start hours) as comments. Below 10 runs the confidence is
+    /// "not enough history" and the keys are commented out too. A figure
+    /// the host does not measure (no memory or pids controller) gives no
+    /// key and says so. With --json, one object: `cell`, `samples`,
+    /// `confidence`, `margin`, `resources` (bytes and cores), `evidence`.
+    #[command(
+        after_help = "EXAMPLES:\n    quantumctl recommend image-resize\n    quantumctl recommend image-resize --json | jq '.resources'\n    quantumctl recommend web-server >> /tmp/web-server-resources.toml\n\nEXIT STATUS:\n    0 a recommendation (whatever its confidence); 1 no such cell (neither in\n    the catalog nor in the history) or the history cannot be read;\n    2 quantumd unreachable."
+    )]
+    Recommend {
+        /// The cell's name (catalog name, as `list` shows it).
+        #[arg(value_name = "CELL")]
+        cell: String,
+        /// Print the recommendation and its evidence as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, clap::Subcommand)]

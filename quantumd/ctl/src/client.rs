@@ -275,6 +275,19 @@ async fn execute(proxy: &Quantum1Proxy<'_>, command: CliCommand) -> Result<ExitC
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             }
         }
+        CliCommand::Recommend { cell, json } => {
+            let text = proxy
+                .recommend(&cell)
+                .await
+                .map_err(|e| Failed(request_failed(&format!("cannot recommend resources for {cell}"), e)))?;
+            if json {
+                println!("{text}");
+            } else {
+                let r: quantum_psychology::Recommendation = serde_json::from_str(&text)
+                    .map_err(|e| Failed(anyhow!("quantumd sent a recommendation this quantumctl cannot read: {e}")))?;
+                print!("{}", r.to_toml());
+            }
+        }
         CliCommand::Trail(TrailCommand::Verify { json }) => {
             let report = proxy
                 .trail_verify()

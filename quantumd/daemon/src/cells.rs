@@ -173,6 +173,8 @@ pub struct Cells {
     trail: Result<Recorder, String>,
     /// The STEPPPS sampler, told which cells run at every tick.
     steppps: Option<Steppps>,
+    /// STEPPPS PSYCHOLOGY: each ended instance becomes a usage sample.
+    history: Option<crate::psychology::History>,
 }
 
 /// Writes the record of an instance about to start, off the event loop.
@@ -279,6 +281,7 @@ impl Cells {
             identity: None,
             trail: Err("the trail is not open yet".into()),
             steppps: None,
+            history: None,
         }
     }
 
@@ -294,6 +297,10 @@ impl Cells {
     }
 
     /// Where bundles come from (the configured providers).
+    pub fn set_history(&mut self, history: crate::psychology::History) {
+        self.history = Some(history);
+    }
+
     pub fn set_bundles(&mut self, bundles: Bundles) {
         self.bundles = bundles;
     }
@@ -1125,11 +1132,17 @@ impl Cells {
         info.reason = reason.to_owned();
         info.pid = 0;
         self.emit(id, &inst.record.cell, state, reason).await;
+        let ended_usec = now_usec();
+        let usage = self.steppps.as_ref().and_then(|s| s.take_usage(id));
+        // A start that failed is no run of the cell: nothing to learn from.
+        if let Some(history) = self.history.as_ref().filter(|_| inst.pid != 0 || usage.is_some()) {
+            history.record_end(&inst.record.cell, inst.record.started_usec, ended_usec, state, usage);
+        }
         let ended = EndedInstance {
             info,
             status: inst.last_exit,
             actor: inst.record.actor.clone(),
-            ended_usec: now_usec(),
+            ended_usec,
         };
         for waiter in self.waiters.remove(id).unwrap_or_default() {
             let _ = waiter.send(Ok(ended.answer()));

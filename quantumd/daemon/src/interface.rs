@@ -27,6 +27,8 @@ pub struct Quantum1 {
     pub steppps: crate::steppps::Steppps,
     /// Where the cells' output is read from.
     pub logs: crate::logs::Source,
+    /// STEPPPS PSYCHOLOGY: the usage history behind `Recommend`.
+    pub history: crate::psychology::History,
 }
 
 impl Quantum1 {
@@ -337,6 +339,26 @@ impl Quantum1 {
     async fn steppps(&self, cell: String) -> Result<String, Error> {
         let figures = self.steppps.figures((!cell.is_empty()).then_some(cell.as_str()));
         serde_json::to_string(&figures).map_err(|e| Error::Backend(format!("cannot encode the figures: {e}")))
+    }
+
+    /// Reading a recommendation is reading figures, like `Steppps`: no
+    /// authorization beyond the bus policy.
+    async fn recommend(&self, cell: String) -> Result<String, Error> {
+        // The node's size is the ceiling: no recommendation asks for more
+        // memory or cores than the machine has.
+        let node = self.steppps.figures(None).node;
+        let mut bounds = quantum_psychology::Bounds::default();
+        if node.memory_total_bytes > 0 {
+            bounds.memory_ceiling = node.memory_total_bytes;
+        }
+        if node.cpus > 0 {
+            bounds.cpu_ceiling = f64::from(node.cpus);
+        }
+        let history = self.history.clone();
+        let recommendation = tokio::task::spawn_blocking(move || history.recommend(&cell, bounds))
+            .await
+            .map_err(|e| Error::Backend(format!("reading the usage history: {e}")))??;
+        serde_json::to_string(&recommendation).map_err(|e| Error::Backend(format!("cannot encode the recommendation: {e}")))
     }
 
     async fn identity(&self) -> NodeIdentity {

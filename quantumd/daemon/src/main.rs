@@ -14,6 +14,7 @@ mod main_loop;
 mod metrics;
 mod planner;
 mod polkit;
+mod psychology;
 mod runtime;
 mod start_profile;
 mod steppps;

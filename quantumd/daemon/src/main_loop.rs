@@ -125,7 +125,9 @@ pub async fn serve(config: Config, bus_address: Option<String>) -> anyhow::Resul
     let runtime_cgroups = runtime.cells_cgroup();
     let log_source = runtime.log_source();
     let (bpf_enabled, metrics_setting) = (config.bpf, config.metrics.clone());
+    let history = crate::psychology::History::open(&config.state_dir.join("psychology"), config.catalog.clone());
     let mut cells = Cells::new(runtime, store, config, event_tx.clone());
+    cells.set_history(history.clone());
     cells.set_trust(identity.clone(), trail.clone());
     cells.set_bundles(bundles);
     let (tune_tx, mut tune_rx) = mpsc::unbounded_channel();
@@ -176,6 +178,7 @@ pub async fn serve(config: Config, bus_address: Option<String>) -> anyhow::Resul
                 trail_dir,
                 steppps,
                 logs: log_source,
+                history,
             },
         )
         .await

@@ -8,10 +8,14 @@
 //! cell loop a [`Tuning`] whenever a cell's run-queue latency objective
 //! makes its CPU weight change. Where BPF cannot load (no BTF, no
 //! CAP_BPF/CAP_PERFMON), TIME and EVENT say so and everything else goes on.
+//!
+//! For PSYCHOLOGY it also keeps, per instance, what it saw over the
+//! instance's life ([`Usage`]); the cell loop takes it when the instance
+//! ends ([`Steppps::take_usage`]) and records it in the usage history.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use quantum_steppps::figures::{EventFigures, RunqLatency, TimeFigures};
@@ -42,7 +46,108 @@ pub struct Tuning {
 pub struct Steppps {
     figures: Arc<RwLock<Figures>>,
     watched: Arc<watch::Sender<Vec<Watched>>>,
+    usage: Arc<Mutex<HashMap<String, Usage>>>,
 }
+
+/// What the sampler saw of one instance over its life (across restarts),
+/// for the usage history. Short runs the sampler never saw have none.
+#[derive(Clone, Debug)]
+pub struct Usage {
+    /// `memory.current` readings, at most [`Usage::KEEP`]: when full, every
+    /// other one is dropped and only every `stride`-th reading kept from
+    /// then on, so a run of days is summarised as evenly as one of seconds.
+    memory: Vec<u64>,
+    stride: u32,
+    skipped: u32,
+    pub memory_peak: Option<u64>,
+    /// CPU time used, µs: the first reading (cpu.stat counts from the
+    /// cgroup's creation) plus every increase after it.
+    pub cpu_usec: Option<u64>,
+    last_cpu_usec: Option<u64>,
+    pub cpu_peak_cores: Option<f64>,
+    /// The worst sampling interval's run-queue latency p99.
+    pub runq_p99_us: Option<u64>,
+    pub tasks_peak: Option<u64>,
+    /// `memory.events` oom_kill, the highest count seen.
+    pub oom_kills: u64,
+    seen: Instant,
+}
+
+impl Usage {
+    const KEEP: usize = 1024;
+
+    fn new() -> Usage {
+        Usage {
+            memory: Vec::new(),
+            stride: 1,
+            skipped: 0,
+            memory_peak: None,
+            cpu_usec: None,
+            last_cpu_usec: None,
+            cpu_peak_cores: None,
+            runq_p99_us: None,
+            tasks_peak: None,
+            oom_kills: 0,
+            seen: Instant::now(),
+        }
+    }
+
+    fn observe(&mut self, cell: &quantum_steppps::figures::CellFigures, runq: Option<&RunqLatency>) {
+        self.seen = Instant::now();
+        let r = &cell.readings;
+        if let Some(m) = r.memory_current {
+            self.memory_peak = Some(self.memory_peak.map_or(m, |p| p.max(m)));
+            self.skipped += 1;
+            if self.skipped >= self.stride {
+                self.skipped = 0;
+                self.memory.push(m);
+                if self.memory.len() >= Self::KEEP {
+                    let halved: Vec<u64> = self.memory.iter().step_by(2).copied().collect();
+                    self.memory = halved;
+                    self.stride *= 2;
+                }
+            }
+        }
+        if let Some(cpu) = r.cpu {
+            let now = cpu.usage_usec;
+            // A restart is a new cgroup whose counter starts again at 0.
+            let gained = match self.last_cpu_usec {
+                Some(last) if now >= last => now - last,
+                _ => now,
+            };
+            self.cpu_usec = Some(self.cpu_usec.unwrap_or(0) + gained);
+            self.last_cpu_usec = Some(now);
+        }
+        if let Some(c) = cell.rates.cpu_cores {
+            self.cpu_peak_cores = Some(self.cpu_peak_cores.map_or(c, |p| p.max(c)));
+        }
+        if let Some(p99) = runq.and_then(|l| l.p99_us) {
+            self.runq_p99_us = Some(self.runq_p99_us.map_or(p99, |p| p.max(p99)));
+        }
+        if let Some(t) = r.pids_current {
+            self.tasks_peak = Some(self.tasks_peak.map_or(t, |p| p.max(t)));
+        }
+        if let Some(e) = r.memory_events {
+            self.oom_kills = self.oom_kills.max(e.oom_kill);
+        }
+    }
+
+    /// The `p`-th percentile (nearest rank) of the memory readings kept.
+    pub fn memory_percentile(&self, p: f64) -> Option<u64> {
+        let mut v = self.memory.clone();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_unstable();
+        let rank = ((p / 100.0) * v.len() as f64).ceil() as usize;
+        Some(v[rank.clamp(1, v.len()) - 1])
+    }
+}
+
+/// How long the usage of an instance no longer sampled is kept for the
+/// cell loop to take: past a restart's longest back-off (30 s), short
+/// enough that instances the loop never asks about do not pile up.
+const USAGE_KEPT: Duration = Duration::from_secs(300);
 
 /// How the sampler runs.
 #[derive(Clone, Debug)]
@@ -61,15 +166,23 @@ impl Steppps {
     /// Starts the sampling thread; `tunings` reaches the cell loop.
     pub fn start(options: Options, tunings: mpsc::UnboundedSender<Tuning>) -> std::io::Result<Steppps> {
         let figures = Arc::new(RwLock::new(Figures::default()));
+        let usage = Arc::new(Mutex::new(HashMap::new()));
         let (tx, rx) = watch::channel(Vec::new());
         let shared = figures.clone();
+        let shared_usage = usage.clone();
         std::thread::Builder::new()
             .name("steppps".into())
-            .spawn(move || Sampler::new(options, rx, shared, tunings).run())?;
+            .spawn(move || Sampler::new(options, rx, shared, shared_usage, tunings).run())?;
         Ok(Steppps {
             figures,
             watched: Arc::new(tx),
+            usage,
         })
+    }
+
+    /// What was seen of `instance` over its life, forgotten here once taken.
+    pub fn take_usage(&self, instance: &str) -> Option<Usage> {
+        self.usage.lock().unwrap_or_else(PoisonError::into_inner).remove(instance)
     }
 
     /// The cells to read from now on.
@@ -128,6 +241,7 @@ struct Sampler {
     options: Options,
     watched: watch::Receiver<Vec<Watched>>,
     figures: Arc<RwLock<Figures>>,
+    usage: Arc<Mutex<HashMap<String, Usage>>>,
     tunings: mpsc::UnboundedSender<Tuning>,
     collector: Collector,
     bpf: Result<quantum_bpf::Telemetry, String>,
@@ -144,6 +258,7 @@ impl Sampler {
         options: Options,
         watched: watch::Receiver<Vec<Watched>>,
         figures: Arc<RwLock<Figures>>,
+        usage: Arc<Mutex<HashMap<String, Usage>>>,
         tunings: mpsc::UnboundedSender<Tuning>,
     ) -> Sampler {
         let bpf = load_bpf(&options);
@@ -161,6 +276,7 @@ impl Sampler {
             options,
             watched,
             figures,
+            usage,
             tunings,
             bpf,
             ids: HashMap::new(),
@@ -243,10 +359,26 @@ impl Sampler {
                 for (instance, e) in &collection.errors {
                     tracing::debug!(instance, error = %e, "cell cgroup not read");
                 }
+                self.observe_usage(&collection.figures, &cells);
                 *self.figures.write().unwrap_or_else(PoisonError::into_inner) = collection.figures;
             }
             Err(e) => tracing::warn!(error = %e, "cannot read /proc for STEPPPS"),
         }
+    }
+
+    /// Adds this sample to each watched instance's [`Usage`].
+    fn observe_usage(&self, figures: &Figures, cells: &[Watched]) {
+        let mut usage = self.usage.lock().unwrap_or_else(PoisonError::into_inner);
+        let time = figures.time.available();
+        // Only instances the loop watches now: one that ended is taken by
+        // the loop and must not come back from a late reading.
+        for c in cells {
+            if let Some(f) = figures.cells.get(&c.instance) {
+                let runq = time.and_then(|t| t.cells.get(&c.instance));
+                usage.entry(c.instance.clone()).or_insert_with(Usage::new).observe(f, runq);
+            }
+        }
+        usage.retain(|instance, u| cells.iter().any(|c| &c.instance == instance) || u.seen.elapsed() < USAGE_KEPT);
     }
 
     /// Run-queue latency per instance since the previous sample, and the

@@ -102,19 +102,24 @@ impl Confidence {
     }
 }
 
-/// The recommended `[resources]` keys; `None` where no run measured the
-/// figure it comes from.
+/// The recommended `[resources]` keys; `None` (absent in the JSON) where
+/// no run measured the figure it comes from.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct Resources {
     /// Bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_min: Option<u64>,
     /// Bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_max: Option<u64>,
     /// Cores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_min: Option<f64>,
     /// Cores.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_max: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tasks_max: Option<u32>,
 }
 

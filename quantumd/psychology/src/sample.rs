@@ -75,7 +75,8 @@ pub struct Sample {
     pub cpu_average_cores: Option<f64>,
     /// The busiest sampling interval's CPU cores.
     pub cpu_peak_cores: Option<f64>,
-    /// 99th percentile run-queue latency over the run, microseconds.
+    /// 99th percentile run-queue latency, microseconds (quantumd gives
+    /// the worst p99 of its one-second sampling intervals).
     pub runq_p99_us: Option<u64>,
     /// The most tasks (processes and threads) seen at once.
     pub tasks_peak: Option<u64>,

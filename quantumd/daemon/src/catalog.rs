@@ -1,7 +1,18 @@
 //! Finding and validating manifests: catalog cells by name, or files by path.
+//!
+//! Catalog cells are read, validated and hashed once, then served from
+//! memory until inotify says something under the catalog directory changed.
+//! The inotify queue is drained (without blocking) at the start of every
+//! lookup rather than by a watcher task: an edit that finished before a
+//! `Run` arrived has queued its event by then, so a lookup never sees a
+//! manifest older than the file — no window where a stale cell starts.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::ErrorKind;
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use inotify::{Inotify, WatchMask};
 
 use quantum_model::{child_path, validate_set, CellName, Manifest, ManifestSource};
 
@@ -31,19 +42,156 @@ pub struct Resolved {
 #[derive(Debug, Clone)]
 pub struct Catalog {
     pub dir: PathBuf,
+    /// None where the directory cannot be watched: every lookup reads.
+    cache: Option<Arc<Mutex<Cache>>>,
+}
+
+/// What was read from the catalog directory since inotify last reported a
+/// change under it.
+#[derive(Debug)]
+struct Cache {
+    inotify: Inotify,
+    names: Option<BTreeSet<CellName>>,
+    resolved: HashMap<PathBuf, Resolved>,
+    /// Manifest files read from disk, for the tests' sake.
+    reads: u64,
+}
+
+/// Anything that can change what a lookup finds: file contents, names,
+/// a directory moved or removed.
+fn watch_mask() -> WatchMask {
+    WatchMask::MODIFY
+        | WatchMask::CLOSE_WRITE
+        | WatchMask::ATTRIB
+        | WatchMask::CREATE
+        | WatchMask::DELETE
+        | WatchMask::MOVED_FROM
+        | WatchMask::MOVED_TO
+        | WatchMask::DELETE_SELF
+        | WatchMask::MOVE_SELF
+}
+
+impl Cache {
+    /// Watches `dir` and every directory below it. Refuses a tree with a
+    /// symbolic link in it: a change behind the link would go unseen.
+    fn watch(dir: &Path) -> Result<Cache, String> {
+        let inotify = Inotify::init().map_err(|e| format!("inotify: {e}"))?;
+        let cache = Cache {
+            inotify,
+            names: None,
+            resolved: HashMap::new(),
+            reads: 0,
+        };
+        cache.add_watches(dir)?;
+        Ok(cache)
+    }
+
+    fn add_watches(&self, dir: &Path) -> Result<(), String> {
+        let mut pending = vec![dir.to_owned()];
+        while let Some(d) = pending.pop() {
+            self.inotify
+                .watches()
+                .add(&d, watch_mask())
+                .map_err(|e| format!("cannot watch {}: {e}", d.display()))?;
+            let entries = std::fs::read_dir(&d).map_err(|e| format!("cannot read {}: {e}", d.display()))?;
+            for entry in entries.flatten() {
+                let kind = entry.file_type().map_err(|e| format!("{}: {e}", entry.path().display()))?;
+                if kind.is_symlink() {
+                    return Err(format!("{} is a symbolic link", entry.path().display()));
+                }
+                if kind.is_dir() {
+                    pending.push(entry.path());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops what was read if anything changed since; false when the
+    /// cache can no longer be trusted (the caller stops using it).
+    fn refresh(&mut self, dir: &Path) -> bool {
+        let mut buffer = [0u8; 4096];
+        let mut changed = false;
+        loop {
+            match self.inotify.read_events(&mut buffer) {
+                Ok(events) => {
+                    let mut any = false;
+                    for _ in events {
+                        any = true;
+                    }
+                    if !any {
+                        break;
+                    }
+                    changed = true;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    tracing::warn!(catalog = %dir.display(), error = %e, "cannot read inotify events; catalog cache off");
+                    return false;
+                }
+            }
+        }
+        if changed {
+            self.names = None;
+            self.resolved.clear();
+            // New directories (a cell added) need watches of their own.
+            if let Err(e) = self.add_watches(dir) {
+                tracing::warn!(catalog = %dir.display(), error = %e, "catalog cache off");
+                return false;
+            }
+        }
+        true
+    }
 }
 
 impl Catalog {
+    /// The catalog in `dir`, watched with inotify so that lookups can be
+    /// served from memory. Without inotify (or with a symbolic link in the
+    /// tree) every lookup reads the files, as it must.
+    pub fn new(dir: PathBuf) -> Catalog {
+        let cache = match Cache::watch(&dir) {
+            Ok(c) => Some(Arc::new(Mutex::new(c))),
+            Err(e) => {
+                tracing::info!(catalog = %dir.display(), reason = %e, "catalog read on every lookup");
+                None
+            }
+        };
+        Catalog { dir, cache }
+    }
+
+    /// The cache, refreshed from inotify's queue; None when there is none.
+    fn cache(&self) -> Option<std::sync::MutexGuard<'_, Cache>> {
+        let mut cache = self.cache.as_ref()?.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.refresh(&self.dir) {
+            Some(cache)
+        } else {
+            None
+        }
+    }
+
     /// Names of the cells in the catalog directory.
     pub fn names(&self) -> BTreeSet<CellName> {
-        std::fs::read_dir(&self.dir)
-            .map(|rd| {
-                rd.flatten()
-                    .filter(|e| e.path().join("cell.toml").is_file())
-                    .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
-                    .collect()
-            })
-            .unwrap_or_default()
+        let mut cache = self.cache();
+        if let Some(names) = cache.as_ref().and_then(|c| c.names.clone()) {
+            return names;
+        }
+        let names = read_names(&self.dir);
+        if let Some(c) = cache.as_mut() {
+            c.names = Some(names.clone());
+        }
+        names
+    }
+
+    /// Manifest files read from disk so far (cached lookups read none).
+    #[cfg(test)]
+    fn reads(&self) -> u64 {
+        self.cache.as_ref().map_or(0, |c| c.lock().unwrap_or_else(|e| e.into_inner()).reads)
+    }
+
+    /// Whether everything a resolution read lies inside the watched
+    /// directory (no `..`, no detour), so that inotify sees its changes.
+    fn inside(&self, path: &Path) -> bool {
+        path.starts_with(&self.dir) && !path.components().any(|c| matches!(c, Component::ParentDir | Component::CurDir))
     }
 
     /// `source` is a catalog cell name or an absolute path to a cell.toml
@@ -58,6 +206,9 @@ impl Catalog {
             }
         } else if source.parse::<CellName>().is_ok() {
             let p = self.dir.join(source).join("cell.toml");
+            if let Some(hit) = self.cached(&p) {
+                return Ok(hit);
+            }
             if !p.is_file() {
                 return Err(CatalogError::NotFound {
                     name: source.to_owned(),
@@ -87,6 +238,31 @@ impl Catalog {
     }
 
     pub fn load(&self, path: &Path) -> Result<Resolved, CatalogError> {
+        let cacheable = self.cache.is_some() && self.inside(path);
+        if let Some(hit) = self.cached(path) {
+            return Ok(hit);
+        }
+        let (resolved, read) = self.read(path)?;
+        if cacheable && read.iter().all(|p| self.inside(Path::new(p))) {
+            if let Some(mut c) = self.cache() {
+                c.reads += read.len() as u64;
+                c.resolved.insert(path.to_owned(), resolved.clone());
+            }
+        }
+        Ok(resolved)
+    }
+
+    /// The resolution of `path` read since the catalog last changed.
+    fn cached(&self, path: &Path) -> Option<Resolved> {
+        if self.cache.is_none() || !self.inside(path) {
+            return None;
+        }
+        self.cache().and_then(|c| c.resolved.get(path).cloned())
+    }
+
+    /// Reads and validates the manifest at `path` with its children; also
+    /// says which files it read.
+    fn read(&self, path: &Path) -> Result<(Resolved, Vec<String>), CatalogError> {
         let text = std::fs::read_to_string(path).map_err(|source| CatalogError::Read {
             path: path.to_owned(),
             source,
@@ -96,12 +272,9 @@ impl Catalog {
         let mut known = self.names();
         // Needed cells may also be siblings of this manifest.
         if let Some(parent_dir) = path.parent().and_then(Path::parent) {
-            known.extend(
-                Catalog {
-                    dir: parent_dir.to_owned(),
-                }
-                .names(),
-            );
+            if parent_dir != self.dir {
+                known.extend(read_names(parent_dir));
+            }
         }
         let set = validate_set(
             vec![ManifestSource { path: shown.clone(), text }],
@@ -119,8 +292,22 @@ impl Catalog {
         // The set holds every manifest it read, children included: assemble
         // from it rather than reading the files again.
         let by_path: BTreeMap<String, Manifest> = set.manifests.into_iter().collect();
-        assemble(&shown, &by_path, &hashes).ok_or_else(|| CatalogError::Invalid(format!("{shown}: not a valid manifest")))
+        let resolved =
+            assemble(&shown, &by_path, &hashes).ok_or_else(|| CatalogError::Invalid(format!("{shown}: not a valid manifest")))?;
+        Ok((resolved, hashes.into_keys().collect()))
     }
+}
+
+/// Names of the cells in `dir` (directories holding a cell.toml).
+fn read_names(dir: &Path) -> BTreeSet<CellName> {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.path().join("cell.toml").is_file())
+                .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The manifest at `path` from `manifests`, with its children, recursively.
@@ -139,4 +326,90 @@ fn assemble(path: &str, manifests: &BTreeMap<String, Manifest>, hashes: &BTreeMa
         hash,
         children,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_cell(dir: &Path, name: &str, description: &str) -> PathBuf {
+        let cell = dir.join(name);
+        std::fs::create_dir_all(&cell).unwrap();
+        let path = cell.join("cell.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[cell]\nname = \"{name}\"\nversion = \"1.0.0\"\ndescription = \"{description}\"\n\
+                 exec = [\"/bin/true\"]\n[resources]\nmemory-min = \"0\"\nmemory-max = \"16M\"\ntasks-max = 4\n"
+            ),
+        )
+        .unwrap();
+        path
+    }
+
+    fn description(r: &Resolved) -> &str {
+        &r.manifest.description
+    }
+
+    #[test]
+    fn a_catalog_cell_is_read_once_then_served_until_its_file_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_cell(dir.path(), "hello", "first");
+        let catalog = Catalog::new(dir.path().to_owned());
+        assert_eq!(description(&catalog.resolve("hello").unwrap()), "first");
+        assert_eq!(description(&catalog.resolve("hello").unwrap()), "first");
+        assert_eq!(catalog.reads(), 1, "the second lookup was served from memory");
+
+        std::fs::write(&path, std::fs::read_to_string(&path).unwrap().replace("first", "second")).unwrap();
+        assert_eq!(description(&catalog.resolve("hello").unwrap()), "second");
+        assert_eq!(catalog.reads(), 2);
+    }
+
+    #[test]
+    fn cells_added_or_removed_after_the_first_lookup_are_seen_by_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        write_cell(dir.path(), "hello", "here");
+        let catalog = Catalog::new(dir.path().to_owned());
+        assert!(catalog.resolve("hello").is_ok());
+        assert!(matches!(catalog.resolve("later"), Err(CatalogError::NotFound { .. })));
+        assert_eq!(catalog.names().len(), 1);
+
+        write_cell(dir.path(), "later", "added");
+        assert_eq!(description(&catalog.resolve("later").unwrap()), "added");
+        assert_eq!(catalog.names().len(), 2);
+
+        std::fs::remove_dir_all(dir.path().join("hello")).unwrap();
+        assert!(matches!(catalog.resolve("hello"), Err(CatalogError::NotFound { .. })));
+        assert_eq!(catalog.names().len(), 1);
+    }
+
+    #[test]
+    fn a_new_cell_directory_is_watched_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let catalog = Catalog::new(dir.path().to_owned());
+        let path = write_cell(dir.path(), "fresh", "one");
+        assert_eq!(description(&catalog.resolve("fresh").unwrap()), "one");
+        // An edit inside the directory created after the catalog was opened.
+        std::fs::write(&path, std::fs::read_to_string(&path).unwrap().replace("\"one\"", "\"two\"")).unwrap();
+        assert_eq!(description(&catalog.resolve("fresh").unwrap()), "two");
+    }
+
+    #[test]
+    fn manifests_outside_the_catalog_are_read_on_every_lookup() {
+        let (dir, elsewhere) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let catalog = Catalog::new(dir.path().to_owned());
+        let path = write_cell(elsewhere.path(), "mine", "a");
+        assert_eq!(description(&catalog.load(&path).unwrap()), "a");
+        std::fs::write(&path, std::fs::read_to_string(&path).unwrap().replace("\"a\"", "\"b\"")).unwrap();
+        assert_eq!(description(&catalog.load(&path).unwrap()), "b");
+        // A path that only looks inside the catalog.
+        // Both temporary directories are siblings.
+        let detour = dir
+            .path()
+            .join("..")
+            .join(elsewhere.path().file_name().unwrap())
+            .join("mine/cell.toml");
+        assert_eq!(description(&catalog.load(&detour).unwrap()), "b");
+        assert_eq!(catalog.reads(), 0, "nothing outside the watched tree was cached");
+    }
 }

@@ -266,9 +266,7 @@ impl Cells {
         Cells {
             runtime,
             store,
-            catalog: Catalog {
-                dir: config.catalog.clone(),
-            },
+            catalog: Catalog::new(config.catalog.clone()),
             bundles: Bundles::local(config.trusted_keys.clone(), &config.cache_dir),
             config,
             instances: BTreeMap::new(),

@@ -5,19 +5,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use quantum_model::{validate_set, CellName, ManifestSource};
-
-/// Names of cells in `dir` (`dir/NAME/cell.toml`).
-fn cells_in(dir: &Path) -> BTreeSet<CellName> {
-    std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .filter(|e| e.path().join("cell.toml").is_file())
-                .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
-                .collect()
-        })
-        .unwrap_or_default()
-}
+use quantum_model::{cells_in, validate_set, ManifestSource};
 
 pub fn run(paths: &[PathBuf], catalog: &Path, json: bool) -> ExitCode {
     let mut inputs = Vec::new();

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use inotify::{Inotify, WatchMask};
 
-use quantum_model::{child_path, validate_set, CellName, Manifest, ManifestSource};
+use quantum_model::{cells_in, child_path, validate_set, CellName, Manifest, ManifestSource};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
@@ -175,7 +175,7 @@ impl Catalog {
         if let Some(names) = cache.as_ref().and_then(|c| c.names.clone()) {
             return names;
         }
-        let names = read_names(&self.dir);
+        let names = cells_in(&self.dir);
         if let Some(c) = cache.as_mut() {
             c.names = Some(names.clone());
         }
@@ -273,7 +273,7 @@ impl Catalog {
         // Needed cells may also be siblings of this manifest.
         if let Some(parent_dir) = path.parent().and_then(Path::parent) {
             if parent_dir != self.dir {
-                known.extend(read_names(parent_dir));
+                known.extend(cells_in(parent_dir));
             }
         }
         let set = validate_set(
@@ -296,18 +296,6 @@ impl Catalog {
             assemble(&shown, &by_path, &hashes).ok_or_else(|| CatalogError::Invalid(format!("{shown}: not a valid manifest")))?;
         Ok((resolved, hashes.into_keys().collect()))
     }
-}
-
-/// Names of the cells in `dir` (directories holding a cell.toml).
-fn read_names(dir: &Path) -> BTreeSet<CellName> {
-    std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .filter(|e| e.path().join("cell.toml").is_file())
-                .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// The manifest at `path` from `manifests`, with its children, recursively.

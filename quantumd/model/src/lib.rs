@@ -19,5 +19,5 @@ pub use manifest::{
     Restart, State, UserMode,
 };
 pub use parse::parse_manifest;
-pub use set::{child_path, validate_set, ManifestSource, ValidatedSet};
+pub use set::{cells_in, child_path, validate_set, ManifestSource, ValidatedSet};
 pub use units::{ByteSize, CpuCores, Duration, Latency};

@@ -163,6 +163,19 @@ fn add_file(files: &mut Vec<File>, by_path: &mut BTreeMap<String, usize>, path: 
     files.len() - 1
 }
 
+/// Names of the cells in the catalog directory `dir`: its subdirectories
+/// holding a cell.toml (`dir/NAME/cell.toml`); empty if `dir` is unreadable.
+pub fn cells_in(dir: &std::path::Path) -> std::collections::BTreeSet<crate::CellName> {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.path().join("cell.toml").is_file())
+                .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Where the `[[child]]` manifest `rel` of a manifest in `dir` is, spelled
 /// as [`ValidatedSet::manifests`] names it.
 pub fn child_path(dir: &Path, rel: &str) -> String {

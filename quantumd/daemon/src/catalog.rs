@@ -53,6 +53,11 @@ struct Cache {
     inotify: Inotify,
     names: Option<BTreeSet<CellName>>,
     resolved: HashMap<PathBuf, Resolved>,
+    /// Bumped at every change seen: a resolution read under an older
+    /// generation may be stale and is not kept.
+    generation: u64,
+    /// Set for good once the tree can no longer be watched whole.
+    off: bool,
     /// Manifest files read from disk, for the tests' sake.
     reads: u64,
 }
@@ -80,6 +85,8 @@ impl Cache {
             inotify,
             names: None,
             resolved: HashMap::new(),
+            generation: 0,
+            off: false,
             reads: 0,
         };
         cache.add_watches(dir)?;
@@ -108,37 +115,37 @@ impl Cache {
     }
 
     /// Drops what was read if anything changed since; false when the
-    /// cache can no longer be trusted (the caller stops using it).
+    /// cache can no longer be trusted (then never again: a directory that
+    /// could not be watched stays unwatched).
     fn refresh(&mut self, dir: &Path) -> bool {
+        if self.off {
+            return false;
+        }
         let mut buffer = [0u8; 4096];
         let mut changed = false;
-        loop {
+        let trouble = loop {
             match self.inotify.read_events(&mut buffer) {
-                Ok(events) => {
-                    let mut any = false;
-                    for _ in events {
-                        any = true;
-                    }
-                    if !any {
-                        break;
+                Ok(mut events) => {
+                    if events.next().is_none() {
+                        break None;
                     }
                     changed = true;
                 }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) => {
-                    tracing::warn!(catalog = %dir.display(), error = %e, "cannot read inotify events; catalog cache off");
-                    return false;
-                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break None,
+                Err(e) => break Some(format!("cannot read inotify events: {e}")),
             }
-        }
-        if changed {
+        };
+        // New directories (a cell added) need watches of their own.
+        let trouble = trouble.or_else(|| if changed { self.add_watches(dir).err() } else { None });
+        if changed || trouble.is_some() {
             self.names = None;
             self.resolved.clear();
-            // New directories (a cell added) need watches of their own.
-            if let Err(e) = self.add_watches(dir) {
-                tracing::warn!(catalog = %dir.display(), error = %e, "catalog cache off");
-                return false;
-            }
+            self.generation += 1;
+        }
+        if let Some(e) = trouble {
+            tracing::warn!(catalog = %dir.display(), error = %e, "catalog cache off; read on every lookup");
+            self.off = true;
+            return false;
         }
         true
     }
@@ -238,15 +245,24 @@ impl Catalog {
     }
 
     pub fn load(&self, path: &Path) -> Result<Resolved, CatalogError> {
-        let cacheable = self.cache.is_some() && self.inside(path);
-        if let Some(hit) = self.cached(path) {
-            return Ok(hit);
+        // The generation the read starts under, if `path` may be cached.
+        let mut before = None;
+        if self.inside(path) {
+            if let Some(c) = self.cache() {
+                if let Some(hit) = c.resolved.get(path) {
+                    return Ok(hit.clone());
+                }
+                before = Some(c.generation);
+            }
         }
         let (resolved, read) = self.read(path)?;
-        if cacheable && read.iter().all(|p| self.inside(Path::new(p))) {
+        if before.is_some() && read.iter().all(|p| self.inside(Path::new(p))) {
             if let Some(mut c) = self.cache() {
-                c.reads += read.len() as u64;
-                c.resolved.insert(path.to_owned(), resolved.clone());
+                // A change during the read may not be in what was read.
+                if Some(c.generation) == before {
+                    c.reads += read.len() as u64;
+                    c.resolved.insert(path.to_owned(), resolved.clone());
+                }
             }
         }
         Ok(resolved)
@@ -254,7 +270,7 @@ impl Catalog {
 
     /// The resolution of `path` read since the catalog last changed.
     fn cached(&self, path: &Path) -> Option<Resolved> {
-        if self.cache.is_none() || !self.inside(path) {
+        if !self.inside(path) {
             return None;
         }
         self.cache().and_then(|c| c.resolved.get(path).cloned())
@@ -369,6 +385,21 @@ mod tests {
         std::fs::remove_dir_all(dir.path().join("hello")).unwrap();
         assert!(matches!(catalog.resolve("hello"), Err(CatalogError::NotFound { .. })));
         assert_eq!(catalog.names().len(), 1);
+    }
+
+    #[test]
+    fn a_symbolic_link_added_later_turns_the_cache_off_for_good() {
+        let (dir, elsewhere) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        write_cell(dir.path(), "hello", "one");
+        let catalog = Catalog::new(dir.path().to_owned());
+        assert_eq!(description(&catalog.resolve("hello").unwrap()), "one");
+        let behind = write_cell(elsewhere.path(), "linked", "a");
+        std::os::unix::fs::symlink(elsewhere.path().join("linked"), dir.path().join("linked")).unwrap();
+        assert_eq!(description(&catalog.resolve("linked").unwrap()), "a");
+        // A change behind the link raises no event: only reading finds it.
+        std::fs::write(&behind, std::fs::read_to_string(&behind).unwrap().replace("\"a\"", "\"b\"")).unwrap();
+        assert_eq!(description(&catalog.resolve("linked").unwrap()), "b");
+        assert_eq!(catalog.reads(), 1, "only the first lookup, before the link, was cached");
     }
 
     #[test]

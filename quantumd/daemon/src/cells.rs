@@ -25,7 +25,7 @@ use crate::command::{Command, CommandError, LogTarget, Reply, RunRequest};
 use crate::config::Config;
 use crate::identity::Identity;
 use crate::runtime::spec::{family_slice, instance_of_unit};
-use crate::runtime::{Exit, Limits, Runtime, Sandbox, SliceSpec, UnitEvent, UnitSpec};
+use crate::runtime::{Limits, Runtime, Sandbox, SliceSpec, UnitEvent, UnitSpec};
 use crate::start_profile::StartProfile;
 use crate::steppps::Steppps;
 use crate::store::{Record, Store};
@@ -1256,7 +1256,7 @@ impl Cells {
                     // A failed restart counts as another failure.
                     let _ = events.send(Event::Unit(UnitEvent {
                         unit: spec.unit,
-                        exit: Exit::Other(e.to_string()),
+                        exit: e.into_exit(),
                     }));
                 }
             }

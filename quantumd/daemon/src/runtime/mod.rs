@@ -91,6 +91,9 @@ pub enum RuntimeError {
     Systemd { unit: String, message: String },
     #[error("systemd job for {unit} ended with result \"{result}\"")]
     Job { unit: String, result: String },
+    /// The command ran but ended before systemd counted the start as done.
+    #[error("{unit} {} while starting", exit.describe())]
+    EndedWhileStarting { unit: String, exit: Exit },
     #[error("cannot reach systemd on the system bus")]
     Connect(#[source] zbus::Error),
     #[error("{op} {path}")]
@@ -103,6 +106,17 @@ pub enum RuntimeError {
     Spawn { program: String, source: std::io::Error },
     #[error("{verb} of cell {cell}'s state failed: {message}")]
     CellState { cell: String, verb: &'static str, message: String },
+}
+
+impl RuntimeError {
+    /// How a cell whose (re)start failed with this error ended: its own
+    /// exit when it ran, else the failure itself.
+    pub fn into_exit(self) -> Exit {
+        match self {
+            RuntimeError::EndedWhileStarting { exit, .. } => exit,
+            other => Exit::Other(other.to_string()),
+        }
+    }
 }
 
 /// The backend in use; cheap to clone (shared state inside).

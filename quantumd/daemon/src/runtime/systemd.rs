@@ -419,10 +419,23 @@ impl SystemdRuntime {
             }
             other => {
                 self.shared.watched.lock().unwrap_or_else(|e| e.into_inner()).remove(&path);
+                // A process that exits at once can end before systemd has
+                // seen its exec succeed; the start job then fails although
+                // the command ran. Say how it ended, as for any other end.
+                let ran = self
+                    .service_facts(&path)
+                    .await
+                    .filter(|f| matches!(f.code, Some(1..=3)) && f.status.is_some());
                 let _ = self.manager.reset_failed_unit(&spec.unit).await;
-                Err(RuntimeError::Job {
-                    unit: spec.unit.clone(),
-                    result: other.to_owned(),
+                Err(match ran {
+                    Some(facts) => RuntimeError::EndedWhileStarting {
+                        unit: spec.unit.clone(),
+                        exit: exit_from(&facts),
+                    },
+                    None => RuntimeError::Job {
+                        unit: spec.unit.clone(),
+                        result: other.to_owned(),
+                    },
                 })
             }
         }

@@ -10,6 +10,8 @@
 
 use std::path::{Path, PathBuf};
 
+use quantum_model::Manifest;
+
 use crate::catalog::{Catalog, CatalogCell};
 use crate::encoder::Encoder;
 use crate::error::Error;
@@ -33,7 +35,13 @@ pub struct CellEmbeddings {
 /// The phrases of a cell, in the order they are embedded: its description,
 /// then each capability.
 pub fn phrases(cell: &CatalogCell) -> Vec<(PhraseKind, String)> {
-    let m = &cell.manifest;
+    manifest_phrases(&cell.manifest)
+}
+
+/// The phrases of a manifest, as [`phrases`] gives them for a catalog cell.
+/// What a cell offers, for the intent engine and for reassembly alike
+/// ([`crate::alternative`]), is read here and nowhere else.
+pub fn manifest_phrases(m: &Manifest) -> Vec<(PhraseKind, String)> {
     let mut out = vec![(PhraseKind::Description, m.description.clone())];
     out.extend(m.capabilities.iter().map(|c| (PhraseKind::Capability, c.clone())));
     out

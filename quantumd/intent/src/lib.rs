@@ -7,6 +7,7 @@
 //! reads the catalog and the model from disk, and writes only its embedding
 //! cache; quantumd and `quantumctl ask --local` both use it in-process.
 
+pub mod alternative;
 pub mod catalog;
 pub mod encoder;
 pub mod engine;

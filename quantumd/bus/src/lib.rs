@@ -79,6 +79,61 @@ pub struct Started {
     pub reach: String,
 }
 
+/// A started instance, as `RunWith` and `RunAttachedWith` answer: what
+/// started, and whether it is the cell asked for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
+pub struct Assembled {
+    pub started: Started,
+    /// The cell asked for, when another one runs in its place; empty when
+    /// the cell asked for is the one that runs.
+    pub asked: String,
+    /// Why, for humans, when another cell runs: `cell "X" is blacklisted
+    /// (...); started "Y" instead, which also offers "..."`. Empty otherwise.
+    pub substitution: String,
+}
+
+/// The options of `RunWith` and `RunAttachedWith`, sent as a D-Bus `a{sv}`
+/// so that later options need no new method. A key quantumd does not know,
+/// or a value of the wrong type, is refused (`InvalidArgs`): a caller never
+/// believes an option was honoured that was not.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunOptions {
+    /// `substitute` (boolean, default false): when the cell asked for is a
+    /// catalog cell blacklisted after too many restarts, start the catalog
+    /// cell that offers the same capability instead, and say so in the
+    /// answer. Off, such a run is refused.
+    pub substitute: bool,
+}
+
+impl RunOptions {
+    const SUBSTITUTE: &'static str = "substitute";
+
+    /// The options as the method's `a{sv}` argument.
+    pub fn to_wire(self) -> HashMap<&'static str, zbus::zvariant::Value<'static>> {
+        HashMap::from([(Self::SUBSTITUTE, zbus::zvariant::Value::from(self.substitute))])
+    }
+
+    /// Reads the `a{sv}` argument; the error names the bad key.
+    pub fn from_wire(options: &HashMap<String, zbus::zvariant::OwnedValue>) -> Result<RunOptions, Error> {
+        let invalid = |m: String| Error::ZBus(zbus::Error::FDO(Box::new(zbus::fdo::Error::InvalidArgs(m))));
+        let mut out = RunOptions::default();
+        for (key, value) in options {
+            match key.as_str() {
+                Self::SUBSTITUTE => {
+                    out.substitute = bool::try_from(value).map_err(|_| {
+                        invalid(format!(
+                            "run option \"{key}\" must be a boolean (b), not {}",
+                            value.value_signature()
+                        ))
+                    })?;
+                }
+                other => return Err(invalid(format!("unknown run option \"{other}\" (known: {})", Self::SUBSTITUTE))),
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// How an instance ended (the answer of `Wait`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
 pub struct Ended {
@@ -114,7 +169,8 @@ pub struct TrailEntry {
     pub time_ns: u64,
     /// Who asked: `uid:N`, or `quantumd` for what it did on its own.
     pub actor: String,
-    /// run, stop, refuse, restart, blacklist, exit, plan, execute, identity, trail.
+    /// run, stop, refuse, restart, blacklist, substitute, exit, plan,
+    /// execute, identity, tune, bundle, state, trail.
     pub action: String,
     /// Empty when the entry is about no cell.
     pub cell: String,
@@ -172,8 +228,8 @@ pub enum Error {
     InvalidManifest(String),
     /// The caller is not authorized (polkit said no).
     AccessDenied(String),
-    /// Refused by policy: blacklisted after too many restarts, a dependency
-    /// that could not be started...
+    /// Refused by policy: blacklisted after too many restarts, disabled by
+    /// the administrator, a dependency that could not be started...
     Refused(String),
     /// The runtime backend (systemd, cgroups) failed.
     Backend(String),
@@ -221,6 +277,32 @@ pub trait Quantum1 {
         stdout: zbus::zvariant::Fd<'_>,
         stderr: zbus::zvariant::Fd<'_>,
     ) -> Result<Started, Error>;
+
+    /// `Run`, with options (see [`RunOptions`]) and an answer that says
+    /// whether another cell runs in place of the one asked for. Only with
+    /// `substitute` set does quantumd start a stand-in for a blacklisted
+    /// cell: callers of `Run`, `RunAttached` and `Execute` are never given
+    /// a cell they did not ask for.
+    fn run_with(
+        &self,
+        source: &str,
+        params: HashMap<String, String>,
+        cwd: &str,
+        options: HashMap<&str, zbus::zvariant::Value<'_>>,
+    ) -> Result<Assembled, Error>;
+
+    /// `RunAttached`, with options and answer as `RunWith`.
+    #[allow(clippy::too_many_arguments)]
+    fn run_attached_with(
+        &self,
+        source: &str,
+        params: HashMap<String, String>,
+        cwd: &str,
+        options: HashMap<&str, zbus::zvariant::Value<'_>>,
+        stdin: zbus::zvariant::Fd<'_>,
+        stdout: zbus::zvariant::Fd<'_>,
+        stderr: zbus::zvariant::Fd<'_>,
+    ) -> Result<Assembled, Error>;
 
     /// Streams what a cell printed (its stdout and stderr) into `out`, a
     /// pipe the caller reads: the journal under systemd, the instance's log
@@ -329,5 +411,49 @@ pub async fn connect(address: Option<&str>) -> zbus::Result<zbus::Connection> {
     match address.map(str::to_owned).or(from_env) {
         Some(addr) => zbus::connection::Builder::address(addr.as_str())?.build().await,
         None => zbus::Connection::system().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zbus::zvariant::{OwnedValue, Value};
+
+    fn wire(pairs: &[(&str, Value<'static>)]) -> HashMap<String, OwnedValue> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), OwnedValue::try_from(v.clone()).expect("an owned value")))
+            .collect()
+    }
+
+    #[test]
+    fn run_options_go_over_the_wire_and_come_back() {
+        for substitute in [false, true] {
+            let sent = RunOptions { substitute };
+            let received: HashMap<String, OwnedValue> = sent
+                .to_wire()
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), OwnedValue::try_from(v).expect("an owned value")))
+                .collect();
+            assert_eq!(RunOptions::from_wire(&received).map_err(|e| e.message()), Ok(sent));
+        }
+        assert_eq!(
+            RunOptions::from_wire(&HashMap::new()).map_err(|e| e.message()),
+            Ok(RunOptions::default())
+        );
+    }
+
+    #[test]
+    fn an_unknown_run_option_or_a_wrong_type_is_refused_by_name() {
+        let err = RunOptions::from_wire(&wire(&[("substitue", Value::from(true))])).unwrap_err();
+        assert_eq!(
+            err.message(),
+            "org.freedesktop.DBus.Error.InvalidArgs: unknown run option \"substitue\" (known: substitute)"
+        );
+        let err = RunOptions::from_wire(&wire(&[("substitute", Value::from("yes"))])).unwrap_err();
+        assert_eq!(
+            err.message(),
+            "org.freedesktop.DBus.Error.InvalidArgs: run option \"substitute\" must be a boolean (b), not s"
+        );
     }
 }

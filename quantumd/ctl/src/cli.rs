@@ -190,8 +190,24 @@ pub enum CliCommand {
     /// trail. A name the catalog lacks, or NAME@VERSION, is fetched from the
     /// providers configured in quantumd.toml, in order, skipping any that is
     /// down or serves a bundle that does not verify.
+    ///
+    /// A catalog cell that ended more than its `max-restarts` times within
+    /// its `restart-window` is blacklisted for a while (`blacklist-seconds`
+    /// in quantumd.toml). Running it then starts a stand-in instead: the
+    /// catalog cell offering the most of the same capabilities (its
+    /// `capabilities` phrases, word for word; ties go to the first name in
+    /// alphabetical order) that takes the same parameters, asks for no more
+    /// privilege (not root unless the cell was, no wider network), and is
+    /// neither blacklisted nor disabled by the administrator (`[cells]
+    /// disabled` in quantumd.toml). quantumctl says so on standard error,
+    /// `cell "X" is blacklisted (...); started "Y" instead, which also
+    /// offers "..."`, `--json` adds `asked` and `substitution`, and the
+    /// trail records it (`substitute`). With --no-substitute the run is
+    /// refused instead, naming the cell that could stand in. Without such
+    /// a cell the run is refused as before. A manifest file, a bundle and a
+    /// disabled cell never get a stand-in; a disabled cell is always refused.
     #[command(
-        after_help = "EXAMPLES:\n    quantumctl run disk-usage path=/var\n    quantumctl run checksum path=/etc/hostname\n    quantumctl run --detach file-backup source=/etc\n    quantumctl run web-server port=8080 dir=.\n    quantumctl run ./my-cell/cell.toml\n    quantumctl run ./hello-1.0.0.qcb\n    quantumctl run hello@1.0.0\n\nEXIT STATUS:\n    A task in the foreground: its own exit status (128+N after signal N,\n    130 after Ctrl-C). Otherwise 0 started; 1 refused or failed to start;\n    2 usage error or quantumd unreachable."
+        after_help = "EXAMPLES:\n    quantumctl run disk-usage path=/var\n    quantumctl run checksum path=/etc/hostname\n    quantumctl run --detach file-backup source=/etc\n    quantumctl run web-server port=8080 dir=.\n    quantumctl run --no-substitute web-server port=8080\n    quantumctl run ./my-cell/cell.toml\n    quantumctl run ./hello-1.0.0.qcb\n    quantumctl run hello@1.0.0\n\nEXIT STATUS:\n    A task in the foreground: its own exit status (128+N after signal N,\n    130 after Ctrl-C). Otherwise 0 started; 1 refused or failed to start;\n    2 usage error or quantumd unreachable."
     )]
     Run {
         /// A catalog cell name, NAME@VERSION from a provider, a path to a
@@ -207,6 +223,10 @@ pub enum CliCommand {
         /// Start a task in the background and return at once.
         #[arg(long, short = 'd')]
         detach: bool,
+        /// Refuse a blacklisted cell rather than start a stand-in that
+        /// offers the same capability.
+        #[arg(long)]
+        no_substitute: bool,
     },
     /// Stop instances (by id, e.g. web-server.3) or every instance of a cell.
     Stop {

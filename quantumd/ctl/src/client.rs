@@ -110,13 +110,23 @@ async fn execute(proxy: &Quantum1Proxy<'_>, command: CliCommand) -> Result<ExitC
             params,
             json,
             detach,
+            no_substitute,
         } => {
             let params = parse_params(&params).map_err(Failed)?;
             let source = source_of(&cell).map_err(Failed)?;
             let cwd = std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default();
+            let options = quantum_bus::RunOptions {
+                substitute: !no_substitute,
+            };
             if !json && !detach {
                 let mut interrupts = crate::foreground::Interrupts::catch().map_err(Failed)?;
-                let started = crate::foreground::start(proxy, &source, params, &cwd).await.map_err(Failed)?;
+                let assembled = crate::foreground::start(proxy, &source, params, &cwd, options)
+                    .await
+                    .map_err(Failed)?;
+                if !assembled.substitution.is_empty() {
+                    eprintln!("quantumctl: {}", assembled.substitution);
+                }
+                let started = assembled.started;
                 if !started.attached {
                     println!("{}", output::started(&started.info));
                     if !started.reach.is_empty() {
@@ -129,14 +139,17 @@ async fn execute(proxy: &Quantum1Proxy<'_>, command: CliCommand) -> Result<ExitC
                     .map_err(Failed)?;
                 return Ok(ExitCode::from(code));
             }
-            let info = proxy
-                .run(&source, params, &cwd)
+            let assembled = proxy
+                .run_with(&source, params, &cwd, options.to_wire())
                 .await
                 .map_err(|e| Failed(request_failed(&format!("cannot run {cell}"), e)))?;
+            if !assembled.substitution.is_empty() {
+                eprintln!("quantumctl: {}", assembled.substitution);
+            }
             if json {
-                output::json(&info);
+                output::json(&output::run_json(&assembled));
             } else {
-                println!("{}", output::started(&info));
+                println!("{}", output::started(&assembled.started.info));
             }
         }
         CliCommand::Stop { targets } => {

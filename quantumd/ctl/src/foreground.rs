@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::os::fd::AsFd;
 
 use anyhow::anyhow;
-use quantum_bus::{Ended, Quantum1Proxy, Started};
+use quantum_bus::{Assembled, Ended, Quantum1Proxy, RunOptions, Started};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use zbus::zvariant::Fd;
 
@@ -19,13 +19,20 @@ use crate::client::request_failed;
 const WAIT_SLICE_MS: u32 = 30_000;
 
 /// Starts `source` attached to this process's stdio.
-pub async fn start(proxy: &Quantum1Proxy<'_>, source: &str, params: HashMap<String, String>, cwd: &str) -> Result<Started, anyhow::Error> {
+pub async fn start(
+    proxy: &Quantum1Proxy<'_>,
+    source: &str,
+    params: HashMap<String, String>,
+    cwd: &str,
+    options: RunOptions,
+) -> Result<Assembled, anyhow::Error> {
     let (stdin, stdout, stderr) = (std::io::stdin(), std::io::stdout(), std::io::stderr());
     proxy
-        .run_attached(
+        .run_attached_with(
             source,
             params,
             cwd,
+            options.to_wire(),
             Fd::from(stdin.as_fd()),
             Fd::from(stdout.as_fd()),
             Fd::from(stderr.as_fd()),

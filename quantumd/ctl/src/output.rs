@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use quantum_bus::{CellDetail, CellInfo};
+use quantum_bus::{Assembled, CellDetail, CellInfo};
 use serde::Serialize;
 
 pub fn json<T: Serialize>(v: &T) {
@@ -10,6 +10,17 @@ pub fn json<T: Serialize>(v: &T) {
         Ok(s) => println!("{s}"),
         Err(e) => eprintln!("quantumctl: cannot encode JSON: {e}"),
     }
+}
+
+/// `run --json`: the started instance, plus `asked` and `substitution`
+/// when another cell runs in place of the one asked for.
+pub fn run_json(a: &Assembled) -> serde_json::Value {
+    let mut v = serde_json::to_value(&a.started.info).unwrap_or_default();
+    if let (false, Some(object)) = (a.asked.is_empty(), v.as_object_mut()) {
+        object.insert("asked".into(), a.asked.clone().into());
+        object.insert("substitution".into(), a.substitution.clone().into());
+    }
+    v
 }
 
 pub fn started(i: &CellInfo) -> String {

@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use quantum_bus::{CellDetail, CellInfo, Ended, Started};
+use quantum_bus::{Assembled, CellDetail, CellInfo, Ended, Started};
+use quantum_intent::alternative::{alternatives, Alternative};
 use quantum_model::placeholder::substitute;
 use quantum_model::{Kind, Manifest, ParamType, Restart};
 use quantum_trail::Action;
@@ -65,12 +66,78 @@ pub enum Event {
 /// The answer a run owes its caller once its units have started.
 #[derive(Debug)]
 pub struct PendingRun {
-    reply: Reply<Started>,
+    reply: Reply<Assembled>,
     /// The caller's stdio went to the cell (a task).
     attached: bool,
     /// A service's `reach`, with this run's parameters.
     reach: String,
+    /// Another cell runs in place of the one asked for.
+    substitution: Option<Substitution>,
     profile: StartProfile,
+}
+
+/// A stand-in runs for the cell asked for.
+#[derive(Debug, Clone)]
+struct Substitution {
+    /// The cell asked for.
+    asked: String,
+    /// Why, and what runs instead, for the caller.
+    message: String,
+}
+
+/// A cell refused for a while after ending too often.
+#[derive(Debug, Clone)]
+struct Blacklisting {
+    until: Instant,
+    /// How its last run ended.
+    what: String,
+    /// Times it ended within the window.
+    ended: usize,
+    window: quantum_model::Duration,
+    max_restarts: u32,
+}
+
+impl Blacklisting {
+    /// Why, as `list` shows the blacklisted instance's end.
+    fn why(&self) -> String {
+        format!(
+            "{}; it ended {} times within {} (max-restarts {})",
+            self.what, self.ended, self.window, self.max_restarts
+        )
+    }
+
+    /// The refusal of a run of `cell`.
+    fn refusal(&self, cell: &str) -> String {
+        let left = self.until.saturating_duration_since(Instant::now()).as_secs();
+        format!("cell \"{cell}\" is blacklisted for another {left}s: {}", self.why())
+    }
+
+    /// The caller's answer when `alternative` runs in place of `cell`.
+    fn substitution(&self, cell: &str, alternative: &Alternative) -> String {
+        format!(
+            "cell \"{cell}\" is blacklisted (it ended {} times within {}, max-restarts {}; last: {}); started \"{}\" instead, which also offers \"{}\"",
+            self.ended, self.window, self.max_restarts, self.what, alternative.cell, alternative.capability
+        )
+    }
+}
+
+/// A run planned: its root instance, the steps that start it, and every
+/// instance created for it (to forget if it is not started after all).
+struct Planned {
+    root: String,
+    steps: Vec<Step>,
+    created: Vec<String>,
+}
+
+/// What a run of a blacklisted catalog cell comes to.
+enum Reassembly {
+    /// Not a case for reassembly: plan the cell asked for (a blacklisted one
+    /// is refused there, as ever).
+    AsAsked,
+    /// A stand-in, planned.
+    StandIn(Planned, Substitution),
+    /// Refused, with the stand-in the caller did not accept named.
+    Refused(CommandError),
 }
 
 /// A run whose source is a bundle, back from verification.
@@ -161,8 +228,8 @@ pub struct Cells {
     ended: VecDeque<EndedInstance>,
     /// Callers of `Wait`, by instance, answered when it ends.
     waiters: HashMap<String, Vec<Reply<Ended>>>,
-    /// Cell name -> (until, why).
-    blacklist: HashMap<String, (Instant, String)>,
+    /// Cells refused for a while after ending too often, by name.
+    blacklist: HashMap<String, Blacklisting>,
     next_id: u64,
     events: mpsc::UnboundedSender<Event>,
     bus: Option<zbus::Connection>,
@@ -574,13 +641,14 @@ impl Cells {
     /// Plans the run (needs, the cell, its children), records every
     /// instance, and hands the starts to a task. On error nothing is left
     /// behind, and the reason comes back with the unanswered reply.
-    fn run(&mut self, request: RunRequest) -> Result<(), (CommandError, Reply<Started>)> {
+    fn run(&mut self, request: RunRequest) -> Result<(), (CommandError, Reply<Assembled>)> {
         let RunRequest {
             actor,
             source,
             params,
             cwd,
             stdio,
+            substitute: accepts_stand_in,
             reply,
             mut profile,
         } = request;
@@ -594,10 +662,62 @@ impl Cells {
             Err(e) => return Err((e, reply)),
         };
         profile.mark("resolve");
+        let (planned, substitution) = match self.reassemble(actor, &resolved, &params, cwd, accepts_stand_in) {
+            Reassembly::AsAsked => (self.plan_root(actor, resolved, params, cwd), None),
+            Reassembly::StandIn(planned, substitution) => (Ok(planned), Some(substitution)),
+            Reassembly::Refused(e) => (Err(e), None),
+        };
+        let Planned { root, mut steps, created } = match planned {
+            Ok(p) => p,
+            Err(e) => return Err((e, reply)),
+        };
+        profile.mark("plan");
+        let mut pending = PendingRun {
+            reply,
+            attached: false,
+            reach: String::new(),
+            substitution,
+            profile,
+        };
+        if let Some(inst) = self.instances.get_mut(&root) {
+            let lifecycle = inst.manifest.as_ref().map(|m| &m.lifecycle);
+            match (lifecycle.map(|l| l.kind), stdio) {
+                (Some(Kind::Task), Some(stdio)) => {
+                    // Only the asked-for cell is attached, not what it needs
+                    // or its children. The instance's own spec keeps no
+                    // copy of the descriptors: the start task's copy is
+                    // dropped once the unit runs, so the caller sees
+                    // end-of-file when the cell ends.
+                    inst.attached = true;
+                    pending.attached = true;
+                    for step in &mut steps {
+                        if let Step::Unit(unit) = step {
+                            if unit.0.instance == root {
+                                unit.1.stdio = Some(stdio.clone());
+                            }
+                        }
+                    }
+                }
+                _ => {
+                    let params = &inst.record.params;
+                    pending.reach = lifecycle
+                        .and_then(|l| l.reach.as_deref())
+                        .and_then(|r| substitute(r, |n| params.get(n).cloned()).ok())
+                        .unwrap_or_default();
+                }
+            }
+        }
+        self.spawn_plan(root, created, steps, pending);
+        Ok(())
+    }
+
+    /// Plans `resolved` as a top-level cell; on error every instance it
+    /// created is forgotten again.
+    fn plan_root(&mut self, actor: &str, resolved: Resolved, params: HashMap<String, String>, cwd: &str) -> Result<Planned, CommandError> {
         let mut steps = Vec::new();
         let mut created = Vec::new();
         let slice = self.config.cell_slice.clone();
-        match self.plan(
+        let planned = self.plan(
             actor,
             resolved,
             params,
@@ -608,47 +728,9 @@ impl Cells {
             &mut steps,
             &mut created,
             &mut Vec::new(),
-        ) {
-            Ok(root) => {
-                profile.mark("plan");
-                let mut pending = PendingRun {
-                    reply,
-                    attached: false,
-                    reach: String::new(),
-                    profile,
-                };
-                if let Some(inst) = self.instances.get_mut(&root) {
-                    let lifecycle = inst.manifest.as_ref().map(|m| &m.lifecycle);
-                    match (lifecycle.map(|l| l.kind), stdio) {
-                        (Some(Kind::Task), Some(stdio)) => {
-                            // Only the asked-for cell is attached, not what
-                            // it needs or its children. The instance's own
-                            // spec keeps no copy of the descriptors: the
-                            // start task's copy is dropped once the unit
-                            // runs, so the caller sees end-of-file when the
-                            // cell ends.
-                            inst.attached = true;
-                            pending.attached = true;
-                            for step in &mut steps {
-                                if let Step::Unit(unit) = step {
-                                    if unit.0.instance == root {
-                                        unit.1.stdio = Some(stdio.clone());
-                                    }
-                                }
-                            }
-                        }
-                        _ => {
-                            let params = &inst.record.params;
-                            pending.reach = lifecycle
-                                .and_then(|l| l.reach.as_deref())
-                                .and_then(|r| substitute(r, |n| params.get(n).cloned()).ok())
-                                .unwrap_or_default();
-                        }
-                    }
-                }
-                self.spawn_plan(root, created, steps, pending);
-                Ok(())
-            }
+        );
+        match planned {
+            Ok(root) => Ok(Planned { root, steps, created }),
             Err(e) => {
                 for id in created.iter().rev() {
                     if let Some(inst) = self.instances.remove(id) {
@@ -660,9 +742,115 @@ impl Cells {
                         }
                     }
                 }
-                Err((e, reply))
+                Err(e)
             }
         }
+    }
+
+    /// The blacklisting of `cell`, while it lasts.
+    fn blacklisted(&self, cell: &str) -> Option<&Blacklisting> {
+        self.blacklist.get(cell).filter(|b| b.until > Instant::now())
+    }
+
+    /// Reassembly: a run of a blacklisted catalog cell gets a stand-in, the
+    /// best catalog cell that offers one of its capabilities and is neither
+    /// blacklisted nor disabled (see quantum-intent's `alternative`), when
+    /// the caller accepts one (`RunWith`'s `substitute`); tried best first until one
+    /// plans. A caller who does not accept one is refused, told which cell
+    /// could stand in. A disabled cell is not reassembled (the
+    /// administrator's word stands), nor is a manifest file or bundle (their
+    /// caller chose that very file).
+    fn reassemble(
+        &mut self,
+        actor: &str,
+        resolved: &Resolved,
+        params: &HashMap<String, String>,
+        cwd: &str,
+        accepts_stand_in: bool,
+    ) -> Reassembly {
+        let asked = resolved.manifest.name.as_str();
+        if self.config.cells.is_disabled(asked) || !resolved.path.starts_with(&self.catalog.dir) {
+            return Reassembly::AsAsked;
+        }
+        let Some(blacklisting) = self.blacklisted(asked).cloned() else {
+            return Reassembly::AsAsked;
+        };
+        let given: Vec<&str> = params.keys().map(String::as_str).collect();
+        let candidates = self.alternatives(&resolved.manifest, &given);
+        if !accepts_stand_in {
+            return match candidates.first() {
+                Some(best) => Reassembly::Refused(CommandError::Refused(format!(
+                    "{}; \"{}\" also offers \"{}\"",
+                    blacklisting.refusal(asked),
+                    best.cell,
+                    best.capability
+                ))),
+                None => Reassembly::AsAsked,
+            };
+        }
+        for alternative in candidates {
+            let stand_in = match self.catalog.resolve(&alternative.cell) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::info!(asked, cell = alternative.cell, error = %e, "a stand-in cannot be read");
+                    continue;
+                }
+            };
+            let planned = match self.plan_root(actor, stand_in, params.clone(), cwd) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::info!(asked, cell = alternative.cell, error = %e, "a stand-in cannot run");
+                    continue;
+                }
+            };
+            let message = blacklisting.substitution(asked, &alternative);
+            tracing::info!(
+                asked,
+                cell = alternative.cell,
+                capability = alternative.capability,
+                instance = planned.root,
+                "a stand-in runs for a blacklisted cell"
+            );
+            // Recorded before the answer, as a refusal is.
+            self.record(
+                trail::entry(actor, &Action::SUBSTITUTE)
+                    .cell(asked)
+                    .manifest_hash(trail::digest(&resolved.hash))
+                    .detail(format!(
+                        "asked for \"{asked}\", started \"{}\" ({}) instead: {}; \"{}\" also offers \"{}\"",
+                        alternative.cell,
+                        planned.root,
+                        blacklisting.why(),
+                        alternative.cell,
+                        alternative.capability
+                    )),
+            );
+            let substitution = Substitution {
+                asked: asked.to_owned(),
+                message,
+            };
+            return Reassembly::StandIn(planned, substitution);
+        }
+        Reassembly::AsAsked
+    }
+
+    /// The catalog cells that could stand in for `asked` given the
+    /// parameters named `given`, best first.
+    fn alternatives(&self, asked: &Manifest, given: &[&str]) -> Vec<Alternative> {
+        let catalog: Vec<Manifest> = self
+            .catalog
+            .names()
+            .iter()
+            .filter_map(|name| match self.catalog.resolve(name.as_str()) {
+                Ok(r) => Some(r.manifest),
+                Err(e) => {
+                    tracing::debug!(cell = %name, error = %e, "not a stand-in: the catalog cell does not validate");
+                    None
+                }
+            })
+            .collect();
+        let unavailable = |cell: &str| self.config.cells.is_disabled(cell) || self.blacklisted(cell).is_some();
+        alternatives(asked, &catalog, given, &unavailable)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -687,13 +875,13 @@ impl Cells {
                 stack.join(" -> ")
             )));
         }
-        if let Some((until, why)) = self.blacklist.get(&name) {
-            if *until > Instant::now() {
-                let left = until.saturating_duration_since(Instant::now()).as_secs();
-                return Err(CommandError::Refused(format!(
-                    "cell \"{name}\" is blacklisted for another {left}s: {why}"
-                )));
-            }
+        if self.config.cells.is_disabled(&name) {
+            return Err(CommandError::Refused(format!(
+                "cell \"{name}\" is disabled by the administrator ([cells] disabled in quantumd.toml)"
+            )));
+        }
+        if let Some(b) = self.blacklisted(&name) {
+            return Err(CommandError::Refused(b.refusal(&name)));
         }
         // Root is for cells someone vouches for: the distribution's catalog
         // (root-owned files) or an author key this node trusts.
@@ -967,6 +1155,7 @@ impl Cells {
             reply,
             attached,
             reach,
+            substitution,
             mut profile,
         } = pending;
         match failed {
@@ -991,7 +1180,12 @@ impl Cells {
                             started_usec: 0,
                         })
                 });
-                let _ = reply.send(Ok(Started { info, attached, reach }));
+                let (asked, substitution) = substitution.map(|s| (s.asked, s.message)).unwrap_or_default();
+                let _ = reply.send(Ok(Assembled {
+                    started: Started { info, attached, reach },
+                    asked,
+                    substitution,
+                }));
             }
             Some(why) => {
                 if let Some(inst) = self.instances.get(&root) {
@@ -1180,15 +1374,18 @@ impl Cells {
             inst.failures.push_back(now);
             let n = inst.failures.len();
             if n as u32 > l.max_restarts {
-                let why = format!(
-                    "{what}; it ended {n} times within {} (max-restarts {})",
-                    l.restart_window, l.max_restarts
-                );
-                let until = now + Duration::from_secs(self.config.blacklist_seconds);
+                let blacklisting = Blacklisting {
+                    until: now + Duration::from_secs(self.config.blacklist_seconds),
+                    what,
+                    ended: n,
+                    window: l.restart_window,
+                    max_restarts: l.max_restarts,
+                };
+                let why = blacklisting.why();
                 tracing::warn!(cell, instance = id, reason = why, "cell blacklisted");
                 let e = entry_for("quantumd", &Action::BLACKLIST, &inst.record);
                 record_to(&self.trail, e.detail(id.clone()).error(why.clone()));
-                self.blacklist.insert(cell.clone(), (until, why.clone()));
+                self.blacklist.insert(cell.clone(), blacklisting);
                 self.end_family(&id, "failed", &format!("blacklisted: {why}")).await;
                 return;
             }
@@ -1268,7 +1465,7 @@ impl Cells {
     async fn tick(&mut self) {
         self.publish_watched();
         let now = Instant::now();
-        self.blacklist.retain(|_, (until, _)| *until > now);
+        self.blacklist.retain(|_, b| b.until > now);
         let mut idle = Vec::new();
         for inst in self.instances.values_mut() {
             let Some(m) = &inst.manifest else { continue };

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use quantum_bus::{CellDetail, CellInfo, CellStateReport, Ended, Started};
+use quantum_bus::{Assembled, CellDetail, CellInfo, CellStateReport, Ended};
 use tokio::sync::oneshot;
 
 pub type Reply<T> = oneshot::Sender<Result<T, CommandError>>;
@@ -19,7 +19,10 @@ pub struct RunRequest {
     pub cwd: String,
     /// The caller's stdin, stdout and stderr for an attached run.
     pub stdio: Option<crate::runtime::Stdio>,
-    pub reply: Reply<Started>,
+    /// The caller accepts a stand-in for a blacklisted catalog cell
+    /// (`RunWith`'s `substitute`); without it such a run is refused.
+    pub substitute: bool,
+    pub reply: Reply<Assembled>,
     /// Where this start's time goes (logged once it has started).
     pub profile: crate::start_profile::StartProfile,
 }

@@ -1,8 +1,10 @@
 //! quantumd's configuration: `/etc/quantumos/quantumd.toml`, overridden by
 //! command-line flags. Every default is written down once, here.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use quantum_model::CellName;
 use serde::Deserialize;
 
 pub const DEFAULT_CONFIG: &str = "/etc/quantumos/quantumd.toml";
@@ -53,6 +55,26 @@ pub struct Config {
     /// Serve STEPPPS figures as Prometheus text at /metrics: a loopback
     /// `ADDRESS:PORT` or the absolute path of a Unix socket. Empty: off.
     pub metrics: String,
+    /// `[cells]`: what the administrator says of catalog cells.
+    pub cells: CellsConfig,
+}
+
+/// `[cells]` in quantumd.toml.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct CellsConfig {
+    /// Cells that never run, by name, whatever their source (catalog,
+    /// manifest file, bundle), neither asked for nor needed by another
+    /// cell nor as a stand-in for a blacklisted one. Each must be a valid
+    /// cell name; one the catalog lacks is only warned about (a package may
+    /// install it later).
+    pub disabled: BTreeSet<CellName>,
+}
+
+impl CellsConfig {
+    pub fn is_disabled(&self, name: &str) -> bool {
+        self.disabled.iter().any(|d| d.as_str() == name)
+    }
 }
 
 impl Default for Config {
@@ -72,6 +94,7 @@ impl Default for Config {
             keep_ended: 64,
             bpf: true,
             metrics: String::new(),
+            cells: CellsConfig::default(),
         }
     }
 }
@@ -129,5 +152,44 @@ mod tests {
         assert!(err.contains("unknown field `bakend`"), "{err}");
         assert!(Config::load(&dir.path().join("missing"), false).is_ok());
         assert!(Config::load(&dir.path().join("missing"), true).is_err());
+    }
+
+    #[test]
+    fn the_shipped_quantumd_toml_parses_and_so_does_its_cells_example() {
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packaging/quantumd.toml");
+        let c = Config::load(&shipped, true).unwrap();
+        assert!(c.cells.disabled.is_empty());
+        let text = std::fs::read_to_string(&shipped).unwrap();
+        let example = text.replace("# [cells]\n# disabled =", "[cells]\ndisabled =");
+        assert_ne!(example, text, "the [cells] example is in the shipped file");
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("q.toml");
+        std::fs::write(&p, example).unwrap();
+        let c = Config::load(&p, true).unwrap();
+        assert!(c.cells.is_disabled("python-sandbox"), "{:?}", c.cells);
+    }
+
+    #[test]
+    fn disabled_cells_are_valid_cell_names_and_cells_takes_no_other_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("q.toml");
+        let load = |text: &str| {
+            std::fs::write(&p, text).unwrap();
+            Config::load(&p, true).map_err(|e| e.to_string())
+        };
+        let c = load("[cells]\ndisabled = [\"web-server\", \"file-sync\", \"web-server\"]\n").unwrap();
+        let names: Vec<&str> = c.cells.disabled.iter().map(CellName::as_str).collect();
+        assert_eq!(names, ["file-sync", "web-server"]);
+        assert!(c.cells.is_disabled("web-server"));
+        assert!(!c.cells.is_disabled("web"));
+        assert!(load("").unwrap().cells.disabled.is_empty());
+
+        let err = load("[cells]\ndisabled = [\"Web Server\"]\n").unwrap_err();
+        assert!(err.contains("\"Web Server\" is not a valid cell name"), "{err}");
+        assert!(err.contains("line 2"), "the error says where: {err}");
+        let err = load("[cells]\ndisable = [\"web-server\"]\n").unwrap_err();
+        assert!(err.contains("unknown field `disable`"), "{err}");
+        let err = load("[cells]\ndisabled = \"web-server\"\n").unwrap_err();
+        assert!(err.contains("disabled"), "{err}");
     }
 }

@@ -4,7 +4,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use quantum_bus::{CellDetail, CellInfo, CellStateReport, Ended, Error, NodeIdentity, Started, TrailEntry, TrailReport, ACTION_MANAGE};
+use quantum_bus::{
+    Assembled, CellDetail, CellInfo, CellStateReport, Ended, Error, NodeIdentity, RunOptions, Started, TrailEntry, TrailReport,
+    ACTION_MANAGE,
+};
 use quantum_trail::{Action, Outcome};
 use tokio::sync::{mpsc, oneshot};
 use zbus::message::Header;
@@ -57,15 +60,17 @@ impl Quantum1 {
             .map_err(|e| Error::from(CommandError::Denied(e)))
     }
 
-    /// `Run` and `RunAttached`: authorize, then one `Command::Run`.
+    /// `Run`, `RunAttached` and their `...With` forms: authorize, then one
+    /// `Command::Run`.
     async fn start(
         &self,
         header: &Header<'_>,
         source: String,
         params: HashMap<String, String>,
         cwd: String,
+        options: RunOptions,
         stdio: Option<crate::runtime::Stdio>,
-    ) -> Result<Started, Error> {
+    ) -> Result<Assembled, Error> {
         let mut profile = crate::start_profile::StartProfile::begin();
         self.authorize(header).await?;
         profile.mark("authorize");
@@ -78,6 +83,7 @@ impl Quantum1 {
                 params,
                 cwd,
                 stdio,
+                substitute: options.substitute,
                 reply,
                 profile,
             })
@@ -119,13 +125,16 @@ impl Quantum1 {
                         params,
                         cwd: cwd.clone(),
                         stdio: stdio.clone(),
+                        // The asker confirmed these very cells (and what
+                        // each may read and write): no stand-in.
+                        substitute: false,
                         reply,
                         profile: crate::start_profile::StartProfile::begin(),
                     })
                 })
                 .await;
             match result {
-                Ok(info) => started.push(info),
+                Ok(assembled) => started.push(assembled.started),
                 Err(e) => {
                     let already = if started.is_empty() {
                         String::new()
@@ -157,7 +166,10 @@ impl Quantum1 {
         params: HashMap<String, String>,
         cwd: String,
     ) -> Result<CellInfo, Error> {
-        self.start(&header, source, params, cwd, None).await.map(|started| started.info)
+        let options = RunOptions::default();
+        self.start(&header, source, params, cwd, options, None)
+            .await
+            .map(|a| a.started.info)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -172,7 +184,39 @@ impl Quantum1 {
         stderr: zbus::zvariant::OwnedFd,
     ) -> Result<Started, Error> {
         let stdio = crate::runtime::Stdio::new(stdin.into(), stdout.into(), stderr.into());
-        self.start(&header, source, params, cwd, Some(stdio)).await
+        let options = RunOptions::default();
+        self.start(&header, source, params, cwd, options, Some(stdio))
+            .await
+            .map(|a| a.started)
+    }
+
+    async fn run_with(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        source: String,
+        params: HashMap<String, String>,
+        cwd: String,
+        options: HashMap<String, zbus::zvariant::OwnedValue>,
+    ) -> Result<Assembled, Error> {
+        let options = RunOptions::from_wire(&options)?;
+        self.start(&header, source, params, cwd, options, None).await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn run_attached_with(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        source: String,
+        params: HashMap<String, String>,
+        cwd: String,
+        options: HashMap<String, zbus::zvariant::OwnedValue>,
+        stdin: zbus::zvariant::OwnedFd,
+        stdout: zbus::zvariant::OwnedFd,
+        stderr: zbus::zvariant::OwnedFd,
+    ) -> Result<Assembled, Error> {
+        let options = RunOptions::from_wire(&options)?;
+        let stdio = crate::runtime::Stdio::new(stdin.into(), stdout.into(), stderr.into());
+        self.start(&header, source, params, cwd, options, Some(stdio)).await
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -126,6 +126,11 @@ pub async fn serve(config: Config, bus_address: Option<String>) -> anyhow::Resul
     let log_source = runtime.log_source();
     let (bpf_enabled, metrics_setting) = (config.bpf, config.metrics.clone());
     let history = crate::psychology::History::open(&config.state_dir.join("psychology"), config.catalog.clone());
+    // A misspelt name disables nothing: say so.
+    let in_catalog = quantum_model::cells_in(&config.catalog);
+    for name in config.cells.disabled.iter().filter(|n| !in_catalog.contains(*n)) {
+        tracing::warn!(cell = %name, catalog = %config.catalog.display(), "a disabled cell is not in the catalog");
+    }
     let mut cells = Cells::new(runtime, store, config, event_tx.clone());
     cells.set_history(history.clone());
     cells.set_trust(identity.clone(), trail.clone());

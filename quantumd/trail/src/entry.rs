@@ -101,6 +101,10 @@ impl Action {
     pub const REFUSE: Action = Action(Cow::Borrowed("refuse"));
     pub const RESTART: Action = Action(Cow::Borrowed("restart"));
     pub const BLACKLIST: Action = Action(Cow::Borrowed("blacklist"));
+    /// Another catalog cell ran in place of a blacklisted one: the cell
+    /// asked for in `cell`; the stand-in, its instance, the capability both
+    /// offer and why in the detail.
+    pub const SUBSTITUTE: Action = Action(Cow::Borrowed("substitute"));
     /// quantumd started (with which identity, from which store).
     pub const START: Action = Action(Cow::Borrowed("start"));
     /// A cell ended on its own (not stopped on request).

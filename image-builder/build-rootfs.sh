@@ -23,7 +23,9 @@
 #   path    print the directory of the current image, build nothing
 # environment: QUANTUM_CACHE (default: <repo>/.cache), QUANTUM_MIRROR and
 #   QUANTUM_SECURITY_MIRROR (default: the mirrors this machine's apt uses),
-#   SOURCE_DATE_EPOCH (default: a fixed date, so it does not change the hash).
+#   SOURCE_DATE_EPOCH (default: a fixed date, so it does not change the hash),
+#   QUANTUM_KERNEL_DEBS (a variant with KERNEL=quantumos in its image.conf:
+#   the directory kernel/build-debs.sh fills, which `make image` passes).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -290,8 +292,31 @@ resolve_files() {
     done < <(data_lines "$VARIANT_DIR/files")
 }
 
+# KERNEL=quantumos in image.conf: the image boots the QuantumOS kernel
+# (kernel/), installed from its packages, instead of the rootfs's Debian one.
+KERNEL_FROM=$(conf KERNEL)
+case "$KERNEL_FROM" in
+    "" | debian) KERNEL_FROM=debian ;;
+    quantumos)
+        [ -n "${QUANTUM_KERNEL_DEBS:-}" ] ||
+            die "variant $VARIANT boots the QuantumOS kernel: set QUANTUM_KERNEL_DEBS to kernel/build-debs.sh's output (make image does)"
+        compgen -G "$QUANTUM_KERNEL_DEBS/linux-image-*.deb" >/dev/null &&
+            compgen -G "$QUANTUM_KERNEL_DEBS/quantumos-kernel_*.deb" >/dev/null ||
+            die "QUANTUM_KERNEL_DEBS=$QUANTUM_KERNEL_DEBS has no linux-image-*.deb and quantumos-kernel_*.deb (make kernel-debs builds them)"
+        ;;
+    *) die "$VARIANT_DIR/image.conf: KERNEL=$KERNEL_FROM: expected debian or quantumos" ;;
+esac
+
+kernel_debs() { ls -1 "$QUANTUM_KERNEL_DEBS"/*.deb | LC_ALL=C sort; }
+
 image_inputs() {
     echo "rootfs $ROOTFS_HASH"
+    if [ "$KERNEL_FROM" = quantumos ]; then
+        local deb
+        while read -r deb; do
+            echo "kernel-deb $(basename "$deb") $(sha256sum "$deb" | cut -c1-64)"
+        done < <(kernel_debs)
+    fi
     echo "compose-script $(sha256sum "$SELF" | cut -c1-64)"
     local f
     for f in files units users cmdline image.conf; do
@@ -389,15 +414,36 @@ while read -r action unit; do
     echo "    $action $unit"
 done < <(data_lines "$VARIANT_DIR/units")
 
+if [ "$KERNEL_FROM" = quantumos ]; then
+    stage "the QuantumOS kernel and modules (dpkg -i in the tree)"
+    mkdir -p "$TREE/tmp/quantumos-kernel"
+    while read -r deb; do cp "$deb" "$TREE/tmp/quantumos-kernel/"; done < <(kernel_debs)
+    # The kernel's postinst runs the rootfs's kernel hooks as a real install
+    # would (initramfs-tools makes an initrd the ISO or a bootloader may use;
+    # QEMU boots this kernel without one).
+    chroot "$TREE" sh -c 'dpkg -i /tmp/quantumos-kernel/*.deb' >"$TMP_IMAGE/kernel-install.log" 2>&1 ||
+        die "installing the kernel packages failed: $(tail -n 20 "$TMP_IMAGE/kernel-install.log")"
+    rm -rf "$TREE/tmp/quantumos-kernel"
+    chroot "$TREE" dpkg-query -W -f '    ${Package} ${Version}\n' quantumos-kernel quantumos-kmod 'linux-image-*-quantumos'
+fi
+
 stage "kernel and initramfs for QEMU"
-KERNEL=$(ls -1 "$TREE"/boot/vmlinuz-* 2>/dev/null | sort -V | tail -n1)
-[ -n "$KERNEL" ] || die "the rootfs has no /boot/vmlinuz-* (is linux-image-amd64 in the package list?)"
-KVER=${KERNEL##*/vmlinuz-}
-[ -f "$TREE/boot/initrd.img-$KVER" ] || die "the rootfs has no /boot/initrd.img-$KVER"
+if [ "$KERNEL_FROM" = quantumos ]; then
+    KVER=$(cd "$TREE/lib/modules" && ls -1d *-quantumos | sort -V | tail -n1)
+    KERNEL=$TREE/boot/vmlinuz-$KVER
+    [ -f "$KERNEL" ] || die "the QuantumOS kernel package left no $KERNEL"
+    INITRD=
+else
+    KERNEL=$(ls -1 "$TREE"/boot/vmlinuz-* 2>/dev/null | sort -V | tail -n1)
+    [ -n "$KERNEL" ] || die "the rootfs has no /boot/vmlinuz-* (is linux-image-amd64 in the package list?)"
+    KVER=${KERNEL##*/vmlinuz-}
+    [ -f "$TREE/boot/initrd.img-$KVER" ] || die "the rootfs has no /boot/initrd.img-$KVER"
+    INITRD=initrd.img
+    cp "$TREE/boot/initrd.img-$KVER" "$TMP_IMAGE/initrd.img"
+fi
 cp "$KERNEL" "$TMP_IMAGE/vmlinuz"
-cp "$TREE/boot/initrd.img-$KVER" "$TMP_IMAGE/initrd.img"
 data_lines "$VARIANT_DIR/cmdline" | tr '\n' ' ' | sed 's/ *$//' >"$TMP_IMAGE/cmdline"
-echo "    kernel $KVER, initrd $(du -h "$TMP_IMAGE/initrd.img" | cut -f1), cmdline: $(cat "$TMP_IMAGE/cmdline")"
+echo "    kernel $KVER, initrd ${INITRD:+$(du -h "$TMP_IMAGE/$INITRD" | cut -f1)}${INITRD:-none (booted directly)}, cmdline: $(cat "$TMP_IMAGE/cmdline")"
 
 DISK_MIB=$(conf DISK_SIZE_MIB); DISK_MIB=${DISK_MIB:-4096}
 TREE_MIB=$(du -sm "$TREE" | cut -f1)
@@ -423,7 +469,7 @@ IMAGE_HASH=$IMAGE_HASH
 ROOTFS_HASH=$ROOTFS_HASH
 KERNEL_VERSION=$KVER
 KERNEL=vmlinuz
-INITRD=initrd.img
+INITRD=$INITRD
 CMDLINE_FILE=cmdline
 DISK=disk.raw
 TREE=tree

@@ -10,10 +10,13 @@
 #   kernel/build.sh print-dir    print the output directory for the current
 #                                inputs, build nothing
 #
-# The output lives in ${QUANTUM_CACHE:-.cache}/kernel/<hash>, where <hash> is
+# The output lives in ${QUANTUM_KERNEL_CACHE:-$QUANTUM_CACHE/kernel}/<hash>
+# (QUANTUM_CACHE defaults to .cache; .ci/run points QUANTUM_KERNEL_CACHE at a
+# machine-level directory so that CI runs on fresh clones share one build),
+# where <hash> is
 # the sha256 of the fragment, this script, the linux-source version and the
 # rustc/clang/bindgen/pahole versions; a cache hit is a no-op. The last build's
-# directory is also reachable as ${QUANTUM_CACHE}/kernel/current. It holds:
+# directory is also reachable as <that directory>/current. It holds:
 #   bzImage, System.map, config   the kernel, its symbols and configuration
 #   linux/                        the built tree (modules_prepare'd, with
 #                                 Module.symvers): the KDIR for kmod/
@@ -25,7 +28,7 @@
 #   build-seconds                 how long the cold build took
 #
 # Only the two most recent builds are kept; builds are serialised by a lock
-# in ${QUANTUM_CACHE}/kernel, so two checkouts sharing a cache wait in turn.
+# in that directory, so two checkouts sharing a cache wait in turn.
 #
 # Reproducible inputs: the build timestamp is the linux-source package's own
 # release date (not the caller's clock or SOURCE_DATE_EPOCH, so the cache key
@@ -44,7 +47,8 @@ ROOT=$(cd "$HERE/.." && pwd)
 FRAGMENT=$HERE/quantumos.config
 CACHE=${QUANTUM_CACHE:-.cache}
 case $CACHE in /*) ;; *) CACHE=$ROOT/$CACHE ;; esac
-KCACHE=$CACHE/kernel
+KCACHE=${QUANTUM_KERNEL_CACHE:-$CACHE/kernel}
+case $KCACHE in /*) ;; *) KCACHE=$ROOT/$KCACHE ;; esac
 JOBS=${KERNEL_JOBS:-2}
 
 LLVM_DIR=/usr/lib/llvm-22/bin/

@@ -1,24 +1,33 @@
 # The QuantumOS kernel (6.12 LTS with Rust) and its Rust kernel modules.
-# Included by the top-level Makefile; not yet part of `make test`.
+# Included by the top-level Makefile. The test image (make image) boots this
+# kernel with the module installed, so `make test-vm` tests both.
 #
 #   make kernel      build the kernel (kernel/build.sh; cached by the hash of
 #                    config + build script + source and toolchain versions
-#                    under $(QUANTUM_CACHE)/kernel, a hit is a no-op)
+#                    under $(QUANTUM_KERNEL_CACHE), a hit is a no-op)
 #   make kmod        build kmod/steppps/steppps.ko against it, in a copy under
 #                    $(QUANTUM_CACHE)/kmod/steppps
+#   make kernel-debs the kernel, quantumos-kmod and quantumos-kernel packages
+#                    in $(KERNEL_DEBS) (kernel/build-debs.sh), which the test
+#                    image installs
 #   make test-kmod   boot the kernel under QEMU (TCG) with a busybox initramfs,
 #                    load steppps, check it against /proc, unload it, check dmesg
-#   make test-kernel-vm  boot the test image (make image) on this kernel under
-#                    QEMU, systemd as PID 1: multi-user with no failed units,
-#                    quantumd, a cell's cgroup limits, BTF and eBPF, then
-#                    steppps loaded, read by quantumd, unloaded, dmesg clean
-#                    (tests/vm/tests/kernel.rs). Not part of `make test`: a
-#                    cold kernel build would not fit CI's time (kernel/README.md)
+#   make test-kernel-vm  only the kernel scenarios of `make test-vm`
+#                    (tests/vm/tests/kernel.rs): multi-user with no failed
+#                    units, a cell's cgroup limits, BTF and eBPF, steppps
+#                    loaded at boot and read by quantumd, unloaded and
+#                    reloaded, dmesg clean
+#
+# QUANTUM_KERNEL_CACHE is where kernel builds are kept (default
+# $(QUANTUM_CACHE)/kernel; about 3.2 GB each, two kept). .ci/run points it at
+# /var/cache/quantumos/kernel, outside the clone, so that CI on this machine
+# builds the kernel once per change of its inputs rather than once per run.
 
 KMOD_STEPPPS_BUILD = $(QUANTUM_CACHE)/kmod/steppps
 KMOD_STEPPPS_SOURCES = Kbuild Makefile steppps.rs
+KERNEL_DEBS = $(QUANTUM_CACHE)/kernel-debs
 
-.PHONY: kernel kmod test-kmod test-kernel-vm
+.PHONY: kernel kmod kernel-debs test-kmod test-kernel-vm
 
 kernel:
 	bash kernel/build.sh
@@ -28,9 +37,11 @@ kmod: kernel
 	cd kmod/steppps && cp -p $(KMOD_STEPPPS_SOURCES) $(KMOD_STEPPPS_BUILD)/
 	$(MAKE) -C $(KMOD_STEPPPS_BUILD) KDIR="$$(bash kernel/build.sh print-dir)/linux"
 
+kernel-debs: kmod
+	bash kernel/build-debs.sh "$$(bash kernel/build.sh print-dir)" $(KMOD_STEPPPS_BUILD)/steppps.ko $(KERNEL_DEBS)
+
 test-kmod: deps kmod
 	bash kmod/steppps/test/run.sh "$$(bash kernel/build.sh print-dir)" $(KMOD_STEPPPS_BUILD)/steppps.ko
 
-test-kernel-vm: kernel kmod image
-	QUANTUM_KERNEL_DIR="$$(bash kernel/build.sh print-dir)" QUANTUM_STEPPPS_KO=$(KMOD_STEPPPS_BUILD)/steppps.ko \
-	  $(VM_TEST_ENV) $(CARGO) test -p quantum-vmtest --test kernel
+test-kernel-vm: image
+	$(VM_TEST_ENV) $(CARGO) test -p quantum-vmtest --test kernel

@@ -5,7 +5,8 @@
 #   make rootfs       the variant's Debian rootfs (mmdebstrap, cached by hash)
 #   make image        release binaries + rootfs + project files -> guest image
 #   make test-nspawn  smoke test in a systemd-nspawn container
-#   make test-vm      smoke test in a QEMU VM (TCG)
+#   make test-vm      the QEMU tier (TCG): smoke, isolation, the catalog, and
+#                     the QuantumOS kernel with its module
 #   make vm-run       boot the image under QEMU on this terminal, as `quantum`
 #
 # QUANTUM_CACHE (default .cache/) is where rootfs and images are kept; point
@@ -35,14 +36,16 @@ intent-cache: release-bins model
 	QUANTUM_INTENT_CACHE=$(or $(QUANTUM_CACHE),$(CURDIR)/.cache)/intent \
 	  $${CARGO_TARGET_DIR:-target}/release/quantumctl ask --local --json --catalog packaging/cells "warm up the cache" >/dev/null
 
-image: deps release-bins model intent-cache
-	bash $(VM_BUILD) image
+# The test image boots the QuantumOS kernel (its variant's image.conf says
+# KERNEL=quantumos), installed from kernel-debs.
+image: deps release-bins model intent-cache kernel-debs
+	QUANTUM_KERNEL_DEBS=$(KERNEL_DEBS) bash $(VM_BUILD) image
 
 test-nspawn: image
 	$(VM_TEST_ENV) $(CARGO) test -p quantum-vmtest --test nspawn --test systemd_backend
 
 test-vm: image
-	$(VM_TEST_ENV) $(CARGO) test -p quantum-vmtest --test qemu --test isolation --test catalog
+	$(VM_TEST_ENV) $(CARGO) test -p quantum-vmtest --test qemu --test isolation --test catalog --test kernel
 
 vm-run: image
 	$(CARGO) run -q -p quantum-vmtest --bin quantum-vm -- run --variant $(VM_VARIANT)

@@ -157,7 +157,10 @@ pub fn qemu_command(image: &Image, config: &BootConfig, share: &Path, console: &
             cmd.arg("-kernel").arg(kernel);
         }
         None => {
-            cmd.arg("-kernel").arg(&image.kernel).arg("-initrd").arg(&image.initrd);
+            cmd.arg("-kernel").arg(&image.kernel);
+            if let Some(initrd) = &image.initrd {
+                cmd.arg("-initrd").arg(initrd);
+            }
         }
     }
     cmd.args(["-append", &kernel_cmdline(&image.cmdline, &config.extra_cmdline)])

@@ -23,7 +23,9 @@ pub struct Image {
     /// The kernel release inside the image (`uname -r` under QEMU).
     pub kernel_version: String,
     pub kernel: PathBuf,
-    pub initrd: PathBuf,
+    /// None for a kernel that boots the disk by itself (the QuantumOS
+    /// kernel has virtio-blk and ext4 built in): `INITRD=` empty.
+    pub initrd: Option<PathBuf>,
     pub cmdline: String,
     /// Raw ext4 image of the root filesystem, for QEMU.
     pub disk: PathBuf,
@@ -85,7 +87,10 @@ impl Image {
             hash: env.get("IMAGE_HASH")?.to_owned(),
             kernel_version: env.get("KERNEL_VERSION")?.to_owned(),
             kernel: env.existing_path("KERNEL")?,
-            initrd: env.existing_path("INITRD")?,
+            initrd: match env.get_or_empty("INITRD") {
+                "" => None,
+                _ => Some(env.existing_path("INITRD")?),
+            },
             cmdline,
             disk: env.existing_path("DISK")?,
             tree: env.existing_path("TREE")?,

@@ -1,77 +1,24 @@
-//! The test image on the QuantumOS kernel (kernel/: 6.12 LTS with Rust,
-//! everything built in) instead of Debian's: booted under QEMU (TCG) by
-//! direct kernel boot without an initramfs, systemd as PID 1. Then the
-//! steppps kernel module (kmod/steppps) in that guest: loaded, compared
-//! with /proc, read by quantumd, unloaded, and a clean kernel log.
+//! The test image runs on the QuantumOS kernel (kernel/: 6.12 LTS with
+//! Rust, everything built in), installed in it from its packages
+//! (`quantumos-kernel`, `linux-image-*-quantumos`, `quantumos-kmod`; see
+//! kernel/build-debs.sh) and booted under QEMU (TCG) without an initramfs,
+//! systemd as PID 1. The steppps module (kmod/steppps) is loaded at boot by
+//! systemd-modules-load, and quantumd reads it from its first second. Here:
+//! the system as a whole on that kernel, then the module: what it reports,
+//! how quantumd uses it, unloading and reloading, and a clean kernel log.
 //!
-//! `make test-kernel-vm` builds the kernel, the module and the image and
-//! runs this. By hand: `QUANTUM_KERNEL_DIR` (a kernel/build.sh output
-//! directory; default `$QUANTUM_CACHE/kernel/current`) and
-//! `QUANTUM_STEPPPS_KO` (default `$QUANTUM_CACHE/kmod/steppps/steppps.ko`).
+//! Part of `make test-vm`; `make test-kernel-vm` runs only this.
 
 use std::fs;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use quantum_vmtest::{eventually, report, Backend, BootConfig, Guest, Image, Scenarios, GUEST_SHARE};
-
-/// The kernel and module under test.
-struct QuantumKernel {
-    bzimage: PathBuf,
-    /// `uname -r` it must report.
-    release: String,
-    steppps_ko: PathBuf,
-}
+use quantum_vmtest::{eventually, report, Backend, Guest, Image, Scenarios};
 
 /// The log line quantumd writes when it reads the module's device.
 const KMOD_USED: &str = "STEPPPS: reading node figures from the steppps kernel module";
 /// ... and when it does not.
 const KMOD_NOT_USED: &str = "STEPPPS: the steppps kernel module is not used";
-/// The drop-in that shows quantumd the device (kmod/steppps/systemd/).
-const DROP_IN: &str = "kmod/steppps/systemd/quantumd-steppps.conf";
-
-fn path_from_env(var: &str, default: PathBuf) -> PathBuf {
-    match std::env::var_os(var) {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => default,
-    }
-}
-
-/// The built kernel and module, or `None` after saying why the test skips.
-/// Like a missing image, a missing kernel skips unless
-/// `QUANTUM_VMTEST_REQUIRE_IMAGE=1` (set by `make test-kernel-vm`).
-fn kernel_or_skip(test: &str) -> Option<QuantumKernel> {
-    let cache = Image::cache_dir();
-    let dir = path_from_env("QUANTUM_KERNEL_DIR", cache.join("kernel/current"));
-    let steppps_ko = path_from_env("QUANTUM_STEPPPS_KO", cache.join("kmod/steppps/steppps.ko"));
-    let bzimage = dir.join("bzImage");
-    let release_file = dir.join("linux/include/config/kernel.release");
-    let missing: Vec<&Path> = [bzimage.as_path(), release_file.as_path(), steppps_ko.as_path()]
-        .into_iter()
-        .filter(|p| !p.is_file())
-        .collect();
-    if !missing.is_empty() {
-        let list = missing.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
-        if std::env::var("QUANTUM_VMTEST_REQUIRE_IMAGE").is_ok_and(|v| v == "1") {
-            panic!("{test}: missing {list} although QUANTUM_VMTEST_REQUIRE_IMAGE=1");
-        }
-        report(format_args!(
-            "SKIPPED {test}: the QuantumOS kernel or the steppps module has not been built (missing {list}); \
-             `make test-kernel-vm` builds them and runs this"
-        ));
-        return None;
-    }
-    let release = fs::read_to_string(&release_file)
-        .unwrap_or_else(|e| panic!("{test}: reading {}: {e}", release_file.display()))
-        .trim()
-        .to_owned();
-    Some(QuantumKernel {
-        bzimage,
-        release,
-        steppps_ko,
-    })
-}
 
 #[test]
 fn the_image_runs_on_the_quantumos_kernel_with_the_steppps_module() {
@@ -79,38 +26,32 @@ fn the_image_runs_on_the_quantumos_kernel_with_the_steppps_module() {
     let Some(image) = quantum_vmtest::image_or_skip(test) else {
         return;
     };
-    let Some(kernel) = kernel_or_skip(test) else {
-        return;
-    };
-    let config = BootConfig {
-        kernel: Some(kernel.bzimage.clone()),
-        ..BootConfig::for_backend(Backend::Qemu)
-    };
-    let guest = Guest::boot_with(&image, Backend::Qemu, config).unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(
+        image.kernel_version.ends_with("-quantumos") && image.initrd.is_none(),
+        "{test}: image {} boots kernel {} ({}), not the QuantumOS kernel without an initramfs: \
+         its variant's image.conf should say KERNEL=quantumos",
+        image.short_hash(),
+        image.kernel_version,
+        image.initrd.as_ref().map_or("no initrd".to_owned(), |p| p.display().to_string()),
+    );
+    let guest = Guest::boot(&image, Backend::Qemu).unwrap_or_else(|e| panic!("{e:#}"));
     let ready = guest.wait_ready().unwrap_or_else(|e| panic!("{e:#}"));
     report(format_args!(
         "[qemu] kernel {}: agent ready {:.1} s after QEMU started",
-        kernel.release,
+        image.kernel_version,
         ready.as_secs_f64()
     ));
-    // The module and the drop-in go in through the share.
-    let repo = Image::repo_root();
-    for (from, to) in [
-        (kernel.steppps_ko.clone(), "steppps.ko"),
-        (repo.join(DROP_IN), "quantumd-steppps.conf"),
-    ] {
-        fs::copy(&from, guest.share().join(to)).unwrap_or_else(|e| panic!("copying {} into the share: {e}", from.display()));
-    }
 
     let mut s = Scenarios::new(&guest);
-    s.run("uname-r-is-the-quantumos-kernel-with-rust", |g| uname(g, &kernel.release));
+    s.run("uname-r-is-the-packaged-quantumos-kernel-with-rust", |g| uname(g, &image.kernel_version));
     s.run("systemd-reaches-multi-user-with-no-failed-units", multi_user);
     s.run("quantumd-is-active", quantumd_active);
     s.run("a-catalog-cell-gets-cpu-memory-pids-io-limits-in-its-cgroup", catalog_cell_limits);
     s.run("btf-is-there-and-quantumd-ebpf-telemetry-works", btf_and_ebpf);
-    s.run("steppps-loads-and-agrees-with-proc", steppps_agrees_with_proc);
-    s.run("quantumd-reads-dev-steppps-and-says-so", quantumd_reads_the_module);
-    s.run("steppps-unloads-cleanly-and-quantumd-falls-back", steppps_unloads);
+    s.run("steppps-is-loaded-at-boot-and-agrees-with-proc", steppps_agrees_with_proc);
+    s.run("quantumd-reads-dev-steppps-from-boot-and-says-so", quantumd_reads_the_module);
+    s.run("quantumd-stays-hardened-with-the-device-allowed", quantumd_exposure);
+    s.run("steppps-unloads-cleanly-quantumd-falls-back-and-takes-it-again", steppps_unloads);
     // Last: everything above may have left something in the kernel log.
     s.run("the-kernel-log-has-no-warnings", kernel_log_clean);
     if let Err(e) = s.finish() {
@@ -124,7 +65,14 @@ fn uname(g: &Guest, release: &str) -> Result<()> {
     ensure!(got.contains("quantumos"), "{got} is not a quantumos kernel release");
     let rust = g.run("zcat /proc/config.gz | grep -x 'CONFIG_RUST=y'")?;
     ensure!(rust.success(), "the running kernel's config has no CONFIG_RUST=y: {rust}");
-    report(format_args!("[qemu] kernel {got}, CONFIG_RUST=y"));
+    let packages = g.run_ok(&format!(
+        "dpkg-query -W -f '${{Package}} ${{Version}} ${{db:Status-Status}}\\n' quantumos-kernel quantumos-kmod linux-image-{got}"
+    ))?;
+    for line in packages.lines() {
+        ensure!(line.ends_with(" installed"), "a kernel package is not installed: {line}\n{packages}");
+    }
+    ensure!(packages.lines().count() == 3, "dpkg-query: {packages}");
+    report(format_args!("[qemu] kernel {got}, CONFIG_RUST=y; {}", packages.lines().collect::<Vec<_>>().join(", ")));
     Ok(())
 }
 
@@ -302,11 +250,21 @@ fn meminfo(text: &str, key: &str) -> Result<u64> {
         .with_context(|| format!("no {key} in /proc/meminfo"))
 }
 
-/// insmod, then what run.sh's guest checks: the device, and its figures
-/// against /proc (equal, or close where they are sampled).
+/// Loaded at boot from quantumos-kmod's modules-load.d entry, from the
+/// package's path; then what run.sh's guest checks: the device, and its
+/// figures against /proc (equal, or close where they are sampled).
 fn steppps_agrees_with_proc(g: &Guest) -> Result<()> {
-    g.run_ok(&format!("cp {GUEST_SHARE}/steppps.ko /run/steppps.ko && insmod /run/steppps.ko"))?;
-    g.run_ok("test -c /dev/steppps && grep -q '^steppps ' /proc/modules")?;
+    let loaded = g.run("grep '^steppps ' /proc/modules && test -c /dev/steppps")?;
+    if !loaded.success() {
+        let log = g.run("systemctl status --no-pager systemd-modules-load.service; journalctl -b -u systemd-modules-load --no-pager -o cat")?;
+        bail!("steppps is not loaded after boot:\n{}", log.stdout.trim_end());
+    }
+    let path = g.run_ok("modinfo -n steppps")?;
+    ensure!(
+        path.trim().starts_with("/lib/modules/") && path.trim().ends_with("/updates/steppps.ko"),
+        "modprobe finds steppps at {}, not where quantumos-kmod puts it",
+        path.trim()
+    );
     let out = g.run_ok("cat /dev/steppps; echo ---; cat /proc/meminfo; echo ---; grep -c ^processor /proc/cpuinfo; cat /proc/uptime")?;
     let mut parts = out.split("---\n");
     let (dev, mem, rest) = (
@@ -367,16 +325,15 @@ fn quantumd_journal(g: &Guest) -> Result<String> {
     g.run_ok("journalctl --no-pager -o cat _SYSTEMD_INVOCATION_ID=$(systemctl show -P InvocationID quantumd.service)")
 }
 
-/// With the drop-in that shows it the device, a restarted quantumd says it
-/// reads the module and `quantumctl steppps` shows the module's figures,
-/// equal to /proc's.
+/// quantumos-kmod's drop-in shows quantumd the device; quantumd, started
+/// after the module was loaded, says it reads it and `quantumctl steppps`
+/// shows the module's figures, equal to /proc's.
 fn quantumd_reads_the_module(g: &Guest) -> Result<()> {
-    g.run_ok(&format!(
-        "mkdir -p /run/systemd/system/quantumd.service.d && \
-         cp {GUEST_SHARE}/quantumd-steppps.conf /run/systemd/system/quantumd.service.d/steppps.conf && \
-         systemctl daemon-reload && systemctl restart quantumd.service"
-    ))?;
-    quantumd_active(g)?;
+    let drop_in = g.run_ok("systemctl show -P DropInPaths quantumd.service")?;
+    ensure!(
+        drop_in.contains("/usr/lib/systemd/system/quantumd.service.d/steppps.conf"),
+        "quantumd.service has no steppps drop-in from quantumos-kmod: {drop_in:?}"
+    );
     let journal = eventually("quantumd's log line about the module", Duration::from_secs(30), || {
         let j = quantumd_journal(g)?;
         Ok(j.contains("STEPPPS: ").then_some(j))
@@ -410,13 +367,15 @@ fn quantumd_reads_the_module(g: &Guest) -> Result<()> {
     Ok(())
 }
 
-/// rmmod (retried: quantumd opens the device for an instant every second),
-/// the device gone, a second load and unload, and quantumd back on /proc.
+/// `modprobe -r` (retried: quantumd opens the device for an instant every
+/// second), the device gone, a second load and unload, quantumd back on
+/// /proc and saying so; then loaded again and, after a restart (the device
+/// is bound into quantumd's /dev when it starts), read again.
 fn steppps_unloads(g: &Guest) -> Result<()> {
-    let unload = "for i in $(seq 1 20); do rmmod steppps 2>/dev/null && exit 0; sleep 0.2; done; rmmod steppps";
+    let unload = "for i in $(seq 1 20); do modprobe -r steppps 2>/dev/null && exit 0; sleep 0.2; done; modprobe -r steppps";
     g.run_ok(unload)?;
     g.run_ok("test ! -e /dev/steppps && ! grep -q '^steppps ' /proc/modules")?;
-    g.run_ok(&format!("insmod /run/steppps.ko && cat /dev/steppps >/dev/null && {unload}"))?;
+    g.run_ok(&format!("modprobe steppps && cat /dev/steppps >/dev/null && {unload}"))?;
     // quantumd's own /dev still has the node it was given at start; opening
     // it fails now (ENODEV, or EACCES once systemd has dropped the vanished
     // device from the unit's device policy), and quantumd says so and
@@ -436,8 +395,35 @@ fn steppps_unloads(g: &Guest) -> Result<()> {
         node["memory-total-bytes"].as_u64().unwrap_or(0) > 0,
         "node figures without the module: {node}"
     );
-    g.run_ok("rm -r /run/systemd/system/quantumd.service.d && systemctl daemon-reload")?;
-    report(format_args!("[qemu] unloaded twice; quantumd: {why}"));
+    g.run_ok("modprobe steppps && systemctl restart quantumd.service")?;
+    quantumd_active(g)?;
+    eventually("quantumd to read the reloaded module", Duration::from_secs(30), || {
+        let f = quantumctl_json(g, "steppps")?;
+        Ok(f["kernel"]["device"].is_string().then_some(()))
+    })?;
+    ensure!(quantumd_journal(g)?.contains(KMOD_USED), "the restarted quantumd does not say it reads the module");
+    report(format_args!("[qemu] unloaded twice; quantumd: {why}; reloaded and read again after a restart"));
+    Ok(())
+}
+
+/// The drop-in widens quantumd's device policy by one read-only device:
+/// `systemd-analyze security` must still rate it at most 2.0, the goal of
+/// every unit the project ships.
+fn quantumd_exposure(g: &Guest) -> Result<()> {
+    let out = g.run("systemd-analyze security --no-pager quantumd.service")?;
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .with_context(|| format!("systemd-analyze security printed no exposure level: {out}"))?
+        .to_owned();
+    let level: f64 = line
+        .split(':')
+        .nth(1)
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .with_context(|| format!("no number in {line:?}"))?;
+    ensure!(level <= 2.0, "{}\n{}", line.trim(), out.stdout.trim_end());
+    report(format_args!("[qemu] {}", line.trim()));
     Ok(())
 }
 

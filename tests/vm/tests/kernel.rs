@@ -43,7 +43,9 @@ fn the_image_runs_on_the_quantumos_kernel_with_the_steppps_module() {
     ));
 
     let mut s = Scenarios::new(&guest);
-    s.run("uname-r-is-the-packaged-quantumos-kernel-with-rust", |g| uname(g, &image.kernel_version));
+    s.run("uname-r-is-the-packaged-quantumos-kernel-with-rust", |g| {
+        uname(g, &image.kernel_version)
+    });
     s.run("systemd-reaches-multi-user-with-no-failed-units", multi_user);
     s.run("quantumd-is-active", quantumd_active);
     s.run("a-catalog-cell-gets-cpu-memory-pids-io-limits-in-its-cgroup", catalog_cell_limits);
@@ -69,10 +71,16 @@ fn uname(g: &Guest, release: &str) -> Result<()> {
         "dpkg-query -W -f '${{Package}} ${{Version}} ${{db:Status-Status}}\\n' quantumos-kernel quantumos-kmod linux-image-{got}"
     ))?;
     for line in packages.lines() {
-        ensure!(line.ends_with(" installed"), "a kernel package is not installed: {line}\n{packages}");
+        ensure!(
+            line.ends_with(" installed"),
+            "a kernel package is not installed: {line}\n{packages}"
+        );
     }
     ensure!(packages.lines().count() == 3, "dpkg-query: {packages}");
-    report(format_args!("[qemu] kernel {got}, CONFIG_RUST=y; {}", packages.lines().collect::<Vec<_>>().join(", ")));
+    report(format_args!(
+        "[qemu] kernel {got}, CONFIG_RUST=y; {}",
+        packages.lines().collect::<Vec<_>>().join(", ")
+    ));
     Ok(())
 }
 
@@ -256,7 +264,8 @@ fn meminfo(text: &str, key: &str) -> Result<u64> {
 fn steppps_agrees_with_proc(g: &Guest) -> Result<()> {
     let loaded = g.run("grep '^steppps ' /proc/modules && test -c /dev/steppps")?;
     if !loaded.success() {
-        let log = g.run("systemctl status --no-pager systemd-modules-load.service; journalctl -b -u systemd-modules-load --no-pager -o cat")?;
+        let log =
+            g.run("systemctl status --no-pager systemd-modules-load.service; journalctl -b -u systemd-modules-load --no-pager -o cat")?;
         bail!("steppps is not loaded after boot:\n{}", log.stdout.trim_end());
     }
     let path = g.run_ok("modinfo -n steppps")?;
@@ -401,8 +410,13 @@ fn steppps_unloads(g: &Guest) -> Result<()> {
         let f = quantumctl_json(g, "steppps")?;
         Ok(f["kernel"]["device"].is_string().then_some(()))
     })?;
-    ensure!(quantumd_journal(g)?.contains(KMOD_USED), "the restarted quantumd does not say it reads the module");
-    report(format_args!("[qemu] unloaded twice; quantumd: {why}; reloaded and read again after a restart"));
+    ensure!(
+        quantumd_journal(g)?.contains(KMOD_USED),
+        "the restarted quantumd does not say it reads the module"
+    );
+    report(format_args!(
+        "[qemu] unloaded twice; quantumd: {why}; reloaded and read again after a restart"
+    ));
     Ok(())
 }
 

@@ -1,10 +1,16 @@
 //! Benchmark of the intent engine, on one core unless told otherwise: the
 //! accuracy on the tuning set (a training score), the k-fold cross-validated
 //! accuracy of the choice of tunables on it, the accuracy and out-of-scope
-//! refusal rate on the held-out set (aggregates only: its misses are never
+//! refusal rate on each held-out set (aggregates only: their misses are never
 //! printed), time per intent (p50/p95) and model load time.
 //!
-//!     intent-bench [--catalog DIR] [--set FILE]... [--heldout FILE|none] [--folds K] [--threads N] [--rounds N]
+//!     intent-bench [--catalog DIR] [--set FILE]... [--heldout FILE|none]... [--folds K] [--threads N] [--rounds N]
+//!
+//! The held-out sets scored by default are set 3 ([`evaluation::HELDOUT_SET`],
+//! whose floor the tests hold) and set 4 (`HELDOUT_SET_4`, by another
+//! author, for the report only: no test holds a floor on it). The first
+//! `--heldout` replaces that list, later ones add to it; `--heldout none`
+//! scores none.
 //!
 //! Build it with `--release`; `make bench` runs it.
 
@@ -18,25 +24,31 @@ struct Args {
     catalog: PathBuf,
     /// The tuning data: every `--set`, or [`evaluation::TUNING_SETS`].
     sets: Vec<PathBuf>,
-    /// `None`: `--heldout none`, while tuning.
-    heldout: Option<PathBuf>,
+    /// The held-out sets to score; empty with `--heldout none`, while tuning.
+    heldout: Vec<PathBuf>,
     folds: usize,
     threads: usize,
     rounds: usize,
 }
 
-const USAGE: &str = "intent-bench [--catalog DIR] [--set FILE]... [--heldout FILE|none] [--folds K] [--threads N] [--rounds N]";
+const USAGE: &str = "intent-bench [--catalog DIR] [--set FILE]... [--heldout FILE|none]... [--folds K] [--threads N] [--rounds N]";
+
+/// Held-out set 4, relative to the repository: written before the tuning of
+/// its round by another author than set 3, never tuned on. Reported by the
+/// bench only; no test holds a floor on it.
+const HELDOUT_SET_4: &str = "tests/data/intents-heldout-4.tsv";
 
 fn parse_args() -> Result<Args, String> {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let mut args = Args {
         catalog: repo.join("packaging/cells"),
         sets: Vec::new(),
-        heldout: Some(repo.join(evaluation::HELDOUT_SET)),
+        heldout: vec![repo.join(evaluation::HELDOUT_SET), repo.join(HELDOUT_SET_4)],
         folds: 5,
         threads: 1,
         rounds: 3,
     };
+    let mut heldout_given = false;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{a} needs a value"));
@@ -44,7 +56,14 @@ fn parse_args() -> Result<Args, String> {
             "--catalog" => args.catalog = PathBuf::from(value()?),
             "--set" => args.sets.push(PathBuf::from(value()?)),
             "--heldout" => {
-                args.heldout = Some(PathBuf::from(value()?)).filter(|p| p.as_os_str() != "none");
+                let path = PathBuf::from(value()?);
+                if !heldout_given {
+                    args.heldout.clear();
+                    heldout_given = true;
+                }
+                if path.as_os_str() != "none" {
+                    args.heldout.push(path);
+                }
             }
             "--folds" => args.folds = value()?.parse().map_err(|e| format!("--folds: {e}"))?,
             "--threads" => args.threads = value()?.parse().map_err(|e| format!("--threads: {e}"))?,
@@ -202,9 +221,11 @@ fn main() {
             "; the default differs"
         }
     );
-    match &args.heldout {
-        None => println!("  held-out set      not scored (--heldout none)"),
-        Some(path) => match evaluation::read(path) {
+    if args.heldout.is_empty() {
+        println!("  held-out set      not scored (--heldout none)");
+    }
+    for path in &args.heldout {
+        match evaluation::read(path) {
             Err(e) => println!("  held-out set      not scored: {e}"),
             Ok(heldout) => {
                 let scored = evaluation::score(&engine, &heldout, &default, engine.encoder()).unwrap_or_else(|e| fail(&e));
@@ -216,7 +237,7 @@ fn main() {
                 let per: Vec<String> = scored.per_stratum.iter().map(|(s, (r, n))| format!("{s} {r}/{n}")).collect();
                 println!("    per expected cell: {}", per.join(", "));
             }
-        },
+        }
     }
     println!("  calibration on the tuning set (confidence bucket: answers, right)");
     for (lo, hi) in [(0.0, 0.5), (0.5, 0.7), (0.7, 0.9), (0.9, 1.01)] {

@@ -284,9 +284,12 @@ impl SystemdRuntime {
             .unwrap_or_else(|e| e.into_inner())
             .insert(unit_path(unit), (unit.to_owned(), ServiceFacts::default()));
         // It may have ended between the listing and now, when no signal
-        // will come for it any more.
+        // will come for it any more. An inactive unit with a start job
+        // queued has not begun yet: the killed quantumd's last start, which
+        // systemd runs all the same.
         let state = self.unit_state(unit).await;
-        if matches!(state.as_deref(), Some("inactive" | "failed") | None) {
+        let queued = self.start_queued(unit).await;
+        if !queued && matches!(state.as_deref(), Some("inactive" | "failed") | None) {
             tracing::debug!(unit, ?state, "adopted unit already ended");
             if self
                 .shared
@@ -319,6 +322,41 @@ impl SystemdRuntime {
             .await
             .ok()?;
         String::try_from(v).ok()
+    }
+
+    /// Whether a start job is queued for `unit` (its `Job` property names
+    /// one of type start).
+    async fn start_queued(&self, unit: &str) -> bool {
+        let Some(job) = self.unit_job(unit).await else { return false };
+        let Ok(b) = zbus::fdo::PropertiesProxy::builder(&self.conn).destination("org.freedesktop.systemd1") else {
+            return false;
+        };
+        let Ok(b) = b.path(job) else { return false };
+        let Ok(props) = b.build().await else { return false };
+        let Ok(iface) = "org.freedesktop.systemd1.Job".try_into() else {
+            return false;
+        };
+        props
+            .get(iface, "JobType")
+            .await
+            .ok()
+            .and_then(|v| String::try_from(v).ok())
+            .is_some_and(|t| t == "start")
+    }
+
+    /// The job queued for `unit`, if any.
+    async fn unit_job(&self, unit: &str) -> Option<OwnedObjectPath> {
+        let props = zbus::fdo::PropertiesProxy::builder(&self.conn)
+            .destination("org.freedesktop.systemd1")
+            .ok()?
+            .path(unit_path(unit))
+            .ok()?
+            .build()
+            .await
+            .ok()?;
+        let v = props.get("org.freedesktop.systemd1.Unit".try_into().ok()?, "Job").await.ok()?;
+        let (id, path) = <(u32, OwnedObjectPath)>::try_from(v).ok()?;
+        (id != 0).then_some(path)
     }
 
     async fn main_pid(&self, unit: &str) -> u32 {
@@ -535,13 +573,17 @@ impl SystemdRuntime {
     pub async fn list(&self) -> Result<Vec<LiveUnit>, RuntimeError> {
         let units = self
             .manager
-            .list_units_by_patterns(&["active", "activating", "reloading"], &["quantum-*.service"])
+            .list_units_by_patterns(&["active", "activating", "reloading", "inactive"], &["quantum-*.service"])
             .await
             .map_err(|e| RuntimeError::Systemd {
                 unit: "quantum-*.service".into(),
                 message: dbus_message(&e),
             })?;
         let mut out = Vec::new();
+        // A transient unit is created inactive with its start job queued,
+        // and stays so until systemd runs the job: under load, after the
+        // quantumd that asked for it was killed. It is live all the same.
+        let units = units.into_iter().filter(|u| u.3 != "inactive" || u.8 == "start");
         for u in units {
             let pid = self.main_pid(&u.0).await;
             out.push(LiveUnit { unit: u.0, pid });

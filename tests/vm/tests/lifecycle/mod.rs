@@ -77,10 +77,16 @@ pub fn kill_9_readopts(g: &Guest) -> Result<()> {
         Ok((!out.success()).then_some(()))
     })?;
     let units: Vec<String> = g
-        // Units still activating count too: what matters is that quantumd
-        // and systemd agree on the set (under TCG some units started just
-        // before the kill were seen to linger in "activating" for seconds).
-        .run_ok("systemctl list-units --plain --no-legend --state=active,activating 'quantum-system-monitor.*' | awk '{print $1}'")?
+        // Units still activating count too, and so do units whose start
+        // job is still queued (inactive, JOB "start"): what matters is that
+        // quantumd and systemd agree on the set (under TCG some units
+        // started just before the kill were seen to linger in "activating"
+        // for seconds, and one to get its start job run only after the new
+        // quantumd had looked).
+        .run_ok(
+            "systemctl list-units --all --plain --no-legend 'quantum-system-monitor.*' \
+             | awk '$3 == \"active\" || $3 == \"activating\" || $5 == \"start\" {print $1}'",
+        )?
         .lines()
         .map(str::to_owned)
         .collect();

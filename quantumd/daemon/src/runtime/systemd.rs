@@ -308,70 +308,47 @@ impl SystemdRuntime {
         }
     }
 
-    async fn unit_state(&self, unit: &str) -> Option<String> {
+    /// One property of a systemd object (a unit at `unit_path`, a job).
+    async fn property(&self, path: &str, iface: &str, name: &str) -> Option<OwnedValue> {
         let props = zbus::fdo::PropertiesProxy::builder(&self.conn)
             .destination("org.freedesktop.systemd1")
             .ok()?
-            .path(unit_path(unit))
+            .path(path.to_owned())
             .ok()?
             .build()
             .await
             .ok()?;
-        let v = props
-            .get("org.freedesktop.systemd1.Unit".try_into().ok()?, "ActiveState")
-            .await
-            .ok()?;
+        props.get(iface.try_into().ok()?, name).await.ok()
+    }
+
+    async fn unit_state(&self, unit: &str) -> Option<String> {
+        let v = self
+            .property(&unit_path(unit), "org.freedesktop.systemd1.Unit", "ActiveState")
+            .await?;
         String::try_from(v).ok()
     }
 
     /// Whether a start job is queued for `unit` (its `Job` property names
-    /// one of type start).
+    /// one, of type start).
     async fn start_queued(&self, unit: &str) -> bool {
-        let Some(job) = self.unit_job(unit).await else { return false };
-        let Ok(b) = zbus::fdo::PropertiesProxy::builder(&self.conn).destination("org.freedesktop.systemd1") else {
+        let Some(v) = self.property(&unit_path(unit), "org.freedesktop.systemd1.Unit", "Job").await else {
             return false;
         };
-        let Ok(b) = b.path(job) else { return false };
-        let Ok(props) = b.build().await else { return false };
-        let Ok(iface) = "org.freedesktop.systemd1.Job".try_into() else {
+        let Ok((id, job)) = <(u32, OwnedObjectPath)>::try_from(v) else {
             return false;
         };
-        props
-            .get(iface, "JobType")
+        if id == 0 {
+            return false;
+        }
+        self.property(job.as_str(), "org.freedesktop.systemd1.Job", "JobType")
             .await
-            .ok()
             .and_then(|v| String::try_from(v).ok())
             .is_some_and(|t| t == "start")
     }
 
-    /// The job queued for `unit`, if any.
-    async fn unit_job(&self, unit: &str) -> Option<OwnedObjectPath> {
-        let props = zbus::fdo::PropertiesProxy::builder(&self.conn)
-            .destination("org.freedesktop.systemd1")
-            .ok()?
-            .path(unit_path(unit))
-            .ok()?
-            .build()
-            .await
-            .ok()?;
-        let v = props.get("org.freedesktop.systemd1.Unit".try_into().ok()?, "Job").await.ok()?;
-        let (id, path) = <(u32, OwnedObjectPath)>::try_from(v).ok()?;
-        (id != 0).then_some(path)
-    }
-
     async fn main_pid(&self, unit: &str) -> u32 {
-        let Ok(b) = zbus::fdo::PropertiesProxy::builder(&self.conn).destination("org.freedesktop.systemd1") else {
-            return 0;
-        };
-        let Ok(b) = b.path(unit_path(unit)) else { return 0 };
-        let Ok(props) = b.build().await else { return 0 };
-        let Ok(iface) = "org.freedesktop.systemd1.Service".try_into() else {
-            return 0;
-        };
-        props
-            .get(iface, "MainPID")
+        self.property(&unit_path(unit), "org.freedesktop.systemd1.Service", "MainPID")
             .await
-            .ok()
             .and_then(|v| u32::try_from(v).ok())
             .unwrap_or(0)
     }

@@ -9,17 +9,17 @@
 #   make test-host    quantumd + quantumctl on a private D-Bus, real cgroup2,
 #                     the eBPF programs on the real kernel (root), `make demo`
 #   make test-nspawn  systemd backend against systemd as PID 1 in a container
-#   make test-vm      QEMU guest: isolation and limit scenarios
+#   make test-vm      QEMU guest on the QuantumOS kernel (kernel/, 6.12 with
+#                     Rust): isolation and limit scenarios, the catalog, and
+#                     the kernel with its steppps module (kmod/)
 #   make test-deb     the quantumos-* .debs: build, lintian, contents
 #   make test-deb-vm  apt install / run / purge them on a plain bookworm guest
 #   make test-iso     the live ISO: BIOS and UEFI boots with a TPM, the catalog
 #                     on the live system, quantumos-install to a disk, its boot
-#   make test-kernel-vm  the test image on the QuantumOS kernel (kernel/) with
-#                     the steppps module (kmod/); not in `make test` (see
-#                     kernel/README.md)
+#   make test-kernel-vm  only test-vm's kernel scenarios
 #
 # Other targets: deps, rootfs, image, deb, iso, iso-check, vm-run, demo, lint, fmt,
-# kernel, kmod, test-kmod.
+# kernel, kmod, kernel-debs, test-kmod (kernel/README.md).
 
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never

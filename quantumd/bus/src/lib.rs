@@ -20,6 +20,14 @@ pub const INTERFACE: &str = "org.quantumos.Quantum1";
 /// Environment variable that picks a private bus (also `--bus`).
 pub const BUS_ADDRESS_ENV: &str = "QUANTUM_BUS_ADDRESS";
 
+/// quantumd's direct socket: the same interface peer to peer, without
+/// dbus-daemon in between (quantumd.socket; root and group `quantum`).
+pub const DEFAULT_SOCKET: &str = "/run/quantumd.sock";
+
+/// Overrides [`DEFAULT_SOCKET`] (quantumd's `--socket` reads it too); empty:
+/// never use a direct socket.
+pub const SOCKET_ENV: &str = "QUANTUM_SOCKET";
+
 /// Polkit action required by every call that changes state.
 pub const ACTION_MANAGE: &str = "org.quantumos.cells.manage";
 
@@ -404,11 +412,28 @@ pub trait Quantum1 {
     fn version(&self) -> zbus::Result<String>;
 }
 
-/// Connects to the bus quantumd listens on: `address` if given, else
-/// `$QUANTUM_BUS_ADDRESS`, else the system bus.
+/// Connects to quantumd: over its direct socket when there is one this
+/// caller may use, else over the bus it listens on.
+///
+/// The socket is `$QUANTUM_SOCKET`, else [`DEFAULT_SOCKET`] unless a bus
+/// was named (`address`, or `$QUANTUM_BUS_ADDRESS`: that bus's quantumd is
+/// the one asked for). The bus is `address` if given, else
+/// `$QUANTUM_BUS_ADDRESS`, else the system bus. A socket that is missing or
+/// refuses this user (only root and group `quantum` may connect) is not an
+/// error: the bus serves everyone.
 pub async fn connect(address: Option<&str>) -> zbus::Result<zbus::Connection> {
     let from_env = std::env::var(BUS_ADDRESS_ENV).ok().filter(|s| !s.is_empty());
-    match address.map(str::to_owned).or(from_env) {
+    let address = address.map(str::to_owned).or(from_env);
+    let socket = match std::env::var(SOCKET_ENV) {
+        Ok(path) => (!path.is_empty()).then_some(path),
+        Err(_) => address.is_none().then(|| DEFAULT_SOCKET.to_owned()),
+    };
+    if let Some(path) = socket {
+        if let Ok(stream) = tokio::net::UnixStream::connect(&path).await {
+            return zbus::connection::Builder::unix_stream(stream).p2p().build().await;
+        }
+    }
+    match address {
         Some(addr) => zbus::connection::Builder::address(addr.as_str())?.build().await,
         None => zbus::Connection::system().await,
     }

@@ -11,8 +11,11 @@ use std::path::PathBuf;
     version,
     about,
     long_about = "quantumctl talks to quantumd, the QuantumOS system daemon, over D-Bus \
-(the system bus, or the bus given with --bus / QUANTUM_BUS_ADDRESS). `validate` \
-works without a daemon.",
+(the system bus, or the bus given with --bus / QUANTUM_BUS_ADDRESS). Root and the \
+members of group `quantum` reach it on its direct socket instead, /run/quantumd.sock \
+(QUANTUM_SOCKET names another; an empty QUANTUM_SOCKET turns it off), the same \
+interface without dbus-daemon in between; when the socket cannot be opened the \
+bus is used. `validate` works without a daemon.",
     after_help = "EXAMPLES:
     quantumctl validate packaging/cells/*/cell.toml
     quantumctl run web-server port=8080 dir=/srv/www

@@ -1356,6 +1356,16 @@ impl Cells {
         if inst.state == State::Stopping {
             return;
         }
+        if inst.state == State::Starting {
+            // A quick task can end before its start is confirmed (`started`
+            // then finds it gone): it ran all the same, and the trail must
+            // say so before it says how it ended.
+            let e = entry_for(&inst.record.actor, &Action::RUN, &inst.record);
+            record_to(
+                &self.trail,
+                e.detail(format!("{id} as {} (ended before its start was confirmed)", inst.record.unit)),
+            );
+        }
         let what = ev.exit.describe();
         let policy = inst.manifest.as_ref().map(|m| m.lifecycle.clone());
         // An attached run's failure goes back to the caller, who sees it

@@ -18,6 +18,7 @@ use crate::planner::Planner;
 use crate::polkit::Authorizer;
 use crate::trail::{self, Recorder};
 
+#[derive(Clone)]
 pub struct Quantum1 {
     pub commands: mpsc::Sender<Command>,
     pub authorizer: Authorizer,
@@ -53,7 +54,7 @@ impl Quantum1 {
     }
 
     async fn authorize(&self, header: &Header<'_>) -> Result<(), Error> {
-        let sender = sender(header);
+        let sender = self.authorizer.caller(header);
         self.authorizer
             .check(&sender, ACTION_MANAGE)
             .await
@@ -102,7 +103,7 @@ impl Quantum1 {
     ) -> Result<Vec<Started>, Error> {
         self.authorize(header).await?;
         let actor = actor(&self.authorizer, header).await;
-        let plan = match self.planner.take(&plan_id, &sender(header)) {
+        let plan = match self.planner.take(&plan_id, &self.authorizer.caller(header)) {
             Ok(plan) => plan,
             Err(e) => {
                 self.record(
@@ -342,7 +343,7 @@ impl Quantum1 {
 
     async fn ask(&self, #[zbus(header)] header: Header<'_>, intent: String) -> Result<String, Error> {
         let actor = actor(&self.authorizer, &header).await;
-        let (plan, id) = self.planner.ask(intent, &sender(&header)).await?;
+        let (plan, id) = self.planner.ask(intent, &self.authorizer.caller(&header)).await?;
         let cells: Vec<&str> = plan.cell_names();
         let mut e = trail::entry(&actor, &Action::PLAN).detail(format!(
             "{:?} -> [{}] plan {}",
@@ -486,16 +487,10 @@ impl Quantum1 {
     ) -> zbus::Result<()>;
 }
 
-/// The caller's unique bus name.
-fn sender(header: &Header<'_>) -> String {
-    header.sender().map(|s| s.to_string()).unwrap_or_default()
-}
-
-/// Who is calling, for the trail: `uid:N` as the bus daemon vouches, else
-/// the unique bus name.
-/// `uid:N` of the caller, or its bus name when the bus cannot say.
+/// Who is calling, for the trail: `uid:N` as the bus daemon (or, on the
+/// direct socket, the kernel) vouches, else the unique bus name.
 async fn actor(authorizer: &Authorizer, header: &Header<'_>) -> String {
-    let name = sender(header);
+    let name = authorizer.caller(header);
     match authorizer.uid(&name).await {
         Ok(uid) => format!("uid:{uid}"),
         Err(_) => name,

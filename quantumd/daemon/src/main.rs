@@ -6,6 +6,7 @@ mod cell_state;
 mod cells;
 mod command;
 mod config;
+mod direct;
 mod identity;
 mod interface;
 mod logging;
@@ -38,6 +39,11 @@ struct Args {
     /// Serve on this bus instead of the system bus (tests, development).
     #[arg(long, env = quantum_bus::BUS_ADDRESS_ENV, value_name = "ADDRESS")]
     bus: Option<String>,
+    /// Also serve on this Unix socket, peer to peer (quantumctl's direct
+    /// path, without the bus in between). Under systemd, quantumd.socket
+    /// passes the socket instead and this is not needed.
+    #[arg(long, env = quantum_bus::SOCKET_ENV, value_name = "PATH")]
+    socket: Option<PathBuf>,
     /// Runtime backend (overrides the configuration).
     #[arg(long, value_enum)]
     backend: Option<BackendChoice>,
@@ -110,7 +116,7 @@ fn main() -> anyhow::Result<()> {
     let result = if args.regenerate_identity {
         rt.block_on(main_loop::regenerate_identity(&config))
     } else {
-        rt.block_on(main_loop::serve(config, args.bus))
+        rt.block_on(main_loop::serve(config, args.bus, args.socket))
     };
     // Dropping the runtime would wait for every blocking task, and the
     // intent model can spend minutes embedding the catalog on a slow

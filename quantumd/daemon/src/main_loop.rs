@@ -82,7 +82,7 @@ pub async fn regenerate_identity(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn serve(config: Config, bus_address: Option<String>) -> anyhow::Result<()> {
+pub async fn serve(config: Config, bus_address: Option<String>, socket: Option<std::path::PathBuf>) -> anyhow::Result<()> {
     let (unit_tx, mut unit_rx) = mpsc::unbounded_channel();
     let runtime = build_runtime(&config, unit_tx).await?;
     let backend = runtime.describe();
@@ -170,22 +170,24 @@ pub async fn serve(config: Config, bus_address: Option<String>) -> anyhow::Resul
         AccessMode::Polkit
     };
     let authorizer = Authorizer::new(mode, conn.clone());
+    let interface = Quantum1 {
+        commands: cmd_tx,
+        authorizer,
+        backend: backend.clone(),
+        planner: planner.clone(),
+        identity,
+        trail: trail.ok(),
+        trail_dir,
+        steppps,
+        logs: log_source,
+        history,
+    };
+    if let Some(listener) = crate::direct::listener(socket.as_deref())? {
+        tracing::info!("serving quantumctl on the direct socket too");
+        crate::direct::serve(listener, interface.clone());
+    }
     conn.object_server()
-        .at(
-            quantum_bus::OBJECT_PATH,
-            Quantum1 {
-                commands: cmd_tx,
-                authorizer,
-                backend: backend.clone(),
-                planner: planner.clone(),
-                identity,
-                trail: trail.ok(),
-                trail_dir,
-                steppps,
-                logs: log_source,
-                history,
-            },
-        )
+        .at(quantum_bus::OBJECT_PATH, interface)
         .await
         .context("exporting the interface")?;
     conn.request_name(quantum_bus::BUS_NAME).await.with_context(|| {

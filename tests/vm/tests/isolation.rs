@@ -35,6 +35,10 @@ fn cells_are_isolated_and_limited_in_a_vm() {
         "logs-shows-a-cells-output-from-the-journal-to-quantum-not-to-outsiders",
         lifecycle::logs_through_quantumd,
     );
+    s.run(
+        "quantumctl-runs-cells-over-the-direct-socket-and-outsiders-use-the-bus",
+        lifecycle::direct_socket,
+    );
     s.run("a-cell-that-exits-is-seen-within-a-second", exit_detected_quickly);
     s.run(
         "steppps-time-and-event-come-from-ebpf-loaded-by-the-unprivileged-quantumd",

@@ -12,7 +12,8 @@ use quantum_vmtest::{Backend, Guest, Scenarios};
 
 mod lifecycle;
 use lifecycle::{
-    as_quantum, crash_then_blacklist, ctrl_c_stops_a_foreground_task, foreground_task, kill_9_readopts, logs_through_quantumd,
+    as_quantum, crash_then_blacklist, ctrl_c_stops_a_foreground_task, direct_socket, foreground_task, kill_9_readopts,
+    logs_through_quantumd,
 };
 
 #[test]
@@ -34,6 +35,10 @@ fn systemd_backend_in_a_container() {
     s.run(
         "logs-shows-a-cells-output-from-the-journal-to-quantum-not-to-outsiders",
         logs_through_quantumd,
+    );
+    s.run(
+        "quantumctl-runs-cells-over-the-direct-socket-and-outsiders-use-the-bus",
+        direct_socket,
     );
     s.run("kill-9-of-quantumd-loses-no-cell-and-duplicates-none", kill_9_readopts);
     if let Err(e) = s.finish() {

@@ -145,8 +145,29 @@ impl Node {
             .arg(self.dir.path().join("cache"))
             .arg("--catalog")
             .arg(&self.catalog)
+            .arg("--socket")
+            .arg(self.socket())
             .env("QUANTUM_BUS_ADDRESS", &self.bus_address);
         cmd
+    }
+
+    /// quantumd's direct socket (`--socket`); [`Node::ctl`] uses the bus.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("quantumd.sock")
+    }
+
+    /// quantumctl over the direct socket alone: its bus address leads
+    /// nowhere, so only the socket can answer.
+    pub fn ctl_direct(&self, args: &[&str]) -> Output {
+        Command::new(bin("quantumctl"))
+            .args(args)
+            .env("QUANTUM_SOCKET", self.socket())
+            .env(
+                "QUANTUM_BUS_ADDRESS",
+                format!("unix:path={}", self.dir.path().join("no-bus").display()),
+            )
+            .output()
+            .expect("quantumctl")
     }
 
     /// kill -9, as a crash would.
@@ -161,6 +182,7 @@ impl Node {
         Command::new(bin("quantumctl"))
             .args(args)
             .env("QUANTUM_BUS_ADDRESS", &self.bus_address)
+            .env_remove("QUANTUM_SOCKET")
             .output()
             .expect("quantumctl")
     }

@@ -245,3 +245,54 @@ pub fn logs_through_quantumd(g: &Guest) -> Result<()> {
     ensure!(out.starts_with("following\nrc=0\ntick 1\ntick 2\ntick 3\n"), "{out}");
     Ok(())
 }
+
+/// quantumctl reaches quantumd on its direct socket (quantumd.socket,
+/// /run/quantumd.sock), without dbus-daemon in between: a member of
+/// `quantum` runs a cell there with no bus to fall back on, polkit
+/// deciding on the process the kernel named; a user outside `quantum`
+/// cannot open the socket, falls back to the bus, may look and is refused
+/// a run, as before.
+pub fn direct_socket(g: &Guest) -> Result<()> {
+    let mode = g.run_ok("stat -c '%U:%G %a %F' /run/quantumd.sock")?;
+    ensure!(mode.trim() == "root:quantum 660 socket", "/run/quantumd.sock is {mode}");
+    let served = g.run_ok("journalctl -b -u quantumd --no-pager -o cat | grep -c 'direct socket' || true")?;
+    ensure!(served.trim() != "0", "quantumd did not say it serves the direct socket");
+    write_cell(
+        g,
+        "direct",
+        "says where it was started from",
+        "echo started over the socket",
+        "[lifecycle]\nkind = \"task\"\nrestart = \"no\"",
+    )?;
+    // No bus at all for this client: only the socket can answer.
+    let no_bus = "env QUANTUM_BUS_ADDRESS=unix:path=/nonexistent QUANTUM_SOCKET=/run/quantumd.sock";
+    let out = g.run(&as_quantum_exec(&format!("{no_bus} quantumctl run /run/qtest/direct/cell.toml")))?;
+    ensure!(
+        out.code == 0 && out.stdout == "started over the socket\n",
+        "a quantum member's run over the socket: {out}"
+    );
+    let uid = g.run_ok("id -u quantum")?;
+    let trail: serde_json::Value = serde_json::from_str(&g.run_ok("quantumctl trail show --cell direct --json")?)?;
+    let actors: Vec<&str> = trail
+        .as_array()
+        .context("trail")?
+        .iter()
+        .filter(|e| e["action"] == "run")
+        .filter_map(|e| e["actor"].as_str())
+        .collect();
+    ensure!(actors == [format!("uid:{}", uid.trim())], "the run's actor: {actors:?}");
+
+    g.run_ok("id outsider >/dev/null 2>&1 || useradd --no-create-home outsider")?;
+    let denied = g.run(&format!(
+        "setpriv --reuid outsider --regid outsider --init-groups -- {no_bus} quantumctl list"
+    ))?;
+    ensure!(denied.code == 2, "an outsider opened the direct socket: {denied}");
+    let looked = g.run("runuser -u outsider -- quantumctl list --json")?;
+    ensure!(looked.code == 0, "an outsider cannot list over the bus: {looked}");
+    let refused = g.run("runuser -u outsider -- quantumctl run /run/qtest/direct/cell.toml")?;
+    ensure!(
+        refused.code == 1 && refused.stderr.contains("not authorized"),
+        "an outsider's run: {refused}"
+    );
+    Ok(())
+}

@@ -98,3 +98,25 @@ fn logs_of_an_unknown_cell_say_so() {
         "quantumctl: cannot show the output of nothing-here: no cell or instance \"nothing-here\""
     );
 }
+
+#[test]
+fn an_instance_number_is_never_given_twice_so_a_restart_mixes_no_runs_output() {
+    let cat = catalog(&[("stamp", &sh_cell("stamp", "echo run at $(date +%s%N)", TASK))]);
+    let mut node = Node::start(cat.path());
+    node.ok(&["run", "--detach", "stamp"]);
+    wait_for("stamp.1 to end", LONG, || (node.instances("exited") == ["stamp.1"]).then_some(()));
+    let first = node.ok(&["logs", "stamp.1"]);
+    // No cell is left to re-adopt: the new quantumd has only its state dir
+    // to tell it which numbers were used.
+    node.kill_daemon();
+    node.start_daemon();
+    let started = support::json(&node.ok(&["run", "--detach", "--json", "stamp"]));
+    let id = started["instance"].as_str().unwrap_or_default().to_owned();
+    assert_ne!(id, "stamp.1", "a number used before the restart was given again");
+    wait_for("the second run to end", LONG, || {
+        (node.instances("exited") == [id.clone()]).then_some(())
+    });
+    let second = node.ok(&["logs", &id]);
+    assert_eq!(second.lines().count(), 1, "the new instance's output is its own: {second}");
+    assert_ne!(first, second);
+}

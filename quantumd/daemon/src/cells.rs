@@ -231,6 +231,8 @@ pub struct Cells {
     /// Cells refused for a while after ending too often, by name.
     blacklist: HashMap<String, Blacklisting>,
     next_id: u64,
+    /// Numbers below this are reserved on disk for this run (`take_number`).
+    reserved_until: u64,
     events: mpsc::UnboundedSender<Event>,
     bus: Option<zbus::Connection>,
     /// Signs each instance's identity document.
@@ -322,6 +324,9 @@ fn now_usec() -> u64 {
         .unwrap_or(0)
 }
 
+/// Instance numbers reserved on disk at a time.
+const NUMBER_BLOCK: u64 = 1024;
+
 /// Backoff before the n-th restart in a window: 0.5 s, 1 s, 2 s ... 30 s.
 fn backoff(n: usize) -> Duration {
     let exp = n.saturating_sub(1).min(6) as u32;
@@ -330,6 +335,8 @@ fn backoff(n: usize) -> Duration {
 
 impl Cells {
     pub fn new(runtime: Runtime, store: Store, config: Config, events: mpsc::UnboundedSender<Event>) -> Cells {
+        // Numbers reserved by an earlier run may have been used: skip them.
+        let next_id = store.reserved_numbers();
         Cells {
             runtime,
             store,
@@ -340,7 +347,8 @@ impl Cells {
             ended: VecDeque::new(),
             waiters: HashMap::new(),
             blacklist: HashMap::new(),
-            next_id: 1,
+            next_id,
+            reserved_until: 0,
             events,
             bus: None,
             identity: None,
@@ -462,6 +470,23 @@ impl Cells {
             }
         }
         Ok(self.instances.len())
+    }
+
+    /// The next instance number, never one handed out before (this run of
+    /// quantumd or an earlier one): numbers are reserved on disk a block at
+    /// a time, so that a start syncs a file once per [`NUMBER_BLOCK`]
+    /// starts at most.
+    fn take_number(&mut self) -> Result<u64, CommandError> {
+        let n = self.next_id;
+        if n >= self.reserved_until {
+            let end = n + NUMBER_BLOCK;
+            self.store
+                .reserve_numbers(end)
+                .map_err(|e| CommandError::Backend(format!("cannot reserve instance numbers: {}", crate::command::error_chain(&e))))?;
+            self.reserved_until = end;
+        }
+        self.next_id += 1;
+        Ok(n)
     }
 
     fn bump_id(&mut self, id: &str) {
@@ -922,8 +947,7 @@ impl Cells {
         }
         stack.pop();
 
-        let id = format!("{name}.{}", self.next_id);
-        self.next_id += 1;
+        let id = format!("{name}.{}", self.take_number()?);
         let family = (!m.children.is_empty()).then(|| family_slice(slice, &id));
         if let Some(f) = &family {
             steps.push(Step::Slice(SliceSpec {

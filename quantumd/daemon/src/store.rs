@@ -101,6 +101,53 @@ impl Store {
         })
     }
 
+    /// Where the instance numbers handed out so far end
+    /// (`<state-dir>/instances/next-number`).
+    fn numbers_path(&self) -> PathBuf {
+        self.dir.join("next-number")
+    }
+
+    /// The first instance number not yet reserved: numbers below it may
+    /// have been handed out before this start of quantumd, and are never
+    /// given again, so that `quantumctl logs web-server.3` (read from the
+    /// journal by unit name) never mixes two runs. 1 on a fresh node; an
+    /// unreadable file is reported and counted from the records alone.
+    pub fn reserved_numbers(&self) -> u64 {
+        let path = self.numbers_path();
+        match fs::read_to_string(&path) {
+            Ok(text) => text.trim().parse().unwrap_or_else(|e| {
+                tracing::error!(path = %path.display(), error = %e, "unreadable instance number reservation; counting from the records");
+                1
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 1,
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "unreadable instance number reservation; counting from the records");
+                1
+            }
+        }
+    }
+
+    /// Reserves every number below `end`, durably (synced) before any of
+    /// them is used: a crash of the machine must not give a number twice
+    /// either, since the trail names instances by it.
+    pub fn reserve_numbers(&self, end: u64) -> Result<(), StoreError> {
+        let path = self.numbers_path();
+        let tmp = path.with_extension("tmp");
+        let io = |op, source| StoreError::Io {
+            op,
+            path: tmp.clone(),
+            source,
+        };
+        let mut f = fs::File::create(&tmp).map_err(|e| io("create", e))?;
+        f.write_all(format!("{end}\n").as_bytes()).map_err(|e| io("write", e))?;
+        f.sync_all().map_err(|e| io("sync", e))?;
+        fs::rename(&tmp, &path).map_err(|source| StoreError::Io {
+            op: "rename",
+            path: path.clone(),
+            source,
+        })
+    }
+
     pub fn remove(&self, instance: &str) {
         let path = self.path(instance);
         if let Err(e) = fs::remove_file(&path) {
@@ -177,5 +224,17 @@ mod tests {
         assert!(!dir.path().join("instances/web.4.json.tmp").exists());
         s.remove("web.1");
         assert_eq!(s.load_all(), vec![record("web.2")]);
+    }
+
+    #[test]
+    fn reserved_numbers_survive_a_restart_and_start_at_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.reserved_numbers(), 1);
+        s.reserve_numbers(1025).unwrap();
+        let again = Store::open(dir.path()).unwrap();
+        assert_eq!(again.reserved_numbers(), 1025);
+        // The reservation is no record: load_all ignores it.
+        assert!(again.load_all().is_empty());
     }
 }

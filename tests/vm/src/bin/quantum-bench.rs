@@ -135,6 +135,12 @@ fn cell_start(image: &Image, args: &Args) -> Result<()> {
         f("quantumctl_p95_ms")
     );
     println!(
+        "  quantumctl run over the system bus (QUANTUM_SOCKET=\"\")  p50 {:7.1} ms  p95 {:7.1} ms  ({:.2}x the same sandbox)",
+        f("quantumctl_bus_p50_ms"),
+        f("quantumctl_bus_p95_ms"),
+        f("ratio_bus_full_p50")
+    );
+    println!(
         "  systemd-run     p50 {:7.1} ms  p95 {:7.1} ms",
         f("systemd_run_p50_ms"),
         f("systemd_run_p95_ms")

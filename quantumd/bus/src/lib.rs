@@ -412,31 +412,43 @@ pub trait Quantum1 {
     fn version(&self) -> zbus::Result<String>;
 }
 
-/// Connects to quantumd: over its direct socket when there is one this
-/// caller may use, else over the bus it listens on.
+/// Connects to the bus quantumd listens on: `address` if given, else
+/// `$QUANTUM_BUS_ADDRESS`, else the system bus. For callers that listen to
+/// quantumd's signals (the desktop assistant), which the direct socket
+/// does not carry.
+pub async fn connect(address: Option<&str>) -> zbus::Result<zbus::Connection> {
+    match bus_address(address) {
+        Some(addr) => zbus::connection::Builder::address(addr.as_str())?.build().await,
+        None => zbus::Connection::system().await,
+    }
+}
+
+/// Connects to quantumd for calls alone (quantumctl): over its direct
+/// socket when there is one this caller may use, else as [`connect`] does.
 ///
 /// The socket is `$QUANTUM_SOCKET`, else [`DEFAULT_SOCKET`] unless a bus
 /// was named (`address`, or `$QUANTUM_BUS_ADDRESS`: that bus's quantumd is
-/// the one asked for). The bus is `address` if given, else
-/// `$QUANTUM_BUS_ADDRESS`, else the system bus. A socket that is missing or
-/// refuses this user (only root and group `quantum` may connect) is not an
-/// error: the bus serves everyone.
-pub async fn connect(address: Option<&str>) -> zbus::Result<zbus::Connection> {
-    let from_env = std::env::var(BUS_ADDRESS_ENV).ok().filter(|s| !s.is_empty());
-    let address = address.map(str::to_owned).or(from_env);
+/// the one asked for). A socket that is missing or refuses this user (only
+/// root and group `quantum` may connect) is not an error: the bus serves
+/// everyone.
+pub async fn connect_for_calls(address: Option<&str>) -> zbus::Result<zbus::Connection> {
+    let named = bus_address(address).is_some();
     let socket = match std::env::var(SOCKET_ENV) {
         Ok(path) => (!path.is_empty()).then_some(path),
-        Err(_) => address.is_none().then(|| DEFAULT_SOCKET.to_owned()),
+        Err(_) => (!named).then(|| DEFAULT_SOCKET.to_owned()),
     };
     if let Some(path) = socket {
         if let Ok(stream) = tokio::net::UnixStream::connect(&path).await {
             return zbus::connection::Builder::unix_stream(stream).p2p().build().await;
         }
     }
-    match address {
-        Some(addr) => zbus::connection::Builder::address(addr.as_str())?.build().await,
-        None => zbus::Connection::system().await,
-    }
+    connect(address).await
+}
+
+/// `address`, else `$QUANTUM_BUS_ADDRESS` when set and not empty.
+fn bus_address(address: Option<&str>) -> Option<String> {
+    let from_env = std::env::var(BUS_ADDRESS_ENV).ok().filter(|s| !s.is_empty());
+    address.map(str::to_owned).or(from_env)
 }
 
 #[cfg(test)]

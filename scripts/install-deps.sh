@@ -3,8 +3,10 @@
 # container and VM tooling (mmdebstrap, systemd-nspawn, QEMU from
 # bookworm-backports, OVMF), eBPF build and benchmark dependencies (bpftool,
 # perf, hackbench), btrfs tools, the TPM emulator, and what `make deb` needs
-# (dpkg-dev, debhelper, lintian), and what `make iso` needs (squashfs-tools,
-# xorriso, mtools, GRUB for BIOS and UEFI, faketime).
+# (dpkg-dev, debhelper, lintian), what `make iso` needs (squashfs-tools,
+# xorriso, mtools, GRUB for BIOS and UEFI, faketime), and what the desktop
+# assistant builds against and `make test-desktop` runs it in (GTK 4,
+# libadwaita, sway, grim, wtype).
 #
 # Idempotent and cheap when everything is present: it asks dpkg first and only
 # touches apt when something is missing. Must run as root (CI runs it on a
@@ -32,6 +34,11 @@ BASE_PACKAGES=(
     # make iso: squashfs, hybrid BIOS + UEFI ISO (grub-mkrescue), a frozen
     # clock for reproducible grub-mkrescue output
     squashfs-tools xorriso mtools dosfstools grub-common grub-pc-bin grub-efi-amd64-bin faketime
+    # desktop/ (a workspace member: `cargo build --workspace` and clippy need
+    # these), and its test: sway with a headless output, grim for the
+    # screenshots, wtype to type as a person would; the icon theme and the
+    # font libadwaita expects, so that screenshots look as on a desktop
+    libgtk-4-dev libadwaita-1-dev sway grim wtype adwaita-icon-theme fonts-cantarell
 )
 # Packages that must come from bookworm-backports: bookworm's own QEMU 7.2
 # would downgrade (remove) the machine's newer qemu-utils.

@@ -214,7 +214,10 @@ fn widgets(app: &adw::Application, config: &Config, requests: async_channel::Sen
     let request_row = gtk::Box::new(gtk::Orientation::Horizontal, 8);
     request_row.append(&entry);
     request_row.append(&ask_button);
-    let hint = label("Enter asks · Ctrl+Enter runs the plan · Esc cancels it", &["dim-label", "hint"]);
+    let hint = label(
+        "Enter asks · Ctrl+Enter runs the plan · Esc cancels it, or closes the window",
+        &["dim-label", "hint"],
+    );
 
     let error = label("", &["error-line"]);
     error.set_widget_name("error");
@@ -414,7 +417,11 @@ impl Ui {
                 Err(e) => self.show_error(&e),
             },
             Update::Cells(cells) => {
-                self.model.borrow_mut().cells = cells;
+                let mut m = self.model.borrow_mut();
+                // Events of instances quantumd no longer lists go with them.
+                m.events.retain(|instance, _| cells.iter().any(|c| &c.instance == instance));
+                m.cells = cells;
+                drop(m);
                 self.render_cells();
             }
             Update::Figures(figures) => {

@@ -18,7 +18,8 @@ use serde_json::Value;
 
 /// The unprivileged user the desktop runs as (sway refuses to run as root).
 const USER: u32 = 65534;
-const LONG: Duration = Duration::from_secs(60);
+/// The first request also waits for quantumd to load the intent model.
+const LONG: Duration = Duration::from_secs(120);
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -110,6 +111,18 @@ impl Desktop {
         }
         std::fs::set_permissions(&runtime_dir, std::fs::Permissions::from_mode(0o700)).expect("chmod");
 
+        // The desktop user may not be able to reach the checkout (a clone
+        // under /root): it gets its own copies of the assistant and catalog.
+        let bin = dir.path().join("bin");
+        std::fs::create_dir_all(&bin).expect("mkdir");
+        std::fs::copy(env!("CARGO_BIN_EXE_quantum-assistant"), bin.join("quantum-assistant")).expect("copy the assistant");
+        let copied = Command::new("cp")
+            .arg("-r")
+            .arg(repo().join("packaging/cells"))
+            .arg(dir.path().join("cells"))
+            .status()
+            .expect("cp");
+        assert!(copied.success(), "cannot copy the catalog");
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio");
         let mut desktop = Desktop {
             bus: format!("unix:path={}", sock.display()),
@@ -220,9 +233,9 @@ impl Desktop {
     /// The assistant as the desktop user, `dark` with the dark style.
     fn assistant(&self, dark: bool, log_name: &str) -> Child {
         let log = std::fs::File::create(self.path(log_name)).expect("log");
-        let mut cmd = self.as_user(env!("CARGO_BIN_EXE_quantum-assistant"));
+        let mut cmd = self.as_user(&self.path("bin/quantum-assistant").display().to_string());
         cmd.env("QUANTUM_BUS_ADDRESS", &self.bus)
-            .env("QUANTUM_CATALOG", repo().join("packaging/cells"))
+            .env("QUANTUM_CATALOG", self.path("cells"))
             .env("GDK_BACKEND", "wayland")
             // pixman has no GL to offer.
             .env("GSK_RENDERER", "cairo")
@@ -290,6 +303,24 @@ impl Desktop {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Tells sway something, as its IPC client.
+    fn swaymsg(&self, args: &[&str]) {
+        let run = self.path("run");
+        let socket = std::fs::read_dir(&run)
+            .expect("the runtime directory")
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("sway-ipc.")))
+            .expect("sway's IPC socket");
+        let out = self
+            .as_user("swaymsg")
+            .env("SWAYSOCK", socket)
+            .args(args)
+            .output()
+            .expect("swaymsg");
+        assert!(out.status.success(), "swaymsg {args:?}: {}", String::from_utf8_lossy(&out.stdout));
     }
 
     /// Types with the virtual keyboard, as the person at the desk would.
@@ -495,10 +526,12 @@ fn a_person_asks_confirms_watches_and_stops_a_cell() {
     let status = wait_for("the assistant to end", LONG, || assistant.try_wait().ok().flatten());
     assert!(status.success(), "{status}\n{}", desktop.log("assistant.log"));
 
-    // Opened again, in the dark style: it finds the running cell and stops it.
+    // Opened again, in the dark style and at twice the scale (a HiDPI
+    // screen): it finds the running cell and stops it.
+    desktop.swaymsg(&["output", "HEADLESS-1", "resolution", "2560x1600", "scale", "2"]);
     let mut dark = desktop.assistant(true, "assistant-dark.log");
     desktop.wait_screen("the running cell, again", |s| s.has(&format!("stop:{instance}")).then_some(()));
-    desktop.screenshot("5-cells-dark");
+    desktop.screenshot("5-cells-dark-2x");
     desktop.call("Stop", Some(&instance)).expect("Stop");
     desktop.wait_screen("the cell to stop", |s| {
         (!s.has(&format!("stop:{instance}")) && s.texts.iter().any(|t| t.starts_with("stopped") || t.starts_with("exited"))).then_some(())

@@ -36,9 +36,10 @@ BASE_PACKAGES=(
     squashfs-tools xorriso mtools dosfstools grub-common grub-pc-bin grub-efi-amd64-bin faketime
     # desktop/ (a workspace member: `cargo build --workspace` and clippy need
     # these), and its test: sway with a headless output, grim for the
-    # screenshots, wtype to type as a person would; the icon theme and the
-    # font libadwaita expects, so that screenshots look as on a desktop
-    libgtk-4-dev libadwaita-1-dev sway grim wtype adwaita-icon-theme fonts-cantarell
+    # screenshots, wtype to type as a person would, desktop-file-validate for
+    # its .desktop file; the icon theme and the font libadwaita expects, so
+    # that screenshots look as on a desktop
+    libgtk-4-dev libadwaita-1-dev sway grim wtype desktop-file-utils adwaita-icon-theme fonts-cantarell
 )
 # Packages that must come from bookworm-backports: bookworm's own QEMU 7.2
 # would downgrade (remove) the machine's newer qemu-utils.

@@ -550,3 +550,21 @@ fn a_person_asks_confirms_watches_and_stops_a_cell() {
     }
     eprintln!("screenshots in {}", screenshots().display());
 }
+
+#[test]
+fn the_desktop_entry_is_valid_and_starts_the_assistant() {
+    let entry = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/org.quantumos.Assistant.desktop");
+    let out = Command::new("desktop-file-validate")
+        .arg(&entry)
+        .output()
+        .expect("desktop-file-validate (apt install desktop-file-utils)");
+    // It prints problems and hints alike, and exits 0 even for hints.
+    assert!(
+        out.status.success() && out.stdout.is_empty(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&entry).expect("the desktop entry");
+    assert!(text.lines().any(|l| l == "Exec=quantum-assistant"), "{text}");
+}

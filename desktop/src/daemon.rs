@@ -98,14 +98,28 @@ pub async fn serve(target: Target, requests: async_channel::Receiver<Request>, u
             tokio::select! {
                 () = &mut wait => break,
                 r = requests.recv() => match r {
-                    Ok(_) => {
-                        let e = Error::Daemon { action: "not sent", message: "quantumd is not reachable".to_owned() };
-                        if updates.send(Update::Failed(e)).await.is_err() { return; }
+                    Ok(request) => {
+                        if updates.send(unanswered(request)).await.is_err() { return; }
                     }
                     Err(_) => return,
                 },
             }
         }
+    }
+}
+
+/// The answer to a request made while quantumd is away: the request's own
+/// update, failed, so that the window stops waiting for it.
+fn unanswered(request: Request) -> Update {
+    let e = |action| Error::Daemon {
+        action,
+        message: "quantumd is not reachable".to_owned(),
+    };
+    match request {
+        Request::Ask(_) => Update::Plan(Err(e("cannot ask quantumd"))),
+        Request::Execute { .. } => Update::Executed(Err(e("the plan did not run"))),
+        Request::Stop(_) => Update::Stopped(Err(e("cannot stop it"))),
+        Request::Inspect(_) => Update::Detail(Err(e("cannot inspect it"))),
     }
 }
 

@@ -410,7 +410,13 @@ impl Ui {
             },
             Update::Stopped(result) => match result {
                 Ok(stopped) => self.toast(&format!("Stopped {}", stopped.join(", "))),
-                Err(e) => self.show_error(&e),
+                Err(e) => {
+                    self.show_error(&e);
+                    // Stop may be clicked again.
+                    for r in self.rows.borrow().values() {
+                        r.stop.set_sensitive(true);
+                    }
+                }
             },
             Update::Detail(result) => match result {
                 Ok(detail) => self.show_detail(&detail),

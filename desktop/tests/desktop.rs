@@ -60,6 +60,15 @@ fn kill(child: &mut Child) {
     let _ = child.wait();
 }
 
+/// A child killed when dropped (a failing test leaves nothing running).
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        kill(&mut self.0);
+    }
+}
+
 /// quantumd on a private bus with the standard catalog, sway, and the
 /// directories the desktop user owns.
 struct Desktop {
@@ -145,7 +154,11 @@ impl Desktop {
     }
 
     fn start_quantumd(&mut self) {
-        let log = std::fs::File::create(self.path("quantumd.log")).expect("log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path("quantumd.log"))
+            .expect("log");
         let config = self.path("quantumd.toml");
         std::fs::write(&config, "").expect("quantumd.toml");
         let child = Command::new(quantumd_bin())
@@ -171,6 +184,13 @@ impl Desktop {
             .expect("a connection to the private bus");
         self.conn = Some(conn);
         wait_for("quantumd on the bus", LONG, || self.has_owner(quantum_bus::BUS_NAME).then_some(()));
+    }
+
+    /// kill -9, as a crash would.
+    fn kill_quantumd(&mut self) {
+        if let Some(mut c) = self.quantumd.take() {
+            kill(&mut c);
+        }
     }
 
     fn conn(&self) -> &zbus::Connection {
@@ -231,7 +251,7 @@ impl Desktop {
     }
 
     /// The assistant as the desktop user, `dark` with the dark style.
-    fn assistant(&self, dark: bool, log_name: &str) -> Child {
+    fn assistant(&self, dark: bool, log_name: &str) -> Running {
         let log = std::fs::File::create(self.path(log_name)).expect("log");
         let mut cmd = self.as_user(&self.path("bin/quantum-assistant").display().to_string());
         cmd.env("QUANTUM_BUS_ADDRESS", &self.bus)
@@ -259,7 +279,7 @@ impl Desktop {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
-        child
+        Running(child)
     }
 
     /// Calls a method of org.quantumos.Assistant1.
@@ -442,7 +462,7 @@ fn http_get(port: u16, path: &str) -> Option<String> {
 
 #[test]
 fn a_person_asks_confirms_watches_and_stops_a_cell() {
-    let desktop = Desktop::start();
+    let mut desktop = Desktop::start();
     let www = desktop.path("www");
     std::fs::create_dir_all(&www).expect("mkdir");
     std::fs::write(www.join("hello.txt"), "hello from the desktop\n").expect("write");
@@ -523,7 +543,7 @@ fn a_person_asks_confirms_watches_and_stops_a_cell() {
     desktop.wait_screen("the refusal to go", |s| (!s.has_text("No plan for")).then_some(()));
     // Esc with nothing shown closes the window, and the assistant ends.
     desktop.keys(&["-k", "Escape"]);
-    let status = wait_for("the assistant to end", LONG, || assistant.try_wait().ok().flatten());
+    let status = wait_for("the assistant to end", LONG, || assistant.0.try_wait().ok().flatten());
     assert!(status.success(), "{status}\n{}", desktop.log("assistant.log"));
 
     // Opened again, in the dark style and at twice the scale (a HiDPI
@@ -532,6 +552,15 @@ fn a_person_asks_confirms_watches_and_stops_a_cell() {
     let mut dark = desktop.assistant(true, "assistant-dark.log");
     desktop.wait_screen("the running cell, again", |s| s.has(&format!("stop:{instance}")).then_some(()));
     desktop.screenshot("5-cells-dark-2x");
+
+    // quantumd crashes: the window says so, and finds it again when it is
+    // back (it re-adopts the running cell).
+    desktop.kill_quantumd();
+    desktop.wait_screen("quantumd's absence", |s| s.has_text("quantumd is not reachable").then_some(()));
+    desktop.start_quantumd();
+    desktop.wait_screen("quantumd again, with the cell", |s| {
+        (s.texts.iter().any(|t| t.starts_with("quantumd ") && t.ends_with("backend")) && s.has(&format!("stop:{instance}"))).then_some(())
+    });
     desktop.call("Stop", Some(&instance)).expect("Stop");
     desktop.wait_screen("the cell to stop", |s| {
         (!s.has(&format!("stop:{instance}")) && s.texts.iter().any(|t| t.starts_with("stopped") || t.starts_with("exited"))).then_some(())
@@ -540,7 +569,7 @@ fn a_person_asks_confirms_watches_and_stops_a_cell() {
         http_get(port, "/hello.txt").is_none().then_some(())
     });
     desktop.call("Cancel", None).expect("Esc closes");
-    let status = wait_for("the dark assistant to end", LONG, || dark.try_wait().ok().flatten());
+    let status = wait_for("the dark assistant to end", LONG, || dark.0.try_wait().ok().flatten());
     assert!(status.success(), "{status}");
 
     for log in ["assistant.log", "assistant-dark.log"] {

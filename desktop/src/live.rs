@@ -52,9 +52,9 @@ pub fn own_uid() -> Option<u32> {
 pub fn figures_line(instance: &str, figures: &Figures) -> Option<String> {
     let cell = figures.cells.get(instance)?;
     let mut parts = Vec::new();
-    match cell.rates.cpu_cores {
-        Some(c) => parts.push(format!("CPU {c:.2} cores")),
-        None => parts.push("CPU —".to_owned()),
+    // No rate until the second sample of the cell's cgroup.
+    if let Some(c) = cell.rates.cpu_cores {
+        parts.push(format!("CPU {c:.2} cores"));
     }
     if let Some(m) = cell.readings.memory_current {
         parts.push(format!("memory {}", bytes(m)));
@@ -64,11 +64,7 @@ pub fn figures_line(instance: &str, figures: &Figures) -> Option<String> {
     }
     if let Availability::Available(time) = &figures.time {
         if let Some(p99) = time.cells.get(instance).filter(|l| l.samples > 0).and_then(|l| l.p99_us) {
-            parts.push(if p99 == 0 {
-                "run-queue wait p99 < 1 µs".to_owned()
-            } else {
-                format!("run-queue wait p99 {p99} µs")
-            });
+            parts.push(format!("run-queue wait p99 {}", micros(p99)));
         }
     }
     if let Availability::Available(events) = &figures.event {
@@ -87,6 +83,16 @@ pub fn remember(events: &mut VecDeque<String>, time: &str, text: &str) {
     events.push_back(format!("{time} {text}"));
     while events.len() > EVENTS_KEPT {
         events.pop_front();
+    }
+}
+
+/// `< 1 µs`, `63 µs`, `424.7 ms`, `1.2 s`.
+pub fn micros(us: u64) -> String {
+    match us {
+        0 => "< 1 µs".to_owned(),
+        1..=999 => format!("{us} µs"),
+        1000..=999_999 => format!("{:.1} ms", us as f64 / 1e3),
+        _ => format!("{:.1} s", us as f64 / 1e6),
     }
 }
 
@@ -163,6 +169,10 @@ mod tests {
 
     #[test]
     fn sizes_and_events() {
+        assert_eq!(micros(0), "< 1 µs");
+        assert_eq!(micros(63), "63 µs");
+        assert_eq!(micros(424_673), "424.7 ms");
+        assert_eq!(micros(1_250_000), "1.2 s");
         assert_eq!(bytes(512), "512 B");
         assert_eq!(bytes(13_107_200), "12.5 MiB");
         let mut e = VecDeque::new();

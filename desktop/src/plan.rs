@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use quantum_model::{Manifest, Network, UserMode};
+use quantum_model::Manifest;
 use serde::Deserialize;
 
 use crate::error::Error;
@@ -233,36 +233,8 @@ fn resources(m: &Manifest) -> String {
 }
 
 fn touches(m: &Manifest, values: &BTreeMap<String, String>) -> String {
-    let i = &m.isolation;
-    let network = match i.network {
-        Network::None => "no network",
-        Network::Loopback => "loopback network only",
-        Network::Host => "the host's network",
-    };
-    let user = match i.user {
-        UserMode::Dynamic => "a throw-away user",
-        UserMode::Root => "root",
-    };
-    let fill = |paths: &[String]| -> String {
-        if paths.is_empty() {
-            return "nothing".to_owned();
-        }
-        paths.iter().map(|p| substitute(p, values)).collect::<Vec<_>>().join(", ")
-    };
-    format!(
-        "{network} · runs as {user} · reads {} · writes {}",
-        fill(&i.readable),
-        fill(&i.writable)
-    )
-}
-
-/// `{name}` placeholders replaced by the parameter values.
-fn substitute(template: &str, values: &BTreeMap<String, String>) -> String {
-    let mut s = template.to_owned();
-    for (k, v) in values {
-        s = s.replace(&format!("{{{k}}}"), v);
-    }
-    s
+    let a = quantum_model::Access::of(&m.isolation, values);
+    format!("{} · runs as {} · reads {} · writes {}", a.network, a.user, a.reads, a.writes)
 }
 
 #[cfg(test)]

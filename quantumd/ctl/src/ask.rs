@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use quantum_bus::Quantum1Proxy;
 use quantum_intent::{Catalog, Config, Engine, Plan};
-use quantum_model::{Manifest, Network, UserMode};
+use quantum_model::Manifest;
 use serde::Deserialize;
 
 use crate::cli::AskArgs;
@@ -430,36 +430,8 @@ fn resources(m: &Manifest) -> String {
 }
 
 fn isolation(m: &Manifest, values: &BTreeMap<String, String>) -> String {
-    let i = &m.isolation;
-    let network = match i.network {
-        Network::None => "no network",
-        Network::Loopback => "loopback network only",
-        Network::Host => "host network",
-    };
-    let user = match i.user {
-        UserMode::Dynamic => "a dynamic user",
-        UserMode::Root => "root",
-    };
-    let fill = |paths: &[String]| -> String {
-        if paths.is_empty() {
-            return "nothing".to_owned();
-        }
-        paths.iter().map(|p| substitute(p, values)).collect::<Vec<_>>().join(", ")
-    };
-    format!(
-        "{network}, runs as {user}; reads {}; writes {}",
-        fill(&i.readable),
-        fill(&i.writable)
-    )
-}
-
-/// `{name}` placeholders replaced by the parameter values.
-fn substitute(template: &str, values: &BTreeMap<String, String>) -> String {
-    let mut s = template.to_owned();
-    for (k, v) in values {
-        s = s.replace(&format!("{{{k}}}"), v);
-    }
-    s
+    let a = quantum_model::Access::of(&m.isolation, values);
+    format!("{}, runs as {}; reads {}; writes {}", a.network, a.user, a.reads, a.writes)
 }
 
 /// A value quoted for a POSIX shell when it needs it.

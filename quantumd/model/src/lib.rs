@@ -6,6 +6,7 @@
 //! handed in by the caller through a loader closure, so the same checks run
 //! in `quantumctl validate`, in quantumd and in the fuzzer.
 
+pub mod access;
 pub mod diagnostic;
 pub mod manifest;
 mod parse;
@@ -13,6 +14,7 @@ pub mod placeholder;
 pub mod set;
 pub mod units;
 
+pub use access::Access;
 pub use diagnostic::{Diagnostic, Located, SourceMap};
 pub use manifest::{
     Artifact, CellName, ChildRef, Isolation, Kind, Lifecycle, Manifest, Network, Objectives, ParamSpec, ParamType, Program, Resources,

@@ -1,0 +1,79 @@
+//! What a cell may touch, in the words a person confirms a plan by:
+//! `quantumctl ask` and the desktop assistant show the same facts, so they
+//! are worded once, here.
+
+use std::collections::BTreeMap;
+
+use crate::manifest::{Isolation, Network, UserMode};
+
+/// A cell's reach with a plan's parameter values filled in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Access {
+    /// "no network", "loopback network only" or "the host's network".
+    pub network: &'static str,
+    /// "a throw-away user" (a dynamic user) or "root".
+    pub user: &'static str,
+    /// The paths it may read, joined by ", "; "nothing" when none.
+    pub reads: String,
+    /// The paths it may write, joined by ", "; "nothing" when none.
+    pub writes: String,
+}
+
+impl Access {
+    pub fn of(isolation: &Isolation, values: &BTreeMap<String, String>) -> Access {
+        let network = match isolation.network {
+            Network::None => "no network",
+            Network::Loopback => "loopback network only",
+            Network::Host => "the host's network",
+        };
+        let user = match isolation.user {
+            UserMode::Dynamic => "a throw-away user",
+            UserMode::Root => "root",
+        };
+        let fill = |paths: &[String]| -> String {
+            if paths.is_empty() {
+                return "nothing".to_owned();
+            }
+            paths.iter().map(|p| fill_in(p, values)).collect::<Vec<_>>().join(", ")
+        };
+        Access {
+            network,
+            user,
+            reads: fill(&isolation.readable),
+            writes: fill(&isolation.writable),
+        }
+    }
+}
+
+/// `{name}` placeholders replaced by the values given; unknown ones left as
+/// they are (a missing parameter shows as itself).
+fn fill_in(template: &str, values: &BTreeMap<String, String>) -> String {
+    crate::placeholder::substitute(template, |name| {
+        Some(values.get(name).cloned().unwrap_or_else(|| format!("{{{name}}}")))
+    })
+    .unwrap_or_else(|_| template.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_get_the_plans_values_and_no_paths_read_as_nothing() {
+        let isolation = Isolation {
+            network: Network::Host,
+            user: UserMode::Dynamic,
+            readable: vec!["{dir}".into(), "/etc/ssl".into()],
+            writable: vec![],
+        };
+        let values = BTreeMap::from([("dir".to_owned(), "/srv/www".to_owned())]);
+        let a = Access::of(&isolation, &values);
+        assert_eq!(a.network, "the host's network");
+        assert_eq!(a.user, "a throw-away user");
+        assert_eq!(a.reads, "/srv/www, /etc/ssl");
+        assert_eq!(a.writes, "nothing");
+        // A parameter not given yet shows as its placeholder.
+        let a = Access::of(&isolation, &BTreeMap::new());
+        assert_eq!(a.reads, "{dir}, /etc/ssl");
+    }
+}

@@ -216,20 +216,7 @@ fn cell_view(step: &Step, manifest: Option<&Manifest>) -> CellView {
 }
 
 fn resources(m: &Manifest) -> String {
-    let r = &m.resources;
-    let mut s = format!(
-        "CPU {}–{} cores · memory {}–{} · I/O weight {} · at most {} tasks",
-        r.cpu_min.as_f64(),
-        r.cpu_max.as_f64(),
-        r.memory_min,
-        r.memory_max,
-        r.io_weight,
-        r.tasks_max
-    );
-    if r.gpus > 0 {
-        s.push_str(&format!(" · {} GPU{}", r.gpus, if r.gpus == 1 { "" } else { "s" }));
-    }
-    s
+    quantum_model::limits(&m.resources).join(" · ")
 }
 
 fn touches(m: &Manifest, values: &BTreeMap<String, String>) -> String {

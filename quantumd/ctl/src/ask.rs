@@ -413,20 +413,7 @@ fn not_run(catalog: Option<&Catalog>, plan: &Answer, why: &str) -> String {
 }
 
 fn resources(m: &Manifest) -> String {
-    let r = &m.resources;
-    let mut s = format!(
-        "cpu {}-{} cores, memory {}-{}, io weight {}, at most {} tasks",
-        r.cpu_min.as_f64(),
-        r.cpu_max.as_f64(),
-        r.memory_min,
-        r.memory_max,
-        r.io_weight,
-        r.tasks_max
-    );
-    if r.gpus > 0 {
-        let _ = write!(s, ", {} GPU{}", r.gpus, if r.gpus == 1 { "" } else { "s" });
-    }
-    s
+    quantum_model::limits(&m.resources).join(", ")
 }
 
 fn isolation(m: &Manifest, values: &BTreeMap<String, String>) -> String {

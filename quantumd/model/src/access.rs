@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::manifest::{Isolation, Network, UserMode};
+use crate::manifest::{Isolation, Network, Resources, UserMode};
 
 /// A cell's reach with a plan's parameter values filled in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +45,22 @@ impl Access {
     }
 }
 
+/// A cell's limits, one phrase each ("CPU 0.1–0.5 cores", "memory
+/// 16M–128M", "I/O weight 100", "at most 32 tasks", and "1 GPU" when it
+/// asks for any), for the caller to join.
+pub fn limits(r: &Resources) -> Vec<String> {
+    let mut out = vec![
+        format!("CPU {}–{} cores", r.cpu_min.as_f64(), r.cpu_max.as_f64()),
+        format!("memory {}–{}", r.memory_min, r.memory_max),
+        format!("I/O weight {}", r.io_weight),
+        format!("at most {} tasks", r.tasks_max),
+    ];
+    if r.gpus > 0 {
+        out.push(format!("{} GPU{}", r.gpus, if r.gpus == 1 { "" } else { "s" }));
+    }
+    out
+}
+
 /// `{name}` placeholders replaced by the values given; unknown ones left as
 /// they are (a missing parameter shows as itself).
 fn fill_in(template: &str, values: &BTreeMap<String, String>) -> String {
@@ -75,5 +91,16 @@ mod tests {
         // A parameter not given yet shows as its placeholder.
         let a = Access::of(&isolation, &BTreeMap::new());
         assert_eq!(a.reads, "{dir}, /etc/ssl");
+    }
+
+    #[test]
+    fn limits_name_every_bound_and_gpus_only_when_asked_for() {
+        let mut r = Resources::default();
+        let words = limits(&r);
+        assert_eq!(words.len(), 4, "{words:?}");
+        assert!(words[0].starts_with("CPU ") && words[0].ends_with(" cores"), "{words:?}");
+        assert!(words[3].starts_with("at most "), "{words:?}");
+        r.gpus = 2;
+        assert_eq!(limits(&r).last().map(String::as_str), Some("2 GPUs"));
     }
 }

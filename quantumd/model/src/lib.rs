@@ -14,7 +14,7 @@ pub mod placeholder;
 pub mod set;
 pub mod units;
 
-pub use access::Access;
+pub use access::{limits, Access};
 pub use diagnostic::{Diagnostic, Located, SourceMap};
 pub use manifest::{
     Artifact, CellName, ChildRef, Isolation, Kind, Lifecycle, Manifest, Network, Objectives, ParamSpec, ParamType, Program, Resources,

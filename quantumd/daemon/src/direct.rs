@@ -72,9 +72,16 @@ pub fn listener(path: Option<&Path>) -> Result<Option<tokio::net::UnixListener>,
     tokio::net::UnixListener::bind(path).map(Some).map_err(bind_error)
 }
 
+/// Connections served at once; more are closed at once (the caller's
+/// quantumctl says quantumd is unreachable). A member of `quantum` could
+/// otherwise hold quantumd's memory and descriptors with idle connections;
+/// systemd caps its private socket the same way (4096).
+const MAX_CONNECTIONS: usize = 1024;
+
 /// Serves every connection to `listener` until quantumd exits.
 pub fn serve(listener: tokio::net::UnixListener, interface: Quantum1) {
     let counter = AtomicU64::new(1);
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::spawn(async move {
         loop {
             let stream = match listener.accept().await {
@@ -87,12 +94,17 @@ pub fn serve(listener: tokio::net::UnixListener, interface: Quantum1) {
                     continue;
                 }
             };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                tracing::warn!(limit = MAX_CONNECTIONS, "too many direct connections; refusing one");
+                continue;
+            };
             let n = counter.fetch_add(1, Ordering::Relaxed);
             let interface = interface.clone();
             tokio::spawn(async move {
                 if let Err(e) = connection(stream, n, interface).await {
                     tracing::debug!(connection = n, error = %e, "a direct connection failed");
                 }
+                drop(slot);
             });
         }
     });

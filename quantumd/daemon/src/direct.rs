@@ -17,7 +17,7 @@
 //! polkit lets run cells; everyone else uses the bus as before), or, off
 //! systemd, from `--socket PATH`.
 
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -42,14 +42,8 @@ pub enum DirectError {
 /// The listening socket: the one systemd passed under [`FD_NAME`], else a
 /// new one at `path` (a stale socket file there is replaced), else none.
 pub fn listener(path: Option<&Path>) -> Result<Option<tokio::net::UnixListener>, DirectError> {
-    let passed = sd_notify::listen_fds_with_names().map_err(DirectError::Inherited)?;
-    let mut inherited: Option<RawFd> = None;
-    for (fd, name) in passed {
-        if name == FD_NAME {
-            inherited = Some(fd);
-        }
-    }
-    if let Some(fd) = inherited {
+    let mut passed = sd_notify::listen_fds_with_names().map_err(DirectError::Inherited)?;
+    if let Some((fd, _)) = passed.find(|(_, name)| name == FD_NAME) {
         // SAFETY: systemd passed this descriptor to this process (LISTEN_PID
         // is ours) and nothing else in quantumd takes LISTEN_FDS.
         let owned = unsafe { OwnedFd::from_raw_fd(fd) };

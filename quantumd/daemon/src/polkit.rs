@@ -38,8 +38,8 @@ pub enum Mode {
 /// One per connection kind: the bus's (callers told apart by their unique
 /// names) and one per connection to the direct socket (`direct.rs`), whose
 /// single caller the kernel names (SO_PEERCRED), so that no round trip
-/// through the bus is needed to learn its uid. A unique bus name (`:1.42`) is never reused while the bus runs, so its
-/// uid, and polkit's yes for it, hold for the connection's life: polkit's
+/// through the bus is needed to learn its uid. A unique bus name (`:1.42`)
+/// is never reused while the bus runs, so its uid, and polkit's yes for it, hold for the connection's life: polkit's
 /// own agents cache the same way. Each start used to cost two
 /// GetConnectionUnixUser round trips through the bus, and a polkit call
 /// for non-root callers. Only a yes is kept: a no may become a yes once an

@@ -81,24 +81,12 @@ impl Store {
     }
 
     fn write(&self, r: &Record, sync: bool) -> Result<(), StoreError> {
-        let path = self.path(&r.instance);
-        let tmp = path.with_extension("json.tmp");
-        let io = |op, source| StoreError::Io {
-            op,
-            path: tmp.clone(),
-            source,
-        };
-        let data = serde_json::to_vec_pretty(r).map_err(|e| io("encode", std::io::Error::other(e)))?;
-        let mut f = fs::File::create(&tmp).map_err(|e| io("create", e))?;
-        f.write_all(&data).map_err(|e| io("write", e))?;
-        if sync {
-            f.sync_all().map_err(|e| io("sync", e))?;
-        }
-        fs::rename(&tmp, &path).map_err(|source| StoreError::Io {
-            op: "rename",
-            path: path.clone(),
-            source,
-        })
+        let data = serde_json::to_vec_pretty(r).map_err(|e| StoreError::Io {
+            op: "encode",
+            path: self.path(&r.instance),
+            source: std::io::Error::other(e),
+        })?;
+        write_atomically(&self.path(&r.instance), &data, sync)
     }
 
     /// Where the instance numbers handed out so far end
@@ -114,38 +102,22 @@ impl Store {
     /// unreadable file is reported and counted from the records alone.
     pub fn reserved_numbers(&self) -> u64 {
         let path = self.numbers_path();
-        match fs::read_to_string(&path) {
-            Ok(text) => text.trim().parse().unwrap_or_else(|e| {
+        let read = match fs::read_to_string(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return 1,
+            read => read.map_err(|e| e.to_string()),
+        };
+        read.and_then(|text| text.trim().parse().map_err(|e: std::num::ParseIntError| e.to_string()))
+            .unwrap_or_else(|e| {
                 tracing::error!(path = %path.display(), error = %e, "unreadable instance number reservation; counting from the records");
                 1
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 1,
-            Err(e) => {
-                tracing::error!(path = %path.display(), error = %e, "unreadable instance number reservation; counting from the records");
-                1
-            }
-        }
+            })
     }
 
     /// Reserves every number below `end`, durably (synced) before any of
     /// them is used: a crash of the machine must not give a number twice
     /// either, since the trail names instances by it.
     pub fn reserve_numbers(&self, end: u64) -> Result<(), StoreError> {
-        let path = self.numbers_path();
-        let tmp = path.with_extension("tmp");
-        let io = |op, source| StoreError::Io {
-            op,
-            path: tmp.clone(),
-            source,
-        };
-        let mut f = fs::File::create(&tmp).map_err(|e| io("create", e))?;
-        f.write_all(format!("{end}\n").as_bytes()).map_err(|e| io("write", e))?;
-        f.sync_all().map_err(|e| io("sync", e))?;
-        fs::rename(&tmp, &path).map_err(|source| StoreError::Io {
-            op: "rename",
-            path: path.clone(),
-            source,
-        })
+        write_atomically(&self.numbers_path(), format!("{end}\n").as_bytes(), true)
     }
 
     pub fn remove(&self, instance: &str) {
@@ -186,6 +158,30 @@ impl Store {
         out.sort_by(|a, b| a.instance.cmp(&b.instance));
         out
     }
+}
+
+/// Replaces `path` with `data` through a temporary file and a rename, so
+/// that a crash leaves the old content or the new; `sync` waits for the
+/// disk before the rename.
+fn write_atomically(path: &Path, data: &[u8], sync: bool) -> Result<(), StoreError> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let io = |op, source| StoreError::Io {
+        op,
+        path: tmp.clone(),
+        source,
+    };
+    let mut f = fs::File::create(&tmp).map_err(|e| io("create", e))?;
+    f.write_all(data).map_err(|e| io("write", e))?;
+    if sync {
+        f.sync_all().map_err(|e| io("sync", e))?;
+    }
+    fs::rename(&tmp, path).map_err(|source| StoreError::Io {
+        op: "rename",
+        path: path.to_owned(),
+        source,
+    })
 }
 
 #[cfg(test)]

@@ -59,6 +59,8 @@ expected() {
         quantumos-daemon) cat <<'EOF'
 /usr/bin/quantumd
 /lib/systemd/system/quantumd.service
+/lib/systemd/system/quantumd-gate.service
+/lib/systemd/system/quantumd-gate.socket
 /lib/systemd/system/quantum.slice
 /usr/share/dbus-1/system.d/org.quantumos.Quantum1.conf
 /usr/share/polkit-1/actions/org.quantumos.policy
@@ -261,7 +263,7 @@ done
 # most 2.0. --offline reads the unit files alone, so this runs on a host
 # whose PID 1 is not systemd.
 stage "systemd-analyze security --offline (exposure at most 2.0)"
-for unit in quantumd.service quantum-provider.service; do
+for unit in quantumd.service quantumd-gate.service quantum-provider.service; do
     if ! out=$(systemd-analyze security --offline=true --threshold=20 --root="$ROOT" "$unit" 2>&1); then
         printf '%s\n' "$out" | tail -n 30 >&2
         fail "$unit is more exposed than 2.0"

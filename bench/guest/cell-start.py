@@ -121,28 +121,6 @@ def start_systemd_run_full():
     return t0, unit
 
 
-# The floor for a manager that is not root, as quantumd is not: the same
-# systemd-run with the same sandbox, run as user quantumd (whom polkit allows
-# to manage units), goes through dbus-daemon and waits for systemd's polkit
-# check, where root's systemd-run talks to systemd on its private socket and
-# is let through on its uid. Both go through setpriv, so that the difference
-# between them is the bus and polkit alone.
-def start_as(user):
-    def start():
-        counter[0] += 1
-        unit = f"bench-plain-{os.getpid()}-{counter[0]}.service"
-        t0 = now_usec()
-        subprocess.run(
-            ["setpriv", f"--reuid={user}", f"--regid={user}", "--init-groups",
-             "systemd-run", "--quiet", "--unit", unit, "--slice", "quantum.slice",
-             "-p", "MemoryMax=16M", "-p", "TasksMax=4", "-p", "DynamicUser=yes",
-             "-p", "PrivateNetwork=yes", "-p", "ProtectSystem=strict", *FULL_SANDBOX, "--", *COMMAND],
-            check=True,
-        )
-        return t0, unit
-    return start
-
-
 def latency(start):
     t0, unit = start()
     started = 0
@@ -170,15 +148,13 @@ def pct(values, p):
     return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
 
 
-quantum, quantum_bus, plain, full, as_root, as_quantumd = [], [], [], [], [], []
+quantum, quantum_bus, plain, full = [], [], [], []
 others = {
     "p": (start_systemd_run, plain),
     "f": (start_systemd_run_full, full),
-    "r": (start_as("root"), as_root),
-    "u": (start_as("quantumd"), as_quantumd),
 }
 for i in range(N):
-    for kind in (("q", "b", "p", "f", "r", "u") if i % 2 == 0 else ("u", "r", "f", "p", "b", "q")):
+    for kind in (("q", "b", "p", "f") if i % 2 == 0 else ("f", "p", "b", "q")):
         if kind in ("q", "b"):
             unit, us = latency(start_quantum if kind == "q" else start_quantum_bus)
             (quantum if kind == "q" else quantum_bus).append(us)
@@ -253,11 +229,6 @@ result = {
     "quantumctl_bus_p50_ms": pct(quantum_bus, 50) / 1000,
     "quantumctl_bus_p95_ms": pct(quantum_bus, 95) / 1000,
     "ratio_bus_full_p50": pct(quantum_bus, 50) / max(1, pct(full, 50)),
-    "setpriv_root_p50_ms": pct(as_root, 50) / 1000,
-    "setpriv_quantumd_p50_ms": pct(as_quantumd, 50) / 1000,
-    "setpriv_quantumd_p95_ms": pct(as_quantumd, 95) / 1000,
-    "ratio_unprivileged_floor_p50": pct(as_quantumd, 50) / max(1, pct(as_root, 50)),
-    "ratio_vs_unprivileged_p50": pct(quantum, 50) / max(1, pct(as_quantumd, 50)),
     "foreground_p50_ms": pct(fg_quantum, 50) / 1000,
     "foreground_p95_ms": pct(fg_quantum, 95) / 1000,
     "pipe_wait_p50_ms": pct(fg_plain, 50) / 1000,

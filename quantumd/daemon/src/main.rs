@@ -7,6 +7,7 @@ mod cells;
 mod command;
 mod config;
 mod direct;
+mod gate;
 mod identity;
 mod interface;
 mod logging;
@@ -84,6 +85,19 @@ enum Helper {
         #[command(subcommand)]
         op: cell_state::Op,
     },
+    /// The root half of quantumd's access to systemd
+    /// (quantumd-gate.service): relays quantumd's calls for its own units
+    /// to systemd's private socket and refuses everything else. See
+    /// quantumd(8), SYSTEMD GATE.
+    #[command(hide = true)]
+    SystemdGate {
+        /// Listen here when systemd passes no socket.
+        #[arg(long, value_name = "PATH")]
+        listen: Option<PathBuf>,
+        /// systemd's private socket.
+        #[arg(long, value_name = "PATH", default_value = gate::SYSTEMD_PRIVATE)]
+        systemd: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -94,6 +108,10 @@ fn main() -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("{} of the cell state in {}: {}", op.verb(), dir.display(), command::error_chain(&e)))?;
         println!("{}", serde_json::to_string(&report)?);
         return Ok(());
+    }
+    if let Some(Helper::SystemdGate { listen, systemd }) = &args.helper {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        return rt.block_on(gate::run(listen.as_deref(), systemd));
     }
     let required = args.config.as_path() != std::path::Path::new(config::DEFAULT_CONFIG);
     let mut config = Config::load(&args.config, required)?;

@@ -85,6 +85,7 @@ pub async fn regenerate_identity(config: &Config) -> anyhow::Result<()> {
 pub async fn serve(config: Config, bus_address: Option<String>, socket: Option<std::path::PathBuf>) -> anyhow::Result<()> {
     let (unit_tx, mut unit_rx) = mpsc::unbounded_channel();
     let runtime = build_runtime(&config, unit_tx).await?;
+    let lost = runtime.lost();
     let backend = runtime.describe();
     tracing::info!(backend = runtime.kind(), "{backend}");
 
@@ -219,6 +220,7 @@ pub async fn serve(config: Config, bus_address: Option<String>, socket: Option<s
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut last_count = usize::MAX;
+    let mut lost_systemd = false;
     loop {
         let event = tokio::select! {
             Some(c) = cmd_rx.recv() => Event::Command(c),
@@ -232,6 +234,10 @@ pub async fn serve(config: Config, bus_address: Option<String>, socket: Option<s
             _ = tick.tick() => Event::Tick,
             _ = term.recv() => break,
             _ = int.recv() => break,
+            _ = wait(lost.as_deref()) => {
+                lost_systemd = true;
+                break;
+            }
         };
         if matches!(event, Event::Tick) {
             if watchdog {
@@ -248,5 +254,20 @@ pub async fn serve(config: Config, bus_address: Option<String>, socket: Option<s
     tracing::info!("quantumd stopping; cells keep running and will be re-adopted");
     cells.flush_trail().await;
     notify(&[sd_notify::NotifyState::Stopping]);
+    if lost_systemd {
+        // systemd closes its private connections on daemon-reexec (a
+        // systemd upgrade). A failed exit gets quantumd restarted
+        // (Restart=on-failure), and the new one reconnects and re-adopts
+        // the cells, which kept running.
+        anyhow::bail!("lost the connection to systemd; exiting to be restarted");
+    }
     Ok(())
+}
+
+/// Resolves when `notify` is woken; never without one.
+async fn wait(notify: Option<&tokio::sync::Notify>) {
+    match notify {
+        Some(n) => n.notified().await,
+        None => std::future::pending().await,
+    }
 }

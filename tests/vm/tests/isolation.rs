@@ -39,6 +39,10 @@ fn cells_are_isolated_and_limited_in_a_vm() {
         "quantumctl-runs-cells-over-the-direct-socket-and-outsiders-use-the-bus",
         lifecycle::direct_socket,
     );
+    s.run(
+        "quantumd-drives-systemd-through-the-gate-and-nothing-but-its-cells",
+        lifecycle::systemd_gate,
+    );
     s.run("a-cell-that-exits-is-seen-within-a-second", exit_detected_quickly);
     s.run(
         "steppps-time-and-event-come-from-ebpf-loaded-by-the-unprivileged-quantumd",

@@ -424,20 +424,9 @@ fn steppps_unloads(g: &Guest) -> Result<()> {
 /// `systemd-analyze security` must still rate it at most 2.0, the goal of
 /// every unit the project ships.
 fn quantumd_exposure(g: &Guest) -> Result<()> {
-    let out = g.run("systemd-analyze security --no-pager quantumd.service")?;
-    let line = out
-        .stdout
-        .lines()
-        .find(|l| l.contains("Overall exposure level"))
-        .with_context(|| format!("systemd-analyze security printed no exposure level: {out}"))?
-        .to_owned();
-    let level: f64 = line
-        .split(':')
-        .nth(1)
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .with_context(|| format!("no number in {line:?}"))?;
-    ensure!(level <= 2.0, "{}\n{}", line.trim(), out.stdout.trim_end());
-    report(format_args!("[qemu] {}", line.trim()));
+    let (level, line) = g.exposure("quantumd.service")?;
+    ensure!(level <= 2.0, "{line}");
+    report(format_args!("[qemu] {line}"));
     Ok(())
 }
 

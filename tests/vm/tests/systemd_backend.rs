@@ -13,7 +13,7 @@ use quantum_vmtest::{Backend, Guest, Scenarios};
 mod lifecycle;
 use lifecycle::{
     as_quantum, crash_then_blacklist, ctrl_c_stops_a_foreground_task, direct_socket, foreground_task, kill_9_readopts,
-    logs_through_quantumd,
+    logs_through_quantumd, systemd_gate,
 };
 
 #[test]
@@ -40,6 +40,7 @@ fn systemd_backend_in_a_container() {
         "quantumctl-runs-cells-over-the-direct-socket-and-outsiders-use-the-bus",
         direct_socket,
     );
+    s.run("quantumd-drives-systemd-through-the-gate-and-nothing-but-its-cells", systemd_gate);
     s.run("kill-9-of-quantumd-loses-no-cell-and-duplicates-none", kill_9_readopts);
     if let Err(e) = s.finish() {
         panic!("{e:#}");
@@ -60,7 +61,7 @@ fn quantumd_ready(g: &Guest) -> Result<()> {
     ensure!(show.contains("User=quantumd"), "{show}");
     let backend = g.run_ok("busctl get-property org.quantumos.Quantum1 /org/quantumos/Quantum1 org.quantumos.Quantum1 Backend")?;
     ensure!(
-        backend.contains("systemd: cells run as transient services in quantum.slice"),
+        backend.contains("systemd (through quantumd-gate): cells run as transient services in quantum.slice"),
         "{backend}"
     );
     Ok(())

@@ -94,7 +94,7 @@ pub enum RuntimeError {
     /// The command ran but ended before systemd counted the start as done.
     #[error("{unit} {} while starting", exit.describe())]
     EndedWhileStarting { unit: String, exit: Exit },
-    #[error("cannot reach systemd on the system bus")]
+    #[error("cannot reach systemd (through quantumd-gate or on the system bus)")]
     Connect(#[source] zbus::Error),
     #[error("{op} {path}")]
     Cgroup {
@@ -132,6 +132,15 @@ impl Runtime {
         match self {
             Runtime::Systemd(r) => r.describe(),
             Runtime::Cgroup(r) => r.describe(),
+        }
+    }
+
+    /// Woken when the backend can no longer see cells end (its connection
+    /// to systemd is gone); never for the cgroup backend.
+    pub fn lost(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        match self {
+            Runtime::Systemd(r) => Some(r.lost()),
+            Runtime::Cgroup(_) => None,
         }
     }
 

@@ -1,7 +1,14 @@
 //! The systemd backend: each cell instance is a transient service started
-//! with `StartTransientUnit` on the system bus, in the cell slice. Unit state
-//! is followed through systemd's signals (`JobRemoved`, `PropertiesChanged`),
-//! never by polling.
+//! with `StartTransientUnit`, in the cell slice. Unit state is followed
+//! through systemd's signals (`JobRemoved`, `PropertiesChanged`), never by
+//! polling.
+//!
+//! quantumd reaches systemd through quantumd-gate (crate::gate: systemd's
+//! private socket, filtered, with no polkit round trip per call) where the
+//! gate's socket exists, else on the system bus (quantumd run as root, or a
+//! host without the gate). Both are the same D-Bus to this module; the
+//! signal streams match on header fields alone, so they work peer to peer
+//! where there is no bus to ask who owns systemd's name.
 
 use std::collections::HashMap;
 use std::os::fd::AsFd;
@@ -65,8 +72,6 @@ trait Manager {
         )>,
     >;
     fn subscribe(&self) -> zbus::Result<()>;
-    #[zbus(signal)]
-    fn job_removed(&self, id: u32, job: zbus::zvariant::ObjectPath<'_>, unit: &str, result: &str) -> zbus::Result<()>;
 }
 
 /// What a finished job reported, kept until its starter asks (the signal can
@@ -105,6 +110,11 @@ pub struct SystemdRuntime {
     manager: ManagerProxy<'static>,
     shared: Arc<Shared>,
     events: EventSender,
+    /// Woken once when the connection to systemd is gone: quantumd cannot
+    /// see cells end any more and must restart (see main_loop).
+    lost: Arc<tokio::sync::Notify>,
+    /// How systemd is reached, for the log and `describe`.
+    route: &'static str,
     cell_slice: String,
     cgroup_root: std::path::PathBuf,
     /// Where the units doing cell state operations write their output.
@@ -134,7 +144,7 @@ impl SystemdRuntime {
         cgroup_root: &std::path::Path,
         state_ops: &std::path::Path,
     ) -> Result<Self, RuntimeError> {
-        let conn = zbus::Connection::system().await.map_err(RuntimeError::Connect)?;
+        let (conn, route) = systemd_connection().await?;
         let manager = ManagerProxy::new(&conn).await.map_err(RuntimeError::Connect)?;
         let shared = Arc::new(Shared {
             jobs: Mutex::default(),
@@ -142,7 +152,17 @@ impl SystemdRuntime {
             watched: Mutex::default(),
         });
 
-        let mut jobs = manager.receive_job_removed().await.map_err(RuntimeError::Connect)?;
+        let rule = zbus::MatchRule::builder()
+            .msg_type(zbus::message::Type::Signal)
+            .sender("org.freedesktop.systemd1")
+            .and_then(|b| b.interface("org.freedesktop.systemd1.Manager"))
+            .and_then(|b| b.member("JobRemoved"))
+            .and_then(|b| b.path("/org/freedesktop/systemd1"))
+            .map_err(RuntimeError::Connect)?
+            .build();
+        let mut jobs = zbus::MessageStream::for_match_rule(rule, &conn, Some(1024))
+            .await
+            .map_err(RuntimeError::Connect)?;
         let rule = zbus::MatchRule::builder()
             .msg_type(zbus::message::Type::Signal)
             .sender("org.freedesktop.systemd1")
@@ -159,10 +179,14 @@ impl SystemdRuntime {
 
         let js = shared.clone();
         tokio::spawn(async move {
-            while let Some(sig) = jobs.next().await {
-                let Ok(args) = sig.args() else { continue };
-                let job = args.job().to_string();
-                let result = args.result().to_string();
+            while let Some(Ok(sig)) = jobs.next().await {
+                // JobRemoved(id, job, unit, result)
+                type Removed<'a> = (u32, zbus::zvariant::ObjectPath<'a>, &'a str, &'a str);
+                let body = sig.body();
+                let Ok((_, job, _, result)) = body.deserialize::<Removed<'_>>() else {
+                    continue;
+                };
+                let (job, result) = (job.to_string(), result.to_owned());
                 let mut map = js.jobs.lock().unwrap_or_else(|e| e.into_inner());
                 match map.remove(&job) {
                     Some(JobSlot::Waiting(tx)) => {
@@ -175,11 +199,14 @@ impl SystemdRuntime {
             }
         });
 
+        let lost = Arc::new(tokio::sync::Notify::new());
         let me = SystemdRuntime {
             conn: conn.clone(),
             manager: manager.clone(),
             shared: shared.clone(),
             events: events.clone(),
+            lost: lost.clone(),
+            route,
             cell_slice: cell_slice.to_owned(),
             cgroup_root: cgroup_root.to_owned(),
             state_ops: state_ops.to_owned(),
@@ -190,16 +217,23 @@ impl SystemdRuntime {
             while let Some(Ok(msg)) = changes.next().await {
                 watcher.on_properties_changed(&msg, &events).await;
             }
-            tracing::error!("lost systemd's PropertiesChanged stream; cell exits are no longer seen");
+            tracing::error!("lost the connection to systemd; cell exits are no longer seen");
+            // A stored permit: main_loop sees it even if not waiting yet.
+            lost.notify_one();
         });
         Ok(me)
     }
 
     pub fn describe(&self) -> String {
         format!(
-            "systemd: cells run as transient services in {}; every limit and sandbox setting is enforced by systemd",
-            self.cell_slice
+            "systemd ({}): cells run as transient services in {}; every limit and sandbox setting is enforced by systemd",
+            self.route, self.cell_slice
         )
+    }
+
+    /// Woken when the connection to systemd has gone.
+    pub fn lost(&self) -> Arc<tokio::sync::Notify> {
+        self.lost.clone()
     }
 
     async fn on_properties_changed(&self, msg: &zbus::Message, events: &EventSender) {
@@ -598,6 +632,28 @@ impl SystemdRuntime {
                 message: format!("cannot set CPUWeight={weight}: {e}"),
             })
     }
+}
+
+/// quantumd-gate's socket when it is there and answers, else the system
+/// bus. A gate socket that exists but fails is said in the log: the bus
+/// then works only for a quantumd running as root (polkit no longer lets
+/// user quantumd manage units; the gate is its way to systemd).
+async fn systemd_connection() -> Result<(zbus::Connection, &'static str), RuntimeError> {
+    let gate = std::path::Path::new(crate::gate::SOCKET);
+    if gate.exists() {
+        let conn = async {
+            let stream = tokio::net::UnixStream::connect(gate)
+                .await
+                .map_err(|e| zbus::Error::InputOutput(Arc::new(e)))?;
+            zbus::connection::Builder::unix_stream(stream).p2p().build().await
+        };
+        match conn.await {
+            Ok(conn) => return Ok((conn, "through quantumd-gate")),
+            Err(e) => tracing::warn!(socket = %gate.display(), error = %e, "cannot reach systemd through the gate; trying the system bus"),
+        }
+    }
+    let conn = zbus::Connection::system().await.map_err(RuntimeError::Connect)?;
+    Ok((conn, "on the system bus"))
 }
 
 /// `a-b-c.slice` lives at `a.slice/a-b.slice/a-b-c.slice` in the cgroup tree.

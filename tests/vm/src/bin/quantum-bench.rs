@@ -157,17 +157,6 @@ fn cell_start(image: &Image, args: &Args) -> Result<()> {
         f("ratio_p50"),
         f("ratio_p95")
     );
-    println!(
-        "  the floor for a manager that is not root: systemd-run with the same sandbox as user quantumd (the bus, systemd's polkit check)  p50 {:7.1} ms  p95 {:7.1} ms",
-        f("setpriv_quantumd_p50_ms"),
-        f("setpriv_quantumd_p95_ms")
-    );
-    println!(
-        "    vs the same as root (its private socket), both through setpriv: p50 {:.1} ms, {:.2}x; quantumctl run vs this floor: p50 {:.2}x",
-        f("setpriv_root_p50_ms"),
-        f("ratio_unprivileged_floor_p50"),
-        f("ratio_vs_unprivileged_p50")
-    );
     println!("foreground task ({starts} runs each, interleaved; invocation -> exit, output read):");
     println!(
         "  quantumctl run             p50 {:7.1} ms  p95 {:7.1} ms",

@@ -296,3 +296,60 @@ pub fn direct_socket(g: &Guest) -> Result<()> {
     );
     Ok(())
 }
+
+/// quantumd reaches systemd through quantumd-gate (systemd's private
+/// socket, filtered) and says so; the gate's socket is quantumd's alone;
+/// through the gate quantumd cannot stop a unit that is not a cell, and
+/// over the bus polkit no longer lets it manage units at all. `systemctl
+/// daemon-reexec` closes the gate's connection to systemd: quantumd is
+/// restarted and cells run again. The gate's unit rates <= 2.0 in
+/// `systemd-analyze security`.
+pub fn systemd_gate(g: &Guest) -> Result<()> {
+    let backend = g.run_ok("busctl get-property org.quantumos.Quantum1 /org/quantumos/Quantum1 org.quantumos.Quantum1 Backend")?;
+    ensure!(backend.contains("systemd (through quantumd-gate)"), "quantumd's backend: {backend}");
+    let mode = g.run_ok("stat -c '%U:%G %a %F' /run/quantumd-gate.sock")?;
+    ensure!(mode.trim() == "quantumd:quantumd 600 socket", "/run/quantumd-gate.sock is {mode}");
+
+    g.run_ok("systemd-run --quiet --unit qtest-bystander.service sleep 600")?;
+    let as_quantumd = "setpriv --reuid quantumd --regid quantumd --init-groups --";
+    let stop = "call org.freedesktop.systemd1 /org/freedesktop/systemd1 org.freedesktop.systemd1.Manager \
+                StopUnit ss qtest-bystander.service replace";
+    let through_gate = g.run(&format!("{as_quantumd} busctl --address=unix:path=/run/quantumd-gate.sock {stop}"))?;
+    ensure!(
+        !through_gate.success(),
+        "quantumd stopped another unit through the gate: {through_gate}"
+    );
+    let refusals = g.run_ok("journalctl -b -u quantumd-gate --no-pager -o cat | grep -c 'refused a call' || true")?;
+    ensure!(refusals.trim() != "0", "the gate logged no refusal");
+    let on_bus = g.run(&format!("{as_quantumd} busctl --no-ask-password {stop}"))?;
+    ensure!(!on_bus.success(), "polkit let quantumd stop another unit over the bus: {on_bus}");
+    let outsider = g.run(&as_quantum(&format!("busctl --address=unix:path=/run/quantumd-gate.sock {stop}")))?;
+    ensure!(!outsider.success(), "a quantum member used the gate: {outsider}");
+    let state = g.run("systemctl is-active qtest-bystander.service")?;
+    ensure!(state.stdout.trim() == "active", "the bystander unit is {state}");
+    g.run_ok("systemctl stop qtest-bystander.service")?;
+
+    let (level, line) = g.exposure("quantumd-gate.service")?;
+    ensure!(level <= 2.0, "{line}");
+
+    let before = g.run_ok("systemctl show -P MainPID quantumd.service")?;
+    g.run_ok("systemctl daemon-reexec")?;
+    eventually("quantumd to be restarted after daemon-reexec", Duration::from_secs(120), || {
+        let pid = g.run_ok("systemctl show -P MainPID quantumd.service")?;
+        let active = g.run("systemctl is-active quantumd.service")?;
+        Ok((pid.trim() != before.trim() && pid.trim() != "0" && active.stdout.trim() == "active").then_some(()))
+    })?;
+    write_cell(
+        g,
+        "gated",
+        "runs after systemd was re-executed",
+        "echo ran after a reexec",
+        "[lifecycle]\nkind = \"task\"\nrestart = \"no\"",
+    )?;
+    let out = g.run(&as_quantum("quantumctl run /run/qtest/gated/cell.toml"))?;
+    ensure!(
+        out.code == 0 && out.stdout == "ran after a reexec\n",
+        "a run after daemon-reexec: {out}"
+    );
+    Ok(())
+}

@@ -18,8 +18,58 @@ use clap::Parser;
 
 /// The QuantumOS desktop assistant: ask in plain words, see the plan,
 /// confirm it, watch the cells.
+///
+/// A window for quantumd, the QuantumOS cell daemon: type what you need
+/// ("serve my photos folder over http"), press Enter, and quantumd's plan is
+/// shown (each cell, its parameters, its limits and what it may touch).
+/// Nothing runs until you confirm it with Ctrl+Enter. Below the plan, the
+/// cells quantumd runs, live, with Inspect and Stop, and the last entries
+/// of the quantum trail. One window per session: starting it again raises
+/// the window already open.
 #[derive(Debug, Parser)]
-#[command(name = "quantum-assistant", version)]
+#[command(
+    name = "quantum-assistant",
+    version,
+    after_long_help = "\
+KEYS:
+    Enter            ask quantumd for a plan of what the request box says
+    Ctrl+Enter       run the plan shown
+    Esc              drop the plan shown; with none shown, close the window
+
+QUANTUMD:
+    Every request goes to quantumd over D-Bus (org.quantumos.Quantum1), as
+    quantumctl's do, and quantumd's polkit rules decide who may run what:
+    members of group quantum may; others are asked for an administrator's
+    password by the session's polkit agent. When quantumd is not there the
+    window says so, and finds it again when it comes back.
+
+D-BUS:
+    org.quantumos.Assistant            the application (GtkApplication): a
+                                       launcher activates it on the session
+                                       bus (DBusActivatable .desktop entry)
+    org.quantumos.Assistant1           Ask, Confirm, Cancel, Stop, Inspect and
+                                       Widgets at /org/quantumos/Assistant1:
+                                       the window driven as a person drives
+                                       it, for tests and scripts
+
+ENVIRONMENT:
+    QUANTUM_BUS_ADDRESS, QUANTUM_ASSISTANT_CONTROL_BUS, QUANTUM_CATALOG
+                     as --bus, --control-bus and --catalog
+    RUST_LOG         what it logs to stderr (default: info)
+
+FILES:
+    /usr/share/quantumos/cells                          the cell catalog
+    /usr/share/applications/org.quantumos.Assistant.desktop
+    /usr/share/dbus-1/services/org.quantumos.Assistant.service
+
+EXAMPLES:
+    quantum-assistant
+    quantum-assistant --bus unix:path=/run/quantum-test/bus --no-control
+    gdbus call --session --dest org.quantumos.Assistant1 \\
+        --object-path /org/quantumos/Assistant1 \\
+        --method org.quantumos.Assistant1.Ask 'back up my documents'
+"
+)]
 struct Args {
     /// The bus quantumd listens on (default: the system bus).
     #[arg(long, env = quantum_bus::BUS_ADDRESS_ENV, value_name = "ADDRESS")]
@@ -34,6 +84,10 @@ struct Args {
     /// The cell catalog, for the plan preview's limits and paths.
     #[arg(long, env = "QUANTUM_CATALOG", value_name = "DIR", default_value = "/usr/share/quantumos/cells")]
     catalog: PathBuf,
+    /// Start as the session bus's activated service: open no window until
+    /// a launcher asks for one (org.quantumos.Assistant.service runs this).
+    #[arg(long)]
+    gapplication_service: bool,
 }
 
 fn main() -> ExitCode {
@@ -57,6 +111,7 @@ fn main() -> ExitCode {
         control: !args.no_control,
         catalog: args.catalog,
         cwd,
+        service: args.gapplication_service,
     };
     if ui::run(config) == gtk::glib::ExitCode::SUCCESS {
         ExitCode::SUCCESS

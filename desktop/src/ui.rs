@@ -35,6 +35,8 @@ pub struct Config {
     pub catalog: PathBuf,
     /// The directory relative paths in a plan are resolved against.
     pub cwd: String,
+    /// Started by D-Bus activation: GTK waits for the launcher's Activate.
+    pub service: bool,
 }
 
 const CSS: &str = "
@@ -47,6 +49,13 @@ const CSS: &str = "
 
 /// Builds and runs the application; returns its exit code.
 pub fn run(config: Config) -> gtk::glib::ExitCode {
+    // GTK gets no arguments of ours (clap has read them) but the one that
+    // makes GApplication a service, which then opens no window of its own.
+    let args: &[&str] = if config.service {
+        &["quantum-assistant", "--gapplication-service"]
+    } else {
+        &["quantum-assistant"]
+    };
     let app = adw::Application::builder().application_id(APP_ID).build();
     app.connect_startup(|_| {
         let provider = gtk::CssProvider::new();
@@ -67,8 +76,7 @@ pub fn run(config: Config) -> gtk::glib::ExitCode {
     });
     app.set_accels_for_action("win.confirm", &["<Control>Return", "<Control>KP_Enter"]);
     app.set_accels_for_action("win.cancel", &["Escape"]);
-    // GTK gets no arguments of ours: clap has read them.
-    app.run_with_args(&["quantum-assistant"])
+    app.run_with_args(args)
 }
 
 #[derive(Default)]

@@ -11,8 +11,10 @@
 #     user, the directories and reload D-Bus, and purge removes the state;
 #   - every package of packaging/cells/packages.list is essential or named
 #     in quantumos-cells' relations;
-#   - every option of `quantumd --help` and `quantum-provider --help` is in
-#     its hand-written manual page;
+#   - every option of `quantumd --help`, `quantum-provider --help` and
+#     `quantum-assistant --help` is in its hand-written manual page;
+#   - the desktop assistant's entry passes desktop-file-validate, and the
+#     D-Bus activation it declares has its service file, binary and icon;
 #   - the units are as hardened as they say (systemd-analyze security);
 #   - the packaged quantumctl validates the packaged catalog.
 #
@@ -30,7 +32,7 @@ fail() { printf 'check-deb: FAIL: %s\n' "$*" >&2; FAILED=1; }
 
 version=$(sed -n '/^\[workspace.package\]/,/^\[/s/^version *= *"\(.*\)"/\1/p' "$REPO/Cargo.toml" | head -n1)
 arch=$(dpkg --print-architecture)
-PACKAGES="quantumos quantumos-daemon quantumos-cli quantumos-cells quantumos-model quantumos-provider quantumos-installer"
+PACKAGES="quantumos quantumos-daemon quantumos-cli quantumos-cells quantumos-model quantumos-provider quantumos-installer quantumos-desktop"
 
 deb_of() {
     local a=$arch
@@ -40,7 +42,7 @@ deb_of() {
 for p in $PACKAGES; do
     [ -f "$(deb_of "$p")" ] || die "$(deb_of "$p") is missing: run make deb"
 done
-for tool in dpkg-deb systemd-analyze; do
+for tool in dpkg-deb systemd-analyze desktop-file-validate; do
     command -v "$tool" >/dev/null || die "$tool is missing: run scripts/install-deps.sh (make deps)"
 done
 
@@ -103,6 +105,15 @@ EOF
 /usr/sbin/quantumos-install
 /usr/share/man/man8/quantumos-install.8.gz
 /usr/share/doc/quantumos-installer/copyright
+EOF
+            ;;
+        quantumos-desktop) cat <<'EOF'
+/usr/bin/quantum-assistant
+/usr/share/applications/org.quantumos.Assistant.desktop
+/usr/share/dbus-1/services/org.quantumos.Assistant.service
+/usr/share/icons/hicolor/scalable/apps/org.quantumos.Assistant.svg
+/usr/share/man/man1/quantum-assistant.1.gz
+/usr/share/doc/quantumos-desktop/copyright
 EOF
             ;;
         quantumos) echo /usr/share/doc/quantumos/copyright ;;
@@ -210,6 +221,11 @@ for lib in libtss2-esys libbtrfsutil1 libsystemd0; do
     field quantumos-daemon Depends | grep -q "$lib" ||
         fail "quantumos-daemon does not depend on $lib (dh_shlibdeps did not run?)"
 done
+# The assistant links GTK 4 and libadwaita, and needs quantumd (D-Bus).
+for dep in libgtk-4-1 libadwaita-1-0 quantumos-daemon; do
+    field quantumos-desktop Depends | grep -q "$dep" ||
+        fail "quantumos-desktop does not depend on $dep"
+done
 dpkg-deb -I "$(deb_of quantumos-daemon)" conffiles 2>/dev/null | grep -qxF /etc/quantumos/quantumd.toml ||
     fail "/etc/quantumos/quantumd.toml is not a conffile of quantumos-daemon"
 
@@ -244,12 +260,46 @@ if script quantumos-daemon postinst | grep -q "restart.*quantum.slice"; then
     fail "quantumos-daemon restarts quantum.slice on upgrade, which would kill every cell"
 fi
 
+# ------------------------------------------------------ desktop entry ---
+
+# The entry is D-Bus activatable: a launcher calls Activate on the bus name
+# of the file's own name, so the session bus must have a service file of
+# that name that runs the packaged assistant as a GApplication service, and
+# the entry's icon must be in the theme.
+stage "desktop entry and D-Bus activation (desktop-file-validate)"
+for entry in "$ROOT"/usr/share/applications/*.desktop; do
+    app=$(basename "$entry" .desktop)
+    out=$(desktop-file-validate "$entry" 2>&1) || fail "desktop-file-validate rejects $app.desktop: $out"
+    [ -z "$out" ] || fail "desktop-file-validate warns about $app.desktop: $out"
+    key() { sed -n "s/^$1=//p" "$entry" | head -n1; }
+    if [ "$(key DBusActivatable)" = true ]; then
+        service=$ROOT/usr/share/dbus-1/services/$app.service
+        if [ -f "$service" ]; then
+            name=$(sed -n 's/^Name=//p' "$service")
+            exec=$(sed -n 's/^Exec=//p' "$service")
+            [ "$name" = "$app" ] || fail "$app.service names $name, not $app"
+            [ -x "$ROOT${exec%% *}" ] || fail "$app.service runs ${exec%% *}, which no package holds"
+            case " $exec " in *" --gapplication-service "*) ;;
+                *) fail "$app.service does not start the application as a service (--gapplication-service)" ;; esac
+        else
+            fail "$app.desktop is DBusActivatable, but no package holds /usr/share/dbus-1/services/$app.service"
+        fi
+    fi
+    icon=$(key Icon)
+    ls "$ROOT"/usr/share/icons/hicolor/*/apps/"$icon".* >/dev/null 2>&1 ||
+        fail "$app.desktop's icon $icon is in no package"
+    bin=$(key Exec); bin=${bin%% *}
+    [ -x "$ROOT/usr/bin/$bin" ] || fail "$app.desktop runs $bin, which is not in /usr/bin of a package"
+    printf '    %s: valid, Exec=%s, Icon=%s, DBusActivatable=%s\n' "$app" "$bin" "$icon" "$(key DBusActivatable)"
+done
+
 # ------------------------------------------------------- manual pages ---
 
 stage "manual pages cover the options"
 for pair in /usr/bin/quantumd:/usr/share/man/man8/quantumd.8.gz \
     /usr/bin/quantum-provider:/usr/share/man/man8/quantum-provider.8.gz \
-    /usr/sbin/quantumos-install:/usr/share/man/man8/quantumos-install.8.gz; do
+    /usr/sbin/quantumos-install:/usr/share/man/man8/quantumos-install.8.gz \
+    /usr/bin/quantum-assistant:/usr/share/man/man1/quantum-assistant.1.gz; do
     bin=${pair%%:*} page=${pair#*:}
     text=$(zcat "$ROOT$page" | sed 's/\\-/-/g')
     for opt in $("$ROOT$bin" --help | grep -oE -- '--[a-z][a-z0-9-]*' | sort -u); do

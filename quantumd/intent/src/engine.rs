@@ -68,23 +68,24 @@ pub struct Tuning {
 impl Default for Tuning {
     /// Chosen by `intent-bench` on the tuning data ([`crate::evaluation::TUNING_SETS`])
     /// from [`crate::evaluation::Grid`], and cross-validated there (5
-    /// folds): a cell is scored by its best phrase (0.6) and its second
-    /// best (0.4), so one phrase met by chance does not make a cell, plus
-    /// 0.2 x the shared-words prior, less 0.2 when the request leads with an
-    /// out-of-scope verb the cell never uses, plus 0.1 for a repeating cell
+    /// folds): a cell is scored by its best phrase (0.4) and the mean of the
+    /// five after it (0.6), so a cell that several phrases meet wins over
+    /// one that a single phrase meets by chance, plus 0.3 x the
+    /// shared-words prior, less 0.2 when the request leads with an
+    /// out-of-scope verb the cell never uses, plus 0.05 for a repeating cell
     /// when the request asks for repetition; the request is refused when the
-    /// best score is under 0.46 or when an out-of-scope phrase is nearer to
+    /// best score is under 0.40 or when an out-of-scope phrase is nearer to
     /// it than the cell's best phrase by more than 0.05 (by more than -0.15
     /// after such a verb).
     fn default() -> Self {
         Tuning {
-            best_weight: 0.6,
-            pool: 1,
-            lexical_weight: 0.2,
+            best_weight: 0.4,
+            pool: 5,
+            lexical_weight: 0.3,
             reject_margin: 0.05,
             action_penalty: 0.2,
-            periodic_bonus: 0.1,
-            threshold: 0.46,
+            periodic_bonus: 0.05,
+            threshold: 0.40,
             slope: 20.0,
             margin_slope: 40.0,
         }

@@ -628,6 +628,7 @@ fn is_measure_word(w: &str) -> bool {
             | "letter"
             | "digit"
             | "symbol"
+            | "sign"
             | "level"
             | "line"
             | "time"
@@ -785,6 +786,8 @@ fn choice_synonyms(word: &str) -> &'static [&'static str] {
         "pause" | "suspend" | "freeze" | "sigstop" => &["stop"],
         "resume" | "unpause" | "continue" | "sigcont" => &["cont"],
         "reload" | "sighup" => &["hup"],
+        // Asking a process to end rather than forcing it.
+        "politely" | "nicely" | "gracefully" | "gently" | "sigterm" => &["term"],
         "interrupt" | "sigint" => &["int"],
         "hexadecimal" => &["hex"],
         "numeric" => &["pin"],
@@ -840,6 +843,13 @@ const CHOICE_PHRASES: &[(&str, &str)] = &[
     ("word file", "docx"),
     ("kill -9", "kill"),
     ("in them", "content"),
+    ("for the word", "content"),
+    ("for the text", "content"),
+    ("for the string", "content"),
+    ("for the phrase", "content"),
+    ("the text", "content"),
+    ("talk about", "content"),
+    ("talks about", "content"),
     ("inside them", "content"),
     ("what's in", "list"),
     ("whats in", "list"),
@@ -1068,6 +1078,14 @@ pub fn fill_from(manifest: &Manifest, tokens: &[Token], candidates: &[Candidate]
 
     // Ports: an explicit port, else a number after "on"/"at" big enough to
     // be one.
+    // A port the request says is taken ("8080 is busy, use 8081") is not
+    // the one asked for.
+    let has_port = params.iter().any(|(_, s)| s.kind == ParamType::Port);
+    for (i, c) in candidates.iter().enumerate() {
+        if has_port && matches!(c.kind, Kind::Port | Kind::Integer) && unavailable(c) {
+            used[i] = true;
+        }
+    }
     for (name, spec) in params.iter().filter(|(_, s)| s.kind == ParamType::Port) {
         let ci = first_unused(&used, Kind::Port).or_else(|| {
             candidates.iter().enumerate().position(|(i, c)| {
@@ -1075,7 +1093,7 @@ pub fn fill_from(manifest: &Manifest, tokens: &[Token], candidates: &[Candidate]
                     && c.kind == Kind::Integer
                     && c.before
                         .last()
-                        .is_some_and(|w| matches!(w.as_str(), "on" | "at" | "port" | "listen"))
+                        .is_some_and(|w| matches!(w.as_str(), "on" | "at" | "port" | "listen" | "use" | "take" | "try"))
                     && c.value.parse::<u32>().is_ok_and(|p| (1024..=65535).contains(&p))
             })
         });
@@ -1094,6 +1112,20 @@ pub fn fill_from(manifest: &Manifest, tokens: &[Token], candidates: &[Candidate]
         };
         if let Some(ci) = first_unused(&used, kind) {
             take(&mut out, &mut used, name, spec, ci, candidates[ci].value.clone());
+        }
+    }
+    // "the whole journal": a duration whose description says 0 means the
+    // whole of it, when the request asks for the whole and names no time.
+    for (name, spec) in &params {
+        let d = spec.description.to_ascii_lowercase();
+        if spec.kind == ParamType::Duration
+            && free(&out, name)
+            && d.contains("0 ")
+            && d.contains("whole")
+            && tokens.iter().any(|t| matches!(t.lower.as_str(), "whole" | "entire"))
+            && spec.kind.check("0").is_ok()
+        {
+            out.insert((*name).clone(), "0".to_owned());
         }
     }
     // A duration for an integer number of seconds ("every 2 seconds").
@@ -1408,6 +1440,17 @@ fn yes_or_no(tokens: &[Token], spec: &ParamSpec) -> Option<&'static str> {
     said
 }
 
+/// A value the request says is not available: "port 80 is taken", "5432
+/// is already in use", "8080 busy".
+fn unavailable(c: &Candidate) -> bool {
+    let after: Vec<&str> = c.after.iter().map(String::as_str).filter(|w| !matches!(*w, "is" | "already" | "being")).collect();
+    match after.as_slice() {
+        ["taken" | "busy" | "occupied" | "blocked", ..] => true,
+        ["in", "use", ..] | ["used", "by", ..] => true,
+        _ => false,
+    }
+}
+
 /// "keep every version", "never throw old copies away", "keep them all".
 fn asks_for_all(tokens: &[Token]) -> bool {
     tokens.iter().enumerate().any(|(i, t)| {
@@ -1462,7 +1505,13 @@ fn searched_word(tokens: &[Token], taken: &[bool]) -> Option<String> {
         let cue = matches!(
             t.lower.as_str(),
             "mention" | "mentions" | "mentioning" | "contain" | "contains" | "containing" | "saying" | "says"
-        ) || (t.lower == "grep" && tokens.get(i + 1).is_some_and(|n| n.text.starts_with('-')));
+        ) || (t.lower == "grep" && tokens.get(i + 1).is_some_and(|n| n.text.starts_with('-')))
+            // "for the word X", "search the text X": the searched word
+            // named as a word; "notes that talk about X".
+            || (matches!(t.lower.as_str(), "for" | "search" | "find" | "grep")
+                && tokens.get(i + 1).is_some_and(|n| n.lower == "the")
+                && tokens.get(i + 2).is_some_and(|n| matches!(n.lower.as_str(), "word" | "text" | "string" | "phrase" | "term")))
+            || (t.lower == "about" && i > 0 && matches!(tokens[i - 1].lower.as_str(), "talk" | "talks" | "talking"));
         if !cue {
             continue;
         }
@@ -1510,6 +1559,12 @@ fn command_words(tokens: &[Token], candidates: &[Candidate]) -> Option<String> {
                 .position(|t| time_unit(&t.lower).is_some() || compact_duration(&t.lower).is_some())?;
             unit + 1
         }
+    };
+    // "every 2 minutes do curl ...": "do" leads into the command.
+    let start = if tokens.get(start).is_some_and(|t| t.lower == "do") && tokens.len() > start + 1 {
+        start + 1
+    } else {
+        start
     };
     let first = tokens.get(start)?;
     if first.quoted || is_filler(&first.lower) {
@@ -1901,6 +1956,17 @@ mod tests {
     /// negation, phrases, questions, yes/no and keep-all from their
     /// descriptions, "user NAME", unquoted search words and commands,
     /// fractions of time and size, likeness of paths.
+    #[test]
+    fn taken_ports_content_cues_and_the_whole_journal() {
+        check_fill("web-server", "serve /srv/a, 8080 is already in use so use 8090", "dir=/srv/a;port=8090");
+        check_fill("sql-database", "a test db, port 5432 is taken, take 5440", "port=5440");
+        check_fill("process-hog", "ask pid 4711 politely to quit", "pid=4711;signal=TERM");
+        check_fill("file-search", "look in ./src for the word deprecated", "by=content;path=./src;pattern=deprecated");
+        check_fill("file-search", "which docs in ~/wiki talk about backups", "by=content;path=~/wiki;pattern=backups");
+        check_fill("log-search", "search the entire journal for 'panic'", "pattern=panic;since=0");
+        check_fill("scheduled-task", "every 5 minutes do ./poll.sh", "command=./poll.sh;every=5m");
+    }
+
     #[test]
     fn words_that_name_parameters() {
         check_fill("package-update", "install all pending updates", "mode=apply");

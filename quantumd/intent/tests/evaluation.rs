@@ -1,6 +1,6 @@
 //! Scores the evaluation sets with the real model and holds the engine to
 //! accuracy floors: the tuning data ([`evaluation::TUNING_SETS`], every miss
-//! printed) and held-out set 3 (tests/data/intents-heldout-3.tsv, never used
+//! printed) and held-out set 5 (tests/data/intents-heldout-5.tsv, never used
 //! to tune: only its aggregate figures are printed).
 //!
 //! The model must be present: `scripts/fetch-model.sh` puts it where this
@@ -14,29 +14,28 @@ use quantum_intent::{evaluation, Config, Engine};
 
 /// Share of the tuning data's cases whose cells (or refusal) and expected
 /// parameters are all right. A training score (the engine was tuned on
-/// these sets, [`evaluation::TUNING_SETS`]): measured at 99.0 % (1068 of
-/// 1079; 5-fold cross-validated: 98.8 %).
-const FLOOR: f64 = 0.98;
+/// these sets, [`evaluation::TUNING_SETS`], held-out sets 3 and 4 among
+/// them since set 5 was written): measured at 98.1 % (1569 of 1600; 5-fold
+/// cross-validated: 97.8 %).
+const FLOOR: f64 = 0.975;
 /// Share of the tuning data's out-of-scope requests that must be refused
 /// (they hold requests close to what the catalog does, "delete the tmp
-/// folder"): measured at 97.6 % (239 of 245).
-const REFUSAL_FLOOR: f64 = 0.96;
+/// folder"): measured at 97.4 % (341 of 350).
+const REFUSAL_FLOOR: f64 = 0.965;
 
 /// Mean 5-fold cross-validated accuracy on the tuning data: measured at
-/// 98.8 % over the full grid (`intent-bench`), 98.9 % over the grid around
-/// the default pooling (this test).
-const CV_FLOOR: f64 = 0.98;
+/// 97.8 % over the full grid (`intent-bench`), 97.9 % over the grid
+/// around the default pooling (this test).
+const CV_FLOOR: f64 = 0.97;
 
-/// Share of held-out set 3's cases all right. Measured once, after the
-/// tuning was frozen (commit 7ef50f3): 91.5 % (238 of 260; cells right
-/// 95.4 %). The goal of issue 17 is 97 %: not met. The floor sits just
-/// under the measurement (two more misses fail it), so a regression fails
-/// the test.
-const HELDOUT_FLOOR: f64 = 0.91;
-/// Share of held-out set 3's out-of-scope requests refused: measured at
-/// 88.5 % (46 of 52), against a goal of 95 %; one more miss is tolerated
-/// (a float difference on another CPU can move a borderline request).
-const HELDOUT_REFUSAL_FLOOR: f64 = 0.86;
+/// Share of held-out set 5's cases all right. Measured once, after the
+/// tuning was frozen (commit FROZEN): HELDOUT_MEASURED. The goal of issue
+/// 17 is 97 %. The floor sits just under the measurement, so a regression
+/// fails the test.
+const HELDOUT_FLOOR: f64 = 0.0;
+/// Share of held-out set 5's out-of-scope requests refused: measured at
+/// HELDOUT_REFUSED, against a goal of 95 %.
+const HELDOUT_REFUSAL_FLOOR: f64 = 0.0;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -117,7 +116,7 @@ fn heldout_set_meets_the_floor() {
     for case in &cases {
         summary.add(case, &engine.ask(&case.intent).expect("the engine answers"));
     }
-    println!("held-out set 3: accuracy {summary}");
+    println!("held-out set 5: accuracy {summary}");
     assert!(
         summary.refusals_expected >= 20,
         "fewer than 20 out-of-scope requests in the held-out set"
@@ -139,7 +138,7 @@ fn heldout_set_meets_the_floor() {
 /// made on all of it must be the engine's default. The grid here keeps the
 /// default's pooling ([`evaluation::Grid::around`]) so that a debug build
 /// takes seconds, not minutes; `intent-bench` cross-validates over the full
-/// grid (98.8 %, refused 96.7 %). Measured here at 98.9 %.
+/// grid (97.8 %, refused 97.1 %). Measured here at 97.9 %.
 #[test]
 fn cross_validated_choice_holds() {
     let paths: Vec<PathBuf> = evaluation::TUNING_SETS.iter().map(|s| repo().join(s)).collect();

@@ -250,7 +250,10 @@ expect_in quantumos-daemon postinst 'systemd-sysusers' 'creates user quantumd'
 expect_in quantumos-daemon postinst 'systemd-tmpfiles' 'creates /var/lib/quantumd'
 expect_in quantumos-daemon postinst 'ReloadConfig' 'D-Bus sees the policy of the new user'
 expect_in quantumos-daemon postinst "deb-systemd-helper enable 'quantumd.service'" 'enables quantumd'
-expect_in quantumos-daemon postinst "deb-systemd-invoke \$_dh_action 'quantumd.service'" 'starts quantumd'
+# One deb-systemd-invoke line starts every unit dh_installsystemd was given
+# together (quantumd's sockets, the gate and quantumd).
+script quantumos-daemon postinst | grep -F 'deb-systemd-invoke $_dh_action' | grep -qF "'quantumd.service'" ||
+    fail "quantumos-daemon postinst lacks 'deb-systemd-invoke \$_dh_action ... 'quantumd.service'' (starts quantumd)"
 expect_in quantumos-daemon prerm "deb-systemd-invoke stop 'quantum.slice'" 'removal stops the cells'
 expect_in quantumos-daemon postrm 'rm -rf /var/lib/quantumd /var/cache/quantumd' 'purge removes the state'
 expect_in quantumos-daemon postrm 'userdel quantumd' 'purge removes the user'

@@ -29,13 +29,16 @@ const REFUSAL_FLOOR: f64 = 0.965;
 const CV_FLOOR: f64 = 0.97;
 
 /// Share of held-out set 5's cases all right. Measured once, after the
-/// tuning was frozen (commit FROZEN): HELDOUT_MEASURED. The goal of issue
-/// 17 is 97 %. The floor sits just under the measurement, so a regression
-/// fails the test.
-const HELDOUT_FLOOR: f64 = 0.0;
+/// tuning was frozen (commit e69da6f): 82.9 % (213 of 257; cells right
+/// 90.7 %). The goal of issue 17 is 97 %: not met, and the tuning data's
+/// cross-validated 97.8 % overstates what a new phrasing gets. The floor
+/// sits just under the measurement (three more misses fail it), so a
+/// regression fails the test.
+const HELDOUT_FLOOR: f64 = 0.82;
 /// Share of held-out set 5's out-of-scope requests refused: measured at
-/// HELDOUT_REFUSED, against a goal of 95 %.
-const HELDOUT_REFUSAL_FLOOR: f64 = 0.0;
+/// 88.2 % (45 of 51), against a goal of 95 %; one more miss is tolerated
+/// (a float difference on another CPU can move a borderline request).
+const HELDOUT_REFUSAL_FLOOR: f64 = 0.86;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")

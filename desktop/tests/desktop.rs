@@ -302,6 +302,16 @@ impl Desktop {
         })
     }
 
+    /// Esc with nothing shown: the window closes, and the assistant may
+    /// end before its reply has left (NoReply), which is as good.
+    fn close_window(&self) {
+        match self.call("Cancel", None) {
+            Ok(_) => {}
+            Err(e) if e.contains("NoReply") => {}
+            Err(e) => panic!("Esc closes: {e}"),
+        }
+    }
+
     fn widgets(&self) -> Value {
         let json = self.call("Widgets", None).expect("Widgets");
         serde_json::from_str(&json).expect("Widgets answers JSON")
@@ -374,6 +384,101 @@ impl Desktop {
 
     fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.path(name)).unwrap_or_default()
+    }
+
+    /// The desktop user's own session bus, which starts the assistant by
+    /// D-Bus activation from the service file quantumos-desktop installs
+    /// (`desktop/data/`, its Exec pointed at this test's copy). What the
+    /// activated assistant inherits from it: this bus as its session bus,
+    /// the private bus for quantumd and org.quantumos.Assistant1, and the
+    /// rendering the other runs have. Returns it with its address.
+    fn activating_session_bus(&self) -> (Running, String) {
+        let services = self.path("services");
+        std::fs::create_dir_all(&services).expect("mkdir");
+        let packaged = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("data/org.quantumos.Assistant.service"))
+            .expect("the D-Bus service file");
+        assert!(
+            packaged
+                .lines()
+                .any(|l| l == "Exec=/usr/bin/quantum-assistant --gapplication-service"),
+            "{packaged}"
+        );
+        let exec = self.path("bin/quantum-assistant").display().to_string();
+        std::fs::write(
+            services.join("org.quantumos.Assistant.service"),
+            packaged.replace("/usr/bin/quantum-assistant", &exec),
+        )
+        .expect("service file");
+        let sock = self.path("run/session-bus");
+        let config = self.path("session-bus.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "<!DOCTYPE busconfig PUBLIC \"-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN\"
+ \"http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd\">
+<busconfig>
+  <type>session</type>
+  <listen>unix:path={}</listen>
+  <auth>EXTERNAL</auth>
+  <servicedir>{}</servicedir>
+  <policy context=\"default\">
+    <allow user=\"*\"/>
+    <allow own=\"*\"/>
+    <allow send_destination=\"*\" eavesdrop=\"true\"/>
+    <allow eavesdrop=\"true\"/>
+  </policy>
+</busconfig>
+",
+                sock.display(),
+                services.display()
+            ),
+        )
+        .expect("bus config");
+        let address = format!("unix:path={}", sock.display());
+        let log = std::fs::File::create(self.path("assistant-activated.log")).expect("log");
+        let child = self
+            .as_user("dbus-daemon")
+            .arg(format!("--config-file={}", config.display()))
+            .arg("--nofork")
+            .env("DBUS_SESSION_BUS_ADDRESS", &address)
+            .env("QUANTUM_BUS_ADDRESS", &self.bus)
+            .env("QUANTUM_ASSISTANT_CONTROL_BUS", &self.bus)
+            .env("QUANTUM_CATALOG", self.path("cells"))
+            .env("GDK_BACKEND", "wayland")
+            .env("GSK_RENDERER", "cairo")
+            .env("GTK_A11Y", "none")
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("dbus-daemon");
+        wait_for("the session bus socket", Duration::from_secs(10), || sock.exists().then_some(()));
+        (Running(child), address)
+    }
+
+    /// What a launcher does for a DBusActivatable entry: Activate on the
+    /// application's name, which the session bus starts when nobody owns it.
+    fn launch(&self, address: &str) {
+        self.runtime.block_on(async {
+            let conn = zbus::connection::Builder::address(address)
+                .expect("the session bus address")
+                .build()
+                .await
+                .expect("the session bus");
+            let proxy = zbus::Proxy::new(
+                &conn,
+                "org.quantumos.Assistant",
+                "/org/quantumos/Assistant",
+                "org.freedesktop.Application",
+            )
+            .await
+            .expect("proxy");
+            let platform_data = std::collections::HashMap::<&str, zbus::zvariant::Value>::new();
+            proxy
+                .call::<_, _, ()>("Activate", &(platform_data,))
+                .await
+                .unwrap_or_else(|e| panic!("Activate: {e}\n{}", self.log("assistant-activated.log")));
+        });
     }
 }
 
@@ -568,11 +673,35 @@ fn a_person_asks_confirms_watches_and_stops_a_cell() {
     wait_for("the web server to be gone", LONG, || {
         http_get(port, "/hello.txt").is_none().then_some(())
     });
-    desktop.call("Cancel", None).expect("Esc closes");
+    desktop.close_window();
     let status = wait_for("the dark assistant to end", LONG, || dark.0.try_wait().ok().flatten());
     assert!(status.success(), "{status}");
 
-    for log in ["assistant.log", "assistant-dark.log"] {
+    // Started as the desktop's launcher starts it (the .desktop entry is
+    // DBusActivatable): the session bus runs the service file's command,
+    // which opens no window until Activate; then one window, which a second
+    // Activate raises rather than doubles. Closed, the service leaves the bus.
+    let (_session, address) = desktop.activating_session_bus();
+    desktop.launch(&address);
+    wait_for("org.quantumos.Assistant1 of the activated assistant", LONG, || {
+        desktop.has_owner("org.quantumos.Assistant1").then_some(())
+    });
+    desktop.wait_screen("the activated window, connected", |s| {
+        (s.has("request") && s.texts.iter().any(|t| t.starts_with("quantumd ") && t.ends_with("backend"))).then_some(())
+    });
+    desktop.launch(&address);
+    let windows = desktop.widgets();
+    assert_eq!(
+        windows.as_array().map(Vec::len),
+        Some(1),
+        "one window after two launches: {windows}"
+    );
+    desktop.close_window();
+    wait_for("the activated assistant to leave the bus", LONG, || {
+        (!desktop.has_owner("org.quantumos.Assistant1")).then_some(())
+    });
+
+    for log in ["assistant.log", "assistant-dark.log", "assistant-activated.log"] {
         let text = desktop.log(log);
         assert!(!text.contains("CRITICAL"), "GTK criticals in {log}:\n{text}");
         assert!(!text.contains(" ERROR "), "errors in {log}:\n{text}");

@@ -1443,12 +1443,16 @@ fn yes_or_no(tokens: &[Token], spec: &ParamSpec) -> Option<&'static str> {
 /// A value the request says is not available: "port 80 is taken", "5432
 /// is already in use", "8080 busy".
 fn unavailable(c: &Candidate) -> bool {
-    let after: Vec<&str> = c.after.iter().map(String::as_str).filter(|w| !matches!(*w, "is" | "already" | "being")).collect();
-    match after.as_slice() {
-        ["taken" | "busy" | "occupied" | "blocked", ..] => true,
-        ["in", "use", ..] | ["used", "by", ..] => true,
-        _ => false,
-    }
+    let after: Vec<&str> = c
+        .after
+        .iter()
+        .map(String::as_str)
+        .filter(|w| !matches!(*w, "is" | "already" | "being"))
+        .collect();
+    matches!(
+        after.as_slice(),
+        ["taken" | "busy" | "occupied" | "blocked", ..] | ["in", "use", ..] | ["used", "by", ..]
+    )
 }
 
 /// "keep every version", "never throw old copies away", "keep them all".
@@ -1958,11 +1962,23 @@ mod tests {
     /// fractions of time and size, likeness of paths.
     #[test]
     fn taken_ports_content_cues_and_the_whole_journal() {
-        check_fill("web-server", "serve /srv/a, 8080 is already in use so use 8090", "dir=/srv/a;port=8090");
+        check_fill(
+            "web-server",
+            "serve /srv/a, 8080 is already in use so use 8090",
+            "dir=/srv/a;port=8090",
+        );
         check_fill("sql-database", "a test db, port 5432 is taken, take 5440", "port=5440");
         check_fill("process-hog", "ask pid 4711 politely to quit", "pid=4711;signal=TERM");
-        check_fill("file-search", "look in ./src for the word deprecated", "by=content;path=./src;pattern=deprecated");
-        check_fill("file-search", "which docs in ~/wiki talk about backups", "by=content;path=~/wiki;pattern=backups");
+        check_fill(
+            "file-search",
+            "look in ./src for the word deprecated",
+            "by=content;path=./src;pattern=deprecated",
+        );
+        check_fill(
+            "file-search",
+            "which docs in ~/wiki talk about backups",
+            "by=content;path=~/wiki;pattern=backups",
+        );
         check_fill("log-search", "search the entire journal for 'panic'", "pattern=panic;since=0");
         check_fill("scheduled-task", "every 5 minutes do ./poll.sh", "command=./poll.sh;every=5m");
     }

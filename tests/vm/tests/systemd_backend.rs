@@ -53,7 +53,7 @@ fn quantumd_ready(g: &Guest) -> Result<()> {
         Duration::from_secs(120),
     )?;
     if out.stdout.trim() != "active" {
-        let j = g.run("journalctl -b -u quantumd --no-pager | tail -n 30")?;
+        let j = g.run("journalctl -b -u quantumd -u quantumd-gate --no-pager | tail -n 40")?;
         bail!("quantumd is {}: {}", out.stdout.trim(), j.stdout);
     }
     let show = g.run_ok("systemctl show quantumd.service -p Type,User,StatusText")?;

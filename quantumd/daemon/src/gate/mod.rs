@@ -24,6 +24,7 @@
 //! connections on `daemon-reexec`; quantumd then restarts and reconnects).
 
 pub mod policy;
+mod wire;
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
@@ -104,30 +105,53 @@ fn owner_of(listener: &tokio::net::UnixListener) -> anyhow::Result<u32> {
 }
 
 /// One quantumd connection, paired with one connection to systemd.
+///
+/// The systemd side is a raw D-Bus socket, not a zbus connection: systemd
+/// stamps everything it sends on its private socket with the sender
+/// `org.freedesktop.systemd1`, which is not a unique name, and zbus panics
+/// when it reads such a header (it does so for every reply it receives).
+/// So messages from systemd are taken off the socket whole, their sender
+/// field dropped ([`wire::without_sender`]), and only then looked at.
 async fn relay(stream: tokio::net::UnixStream, systemd_path: &Path) -> anyhow::Result<()> {
-    let systemd_stream = tokio::net::UnixStream::connect(systemd_path)
+    use zbus::connection::socket::{ReadHalf, Socket, WriteHalf};
+
+    let mut systemd = tokio::net::UnixStream::connect(systemd_path)
         .await
         .with_context(|| format!("cannot connect to systemd at {}", systemd_path.display()))?;
-    let systemd = zbus::connection::Builder::unix_stream(systemd_stream)
-        .p2p()
-        .build()
-        .await
-        .context("D-Bus handshake with systemd")?;
-    let quantumd = zbus::connection::Builder::unix_stream(stream)
+    wire::authenticate(&mut systemd).await.context("D-Bus handshake with systemd")?;
+    let (mut systemd_in, mut systemd_out) = systemd.split().take();
+    // Reading is not cancel-safe (a message may be half read), so it has a
+    // task of its own rather than a branch of the select below.
+    let (tx, mut from_systemd) = tokio::sync::mpsc::channel::<zbus::Result<zbus::Message>>(256);
+    let reader = tokio::spawn(async move {
+        let (mut bytes, mut fds) = (Vec::new(), Vec::new());
+        for seq in 1.. {
+            let msg = systemd_in.receive_message(seq, &mut bytes, &mut fds).await;
+            let failed = msg.is_err();
+            if tx.send(msg).await.is_err() || failed {
+                break;
+            }
+        }
+    });
+    let _reader = AbortOnDrop(reader);
+
+    // The stream is made with the connection: a message that arrived
+    // before a stream existed would be dropped (quantumd's first call
+    // follows its handshake at once).
+    let mut from_quantumd = zbus::connection::Builder::unix_stream(stream)
         .server(zbus::Guid::generate())?
         .p2p()
-        .build()
+        .build_message_stream()
         .await
         .context("D-Bus handshake with quantumd")?;
-    let mut from_quantumd = zbus::MessageStream::from(&quantumd);
-    let mut from_systemd = zbus::MessageStream::from(&systemd);
+    let quantumd = zbus::Connection::from(&from_quantumd);
     loop {
         tokio::select! {
             msg = from_quantumd.next() => {
                 let Some(msg) = msg else { return Ok(()) };
                 let msg = msg.context("reading from quantumd")?;
                 match policy::outbound(&msg) {
-                    Verdict::Forward => systemd.send(&msg).await.context("writing to systemd")?,
+                    Verdict::Forward => systemd_out.send_message(&msg).await.context("writing to systemd")?,
                     Verdict::Refuse(why) => {
                         tracing::warn!(refused = %why, "the gate refused a call from quantumd");
                         let header = msg.header();
@@ -139,15 +163,23 @@ async fn relay(stream: tokio::net::UnixStream, systemd_path: &Path) -> anyhow::R
                     }
                 }
             }
-            msg = from_systemd.next() => {
-                let Some(msg) = msg else {
-                    anyhow::bail!("systemd closed the connection (daemon-reexec?)");
-                };
-                let msg = msg.context("reading from systemd")?;
+            msg = from_systemd.recv() => {
+                let msg = msg
+                    .context("systemd closed the connection (daemon-reexec?)")?
+                    .context("reading from systemd")?;
+                let msg = wire::without_sender(&msg).context("a message from systemd")?;
                 if policy::inbound(&msg) {
                     quantumd.send(&msg).await.context("writing to quantumd")?;
                 }
             }
         }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

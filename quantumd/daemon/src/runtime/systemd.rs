@@ -152,28 +152,14 @@ impl SystemdRuntime {
             watched: Mutex::default(),
         });
 
-        let rule = zbus::MatchRule::builder()
-            .msg_type(zbus::message::Type::Signal)
-            .sender("org.freedesktop.systemd1")
-            .and_then(|b| b.interface("org.freedesktop.systemd1.Manager"))
-            .and_then(|b| b.member("JobRemoved"))
-            .and_then(|b| b.path("/org/freedesktop/systemd1"))
-            .map_err(RuntimeError::Connect)?
-            .build();
-        let mut jobs = zbus::MessageStream::for_match_rule(rule, &conn, Some(1024))
-            .await
-            .map_err(RuntimeError::Connect)?;
-        let rule = zbus::MatchRule::builder()
-            .msg_type(zbus::message::Type::Signal)
-            .sender("org.freedesktop.systemd1")
-            .and_then(|b| b.interface("org.freedesktop.DBus.Properties"))
-            .and_then(|b| b.member("PropertiesChanged"))
-            .and_then(|b| b.path_namespace("/org/freedesktop/systemd1/unit"))
-            .map_err(RuntimeError::Connect)?
-            .build();
-        let mut changes = zbus::MessageStream::for_match_rule(rule, &conn, Some(1024))
-            .await
-            .map_err(RuntimeError::Connect)?;
+        let mut jobs = systemd_signals(&conn, "org.freedesktop.systemd1.Manager", "JobRemoved", |b| {
+            b.path("/org/freedesktop/systemd1")
+        })
+        .await?;
+        let mut changes = systemd_signals(&conn, "org.freedesktop.DBus.Properties", "PropertiesChanged", |b| {
+            b.path_namespace("/org/freedesktop/systemd1/unit")
+        })
+        .await?;
         // systemd only broadcasts unit signals while someone has subscribed.
         manager.subscribe().await.map_err(RuntimeError::Connect)?;
 
@@ -632,6 +618,29 @@ impl SystemdRuntime {
                 message: format!("cannot set CPUWeight={weight}: {e}"),
             })
     }
+}
+
+/// A stream of systemd's `interface.member` signals on the objects `paths`
+/// selects. The sender is a well-known name: on the bus, dbus-daemon
+/// filters by it; peer to peer (the gate) zbus does not match it locally,
+/// and there is nobody else to send.
+async fn systemd_signals<'a>(
+    conn: &zbus::Connection,
+    interface: &'static str,
+    member: &'static str,
+    paths: impl FnOnce(zbus::match_rule::Builder<'a>) -> zbus::Result<zbus::match_rule::Builder<'a>>,
+) -> Result<zbus::MessageStream, RuntimeError> {
+    let rule = zbus::MatchRule::builder()
+        .msg_type(zbus::message::Type::Signal)
+        .sender("org.freedesktop.systemd1")
+        .and_then(|b| b.interface(interface))
+        .and_then(|b| b.member(member))
+        .and_then(paths)
+        .map_err(RuntimeError::Connect)?
+        .build();
+    zbus::MessageStream::for_match_rule(rule, conn, Some(1024))
+        .await
+        .map_err(RuntimeError::Connect)
 }
 
 /// quantumd-gate's socket when it is there and answers, else the system

@@ -297,6 +297,17 @@ fn disk_usage(g: &Guest) -> Result<()> {
             size(&path)
         );
     }
+    // As a person types it (issue 23): the answer on their own terminal,
+    // quantumctl's exit status the cell's.
+    let typed = g.run("runuser -u quantum -- quantumctl run disk-usage path=/var")?;
+    ensure!(
+        typed.code == 0 && typed.stdout.starts_with("Filesystem") && typed.stdout.lines().any(|l| l.ends_with("\t/var")),
+        "`quantumctl run disk-usage path=/var` as user quantum: {typed}"
+    );
+    report(format_args!(
+        "[qemu] quantum$ quantumctl run disk-usage path=/var\n{}",
+        typed.stdout.trim_end()
+    ));
     Ok(())
 }
 

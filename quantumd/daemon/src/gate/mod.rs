@@ -17,9 +17,10 @@
 //! transient unit's name, so the gate is where that rule is enforced; the
 //! polkit grant that let user quantumd manage units over the bus is gone.
 //!
-//! Messages pass unchanged (serials, file descriptors for foreground runs),
-//! so quantumd's replies match its calls and its descriptors reach systemd
-//! without being copied. One systemd connection per quantumd connection:
+//! Messages keep their serials, bodies and file descriptors (foreground
+//! runs), so quantumd's replies match its calls and its descriptors reach
+//! systemd without being copied; only systemd's sender field is cut from
+//! what comes back (see [`relay`]). One systemd connection per quantumd connection:
 //! when either side hangs up, so does the other (systemd closes private
 //! connections on `daemon-reexec`; quantumd then restarts and reconnects).
 

@@ -52,6 +52,33 @@ pub struct CellInfo {
     pub started_usec: u64,
 }
 
+/// One trigger (STEPPPS SCRIPT): a cell run when something happens.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
+pub struct TriggerInfo {
+    pub name: String,
+    pub description: String,
+    /// The cell it runs (a catalog name or a manifest path).
+    pub cell: String,
+    /// Its parameters, `name=value` each.
+    pub params: Vec<String>,
+    /// When it fires, in one line: `on-calendar daily`,
+    /// `on-threshold memory of web-server above 64M for 5s`.
+    pub on: String,
+    /// Who keeps watch: `systemd (quantum-trigger-NAME.timer)` or `quantumd`.
+    pub armed_by: String,
+    /// The definition's file.
+    pub origin: String,
+    /// `admin` (under /etc/quantumos/triggers) or who added it (`uid:N`).
+    pub added_by: String,
+    /// Times it fired since quantumd started.
+    pub fired: u64,
+    /// When it last fired, microseconds since the Unix epoch; 0: never.
+    pub last_fired_usec: u64,
+    /// The instance its last firing started, or why none did; or why the
+    /// trigger could not be armed.
+    pub last_result: String,
+}
+
 /// Everything quantumd knows of one instance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
 pub struct CellDetail {
@@ -393,6 +420,19 @@ pub trait Quantum1 {
     /// see quantum-psychology's `Recommendation`). `NotFound` when neither
     /// the catalog nor the history knows the cell.
     fn recommend(&self, cell: &str) -> Result<String, Error>;
+
+    /// STEPPPS SCRIPT: adds the trigger defined by `toml` (a
+    /// `trigger.toml`; `file` names it in diagnostics, which come back as
+    /// `InvalidManifest` in the `FILE:LINE:COL: error: FIELD: MESSAGE`
+    /// form). Kept in quantumd's state directory and armed at once.
+    fn add_trigger(&self, toml: &str, file: &str) -> Result<TriggerInfo, Error>;
+
+    /// Disarms and deletes a trigger added with `AddTrigger`; the admin's
+    /// (/etc/quantumos/triggers) are refused.
+    fn remove_trigger(&self, name: &str) -> Result<(), Error>;
+
+    /// Every trigger, by name.
+    fn list_triggers(&self) -> Result<Vec<TriggerInfo>, Error>;
 
     /// Emitted when quantumd changes a running cell's CPU weight to keep its
     /// run-queue latency objective.

@@ -340,6 +340,56 @@ EXIT STATUS:
         #[arg(long, short = 'v')]
         verbose: bool,
     },
+    /// Run cells when something happens (STEPPPS SCRIPT): on a calendar,
+    /// when a path changes, when another cell ends a certain way, or when a
+    /// STEPPPS figure stays past a value.
+    ///
+    /// A trigger is a small TOML file:
+    ///
+    ///     [trigger]
+    ///     name = "nightly-disk-report"
+    ///     description = "What fills /var, every night"
+    ///     cell = "disk-usage"            # catalog name or /path/to/cell.toml
+    ///     on-calendar = "*-*-* 03:00"    # exactly one on-* key
+    ///
+    ///     [params]
+    ///     path = "/var"
+    ///
+    /// The on-* keys: `on-calendar = "SPEC"` (systemd.time(7): "daily",
+    /// "Mon..Fri 09:00", "*:0/15"); `on-path-changed = "/abs/path"` (a file
+    /// written and closed, created, removed or renamed; for a directory,
+    /// any entry in it); `on-event = { cell = "web-server", state = "S" }`
+    /// with S one of started, exited, failed, out-of-memory, blacklisted;
+    /// `on-threshold = { figure = "F", cell = "NAME", above = V, for =
+    /// "30s" }` (or `below`) with F one of memory-pressure, cpu-pressure,
+    /// io-pressure (PSI "some" avg10, percent; the node's, or a cell's with
+    /// `cell`), memory-available, cpu-busy (percent), load (node only),
+    /// memory (a size such as "512M") and cpu (cores) (a cell's only). A
+    /// threshold fires once per crossing; no trigger fires twice within a
+    /// second.
+    ///
+    /// Calendars and paths become systemd timer and path units
+    /// (quantum-trigger-NAME.timer|path); events and thresholds are watched
+    /// by quantumd. Either way quantumd runs the cell as `trigger:NAME`,
+    /// with its usual checks, identity and trail entry. Triggers added here
+    /// are kept in /var/lib/quantumd/triggers; the administrator's live in
+    /// /etc/quantumos/triggers/*.toml, are read when quantumd starts, and
+    /// cannot be removed from here. Adding or removing needs the right to
+    /// manage cells (polkit org.quantumos.cells.manage).
+    #[command(
+        subcommand,
+        after_help = "EXAMPLES:
+    quantumctl trigger validate nightly.toml
+    quantumctl trigger add nightly.toml
+    quantumctl trigger list
+    quantumctl trigger remove nightly-disk-report
+
+EXIT STATUS:
+    0 success; 1 the file is invalid (FILE:LINE:COL: error: FIELD: MESSAGE
+    on stderr) or unreadable, or quantumd refused; 2 quantumd unreachable
+    (for validate: a file unreadable)."
+    )]
+    Trigger(TriggerCommand),
     /// Recommend `[resources]` for a cell from what its runs really used.
     ///
     /// quantumd keeps a usage history per cell (STEPPPS PSYCHOLOGY, under
@@ -402,6 +452,33 @@ pub enum CellCommand {
     Forget {
         cell: String,
         name: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum TriggerCommand {
+    /// Check trigger files without quantumd, as `validate` checks manifests.
+    Validate {
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<std::path::PathBuf>,
+    },
+    /// Add the trigger a file defines and arm it at once.
+    Add {
+        #[arg(value_name = "FILE")]
+        file: std::path::PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Disarm and delete a trigger added with `add`.
+    Remove {
+        #[arg(value_name = "NAME")]
+        name: String,
+    },
+    /// Show every trigger: what it runs, when, who armed it, how often it
+    /// fired and what its last firing started.
+    List {
         #[arg(long)]
         json: bool,
     },

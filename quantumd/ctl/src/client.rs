@@ -9,7 +9,7 @@ use anyhow::{anyhow, Context};
 use quantum_bus::{Error, Quantum1Proxy};
 use zbus::zvariant::Fd;
 
-use crate::cli::{CellCommand, CliCommand, TrailCommand};
+use crate::cli::{CellCommand, CliCommand, TrailCommand, TriggerCommand};
 use crate::output;
 
 /// A failed request: printed, then exit status 1.
@@ -286,6 +286,41 @@ async fn execute(proxy: &Quantum1Proxy<'_>, command: CliCommand) -> Result<ExitC
                     break;
                 }
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
+        CliCommand::Trigger(TriggerCommand::Validate { .. }) => {
+            unreachable!("validated by main without quantumd")
+        }
+        CliCommand::Trigger(TriggerCommand::Add { file, json }) => {
+            let (path, text) = crate::validate::trigger_file(&file).map_err(Failed)?;
+            let info = proxy
+                .add_trigger(&text, &path)
+                .await
+                .map_err(|e| Failed(request_failed(&format!("cannot add the trigger in {path}"), e)))?;
+            if json {
+                output::json(&info);
+            } else {
+                print!("added {}", output::triggers(std::slice::from_ref(&info)));
+            }
+        }
+        CliCommand::Trigger(TriggerCommand::Remove { name }) => {
+            proxy
+                .remove_trigger(&name)
+                .await
+                .map_err(|e| Failed(request_failed(&format!("cannot remove trigger {name}"), e)))?;
+            println!("removed trigger {name}");
+        }
+        CliCommand::Trigger(TriggerCommand::List { json }) => {
+            let list = proxy
+                .list_triggers()
+                .await
+                .map_err(|e| Failed(request_failed("cannot list the triggers", e)))?;
+            if json {
+                output::json(&list);
+            } else if list.is_empty() {
+                println!("no triggers (see quantumctl trigger --help)");
+            } else {
+                print!("{}", output::triggers(&list));
             }
         }
         CliCommand::Recommend { cell, json } => {

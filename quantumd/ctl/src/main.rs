@@ -18,6 +18,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Cells(CliCommand::Validate { paths, catalog, json }) => return validate::run(&paths, &catalog, json),
+        Command::Cells(CliCommand::Trigger(cli::TriggerCommand::Validate { files })) => return validate::triggers(&files),
         Command::Ask(args) => return ask::run(&args, cli.bus.as_deref()),
         Command::Bundle(command) => return bundle::run(&command),
         Command::Cells(command) => client::run(cli.bus.as_deref(), command),

@@ -158,6 +158,35 @@ pub fn trail(entries: &[quantum_bus::TrailEntry]) -> String {
     out
 }
 
+/// `trigger list`: one block per trigger.
+pub fn triggers(list: &[quantum_bus::TriggerInfo]) -> String {
+    let mut out = String::new();
+    for t in list {
+        let params = if t.params.is_empty() {
+            String::new()
+        } else {
+            format!(" {}", t.params.join(" "))
+        };
+        let _ = writeln!(out, "{}: runs {}{params}", t.name, t.cell);
+        if !t.description.is_empty() {
+            let _ = writeln!(out, "  {}", t.description);
+        }
+        let _ = writeln!(out, "  when     {}", t.on);
+        let _ = writeln!(out, "  watched  by {}", t.armed_by);
+        let _ = writeln!(out, "  from     {} (added by {})", t.origin, t.added_by);
+        let last = if t.fired == 0 {
+            "never".to_owned()
+        } else {
+            format!("{} times, last at {}", t.fired, utc(t.last_fired_usec.saturating_mul(1000)))
+        };
+        let _ = writeln!(out, "  fired    {last}");
+        if !t.last_result.is_empty() {
+            let _ = writeln!(out, "  last     {}", t.last_result);
+        }
+    }
+    out
+}
+
 pub fn trail_report(r: &quantum_bus::TrailReport) -> String {
     let mut out = String::new();
     if r.ok {

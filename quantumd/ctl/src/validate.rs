@@ -54,3 +54,37 @@ pub fn run(paths: &[PathBuf], catalog: &Path, json: bool) -> ExitCode {
         ExitCode::from(1)
     }
 }
+
+/// Reads and checks a trigger file: its path as given (for diagnostics)
+/// and its text; every problem on stderr in the manifest's form.
+pub fn trigger_file(file: &Path) -> anyhow::Result<(String, String)> {
+    let path = file.display().to_string();
+    let text = std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("cannot read {path}: {e}"))?;
+    if let Err(diags) = quantum_model::parse_trigger(&text) {
+        let map = quantum_model::SourceMap::new(&text);
+        for d in &diags {
+            eprintln!("{}", quantum_model::Located::resolve(&path, &text, &map, d));
+        }
+        anyhow::bail!("{} error(s) in {path}", diags.len());
+    }
+    Ok((path, text))
+}
+
+/// `quantumctl trigger validate FILE...`: 0 all valid, 1 some invalid, 2 unreadable.
+pub fn triggers(files: &[PathBuf]) -> ExitCode {
+    let mut status = ExitCode::SUCCESS;
+    for f in files {
+        if !f.is_file() {
+            eprintln!("quantumctl: cannot read {}: not a file", f.display());
+            return ExitCode::from(2);
+        }
+        match trigger_file(f) {
+            Ok((path, _)) => println!("{path}: valid"),
+            Err(e) => {
+                eprintln!("quantumctl: {e}");
+                status = ExitCode::from(1);
+            }
+        }
+    }
+    status
+}

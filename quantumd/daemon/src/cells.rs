@@ -7,6 +7,7 @@
 //! never waits on the backend.
 
 mod state;
+mod triggered;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -60,6 +61,11 @@ pub enum Event {
     Tune(crate::steppps::Tuning),
     /// A restart's back-off has passed.
     Restart(String),
+    /// A trigger's run started (`started ID`) or was refused (`not run: ...`).
+    TriggerRan {
+        name: String,
+        result: String,
+    },
     Tick,
 }
 
@@ -244,6 +250,8 @@ pub struct Cells {
     steppps: Option<Steppps>,
     /// STEPPPS PSYCHOLOGY: each ended instance becomes a usage sample.
     history: Option<crate::psychology::History>,
+    /// STEPPPS SCRIPT: cells run when something happens.
+    triggers: crate::triggers::Triggers,
 }
 
 /// Writes the record of an instance about to start, off the event loop.
@@ -317,7 +325,7 @@ impl Signing {
 /// The environment variable holding a cell's identity document (JSON).
 pub const IDENTITY_ENV: &str = "QUANTUM_IDENTITY";
 
-fn now_usec() -> u64 {
+pub(crate) fn now_usec() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
@@ -337,7 +345,12 @@ impl Cells {
     pub fn new(runtime: Runtime, store: Store, config: Config, events: mpsc::UnboundedSender<Event>) -> Cells {
         // Numbers reserved by an earlier run may have been used: skip them.
         let next_id = store.reserved_numbers();
+        let (triggers, problems) = crate::triggers::Triggers::load(&config.triggers, &config.state_dir.join("triggers"));
+        for p in problems {
+            tracing::warn!(problem = p, "a trigger is not loaded");
+        }
         Cells {
+            triggers,
             runtime,
             store,
             catalog: Catalog::new(config.catalog.clone()),
@@ -536,6 +549,10 @@ impl Cells {
             Event::BundleReady(run) => self.bundle_ready(*run),
             Event::Tune(t) => self.tune(t),
             Event::Restart(id) => self.restart(&id),
+            Event::TriggerRan { name, result } => {
+                tracing::info!(trigger = name, result, "trigger ran");
+                self.triggers.ran(&name, result);
+            }
             Event::Tick => self.tick().await,
         }
     }
@@ -585,11 +602,30 @@ impl Cells {
                 let _ = reply.send(self.inspect(&target));
             }
             Command::CellState { actor, cell, op, reply } => self.cell_state(actor, cell, op, reply),
+            Command::TriggerAdd { actor, toml, file, reply } => self.trigger_add(actor, toml, file, reply).await,
+            Command::TriggerRemove { actor, name, reply } => self.trigger_remove(actor, name, reply).await,
+            Command::TriggerList { reply } => {
+                let _ = reply.send(Ok(self.trigger_list()));
+            }
         }
     }
 
-    async fn emit(&self, id: &str, cell: &str, state: &str, reason: &str) {
+    async fn emit(&mut self, id: &str, cell: &str, state: &str, reason: &str) {
         tracing::info!(instance = id, cell, state, reason, "cell state changed");
+        {
+            use quantum_model::trigger::EventState;
+            match state {
+                "running" => self.trigger_cell_event(cell, EventState::Started),
+                "exited" => self.trigger_cell_event(cell, EventState::Exited),
+                "failed" => {
+                    self.trigger_cell_event(cell, EventState::Failed);
+                    if reason.starts_with("blacklisted") {
+                        self.trigger_cell_event(cell, EventState::Blacklisted);
+                    }
+                }
+                _ => {}
+            }
+        }
         if let Some(conn) = &self.bus {
             let r = conn
                 .emit_signal(
@@ -1372,6 +1408,9 @@ impl Cells {
     // ----- exits, restarts, blacklisting ------------------------------------
 
     async fn unit_ended(&mut self, ev: UnitEvent) {
+        if self.trigger_unit_event(&ev.unit, &ev.exit) {
+            return;
+        }
         let Some(id) = instance_of_unit(&ev.unit).map(str::to_owned) else {
             return;
         };
@@ -1391,6 +1430,11 @@ impl Cells {
             );
         }
         let what = ev.exit.describe();
+        if ev.exit == crate::runtime::Exit::OutOfMemory {
+            let cell = inst.record.cell.clone();
+            self.trigger_cell_event(&cell, quantum_model::trigger::EventState::OutOfMemory);
+        }
+        let Some(inst) = self.instances.get_mut(&id) else { return };
         let policy = inst.manifest.as_ref().map(|m| m.lifecycle.clone());
         // An attached run's failure goes back to the caller, who sees it
         // happen; a restart would run the cell again behind their back.
@@ -1498,6 +1542,7 @@ impl Cells {
 
     async fn tick(&mut self) {
         self.publish_watched();
+        self.trigger_tick();
         let now = Instant::now();
         self.blacklist.retain(|_, b| b.until > now);
         let mut idle = Vec::new();

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use quantum_bus::{Assembled, CellDetail, CellInfo, CellStateReport, Ended};
+use quantum_bus::{Assembled, CellDetail, CellInfo, CellStateReport, Ended, TriggerInfo};
 use tokio::sync::oneshot;
 
 pub type Reply<T> = oneshot::Sender<Result<T, CommandError>>;
@@ -57,6 +57,20 @@ pub enum Command {
         cell: String,
         op: crate::cell_state::Op,
         reply: Reply<CellStateReport>,
+    },
+    TriggerAdd {
+        actor: String,
+        toml: String,
+        file: String,
+        reply: Reply<TriggerInfo>,
+    },
+    TriggerRemove {
+        actor: String,
+        name: String,
+        reply: Reply<()>,
+    },
+    TriggerList {
+        reply: Reply<Vec<TriggerInfo>>,
     },
 }
 

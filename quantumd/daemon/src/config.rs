@@ -23,8 +23,11 @@ pub enum BackendChoice {
 pub struct Config {
     /// Directory of catalog cells (`NAME/cell.toml`).
     pub catalog: PathBuf,
-    /// Where instance records live (re-adoption after a restart).
+    /// Where instance records live (re-adoption after a restart), and the
+    /// triggers added with `quantumctl trigger add` (`triggers/`).
     pub state_dir: PathBuf,
+    /// The administrator's triggers (`*.toml`, read at start).
+    pub triggers: PathBuf,
     /// What can be rebuilt: the intent engine's catalog embeddings.
     pub cache_dir: PathBuf,
     /// The TPM that seals the node identity: "auto" (`$QUANTUM_TCTI`, else
@@ -82,6 +85,7 @@ impl Default for Config {
         Config {
             catalog: PathBuf::from("/usr/share/quantumos/cells"),
             state_dir: PathBuf::from("/var/lib/quantumd"),
+            triggers: PathBuf::from("/etc/quantumos/triggers"),
             cache_dir: PathBuf::from("/var/cache/quantumd"),
             tpm: "auto".to_owned(),
             tpm_pcr7: false,

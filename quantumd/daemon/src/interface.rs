@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use quantum_bus::{
     Assembled, CellDetail, CellInfo, CellStateReport, Ended, Error, NodeIdentity, RunOptions, Started, TrailEntry, TrailReport,
-    ACTION_MANAGE,
+    TriggerInfo, ACTION_MANAGE,
 };
 use quantum_trail::{Action, Outcome};
 use tokio::sync::{mpsc, oneshot};
@@ -331,6 +331,22 @@ impl Quantum1 {
         self.authorize(&header).await?;
         let actor = actor(&self.authorizer, &header).await;
         self.call(|reply| Command::Stop { actor, target, reply }).await
+    }
+
+    async fn add_trigger(&self, #[zbus(header)] header: Header<'_>, toml: String, file: String) -> Result<TriggerInfo, Error> {
+        self.authorize(&header).await?;
+        let actor = actor(&self.authorizer, &header).await;
+        self.call(|reply| Command::TriggerAdd { actor, toml, file, reply }).await
+    }
+
+    async fn remove_trigger(&self, #[zbus(header)] header: Header<'_>, name: String) -> Result<(), Error> {
+        self.authorize(&header).await?;
+        let actor = actor(&self.authorizer, &header).await;
+        self.call(|reply| Command::TriggerRemove { actor, name, reply }).await
+    }
+
+    async fn list_triggers(&self) -> Result<Vec<TriggerInfo>, Error> {
+        self.call(|reply| Command::TriggerList { reply }).await
     }
 
     async fn list(&self) -> Result<Vec<CellInfo>, Error> {

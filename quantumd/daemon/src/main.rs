@@ -22,6 +22,7 @@ mod start_profile;
 mod steppps;
 mod store;
 mod trail;
+mod triggers;
 
 use std::path::PathBuf;
 
@@ -60,6 +61,9 @@ struct Args {
     /// cgroup v2 mount for the cgroup backend (overrides the configuration).
     #[arg(long, value_name = "DIR")]
     cgroup_root: Option<PathBuf>,
+    /// The administrator's triggers, `*.toml` (overrides the configuration).
+    #[arg(long, value_name = "DIR")]
+    triggers: Option<PathBuf>,
     /// Replace the node identity with a new one, record it in the trail,
     /// and exit; quantumd.service must be stopped. The recovery path when
     /// the TPM no longer unseals the identity (PCR 7 changed, TPM cleared)
@@ -129,6 +133,9 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(d) = args.cgroup_root {
         config.cgroup_root = d;
+    }
+    if let Some(d) = args.triggers {
+        config.triggers = d;
     }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let result = if args.regenerate_identity {

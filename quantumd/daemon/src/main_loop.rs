@@ -156,6 +156,7 @@ pub async fn serve(config: Config, bus_address: Option<String>, socket: Option<s
     if adopted > 0 {
         tracing::info!(adopted, "re-adopted running cells");
     }
+    cells.arm_triggers().await;
 
     let (cmd_tx, mut cmd_rx) = mpsc::channel(256);
     let private = bus_address.is_some();
@@ -251,6 +252,23 @@ pub async fn serve(config: Config, bus_address: Option<String>, socket: Option<s
         }
         cells.handle(event).await;
     }
+    if lost_systemd {
+        // When quantumd and its gate are stopped together (package removal,
+        // shutdown), the gate's connection may close a moment before
+        // quantumd's own SIGTERM comes: that is a stop, not a lost systemd.
+        // (quantumd.service is ordered after the gate so that it is stopped
+        // first; this covers a stop of the gate that races it anyway.)
+        let stop = async {
+            tokio::select! {
+                _ = term.recv() => (),
+                _ = int.recv() => (),
+            }
+        };
+        if tokio::time::timeout(STOP_AFTER_LOSS, stop).await.is_ok() {
+            tracing::info!("the gate to systemd closed as quantumd was being stopped");
+            lost_systemd = false;
+        }
+    }
     tracing::info!("quantumd stopping; cells keep running and will be re-adopted");
     cells.flush_trail().await;
     notify(&[sd_notify::NotifyState::Stopping]);
@@ -263,6 +281,11 @@ pub async fn serve(config: Config, bus_address: Option<String>, socket: Option<s
     }
     Ok(())
 }
+
+/// How long a quantumd whose connection to systemd closed waits for a stop
+/// signal before it counts the closing as a loss (and exits to be
+/// restarted).
+const STOP_AFTER_LOSS: Duration = Duration::from_secs(3);
 
 /// Resolves when `notify` is woken; never without one.
 async fn wait(notify: Option<&tokio::sync::Notify>) {

@@ -12,6 +12,7 @@ pub mod manifest;
 mod parse;
 pub mod placeholder;
 pub mod set;
+pub mod trigger;
 pub mod units;
 
 pub use access::{limits, Access};
@@ -22,4 +23,5 @@ pub use manifest::{
 };
 pub use parse::parse_manifest;
 pub use set::{cells_in, child_path, validate_set, ManifestSource, ValidatedSet};
+pub use trigger::{parse_trigger, Trigger};
 pub use units::{ByteSize, CpuCores, Duration, Latency};

@@ -95,8 +95,8 @@ pub(crate) fn parse(src: &str) -> Parsed {
     w.manifest(doc.as_table())
 }
 
-struct Walker {
-    diags: Vec<Diagnostic>,
+pub(crate) struct Walker {
+    pub(crate) diags: Vec<Diagnostic>,
 }
 
 /// The dotted FIELD of a key. Keys that are not bare TOML keys are quoted
@@ -136,7 +136,7 @@ fn closest<'a>(key: &str, allowed: &[&'a str]) -> Option<&'a str> {
         .map(|(_, k)| k)
 }
 
-fn describe(item: &Item) -> &'static str {
+pub(crate) fn describe(item: &Item) -> &'static str {
     match item {
         Item::Value(Value::String(_)) => "a string",
         Item::Value(Value::Integer(_)) => "an integer",
@@ -151,12 +151,12 @@ fn describe(item: &Item) -> &'static str {
 }
 
 impl Walker {
-    fn error(&mut self, field: impl Into<String>, span: Span, message: impl Into<String>) {
+    pub(crate) fn error(&mut self, field: impl Into<String>, span: Span, message: impl Into<String>) {
         self.diags.push(Diagnostic::new(field, span, message));
     }
 
     /// Reports every key of `table` not in `allowed`.
-    fn check_keys(&mut self, prefix: &str, table: &dyn TableLike, allowed: &[&str]) {
+    pub(crate) fn check_keys(&mut self, prefix: &str, table: &dyn TableLike, allowed: &[&str]) {
         for (key, item) in table.iter() {
             if allowed.contains(&key) {
                 continue;
@@ -171,7 +171,7 @@ impl Walker {
         }
     }
 
-    fn table<'a>(&mut self, field: &str, item: &'a Item) -> Option<&'a dyn TableLike> {
+    pub(crate) fn table<'a>(&mut self, field: &str, item: &'a Item) -> Option<&'a dyn TableLike> {
         match item.as_table_like() {
             Some(t) => Some(t),
             None => {
@@ -181,7 +181,7 @@ impl Walker {
         }
     }
 
-    fn string<'a>(&mut self, field: &str, item: &'a Item) -> Option<&'a str> {
+    pub(crate) fn string<'a>(&mut self, field: &str, item: &'a Item) -> Option<&'a str> {
         match item.as_str() {
             Some(s) => Some(s),
             None => {
@@ -250,7 +250,7 @@ impl Walker {
             .ok()
     }
 
-    fn size(&mut self, field: &str, item: &Item) -> Option<ByteSize> {
+    pub(crate) fn size(&mut self, field: &str, item: &Item) -> Option<ByteSize> {
         if let Some(n) = item.as_integer() {
             if let Ok(n) = u64::try_from(n) {
                 return Some(ByteSize(n));
@@ -262,7 +262,7 @@ impl Walker {
             .ok()
     }
 
-    fn duration(&mut self, field: &str, item: &Item) -> Option<Duration> {
+    pub(crate) fn duration(&mut self, field: &str, item: &Item) -> Option<Duration> {
         if item.as_integer() == Some(0) {
             return Some(Duration(0));
         }
@@ -272,7 +272,7 @@ impl Walker {
             .ok()
     }
 
-    fn string_like<'a>(&mut self, field: &str, item: &'a Item, what: &str) -> Option<&'a str> {
+    pub(crate) fn string_like<'a>(&mut self, field: &str, item: &'a Item, what: &str) -> Option<&'a str> {
         match item.as_str() {
             Some(s) => Some(s),
             None => {
@@ -282,7 +282,7 @@ impl Walker {
         }
     }
 
-    fn one_of<T: Copy>(&mut self, field: &str, item: &Item, options: &[(&str, T)]) -> Option<T> {
+    pub(crate) fn one_of<T: Copy>(&mut self, field: &str, item: &Item, options: &[(&str, T)]) -> Option<T> {
         let s = self.string(field, item)?;
         if let Some((_, v)) = options.iter().find(|(name, _)| *name == s) {
             return Some(*v);

@@ -119,6 +119,9 @@ impl Action {
     /// A stateful cell's state changed: `snapshot NAME`, `rollback NAME`,
     /// `delete NAME` in the detail.
     pub const STATE: Action = Action(Cow::Borrowed("state"));
+    /// A trigger was added (`add NAME`), removed (`remove NAME`) or fired
+    /// (`fire NAME: WHY`); the run it causes is a `run` by `trigger:NAME`.
+    pub const TRIGGER: Action = Action(Cow::Borrowed("trigger"));
     /// Something that happened to the trail itself (a repair at open).
     pub const TRAIL: Action = Action(Cow::Borrowed("trail"));
 

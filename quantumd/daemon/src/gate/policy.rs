@@ -59,9 +59,11 @@ pub fn outbound(msg: &Message) -> Verdict {
     }
 }
 
-/// StartTransientUnit(name, mode, properties, aux): a `quantum-*` unit
-/// and no auxiliary units (quantumd creates none; each would be another
-/// name to check).
+/// StartTransientUnit(name, mode, properties, aux): a `quantum-*` unit,
+/// and no auxiliary units but one: a trigger's timer or path unit
+/// (`quantum-trigger-NAME.timer|path`) comes with the service it starts,
+/// which must be `quantum-trigger-NAME.service` and run `/bin/true` only
+/// (it does nothing but tell quantumd; see quantumd's `triggers.rs`).
 fn start_transient_unit(msg: &Message) -> Verdict {
     let body = msg.body();
     type Aux<'a> = Vec<(&'a str, Vec<(&'a str, Value<'a>)>)>;
@@ -76,10 +78,44 @@ fn start_transient_unit(msg: &Message) -> Verdict {
             "StartTransientUnit {name}: quantumd may only create units named {UNIT_PREFIX}*"
         ));
     }
-    if !aux.is_empty() {
-        return Verdict::Refuse(format!("StartTransientUnit {name}: auxiliary units are not allowed"));
+    match aux.as_slice() {
+        [] => Verdict::Forward,
+        [(service, props)] if trigger_service(name).is_some_and(|s| s == *service) && only_true(props) => Verdict::Forward,
+        _ => Verdict::Refuse(format!(
+            "StartTransientUnit {name}: auxiliary units are not allowed, but for a trigger's timer or path unit its own service running /bin/true"
+        )),
     }
-    Verdict::Forward
+}
+
+/// The service a trigger's timer or path unit may come with.
+fn trigger_service(unit: &str) -> Option<String> {
+    let rest = unit.strip_prefix(UNIT_PREFIX)?.strip_prefix("trigger-")?;
+    let (name, kind) = rest.rsplit_once('.')?;
+    let plain = !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    (plain && matches!(kind, "timer" | "path")).then(|| format!("{UNIT_PREFIX}trigger-{name}.service"))
+}
+
+/// Whether a service's properties run nothing but `/bin/true` (ExecStart
+/// only; no other Exec*).
+fn only_true(props: &[(&str, Value<'_>)]) -> bool {
+    let mut starts = 0;
+    for (name, value) in props {
+        if name.starts_with("Exec") && *name != "ExecStart" {
+            return false;
+        }
+        if *name != "ExecStart" {
+            continue;
+        }
+        let Value::Array(commands) = value else { return false };
+        for command in commands.iter() {
+            let Value::Structure(s) = command else { return false };
+            if !matches!(s.fields().first(), Some(Value::Str(path)) if path.as_str() == "/bin/true") {
+                return false;
+            }
+            starts += 1;
+        }
+    }
+    starts > 0
 }
 
 /// The first argument, when it is a string.
@@ -177,6 +213,55 @@ mod tests {
     fn auxiliary_units_are_refused_even_with_a_quantum_name() {
         let aux = vec![("other.service", vec![("Description", Value::from("y"))])];
         assert!(matches!(outbound(&transient("quantum-a.1.service", aux)), Verdict::Refuse(why) if why.contains("auxiliary")));
+    }
+
+    fn exec(path: &str) -> Vec<(&'static str, Value<'static>)> {
+        let cmd: Vec<(String, Vec<String>, bool)> = vec![(path.to_owned(), vec![path.to_owned()], false)];
+        vec![("ExecStart", Value::from(cmd))]
+    }
+
+    #[test]
+    fn a_triggers_timer_may_bring_its_own_service_running_true_and_nothing_else() {
+        let ok = vec![("quantum-trigger-nightly.service", exec("/bin/true"))];
+        assert_eq!(outbound(&transient("quantum-trigger-nightly.timer", ok.clone())), Verdict::Forward);
+        assert_eq!(
+            outbound(&transient(
+                "quantum-trigger-inbox.path",
+                vec![("quantum-trigger-inbox.service", exec("/bin/true"))]
+            )),
+            Verdict::Forward
+        );
+        for (unit, aux) in [
+            (
+                "quantum-trigger-nightly.timer",
+                vec![("quantum-trigger-nightly.service", exec("/bin/sh"))],
+            ),
+            (
+                "quantum-trigger-nightly.timer",
+                vec![("quantum-trigger-other.service", exec("/bin/true"))],
+            ),
+            (
+                "quantum-trigger-nightly.service",
+                vec![("quantum-trigger-nightly.service", exec("/bin/true"))],
+            ),
+            ("quantum-a.1.timer", vec![("quantum-a.1.service", exec("/bin/true"))]),
+            ("quantum-trigger-nightly.timer", vec![("quantum-trigger-nightly.service", vec![])]),
+            ("quantum-trigger-nightly.timer", [ok.clone(), ok.clone()].concat()),
+        ] {
+            assert!(
+                matches!(outbound(&transient(unit, aux.clone())), Verdict::Refuse(_)),
+                "{unit} {aux:?}"
+            );
+        }
+        let mut pre = exec("/bin/true");
+        pre.push(("ExecStartPre", Value::from(Vec::<(String, Vec<String>, bool)>::new())));
+        assert!(matches!(
+            outbound(&transient(
+                "quantum-trigger-nightly.timer",
+                vec![("quantum-trigger-nightly.service", pre)]
+            )),
+            Verdict::Refuse(_)
+        ));
     }
 
     #[test]

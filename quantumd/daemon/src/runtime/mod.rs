@@ -104,6 +104,8 @@ pub enum RuntimeError {
     },
     #[error("cannot start {program}")]
     Spawn { program: String, source: std::io::Error },
+    #[error("{0}")]
+    Unsupported(String),
     #[error("{verb} of cell {cell}'s state failed: {message}")]
     CellState { cell: String, verb: &'static str, message: String },
 }
@@ -261,6 +263,36 @@ impl Runtime {
                     message,
                 })
             }
+        }
+    }
+
+    /// Arms a trigger that systemd keeps (a timer or path unit).
+    pub async fn arm_trigger(&self, name: &str, on: &quantum_model::trigger::On, description: &str) -> Result<(), RuntimeError> {
+        let Some((unit, service)) = crate::triggers::unit_names(name, on) else {
+            return Ok(());
+        };
+        match self {
+            Runtime::Systemd(r) => r.arm_trigger(&unit, &service, on, description).await,
+            Runtime::Cgroup(_) => Err(RuntimeError::Unsupported(format!(
+                "{} needs systemd's timers and path units, and quantumd runs without systemd here (the cgroup backend)",
+                on.to_string().split(' ').next().unwrap_or("this trigger")
+            ))),
+        }
+    }
+
+    /// Stops a trigger's systemd unit, if it has one.
+    pub async fn disarm_trigger(&self, name: &str, on: &quantum_model::trigger::On) -> Result<(), RuntimeError> {
+        match (self, crate::triggers::unit_names(name, on)) {
+            (Runtime::Systemd(r), Some((unit, _))) => r.disarm_trigger(&unit).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// The trigger timer and path units systemd has (none off systemd).
+    pub async fn trigger_units(&self) -> Result<Vec<String>, RuntimeError> {
+        match self {
+            Runtime::Systemd(r) => r.trigger_units().await,
+            Runtime::Cgroup(_) => Ok(Vec::new()),
         }
     }
 

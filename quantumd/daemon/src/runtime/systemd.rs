@@ -22,6 +22,7 @@ use super::spec::{Limits, SliceSpec, UnitSpec};
 use super::{EventSender, Exit, LiveUnit, RuntimeError, UnitEvent};
 use crate::cell_state::{Op, Report};
 use crate::start_profile::StartProfile;
+use quantum_model::trigger::On;
 use quantum_model::{Network, UserMode};
 
 /// Where systemd keeps a cell's StateDirectory=quantum-cells/CELL/current:
@@ -164,6 +165,7 @@ impl SystemdRuntime {
         manager.subscribe().await.map_err(RuntimeError::Connect)?;
 
         let js = shared.clone();
+        let trigger_events = events.clone();
         tokio::spawn(async move {
             while let Some(Ok(sig)) = jobs.next().await {
                 // JobRemoved(id, job, unit, result)
@@ -172,6 +174,17 @@ impl SystemdRuntime {
                 let Ok((_, job, _, result)) = body.deserialize::<Removed<'_>>() else {
                     continue;
                 };
+                // A trigger's service ran (its timer or path unit elapsed):
+                // nobody waits for that job; the main loop runs the cell.
+                if let Ok((_, _, unit, "done")) = body.deserialize::<Removed<'_>>() {
+                    if unit.ends_with(".service") && crate::triggers::trigger_of_unit(unit).is_some() {
+                        let _ = trigger_events.send(UnitEvent {
+                            unit: unit.to_owned(),
+                            exit: Exit::Code(0),
+                        });
+                        continue;
+                    }
+                }
                 let (job, result) = (job.to_string(), result.to_owned());
                 let mut map = js.jobs.lock().unwrap_or_else(|e| e.into_inner());
                 match map.remove(&job) {
@@ -567,6 +580,76 @@ impl SystemdRuntime {
         }
     }
 
+    /// Arms trigger `name` as a systemd timer or path unit (`unit`) that
+    /// starts `service`, a `/bin/true` whose finished job tells quantumd
+    /// (see `connect`). A unit left from before quantumd restarted is
+    /// replaced, so the definition in force is the one on disk.
+    pub async fn arm_trigger(&self, unit: &str, service: &str, on: &On, description: &str) -> Result<(), RuntimeError> {
+        self.disarm_trigger(unit).await?;
+        let mut props: Vec<(&str, Value<'_>)> = vec![("Description", Value::from(description.to_owned()))];
+        match on {
+            On::Calendar(spec) => {
+                props.push(("TimersCalendar", Value::from(vec![("OnCalendar".to_owned(), spec.clone())])));
+                // systemd's default accuracy is a minute; a trigger is
+                // expected when its calendar says.
+                props.push(("AccuracyUSec", Value::from(1_000_000u64)));
+                props.push(("RemainAfterElapse", Value::from(false)));
+            }
+            On::PathChanged(path) => props.push(("Paths", Value::from(vec![("PathChanged".to_owned(), path.clone())]))),
+            _ => return Ok(()),
+        }
+        let exec: Vec<(String, Vec<String>, bool)> = vec![("/bin/true".to_owned(), vec!["/bin/true".to_owned()], false)];
+        let service_props: Vec<(&str, Value<'_>)> = vec![
+            ("Description", Value::from(format!("{description} (tells quantumd)"))),
+            ("Type", Value::from("oneshot")),
+            ("ExecStart", Value::from(exec)),
+            ("CollectMode", Value::from("inactive-or-failed")),
+            ("DynamicUser", Value::from(true)),
+            ("NoNewPrivileges", Value::from(true)),
+            ("ProtectSystem", Value::from("strict")),
+            ("ProtectHome", Value::from("yes")),
+            ("PrivateTmp", Value::from(true)),
+            ("PrivateDevices", Value::from(true)),
+            ("PrivateNetwork", Value::from(true)),
+            ("CapabilityBoundingSet", Value::from(0u64)),
+        ];
+        let job = self
+            .manager
+            .start_transient_unit(unit, "fail", &props, &[(service, &service_props)])
+            .await
+            .map_err(|e| RuntimeError::Systemd {
+                unit: unit.to_owned(),
+                message: dbus_message(&e),
+            })?;
+        match self.wait_job(&job).await.as_str() {
+            "done" => Ok(()),
+            other => Err(RuntimeError::Job {
+                unit: unit.to_owned(),
+                result: other.to_owned(),
+            }),
+        }
+    }
+
+    /// Stops a trigger's timer or path unit (gone already is fine).
+    pub async fn disarm_trigger(&self, unit: &str) -> Result<(), RuntimeError> {
+        self.stop_unit(unit).await
+    }
+
+    /// The trigger units systemd has now (timers and paths), for removing
+    /// those whose trigger is gone.
+    pub async fn trigger_units(&self) -> Result<Vec<String>, RuntimeError> {
+        let pattern = ["quantum-trigger-*.timer", "quantum-trigger-*.path"];
+        let units = self
+            .manager
+            .list_units_by_patterns(&[], &pattern)
+            .await
+            .map_err(|e| RuntimeError::Systemd {
+                unit: pattern.join(" "),
+                message: dbus_message(&e),
+            })?;
+        Ok(units.into_iter().map(|u| u.0).collect())
+    }
+
     pub async fn list(&self) -> Result<Vec<LiveUnit>, RuntimeError> {
         let units = self
             .manager
@@ -580,7 +663,10 @@ impl SystemdRuntime {
         // A transient unit is created inactive with its start job queued,
         // and stays so until systemd runs the job: under load, after the
         // quantumd that asked for it was killed. It is live all the same.
-        let units = units.into_iter().filter(|u| u.3 != "inactive" || u.8 == "start");
+        let units = units
+            .into_iter()
+            .filter(|u| u.3 != "inactive" || u.8 == "start")
+            .filter(|u| crate::triggers::trigger_of_unit(&u.0).is_none());
         for u in units {
             let pid = self.main_pid(&u.0).await;
             out.push(LiveUnit { unit: u.0, pid });

@@ -43,6 +43,14 @@ fn cells_are_isolated_and_limited_in_a_vm() {
         "quantumd-drives-systemd-through-the-gate-and-nothing-but-its-cells",
         lifecycle::systemd_gate,
     );
+    s.run(
+        "path-and-calendar-triggers-are-systemd-units-that-run-their-cell-and-outlive-a-restart",
+        lifecycle::triggers_through_systemd,
+    );
+    s.run(
+        "a-memory-threshold-trigger-fires-once-while-a-cell-holds-memory",
+        lifecycle::memory_threshold_trigger,
+    );
     s.run("a-cell-that-exits-is-seen-within-a-second", exit_detected_quickly);
     s.run(
         "steppps-time-and-event-come-from-ebpf-loaded-by-the-unprivileged-quantumd",

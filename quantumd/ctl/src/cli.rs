@@ -355,18 +355,25 @@ EXIT STATUS:
     ///     [params]
     ///     path = "/var"
     ///
-    /// The on-* keys: `on-calendar = "SPEC"` (systemd.time(7): "daily",
-    /// "Mon..Fri 09:00", "*:0/15"); `on-path-changed = "/abs/path"` (a file
-    /// written and closed, created, removed or renamed; for a directory,
-    /// any entry in it); `on-event = { cell = "web-server", state = "S" }`
-    /// with S one of started, exited, failed, out-of-memory, blacklisted;
-    /// `on-threshold = { figure = "F", cell = "NAME", above = V, for =
-    /// "30s" }` (or `below`) with F one of memory-pressure, cpu-pressure,
-    /// io-pressure (PSI "some" avg10, percent; the node's, or a cell's with
-    /// `cell`), memory-available, cpu-busy (percent), load (node only),
-    /// memory (a size such as "512M") and cpu (cores) (a cell's only). A
-    /// threshold fires once per crossing; no trigger fires twice within a
-    /// second.
+    /// The on-* keys, one per trigger:
+    ///
+    ///   on-calendar = "SPEC"          systemd.time(7): "daily",
+    ///                                 "Mon..Fri 09:00", "*:0/15"
+    ///   on-path-changed = "/abs/path" a file written and closed, created,
+    ///                                 removed or renamed; for a directory,
+    ///                                 any entry in it
+    ///   on-event = { cell = "NAME", state = "S" }
+    ///                                 S: started, exited, failed,
+    ///                                 out-of-memory, blacklisted
+    ///   on-threshold = { figure = "F", cell = "NAME", above = V, for = "30s" }
+    ///                                 (or below = V; for defaults to "0")
+    ///
+    /// Threshold figures: memory-pressure, cpu-pressure, io-pressure (PSI
+    /// "some" avg10 in percent; the node's, or a cell's with cell = ...);
+    /// memory-available (a size such as "512M"), cpu-busy (percent) and
+    /// load (the node's only); memory (a size) and cpu (cores) (a cell's
+    /// only: any running instance past the bound fires). A threshold fires
+    /// once per crossing; no trigger fires twice within a second.
     ///
     /// Calendars and paths become systemd timer and path units
     /// (quantum-trigger-NAME.timer|path); events and thresholds are watched
@@ -378,6 +385,7 @@ EXIT STATUS:
     /// manage cells (polkit org.quantumos.cells.manage).
     #[command(
         subcommand,
+        verbatim_doc_comment,
         after_help = "EXAMPLES:
     quantumctl trigger validate nightly.toml
     quantumctl trigger add nightly.toml

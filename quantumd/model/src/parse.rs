@@ -73,14 +73,19 @@ pub fn parse_manifest(src: &str) -> Result<Manifest, Vec<Diagnostic>> {
     }
 }
 
+/// The one diagnostic of a file that is not TOML at all.
+pub(crate) fn syntax_error(e: &toml_edit::TomlError) -> Diagnostic {
+    let message = e.message().trim().replace(['\r', '\n'], "; ");
+    let message = if message.is_empty() { "invalid TOML".to_owned() } else { message };
+    Diagnostic::new("syntax", e.span(), message)
+}
+
 pub(crate) fn parse(src: &str) -> Parsed {
     let mut w = Walker { diags: Vec::new() };
     let doc = match ImDocument::parse(src) {
         Ok(doc) => doc,
         Err(e) => {
-            let message = e.message().trim().replace(['\r', '\n'], "; ");
-            let message = if message.is_empty() { "invalid TOML".to_owned() } else { message };
-            w.diags.push(Diagnostic::new("syntax", e.span(), message));
+            w.diags.push(syntax_error(&e));
             return Parsed {
                 manifest: None,
                 name: None,

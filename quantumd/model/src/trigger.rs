@@ -26,7 +26,7 @@ use toml_edit::{ImDocument, Item, TableLike};
 
 use crate::diagnostic::Diagnostic;
 use crate::manifest::CellName;
-use crate::parse::{describe, Walker};
+use crate::parse::{describe, syntax_error, Walker};
 use crate::units::{ByteSize, Duration};
 
 const TOP_KEYS: &[&str] = &["trigger", "params"];
@@ -227,11 +227,7 @@ pub fn parse_trigger(src: &str) -> Result<Trigger, Vec<Diagnostic>> {
     let mut w = Walker { diags: Vec::new() };
     let doc = match ImDocument::parse(src) {
         Ok(doc) => doc,
-        Err(e) => {
-            let message = e.message().trim().replace(['\r', '\n'], "; ");
-            let message = if message.is_empty() { "invalid TOML".to_owned() } else { message };
-            return Err(vec![Diagnostic::new("syntax", e.span(), message)]);
-        }
+        Err(e) => return Err(vec![syntax_error(&e)]),
     };
     let root = doc.as_table();
     w.check_keys("", root, TOP_KEYS);

@@ -354,6 +354,17 @@ pub fn systemd_gate(g: &Guest) -> Result<()> {
     Ok(())
 }
 
+/// The cell the trigger scenarios run: /run/qtest/marker/cell.toml, a task.
+fn write_marker(g: &Guest) -> Result<()> {
+    write_cell(
+        g,
+        "marker",
+        "runs when a trigger fires",
+        "echo fired",
+        "[lifecycle]\nkind = \"task\"\nrestart = \"no\"",
+    )
+}
+
 /// Writes /run/qtest/NAME.toml, a trigger that runs `cell` with `when`
 /// (one `on-*` line), and adds it as a `quantum` member.
 fn add_trigger(g: &Guest, name: &str, cell: &str, when: &str) -> Result<String> {
@@ -388,13 +399,7 @@ fn fired(g: &Guest, name: &str, times: u64, cell: &str) -> Result<serde_json::Va
 /// calendar runs one every few seconds, both survive a restart of quantumd,
 /// and removing them removes their units.
 pub fn triggers_through_systemd(g: &Guest) -> Result<()> {
-    write_cell(
-        g,
-        "marker",
-        "runs when a trigger fires",
-        "echo fired",
-        "[lifecycle]\nkind = \"task\"\nrestart = \"no\"",
-    )?;
+    write_marker(g)?;
     let cell = "/run/qtest/marker/cell.toml";
     g.run_ok("mkdir -p /var/tmp/qtest-inbox")?;
 
@@ -454,13 +459,7 @@ pub fn memory_threshold_trigger(g: &Guest) -> Result<()> {
         "x=$(head -c 50331648 /dev/zero | tr '\\0' a); sleep 600",
         "[resources]\nmemory-max = \"256M\"",
     )?;
-    write_cell(
-        g,
-        "marker",
-        "runs when a trigger fires",
-        "echo fired",
-        "[lifecycle]\nkind = \"task\"\nrestart = \"no\"",
-    )?;
+    write_marker(g)?;
     add_trigger(
         g,
         "heavy",

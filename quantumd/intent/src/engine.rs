@@ -6,13 +6,22 @@
 //! cell; a cell's score mixes its best phrase with the mean of the next few
 //! (see [`Tuning`]), plus a small prior from words the step shares with the
 //! cell's own manifest text (weighted by how rare each word is across the
-//! catalog). The best cell is taken when its score clears a threshold; the
-//! confidence is a logistic function of the score and of the margin to the
-//! runner-up.
+//! catalog). Under this hand-tuned score ([`Tuning`]) the best cell is
+//! taken when its score clears a threshold; the confidence is a logistic
+//! function of the score and of the margin to the runner-up.
+//!
+//! What decides by default is the learned re-ranker ([`crate::rerank`]): a
+//! softmax over every cell and "refuse", trained on the tuning data, whose
+//! features are those similarities, the prior, today's score and the
+//! nearest tuning requests of each cell; the confidence is its
+//! probability. When its weights cannot be used (another model, an
+//! unreadable file, [`RerankerSource::Off`]) the hand-tuned score decides,
+//! and [`LoadReport::ranker`] says why.
 //!
 //! The work is split so the evaluation can try many tunings cheaply:
 //! [`Engine::prepare`] reads and embeds a request (everything that does not
-//! depend on a tunable), [`Engine::decide`] chooses under a [`Tuning`], and
+//! depend on a tunable), [`Engine::decide_with`] chooses (under a [`Tuning`]
+//! or by a re-ranker; [`Engine::decide_by`] with any per-step verdict), and
 //! [`Engine::plan`] fills the chosen cells' parameters.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -25,6 +34,7 @@ use crate::error::Error;
 use crate::index::{self, CellEmbeddings, IndexStats};
 use crate::params;
 use crate::plan::{Plan, PlannedCell};
+use crate::rerank::{self, FallbackReason, Ranker, Reranker, Verdict};
 use crate::spelling::Speller;
 
 /// The reason given when nothing fits.
@@ -157,6 +167,19 @@ pub struct Config {
     /// Where catalog embeddings are cached; `None` keeps them in memory.
     pub cache_dir: Option<PathBuf>,
     pub tuning: Tuning,
+    /// Where the learned re-ranker comes from; by default the one built in.
+    pub reranker: RerankerSource,
+}
+
+/// Where the engine takes its learned re-ranker ([`crate::rerank`]) from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RerankerSource {
+    /// The one built into the binary (`data/reranker.bin`).
+    Builtin,
+    /// A weights file written by `intent-bench --train --output FILE`.
+    File(PathBuf),
+    /// None: the hand-tuned score ([`Tuning`]) decides.
+    Off,
 }
 
 impl Config {
@@ -166,6 +189,7 @@ impl Config {
             model_dirs: model_search_path(),
             cache_dir: default_cache_dir(),
             tuning: Tuning::default(),
+            reranker: RerankerSource::Builtin,
         }
     }
 }
@@ -190,6 +214,9 @@ pub struct LoadReport {
     pub model: Duration,
     pub catalog: Duration,
     pub index: IndexStats,
+    /// Which scorer decides: the learned re-ranker, or the hand-tuned score
+    /// and why.
+    pub ranker: Ranker,
 }
 
 /// A cell's score for one step of a request.
@@ -208,30 +235,33 @@ pub struct Score {
 /// What one cell has in common with one step of a request, before any
 /// tunable is applied.
 #[derive(Debug, Clone)]
-struct CellFeatures {
+pub(crate) struct CellFeatures {
     /// Cosine similarity of the step with each of the cell's phrases, best
     /// first.
-    sims: Vec<f32>,
+    pub(crate) sims: Vec<f32>,
     /// Share of the step's word weight (IDF) that the cell's words carry.
-    lexical: f32,
+    pub(crate) lexical: f32,
     /// The step leads with an out-of-scope verb the cell never uses.
-    foreign: bool,
+    pub(crate) foreign: bool,
     /// The step asks for repetition and the cell repeats its work.
-    periodic: bool,
+    pub(crate) periodic: bool,
 }
 
 /// What every cell has in common with one step.
 #[derive(Debug, Clone)]
 pub struct Features {
-    cells: Vec<CellFeatures>,
+    pub(crate) cells: Vec<CellFeatures>,
     /// Similarity of the step with the nearest out-of-scope phrase (none
     /// when the reject class is empty).
-    reject: Vec<f32>,
+    pub(crate) reject: Vec<f32>,
+    /// The step's embedding, for the re-ranker's nearest-neighbour
+    /// features.
+    pub(crate) vector: Vec<f32>,
 }
 
 impl Features {
     /// Every cell's score under `t`, best first.
-    fn rank(&self, t: &Tuning) -> Vec<Score> {
+    pub(crate) fn rank(&self, t: &Tuning) -> Vec<Score> {
         let mut scores: Vec<Score> = self
             .cells
             .iter()
@@ -264,6 +294,21 @@ pub struct Prepared {
     steps: Vec<(String, Features)>,
     /// The features of the whole request, when prepared.
     whole: Option<Features>,
+}
+
+impl Prepared {
+    /// The number of ordered steps (zero for a request of one).
+    pub fn steps(&self) -> usize {
+        self.steps.len()
+    }
+
+    /// The features of every part prepared: each step, then the whole
+    /// request when prepared.
+    pub fn parts(&self) -> Vec<(Part, &Features)> {
+        let mut out: Vec<(Part, &Features)> = self.steps.iter().enumerate().map(|(i, (_, f))| (Part::Step(i), f)).collect();
+        out.extend(self.whole.as_ref().map(|f| (Part::Whole, f)));
+        out
+    }
 }
 
 /// What the engine chose for a request.
@@ -304,7 +349,27 @@ pub struct Engine {
     /// Inverse document frequency of each word over the cells.
     idf: HashMap<String, f32>,
     tuning: Tuning,
+    /// The learned re-ranker, when one is loaded; the hand-tuned score
+    /// decides otherwise.
+    learned: Option<Reranker>,
     report: LoadReport,
+}
+
+/// Which part of a prepared request a step's features belong to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Part {
+    /// The whole request.
+    Whole,
+    /// The `i`th of its ordered steps.
+    Step(usize),
+}
+
+/// How a step is decided: by the hand-tuned score under a tuning, or by a
+/// learned re-ranker.
+#[derive(Debug, Clone, Copy)]
+pub enum Method<'a> {
+    Tuned(&'a Tuning),
+    Learned(&'a Reranker),
 }
 
 impl Engine {
@@ -314,7 +379,57 @@ impl Engine {
         let dir = find_model_dir(&config.model_dirs)?;
         let encoder = Encoder::load(&dir)?;
         let catalog = Catalog::load(&config.catalog_dir)?;
-        Engine::new(encoder, catalog, config.cache_dir.as_deref(), config.tuning)
+        let mut engine = Engine::new(encoder, catalog, config.cache_dir.as_deref(), config.tuning)?;
+        engine.use_reranker(&config.reranker);
+        Ok(engine)
+    }
+
+    /// Loads the learned re-ranker from `source`, or falls back to the
+    /// hand-tuned score with a warning on stderr when it cannot be used
+    /// (unreadable, another format, another model or tuning). Says which
+    /// scorer now decides.
+    pub fn use_reranker(&mut self, source: &RerankerSource) -> Ranker {
+        let names: Vec<&str> = self.catalog.cells.iter().map(|c| c.name()).collect();
+        let bytes = match source {
+            RerankerSource::Off => Err(FallbackReason::Off),
+            RerankerSource::Builtin => Ok(rerank::BUILTIN.to_vec()),
+            RerankerSource::File(path) => std::fs::read(path).map_err(|_| FallbackReason::Missing),
+        };
+        let loaded = bytes.and_then(|b| rerank::read(&b, self.encoder.fingerprint(), &names, &Tuning::default()));
+        let ranker = match loaded {
+            Ok(r) => {
+                let ranker = Ranker::Learned {
+                    examples: r.examples.len(),
+                };
+                self.learned = Some(r);
+                ranker
+            }
+            Err(reason) => {
+                if reason != FallbackReason::Off {
+                    // The engine still answers, as it did before the
+                    // re-ranker: worth a warning, not an error.
+                    eprintln!("quantum-intent: warning: {reason}; the hand-tuned score decides instead");
+                }
+                self.learned = None;
+                Ranker::Fallback(reason)
+            }
+        };
+        self.report.ranker = ranker;
+        ranker
+    }
+
+    /// The learned re-ranker, when one is loaded.
+    pub fn reranker(&self) -> Option<&Reranker> {
+        self.learned.as_ref()
+    }
+
+    /// How the engine decides: the learned re-ranker when loaded, else the
+    /// hand-tuned score.
+    pub fn method(&self) -> Method<'_> {
+        match &self.learned {
+            Some(r) => Method::Learned(r),
+            None => Method::Tuned(&self.tuning),
+        }
     }
 
     pub fn new(encoder: Encoder, catalog: Catalog, cache_dir: Option<&Path>, tuning: Tuning) -> Result<Engine, Error> {
@@ -367,6 +482,7 @@ impl Engine {
             model: encoder.load_time(),
             catalog: started.elapsed(),
             index: stats,
+            ranker: Ranker::Fallback(FallbackReason::Off),
         };
         Ok(Engine {
             encoder,
@@ -380,6 +496,7 @@ impl Engine {
             repeats,
             idf,
             tuning,
+            learned: None,
             report,
         })
     }
@@ -433,6 +550,11 @@ impl Engine {
             .map(|(pv, p)| (cosine(&v, pv), p))
             .max_by(|a, b| a.0.total_cmp(&b.0));
         let mut lines = vec![format!("  model text: {shown}")];
+        if let Some(r) = &self.learned {
+            let v = r.verdict(&features);
+            let chosen = v.cell.map_or("refuse", |c| self.catalog.cells[c].name());
+            lines.push(format!("  learned re-ranker: {chosen} ({:.2})", v.probability));
+        }
         if let Some((sim, phrase)) = nearest_reject {
             lines.push(format!("  nearest out-of-scope: {sim:.3} {phrase:?}"));
         }
@@ -466,7 +588,10 @@ impl Engine {
 
     /// What every cell has in common with a step, before any tunable.
     fn features(&self, text: &str, v: &[f32]) -> Features {
-        let words: Vec<String> = content_words(text).into_iter().collect();
+        // Sorted, so the sums below are the same from run to run (a hash
+        // set's order is not), and so is a model trained on them.
+        let mut words: Vec<String> = content_words(text).into_iter().collect();
+        words.sort_unstable();
         let verb = lead_verb(text).filter(|v| self.reject_verbs.contains(v));
         let periodic = asks_repetition(text);
         let total_idf: f32 = words.iter().map(|w| self.idf.get(w).copied().unwrap_or(MAX_IDF)).sum();
@@ -496,7 +621,11 @@ impl Engine {
         let mut reject: Vec<f32> = self.reject.iter().map(|pv| cosine(v, pv)).collect();
         reject.sort_by(|a, b| b.total_cmp(a));
         reject.truncate(1);
-        Features { cells, reject }
+        Features {
+            cells,
+            reject,
+            vector: v.to_vec(),
+        }
     }
 
     /// Reads and embeds a request: its steps when it has several, and the
@@ -535,13 +664,28 @@ impl Engine {
         Ok(())
     }
 
-    /// What the engine answers to a prepared request under `tuning`; `None`
-    /// when the steps do not all fit and the whole request, not prepared,
-    /// is needed.
+    /// What the engine answers to a prepared request under `tuning` (the
+    /// hand-tuned score); `None` when the steps do not all fit and the whole
+    /// request, not prepared, is needed.
+    pub fn decide(&self, prepared: &Prepared, tuning: &Tuning) -> Option<Decision> {
+        self.decide_with(prepared, Method::Tuned(tuning))
+    }
+
+    /// What the engine answers to a prepared request by `method`.
+    pub fn decide_with(&self, prepared: &Prepared, method: Method<'_>) -> Option<Decision> {
+        match method {
+            Method::Tuned(t) => self.decide_by(prepared, &mut |_, f| tuned_verdict(t, f)),
+            Method::Learned(r) => self.decide_by(prepared, &mut |_, f| r.verdict(f)),
+        }
+    }
+
+    /// What the engine answers to a prepared request when each part is
+    /// decided by `verdict`; `None` when the steps do not all fit and the
+    /// whole request, not prepared, is needed.
     ///
     /// Each step of a request of several must fit some cell; otherwise the
     /// request is taken as one.
-    pub fn decide(&self, prepared: &Prepared, tuning: &Tuning) -> Option<Decision> {
+    pub fn decide_by(&self, prepared: &Prepared, verdict: &mut dyn FnMut(Part, &Features) -> Verdict) -> Option<Decision> {
         if prepared.intent.is_empty() {
             return Some(Decision {
                 choice: Choice::Refuse,
@@ -551,13 +695,16 @@ impl Engine {
         if !prepared.steps.is_empty() {
             let mut cells = Vec::with_capacity(prepared.steps.len());
             let mut confidence = 1.0f32;
-            for (_, features) in &prepared.steps {
-                let scores = features.rank(tuning);
-                if !tuning.accepts(&scores, &features.reject) {
+            for (i, (_, features)) in prepared.steps.iter().enumerate() {
+                let Verdict {
+                    cell: Some(cell),
+                    probability,
+                } = verdict(Part::Step(i), features)
+                else {
                     break;
-                }
-                confidence = confidence.min(tuning.confidence(&scores));
-                cells.push(scores[0].cell);
+                };
+                confidence = confidence.min(probability);
+                cells.push(cell);
             }
             if cells.len() == prepared.steps.len() {
                 return Some(Decision {
@@ -567,18 +714,10 @@ impl Engine {
             }
         }
         let whole = prepared.whole.as_ref()?;
-        let scores = whole.rank(tuning);
-        Some(if !tuning.accepts(&scores, &whole.reject) {
-            let nearer = scores.first().map_or(0.0, |s| nearest(&whole.reject) - s.best - tuning.margin(s));
-            Decision {
-                choice: Choice::Refuse,
-                confidence: (1.0 - tuning.fit_probability(&scores)).max(sigmoid(tuning.margin_slope * nearer)),
-            }
-        } else {
-            Decision {
-                choice: Choice::Whole(scores[0].cell),
-                confidence: tuning.confidence(&scores),
-            }
+        let v = verdict(Part::Whole, whole);
+        Some(Decision {
+            choice: v.cell.map_or(Choice::Refuse, Choice::Whole),
+            confidence: v.probability,
         })
     }
 
@@ -631,17 +770,17 @@ impl Engine {
 
     /// Turns a request into a plan, or a refusal with a reason.
     pub fn ask(&self, intent: &str) -> Result<Plan, Error> {
-        self.ask_with(intent, &self.tuning, &self.encoder)
+        self.ask_with(intent, self.method(), &self.encoder)
     }
 
-    /// [`Engine::ask`] under another tuning, with texts embedded by `embed`.
-    pub fn ask_with(&self, intent: &str, tuning: &Tuning, embed: &dyn Embed) -> Result<Plan, Error> {
+    /// [`Engine::ask`] decided by `method`, with texts embedded by `embed`.
+    pub fn ask_with(&self, intent: &str, method: Method<'_>, embed: &dyn Embed) -> Result<Plan, Error> {
         let mut prepared = self.prepare(intent, embed, false)?;
-        let decision = match self.decide(&prepared, tuning) {
+        let decision = match self.decide_with(&prepared, method) {
             Some(d) => d,
             None => {
                 self.prepare_whole(&mut prepared, embed)?;
-                self.decide(&prepared, tuning).expect("the whole request is prepared")
+                self.decide_with(&prepared, method).expect("the whole request is prepared")
             }
         };
         Ok(self.plan(&prepared, &decision))
@@ -658,6 +797,27 @@ impl Engine {
             params,
             missing,
         }
+    }
+}
+
+/// The hand-tuned score's verdict on one step: its best cell when that
+/// clears the threshold and the reject class, with the confidence of
+/// [`Tuning::confidence`]; else a refusal, as sure as the best cell is
+/// unlikely to fit or an out-of-scope phrase is nearer.
+fn tuned_verdict(tuning: &Tuning, features: &Features) -> Verdict {
+    let scores = features.rank(tuning);
+    if tuning.accepts(&scores, &features.reject) {
+        return Verdict {
+            cell: Some(scores[0].cell),
+            probability: tuning.confidence(&scores),
+        };
+    }
+    let nearer = scores
+        .first()
+        .map_or(0.0, |s| nearest(&features.reject) - s.best - tuning.margin(s));
+    Verdict {
+        cell: None,
+        probability: (1.0 - tuning.fit_probability(&scores)).max(sigmoid(tuning.margin_slope * nearer)),
     }
 }
 

@@ -14,7 +14,24 @@
 //! [`cross_validate`] measures what that choice is worth on phrasings it did
 //! not see: the data is split into k stratified folds ([`folds`]), each fold
 //! is scored with the tuning chosen on the others, and the mean over the
-//! folds is the cross-validated accuracy. [`HELDOUT_SET`] (set 5) was written
+//! folds is the cross-validated accuracy.
+//!
+//! The learned re-ranker ([`crate::rerank`]) is chosen the same way by
+//! [`cross_validate_reranker`]: for each fold a re-ranker is trained on the
+//! other folds only (its nearest-neighbour examples are theirs too), for
+//! each L2 weight, feature set and neighbourhood of a [`RerankerGrid`], and
+//! the held fold is decided by it under each refusal offset; the choice is
+//! the best mean held-fold accuracy among those whose refusal of
+//! out-of-scope requests holds [`rerank::REFUSAL_TARGET`]. The folds may be
+//! stratified ([`Split::Stratified`]) or one per file of the tuning data
+//! ([`Split::BySet`], what `intent-bench --train --by-set` uses): each set
+//! was written at its own time in its own words, so deciding a whole set by
+//! a model trained on the others is the nearest the tuning data comes to a
+//! new held-out set (neighbouring lines of one file, variations of one
+//! phrasing, never sit on both sides). It still overstates what a new
+//! phrasing gets: the catalog's phrases were written against every set.
+//!
+//! [`HELDOUT_SET`] (set 5) was written
 //! before the tuning of its round (its commit comes first) and never used to
 //! tune: it is scored once the tuning is frozen, and only its aggregate
 //! figures are reported (never its misses, which would turn it into another
@@ -25,9 +42,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use crate::encoder::Embed;
-use crate::engine::{Choice, Engine, Prepared, Tuning};
+use crate::engine::{Choice, Engine, Features, Method, Part, Prepared, Tuning};
 use crate::error::Error;
 use crate::plan::Plan;
+use crate::rerank::{self, Examples, FeatureSet, Neighbourhood, Reranker, Sample, DIM};
 
 /// The tuning data, relative to the repository: the first tuning set, the
 /// first round's held-out set (tuning data once its misses had been seen),
@@ -335,11 +353,16 @@ impl Embed for Memo<'_> {
     }
 }
 
-/// Scores `cases` under `tuning`.
+/// Scores `cases` under `tuning` (the hand-tuned score).
 pub fn score(engine: &Engine, cases: &[Case], tuning: &Tuning, embed: &dyn Embed) -> Result<Summary, Error> {
+    score_with(engine, cases, Method::Tuned(tuning), embed)
+}
+
+/// Scores `cases` decided by `method`.
+pub fn score_with(engine: &Engine, cases: &[Case], method: Method<'_>, embed: &dyn Embed) -> Result<Summary, Error> {
     let mut summary = Summary::default();
     for case in cases {
-        summary.add(case, &engine.ask_with(&case.intent, tuning, embed)?);
+        summary.add(case, &engine.ask_with(&case.intent, method, embed)?);
     }
     Ok(summary)
 }
@@ -540,11 +563,11 @@ fn mean(values: impl Iterator<Item = f64>) -> f64 {
 /// k-fold cross-validation of the choice of tuning: for each fold, the
 /// tuning of `grid` that scores best on the other folds, scored on this one;
 /// and the tuning chosen the same way on all of `cases`.
-pub fn cross_validate(engine: &Engine, cases: &[Case], k: usize, grid: &Grid, embed: &dyn Embed) -> Result<CrossValidation, Error> {
-    let fold = folds(cases, k);
+pub fn cross_validate(engine: &Engine, cases: &[Case], split: Split, grid: &Grid, embed: &dyn Embed) -> Result<CrossValidation, Error> {
+    let (fold, k) = split.folds(cases);
     let answers = Answers::new(engine, cases, grid, embed)?;
     let mut out = Vec::with_capacity(k);
-    for f in 0..k.max(1) {
+    for f in 0..k {
         let g = answers.best(|i| fold[i] != f);
         let train = fold.iter().filter(|&&x| x != f).count();
         let train_right = (0..cases.len()).filter(|&i| fold[i] != f && answers.right[g][i]).count();
@@ -559,6 +582,461 @@ pub fn cross_validate(engine: &Engine, cases: &[Case], k: usize, grid: &Grid, em
     Ok(CrossValidation {
         folds: out,
         selected: grid.get(answers.best(|_| true)),
+    })
+}
+
+/// The hyper-parameters of the learned re-ranker that
+/// [`cross_validate_reranker`] chooses from: every L2 weight with every
+/// feature set, and every refusal offset.
+#[derive(Debug, Clone)]
+pub struct RerankerGrid {
+    pub l2: Vec<f64>,
+    pub features: Vec<FeatureSet>,
+    pub neighbourhoods: Vec<Neighbourhood>,
+    /// Added to the refusal's logit (larger refuses more); ascending.
+    pub offsets: Vec<f32>,
+}
+
+impl Default for RerankerGrid {
+    fn default() -> RerankerGrid {
+        RerankerGrid {
+            l2: vec![0.1, 1.0, 10.0, 100.0],
+            features: FeatureSet::ALL.to_vec(),
+            neighbourhoods: Neighbourhood::ALL.to_vec(),
+            offsets: (-12..=12).map(|i| i as f32 * 0.25).collect(),
+        }
+    }
+}
+
+impl RerankerGrid {
+    /// One L2 weight, feature set and neighbourhood, with every offset of
+    /// the default.
+    pub fn only(features: FeatureSet, l2: f64, neighbourhood: Neighbourhood) -> RerankerGrid {
+        RerankerGrid {
+            l2: vec![l2],
+            features: vec![features],
+            neighbourhoods: vec![neighbourhood],
+            ..RerankerGrid::default()
+        }
+    }
+}
+
+/// The hyper-parameters of a re-ranker.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RerankerChoice {
+    pub neighbourhood: Neighbourhood,
+    pub features: FeatureSet,
+    pub l2: f64,
+    pub refuse_offset: f32,
+}
+
+/// A hyper-parameter choice with its cross-validated figures.
+#[derive(Debug, Clone, Copy)]
+pub struct RerankerPoint {
+    pub choice: RerankerChoice,
+    /// Mean over the folds of the held fold's accuracy.
+    pub accuracy: f64,
+    /// Out-of-scope requests refused over all held folds.
+    pub refused: f64,
+}
+
+/// The result of [`cross_validate_reranker`].
+#[derive(Debug, Clone)]
+pub struct RerankerValidation {
+    /// The chosen hyper-parameters' score on each held fold, by the model
+    /// trained without it.
+    pub folds: Vec<Summary>,
+    /// On the held folds, the requests for one cell decided as if that cell
+    /// had no examples (a cell added after the training): (right, cases).
+    pub new_cell: (usize, usize),
+    /// For each L2 weight and feature set, its best refusal offset (by the
+    /// same rule as the choice).
+    pub table: Vec<RerankerPoint>,
+    pub selected: RerankerPoint,
+    /// The re-ranker trained on all the cases with the chosen
+    /// hyper-parameters: what ships.
+    pub model: Reranker,
+}
+
+impl RerankerValidation {
+    pub fn mean_accuracy(&self) -> f64 {
+        mean(self.folds.iter().map(Summary::accuracy))
+    }
+
+    pub fn refusal_rate(&self) -> f64 {
+        let (right, expected) = self
+            .folds
+            .iter()
+            .fold((0, 0), |(r, e), f| (r + f.refusals_correct, e + f.refusals_expected));
+        if expected == 0 {
+            0.0
+        } else {
+            right as f64 / expected as f64
+        }
+    }
+
+    pub fn new_cell_accuracy(&self) -> f64 {
+        if self.new_cell.1 == 0 {
+            0.0
+        } else {
+            self.new_cell.0 as f64 / self.new_cell.1 as f64
+        }
+    }
+}
+
+/// How the splits of a cross-validation are made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Split {
+    /// k stratified folds ([`folds`]).
+    Stratified(usize),
+    /// One fold per file of the tuning data: each set, written at its own
+    /// time in its own words, is decided by a model trained on the others
+    /// (the nearest thing in the tuning data to a new held-out set).
+    BySet,
+}
+
+impl Split {
+    /// The fold of each case, and the number of folds.
+    pub fn folds(self, cases: &[Case]) -> (Vec<usize>, usize) {
+        match self {
+            Split::Stratified(k) => (folds(cases, k.max(1)), k.max(1)),
+            Split::BySet => {
+                let sets = set_indices(cases);
+                let k = sets.iter().max().map_or(1, |m| m + 1);
+                (sets, k)
+            }
+        }
+    }
+}
+
+/// The index of each case's file, in order of first appearance.
+fn set_indices(cases: &[Case]) -> Vec<usize> {
+    let mut seen: Vec<&str> = Vec::new();
+    cases
+        .iter()
+        .map(|c| match seen.iter().position(|s| *s == c.set) {
+            Some(i) => i,
+            None => {
+                seen.push(&c.set);
+                seen.len() - 1
+            }
+        })
+        .collect()
+}
+
+/// One part of one case with the answer due for it: a training example.
+struct Labelled {
+    case: usize,
+    part: Part,
+    /// The cell, `None` to refuse.
+    label: Option<usize>,
+}
+
+/// The training examples of `cases`: a request of one step, or a refused
+/// request, as a whole; a request of several steps that expects one cell
+/// per step, step by step; a request of several steps for one cell, as a
+/// whole (its steps do not all fit, so the whole decides). A case naming a
+/// cell the catalog lacks gives none.
+fn labelled(engine: &Engine, cases: &[Case], prepared: &[Prepared]) -> Vec<Labelled> {
+    let index: HashMap<&str, usize> = engine.catalog().cells.iter().enumerate().map(|(i, c)| (c.name(), i)).collect();
+    let mut out = Vec::new();
+    for (i, (case, p)) in cases.iter().zip(prepared).enumerate() {
+        let Some(cells) = case
+            .cells
+            .iter()
+            .map(|c| index.get(c.as_str()).copied())
+            .collect::<Option<Vec<usize>>>()
+        else {
+            continue;
+        };
+        if p.steps() > 1 && cells.len() == p.steps() {
+            out.extend(cells.iter().enumerate().map(|(s, &c)| Labelled {
+                case: i,
+                part: Part::Step(s),
+                label: Some(c),
+            }));
+        } else if cells.len() <= 1 {
+            out.push(Labelled {
+                case: i,
+                part: Part::Whole,
+                label: cells.first().copied(),
+            });
+        }
+    }
+    out
+}
+
+fn features_of<'a>(prepared: &'a [Prepared], item: &Labelled) -> &'a Features {
+    prepared[item.case]
+        .parts()
+        .into_iter()
+        .find(|(p, _)| *p == item.part)
+        .map(|(_, f)| f)
+        .expect("every part is prepared")
+}
+
+/// The examples of `items`, their embeddings quantised as they ship.
+fn examples(prepared: &[Prepared], items: &[&Labelled]) -> Examples {
+    let mut out = Examples::default();
+    for item in items {
+        out.push(&rerank::quantised(&features_of(prepared, item).vector), item.label);
+    }
+    out
+}
+
+/// The group of each case: the first case with the same words (lower case,
+/// spaces folded). A training example never counts its own group among its
+/// neighbours.
+fn groups(cases: &[Case]) -> Vec<usize> {
+    let mut first: HashMap<String, usize> = HashMap::new();
+    cases
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let key = c.intent.to_lowercase().split_whitespace().collect::<Vec<_>>().join(" ");
+            *first.entry(key).or_insert(i)
+        })
+        .collect()
+}
+
+/// The training samples of `items` over the neighbours `index` (built from
+/// the same items, in order): each leaves out the examples of its own group
+/// and any near-copy of itself, as a request not in the tuning data would
+/// meet them; every [`rerank::ABSENT_EVERY`]th hides one cell's examples
+/// (its own cell every other time, else one chosen by its position), as a
+/// cell added after the training would look.
+fn training_samples(
+    engine: &Engine,
+    prepared: &[Prepared],
+    items: &[&Labelled],
+    index: &Examples,
+    group: &[usize],
+    sets: &[usize],
+    neighbourhood: Neighbourhood,
+) -> Vec<Sample> {
+    let cells = engine.catalog().cells.len();
+    let base = Tuning::default();
+    let index_groups: Vec<usize> = items.iter().map(|it| group[it.case]).collect();
+    let index_sets: Vec<usize> = items.iter().map(|it| sets[it.case]).collect();
+    items
+        .iter()
+        .enumerate()
+        .map(|(n, item)| {
+            let (own, set) = (group[item.case], sets[item.case]);
+            let skip = |j: usize, sim: f32| {
+                index_groups[j] == own || sim > 0.999 || (neighbourhood == Neighbourhood::OtherSets && index_sets[j] == set)
+            };
+            let absent = (n % rerank::ABSENT_EVERY == 0).then(|| match item.label {
+                Some(c) if (n / rerank::ABSENT_EVERY).is_multiple_of(2) => c,
+                _ => (n.wrapping_mul(2_654_435_761) >> 7) % cells,
+            });
+            let features = features_of(prepared, item);
+            let nb = rerank::neighbours(index, &features.vector, cells, &skip, absent);
+            Sample {
+                rows: rerank::candidates(features, &base, &nb),
+                label: item.label.unwrap_or(cells),
+            }
+        })
+        .collect()
+}
+
+/// k-fold cross-validation of the learned re-ranker, and the choice of its
+/// hyper-parameters: for each fold, a re-ranker is trained on the other
+/// folds (its examples too are theirs) for each L2 weight and feature set
+/// of `grid`, and the held fold is decided by it under each refusal offset.
+/// The choice is the one with the best mean held-fold accuracy (summed with
+/// its two offset neighbours, a plateau rather than a cliff) among those
+/// whose refusal of out-of-scope requests is at least
+/// [`rerank::REFUSAL_TARGET`] (the most refusing, if none is). The model
+/// that ships is then trained on all of `cases` with that choice.
+pub fn cross_validate_reranker(
+    engine: &Engine,
+    cases: &[Case],
+    split: Split,
+    grid: &RerankerGrid,
+    embed: &dyn Embed,
+) -> Result<RerankerValidation, Error> {
+    let (fold, k) = split.folds(cases);
+    let sets = set_indices(cases);
+    let cells = engine.catalog().cells.len();
+    let base = Tuning::default();
+    let prepared: Vec<Prepared> = cases
+        .iter()
+        .map(|c| engine.prepare(&c.intent, embed, true))
+        .collect::<Result<_, _>>()?;
+    let items = labelled(engine, cases, &prepared);
+    let group = groups(cases);
+    let mut hypers: Vec<(Neighbourhood, FeatureSet, f64)> = Vec::new();
+    for &n in &grid.neighbourhoods {
+        for &f in &grid.features {
+            for &l in &grid.l2 {
+                hypers.push((n, f, l));
+            }
+        }
+    }
+    let offsets = &grid.offsets;
+    let mut judged: Vec<HashMap<Choice, bool>> = vec![HashMap::new(); cases.len()];
+    let mut right = |i: usize, p: &Prepared, decision: &crate::engine::Decision| -> bool {
+        *judged[i]
+            .entry(decision.choice.clone())
+            .or_insert_with(|| judge(&cases[i], &engine.plan(p, decision)) == Outcome::Correct)
+    };
+    // correct[h][o][f]: right answers on held fold f; refused[h][o]: out-of-scope refused.
+    let mut correct = vec![vec![vec![0usize; k]; offsets.len()]; hypers.len()];
+    let mut refused = vec![vec![0usize; offsets.len()]; hypers.len()];
+    // The held parts' logits under each fold's model, per hyper-parameter.
+    type Logits = HashMap<(usize, Part), Vec<f32>>;
+    let mut logits: Vec<Vec<Logits>> = Vec::with_capacity(k);
+    let mut models: Vec<Vec<Reranker>> = Vec::with_capacity(k);
+    let mut new_cell_rows: Vec<Vec<(usize, Vec<[f32; DIM]>)>> = Vec::with_capacity(k);
+    // `f` is a fold's number: it picks cases and counts in several tables.
+    #[allow(clippy::needless_range_loop)]
+    for f in 0..k {
+        let train: Vec<&Labelled> = items.iter().filter(|it| fold[it.case] != f).collect();
+        let index = examples(&prepared, &train);
+        let mut samples: HashMap<Neighbourhood, Vec<Sample>> = HashMap::new();
+        for &n in &grid.neighbourhoods {
+            samples.insert(n, training_samples(engine, &prepared, &train, &index, &group, &sets, n));
+        }
+        let held: Vec<usize> = (0..cases.len()).filter(|&i| fold[i] == f).collect();
+        let mut rows: HashMap<(usize, Part), Vec<[f32; DIM]>> = HashMap::new();
+        let mut new_cell = Vec::new();
+        for &i in &held {
+            for (part, features) in prepared[i].parts() {
+                let nb = rerank::neighbours(&index, &features.vector, cells, &|_, _| false, None);
+                rows.insert((i, part), rerank::candidates(features, &base, &nb));
+            }
+            // A one-step request for one cell, as if that cell were new.
+            if let (0, [c]) = (prepared[i].steps(), cases[i].cells.as_slice()) {
+                if let Some(c) = engine.catalog().cells.iter().position(|x| x.name() == c) {
+                    let features = prepared[i].parts()[0].1;
+                    let nb = rerank::neighbours(&index, &features.vector, cells, &|_, _| false, Some(c));
+                    new_cell.push((i, rerank::candidates(features, &base, &nb)));
+                }
+            }
+        }
+        let mut fold_logits = Vec::with_capacity(hypers.len());
+        let mut fold_models = Vec::with_capacity(hypers.len());
+        for (h, &(n, set, l2)) in hypers.iter().enumerate() {
+            let (mean, scale, weights) = rerank::train(&samples[&n], set, l2);
+            let model = Reranker {
+                base,
+                features: set,
+                neighbourhood: n,
+                l2,
+                mean,
+                scale,
+                weights,
+                refuse_offset: 0.0,
+                examples: Examples::default(),
+            };
+            let by_part: Logits = rows.iter().map(|(key, r)| (*key, model.logits(r))).collect();
+            for (o, &offset) in offsets.iter().enumerate() {
+                for &i in &held {
+                    let decision = engine
+                        .decide_by(&prepared[i], &mut |part, _| rerank::verdict(&by_part[&(i, part)], offset))
+                        .expect("the whole request is prepared");
+                    if right(i, &prepared[i], &decision) {
+                        correct[h][o][f] += 1;
+                        if cases[i].cells.is_empty() {
+                            refused[h][o] += 1;
+                        }
+                    }
+                }
+            }
+            fold_logits.push(by_part);
+            fold_models.push(model);
+        }
+        logits.push(fold_logits);
+        models.push(fold_models);
+        new_cell_rows.push(new_cell);
+    }
+    let fold_sizes: Vec<usize> = (0..k).map(|f| fold.iter().filter(|&&x| x == f).count()).collect();
+    let expected_refusals = cases.iter().filter(|c| c.cells.is_empty()).count().max(1);
+    let point = |h: usize, o: usize| RerankerPoint {
+        choice: RerankerChoice {
+            neighbourhood: hypers[h].0,
+            features: hypers[h].1,
+            l2: hypers[h].2,
+            refuse_offset: offsets[o],
+        },
+        accuracy: mean((0..k).map(|f| correct[h][o][f] as f64 / fold_sizes[f].max(1) as f64)),
+        refused: refused[h][o] as f64 / expected_refusals as f64,
+    };
+    let total = |h: usize, o: usize| correct[h][o].iter().sum::<usize>();
+    let smoothed = |h: usize, o: usize| {
+        let lo = o.saturating_sub(1);
+        let hi = (o + 1).min(offsets.len() - 1);
+        total(h, lo) + total(h, o) + total(h, hi)
+    };
+    let best_of = |candidates: &mut dyn Iterator<Item = (usize, usize)>| -> Option<(usize, usize)> {
+        let all: Vec<(usize, usize)> = candidates.collect();
+        let admitted: Vec<(usize, usize)> = all
+            .iter()
+            .copied()
+            .filter(|&(h, o)| point(h, o).refused >= rerank::REFUSAL_TARGET)
+            .collect();
+        if admitted.is_empty() {
+            return all
+                .into_iter()
+                .max_by_key(|&(h, o)| (refused[h][o], total(h, o), std::cmp::Reverse((h, o))));
+        }
+        admitted
+            .into_iter()
+            .max_by_key(|&(h, o)| (smoothed(h, o), total(h, o), std::cmp::Reverse((h, o))))
+    };
+    let table: Vec<RerankerPoint> = (0..hypers.len())
+        .filter_map(|h| best_of(&mut (0..offsets.len()).map(|o| (h, o))).map(|(h, o)| point(h, o)))
+        .collect();
+    let (h, o) = best_of(&mut (0..hypers.len()).flat_map(|h| (0..offsets.len()).map(move |o| (h, o)))).expect("a non-empty grid");
+    let selected = point(h, o);
+
+    // The chosen hyper-parameters' held folds, judged in full.
+    let mut summaries = Vec::with_capacity(k);
+    let mut new_cell = (0, 0);
+    for f in 0..k {
+        let mut summary = Summary::default();
+        for i in (0..cases.len()).filter(|&i| fold[i] == f) {
+            let by_part = &logits[f][h];
+            let decision = engine
+                .decide_by(&prepared[i], &mut |part, _| rerank::verdict(&by_part[&(i, part)], offsets[o]))
+                .expect("the whole request is prepared");
+            summary.add(&cases[i], &engine.plan(&prepared[i], &decision));
+        }
+        summaries.push(summary);
+        for (i, rows) in &new_cell_rows[f] {
+            let l = models[f][h].logits(rows);
+            let decision = engine
+                .decide_by(&prepared[*i], &mut |_, _| rerank::verdict(&l, offsets[o]))
+                .expect("the whole request is prepared");
+            new_cell.1 += 1;
+            if right(*i, &prepared[*i], &decision) {
+                new_cell.0 += 1;
+            }
+        }
+    }
+
+    // What ships: trained on everything, with everything as its examples.
+    let all: Vec<&Labelled> = items.iter().collect();
+    let index = examples(&prepared, &all);
+    let samples = training_samples(engine, &prepared, &all, &index, &group, &sets, selected.choice.neighbourhood);
+    let (mean, scale, weights) = rerank::train(&samples, selected.choice.features, selected.choice.l2);
+    Ok(RerankerValidation {
+        folds: summaries,
+        new_cell,
+        table,
+        selected,
+        model: Reranker {
+            base,
+            features: selected.choice.features,
+            neighbourhood: selected.choice.neighbourhood,
+            l2: selected.choice.l2,
+            mean,
+            scale,
+            weights,
+            refuse_offset: selected.choice.refuse_offset,
+            examples: index,
+        },
     })
 }
 

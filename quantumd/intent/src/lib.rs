@@ -16,10 +16,11 @@ pub mod evaluation;
 pub mod index;
 pub mod params;
 pub mod plan;
+pub mod rerank;
 pub mod spelling;
 
 pub use catalog::{Catalog, CatalogCell};
 pub use encoder::{find_model_dir, model_search_path, Embed, Encoder};
-pub use engine::{Config, Engine, Tuning};
+pub use engine::{Config, Engine, RerankerSource, Tuning};
 pub use error::Error;
 pub use plan::{Plan, PlannedCell};

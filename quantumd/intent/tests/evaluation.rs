@@ -10,35 +10,50 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use quantum_intent::{evaluation, Config, Engine};
+use quantum_intent::rerank::{self, FallbackReason, Ranker};
+use quantum_intent::{evaluation, Config, Engine, RerankerSource};
 
 /// Share of the tuning data's cases whose cells (or refusal) and expected
-/// parameters are all right. A training score (the engine was tuned on
-/// these sets, [`evaluation::TUNING_SETS`], held-out sets 3 and 4 among
-/// them since set 5 was written): measured at 98.1 % (1569 of 1600; 5-fold
-/// cross-validated: 97.8 %).
-const FLOOR: f64 = 0.975;
+/// parameters are all right, decided by the learned re-ranker. A training
+/// score (the engine was tuned, and the re-ranker trained, on these sets,
+/// [`evaluation::TUNING_SETS`]): measured at 98.6 % (1577 of 1600).
+const FLOOR: f64 = 0.98;
 /// Share of the tuning data's out-of-scope requests that must be refused
 /// (they hold requests close to what the catalog does, "delete the tmp
-/// folder"): measured at 97.4 % (341 of 350).
-const REFUSAL_FLOOR: f64 = 0.965;
+/// folder"): measured at 100 % (350 of 350), a training score.
+const REFUSAL_FLOOR: f64 = 0.985;
 
-/// Mean 5-fold cross-validated accuracy on the tuning data: measured at
-/// 97.8 % over the full grid (`intent-bench`), 97.9 % over the grid
-/// around the default pooling (this test).
+/// Mean 5-fold cross-validated accuracy of the hand-tuned score's choice of
+/// tunables on the tuning data: measured at 97.8 % over the full grid
+/// (`intent-bench`), 97.9 % over the grid around the default pooling (this
+/// test).
 const CV_FLOOR: f64 = 0.97;
 
 /// Share of held-out set 5's cases all right. Measured once, after the
-/// tuning was frozen (commit e69da6f): 82.9 % (213 of 257; cells right
-/// 90.7 %). The goal of issue 17 is 97 %: not met, and the tuning data's
-/// cross-validated 97.8 % overstates what a new phrasing gets. The floor
-/// sits just under the measurement (three more misses fail it), so a
-/// regression fails the test.
-const HELDOUT_FLOOR: f64 = 0.82;
+/// learned re-ranker was frozen: 84.8 % (218 of 257; cells right 93.4 %),
+/// against 82.9 % for the hand-tuned score. The goal of issue 17 is 97 %:
+/// not met; most of the misses left are parameters (the cells are right).
+/// The floor sits just under the measurement (four more misses fail it), so
+/// a regression fails the test.
+const HELDOUT_FLOOR: f64 = 0.835;
 /// Share of held-out set 5's out-of-scope requests refused: measured at
-/// 88.2 % (45 of 51), against a goal of 95 %; one more miss is tolerated
-/// (a float difference on another CPU can move a borderline request).
-const HELDOUT_REFUSAL_FLOOR: f64 = 0.86;
+/// 92.2 % (47 of 51; the hand-tuned score 88.2 %), against a goal of 95 %;
+/// one more miss is tolerated (a float difference on another CPU can move a
+/// borderline request).
+const HELDOUT_REFUSAL_FLOOR: f64 = 0.90;
+
+/// How the learned re-ranker is cross-validated: one fold per file of the
+/// tuning data, as `intent-bench --train --by-set` chose it.
+const SPLIT: evaluation::Split = evaluation::Split::BySet;
+
+/// Mean leave-one-set-out accuracy of the learned re-ranker on the tuning
+/// data, each set decided by a re-ranker trained (with its examples) on the
+/// others: measured at 98.2 %.
+const RERANKER_CV_FLOOR: f64 = 0.975;
+
+/// The requests for one cell, decided as if that cell had been added after
+/// the training (no examples of it): measured at 97.9 % (leave-one-set-out).
+const NEW_CELL_FLOOR: f64 = 0.96;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -149,7 +164,7 @@ fn cross_validated_choice_holds() {
     let engine = engine();
     let memo = evaluation::Memo::new(engine.encoder());
     let grid = evaluation::Grid::around(&engine.tuning());
-    let cv = evaluation::cross_validate(engine, &cases, 5, &grid, &memo).expect("the engine answers");
+    let cv = evaluation::cross_validate(engine, &cases, evaluation::Split::Stratified(5), &grid, &memo).expect("the engine answers");
     println!(
         "5-fold CV ({} tunings around the default pooling): mean accuracy {:.1}% on the held fold ({:.1}% on the folds tuned on), refused {:.1}%",
         grid.len(),
@@ -239,4 +254,100 @@ fn unwritable_cache_falls_back_to_memory() {
     let report = engine.load_report().index;
     assert_eq!(report.unsaved, engine.catalog().cells.len(), "{report:?}");
     assert_eq!(engine.ask("ping 1.1.1.1").unwrap().cell_names(), ["network-check"]);
+}
+
+/// The learned re-ranker that ships (`data/reranker.bin`), 5-fold
+/// cross-validated with its own hyper-parameters (every refusal offset
+/// tried, chosen by the rule `intent-bench --train` uses): each fold decided
+/// by a re-ranker trained without it, its examples included. The offset
+/// chosen must be the shipped one and the weights trained on all the tuning
+/// data the shipped ones (to float tolerance): the file is what the training
+/// command makes of today's data, catalog and model.
+#[test]
+fn reranker_cross_validates_and_is_reproducible() {
+    let engine = engine();
+    assert!(
+        matches!(engine.load_report().ranker, Ranker::Learned { .. }),
+        "the engine does not run the learned re-ranker: {:?}",
+        engine.load_report().ranker
+    );
+    let shipped = engine.reranker().expect("a learned re-ranker");
+    let paths: Vec<PathBuf> = evaluation::TUNING_SETS.iter().map(|s| repo().join(s)).collect();
+    let cases = evaluation::read_all(&paths).unwrap_or_else(|e| panic!("{e}"));
+    let memo = evaluation::Memo::new(engine.encoder());
+    let grid = evaluation::RerankerGrid::only(shipped.features, shipped.l2, shipped.neighbourhood);
+    let cv = evaluation::cross_validate_reranker(engine, &cases, SPLIT, &grid, &memo).expect("the engine answers");
+    println!(
+        "leave-one-set-out CV of the learned re-ranker: mean accuracy {:.1}%, refused {:.1}%, as if the cell were new {:.1}% ({} of {})",
+        100.0 * cv.mean_accuracy(),
+        100.0 * cv.refusal_rate(),
+        100.0 * cv.new_cell_accuracy(),
+        cv.new_cell.0,
+        cv.new_cell.1
+    );
+    assert!(
+        cv.mean_accuracy() >= RERANKER_CV_FLOOR,
+        "cross-validated accuracy {:.3} is below {RERANKER_CV_FLOOR}",
+        cv.mean_accuracy()
+    );
+    assert!(
+        cv.refusal_rate() >= rerank::REFUSAL_TARGET,
+        "cross-validated refusal {:.3} is below the hand-tuned score's {}",
+        cv.refusal_rate(),
+        rerank::REFUSAL_TARGET
+    );
+    assert!(
+        cv.new_cell_accuracy() >= NEW_CELL_FLOOR,
+        "requests for a cell without examples: {:.3}, below {NEW_CELL_FLOOR}",
+        cv.new_cell_accuracy()
+    );
+    assert_eq!(
+        cv.model.refuse_offset, shipped.refuse_offset,
+        "the shipped refusal offset is not the one chosen"
+    );
+    for (j, (a, b)) in cv.model.weights.iter().zip(&shipped.weights).enumerate() {
+        assert!(
+            (a - b).abs() < 0.02,
+            "weight {j}: trained {a}, shipped {b}: run intent-bench --train (see the crate's README)"
+        );
+    }
+    assert_eq!(cv.model.examples.len(), shipped.examples.len());
+}
+
+/// Without its weights (a file that is not there, or not a re-ranker) the
+/// engine warns and answers with the hand-tuned score.
+#[test]
+fn missing_or_bad_reranker_falls_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::new(&small_catalog(dir.path()));
+    config.cache_dir = Some(dir.path().join("cache"));
+    config.reranker = RerankerSource::File(dir.path().join("nowhere.bin"));
+    let engine = load(&config);
+    assert_eq!(engine.load_report().ranker, Ranker::Fallback(FallbackReason::Missing));
+    assert!(engine.reranker().is_none());
+    assert_eq!(engine.ask("ping 1.1.1.1").unwrap().cell_names(), ["network-check"]);
+
+    let bad = dir.path().join("bad.bin");
+    std::fs::write(&bad, b"QINTRR01 not a re-ranker").unwrap();
+    config.reranker = RerankerSource::File(bad);
+    let engine = load(&config);
+    assert_eq!(engine.load_report().ranker, Ranker::Fallback(FallbackReason::Malformed));
+    assert_eq!(engine.ask("ping 1.1.1.1").unwrap().cell_names(), ["network-check"]);
+}
+
+/// The built-in re-ranker over a catalog of three cells: the examples of the
+/// cells it lacks are dropped, and it still answers.
+#[test]
+fn reranker_follows_a_smaller_catalog() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::new(&small_catalog(dir.path()));
+    config.cache_dir = Some(dir.path().join("cache"));
+    let small = load(&config);
+    let Ranker::Learned { examples } = small.load_report().ranker else {
+        panic!("{:?}", small.load_report().ranker)
+    };
+    assert!(examples < engine().reranker().unwrap().examples.len(), "{examples}");
+    assert_eq!(small.ask("ping 1.1.1.1").unwrap().cell_names(), ["network-check"]);
+    assert_eq!(small.ask("serve /srv/www on port 8080").unwrap().cell_names(), ["web-server"]);
+    assert!(small.ask("book me a flight to Lisbon").unwrap().cells.is_empty());
 }

@@ -4,7 +4,19 @@
 //! refusal rate on each held-out set (aggregates only: their misses are never
 //! printed), time per intent (p50/p95) and model load time.
 //!
-//!     intent-bench [--catalog DIR] [--set FILE]... [--heldout FILE|none]... [--folds K] [--threads N] [--rounds N]
+//!     intent-bench [--catalog DIR] [--set FILE]... [--heldout FILE|none]... [--folds K] [--threads N] [--rounds N] [--no-grid] [--by-set]
+//!     intent-bench --train [--output FILE] [--catalog DIR] [--set FILE]... [--folds K | --by-set]
+//!
+//! The engine answers with its learned re-ranker (`data/reranker.bin`,
+//! [`quantum_intent::rerank`]); the benchmark cross-validates both the
+//! hand-tuned score's grid of tunables (skipped with `--no-grid`: about three
+//! minutes) and the re-ranker's hyper-parameters.
+//!
+//! `--train` chooses the re-ranker's hyper-parameters by k-fold
+//! cross-validation on the tuning data, trains it on all of it and writes it
+//! to `--output` (by default the crate's `data/reranker.bin`, which the next
+//! build carries). It never reads a held-out set. Deterministic: the same
+//! data, catalog and model give the same file.
 //!
 //! The held-out set scored by default is set 5 ([`evaluation::HELDOUT_SET`],
 //! whose floor the tests hold). The first `--heldout` replaces it, later ones
@@ -15,8 +27,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use quantum_intent::evaluation::{self, Grid, Memo};
-use quantum_intent::{Catalog, Config, Encoder, Engine};
+use quantum_intent::evaluation::{self, Grid, Memo, RerankerGrid, Split};
+use quantum_intent::rerank::{self, Ranker};
+use quantum_intent::{Catalog, Config, Encoder, Engine, RerankerSource};
 
 struct Args {
     catalog: PathBuf,
@@ -27,9 +40,17 @@ struct Args {
     folds: usize,
     threads: usize,
     rounds: usize,
+    /// Skip the hand-tuned score's grid.
+    no_grid: bool,
+    /// Cross-validate by file of the tuning data rather than by folds.
+    by_set: bool,
+    /// Train the re-ranker and write it here, scoring nothing else.
+    train: Option<PathBuf>,
 }
 
-const USAGE: &str = "intent-bench [--catalog DIR] [--set FILE]... [--heldout FILE|none]... [--folds K] [--threads N] [--rounds N]";
+const USAGE: &str =
+    "intent-bench [--catalog DIR] [--set FILE]... [--heldout FILE|none]... [--folds K] [--threads N] [--rounds N] [--no-grid] [--by-set]
+       intent-bench --train [--output FILE] [--catalog DIR] [--set FILE]... [--folds K | --by-set]";
 
 fn parse_args() -> Result<Args, String> {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
@@ -40,8 +61,12 @@ fn parse_args() -> Result<Args, String> {
         folds: 5,
         threads: 1,
         rounds: 3,
+        no_grid: false,
+        by_set: false,
+        train: None,
     };
     let mut heldout_given = false;
+    let mut output = None;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{a} needs a value"));
@@ -61,6 +86,10 @@ fn parse_args() -> Result<Args, String> {
             "--folds" => args.folds = value()?.parse().map_err(|e| format!("--folds: {e}"))?,
             "--threads" => args.threads = value()?.parse().map_err(|e| format!("--threads: {e}"))?,
             "--rounds" => args.rounds = value()?.parse().map_err(|e| format!("--rounds: {e}"))?,
+            "--no-grid" => args.no_grid = true,
+            "--by-set" => args.by_set = true,
+            "--train" => args.train = Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("data/reranker.bin")),
+            "--output" => output = Some(PathBuf::from(value()?)),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);
@@ -71,7 +100,34 @@ fn parse_args() -> Result<Args, String> {
     if args.sets.is_empty() {
         args.sets = evaluation::TUNING_SETS.iter().map(|s| repo.join(s)).collect();
     }
+    match (&mut args.train, output) {
+        (Some(path), Some(o)) => *path = o,
+        (None, Some(_)) => return Err("--output goes with --train".to_owned()),
+        _ => {}
+    }
+    if args.train.is_some() {
+        // Training never reads a held-out set.
+        args.heldout.clear();
+    }
     Ok(args)
+}
+
+impl Args {
+    fn split(&self) -> Split {
+        if self.by_set {
+            Split::BySet
+        } else {
+            Split::Stratified(self.folds)
+        }
+    }
+
+    fn split_name(&self) -> String {
+        if self.by_set {
+            "leave-one-set-out".to_owned()
+        } else {
+            format!("{}-fold", self.folds)
+        }
+    }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -102,6 +158,10 @@ fn main() {
     };
 
     let config = Config::new(&args.catalog);
+    if let Some(output) = &args.train {
+        train(&args, &config, output).unwrap_or_else(|e| fail(&e));
+        return;
+    }
     let model_dir = quantum_intent::find_model_dir(&config.model_dirs).unwrap_or_else(|e| fail(&e));
 
     // Model load: the median of a few loads (the file cache is warm after the first).
@@ -120,7 +180,8 @@ fn main() {
     let cache = tempdir();
     let encoder = Encoder::load(&model_dir).unwrap_or_else(|e| fail(&e));
     let cold = Instant::now();
-    let engine = Engine::new(encoder, catalog.clone(), Some(&cache), config.tuning).unwrap_or_else(|e| fail(&e));
+    let mut engine = Engine::new(encoder, catalog.clone(), Some(&cache), config.tuning).unwrap_or_else(|e| fail(&e));
+    let ranker = engine.use_reranker(&RerankerSource::Builtin);
     let cold = cold.elapsed();
     let encoder = Encoder::load(&model_dir).unwrap_or_else(|e| fail(&e));
     let warm = Instant::now();
@@ -157,11 +218,23 @@ fn main() {
     // The choice of tunables, cross-validated, and made again on the whole
     // tuning set (where the defaults came from).
     let memo = Memo::new(engine.encoder());
-    let grid = Grid::default();
+    let grid = if args.no_grid {
+        let default = engine.tuning();
+        Grid {
+            shapes: vec![default],
+            thresholds: vec![default.threshold],
+        }
+    } else {
+        Grid::default()
+    };
     let started = Instant::now();
-    let cv = evaluation::cross_validate(&engine, &cases, args.folds, &grid, &memo).unwrap_or_else(|e| fail(&e));
+    let cv = evaluation::cross_validate(&engine, &cases, args.split(), &grid, &memo).unwrap_or_else(|e| fail(&e));
     let selected = cv.selected;
     let cv_time = started.elapsed();
+    let started = Instant::now();
+    let learned =
+        evaluation::cross_validate_reranker(&engine, &cases, args.split(), &RerankerGrid::default(), &memo).unwrap_or_else(|e| fail(&e));
+    let learned_time = started.elapsed();
 
     println!(
         "intent engine benchmark ({} thread{}, {} cells, {} requests x {} rounds)",
@@ -178,6 +251,10 @@ fn main() {
         ms(*loads.iter().max().unwrap_or(&Duration::ZERO))
     );
     println!("  catalog embedding {} cold, {} from the cache", ms(cold), ms(warm));
+    match ranker {
+        Ranker::Learned { examples } => println!("  scorer            the learned re-ranker ({examples} examples)"),
+        Ranker::Fallback(why) => println!("  scorer            the hand-tuned score: {why}"),
+    }
     println!(
         "  time per intent   p50 {}  p95 {}  max {}",
         ms(percentile(&times, 0.5)),
@@ -188,8 +265,8 @@ fn main() {
     println!("  tuning data       {} (a training score: tuned on it)", sets.join(" + "));
     println!("    accuracy        {summary}");
     println!(
-        "  {}-fold CV         mean accuracy {:.1}% on the held fold ({:.1}% on the folds it was tuned on), refused {:.1}%; {} tunings tried, {}",
-        args.folds,
+        "  {} CV, hand-tuned score: mean accuracy {:.1}% on the held fold ({:.1}% on the folds it was tuned on), refused {:.1}%; {} tunings tried, {}",
+        args.split_name(),
         100.0 * cv.mean_accuracy(),
         100.0 * cv.mean_train_accuracy(),
         100.0 * cv.refusal_rate(),
@@ -206,8 +283,9 @@ fn main() {
         );
     }
     let default = engine.tuning();
+    print_learned(&learned, &args.split_name(), learned_time);
     println!(
-        "    chosen on the whole tuning set: {selected:?}{}",
+        "    hand-tuned score chosen on the whole tuning set: {selected:?}{}",
         if selected == default {
             " (the default)"
         } else {
@@ -221,7 +299,7 @@ fn main() {
         match evaluation::read(path) {
             Err(e) => println!("  held-out set      not scored: {e}"),
             Ok(heldout) => {
-                let scored = evaluation::score(&engine, &heldout, &default, engine.encoder()).unwrap_or_else(|e| fail(&e));
+                let scored = evaluation::score_with(&engine, &heldout, engine.method(), engine.encoder()).unwrap_or_else(|e| fail(&e));
                 println!(
                     "  held-out set      {} (written before the tuning, never used to tune; aggregates only)",
                     path.display()
@@ -248,9 +326,9 @@ fn main() {
     for miss in &summary.misses {
         println!("  tuning-set miss: {miss}");
     }
-    for (i, fold) in cv.folds.iter().enumerate() {
-        for miss in &fold.held.misses {
-            println!("  cross-validation miss, fold {i}: {miss}");
+    for (i, fold) in learned.folds.iter().enumerate() {
+        for miss in &fold.misses {
+            println!("  re-ranker cross-validation miss, fold {i}: {miss}");
         }
     }
     if selected != default {
@@ -260,6 +338,80 @@ fn main() {
             println!("  tuning-set miss (chosen tuning): {miss}");
         }
     }
+}
+
+fn print_learned(cv: &evaluation::RerankerValidation, split: &str, time: Duration) {
+    println!(
+        "  {split} CV, learned re-ranker: mean accuracy {:.1}% on the held fold, refused {:.1}% (target {:.1}%); {}",
+        100.0 * cv.mean_accuracy(),
+        100.0 * cv.refusal_rate(),
+        100.0 * rerank::REFUSAL_TARGET,
+        ms(time)
+    );
+    println!(
+        "    as if each request's cell were new (no examples): {:.1}% ({} of {})",
+        100.0 * cv.new_cell_accuracy(),
+        cv.new_cell.0,
+        cv.new_cell.1
+    );
+    for p in &cv.table {
+        println!(
+            "    {:?} {:?} l2 {}: {:.1}%, refused {:.1}% at refusal offset {}",
+            p.choice.neighbourhood,
+            p.choice.features,
+            p.choice.l2,
+            100.0 * p.accuracy,
+            100.0 * p.refused,
+            p.choice.refuse_offset
+        );
+    }
+    let s = cv.selected.choice;
+    println!(
+        "    chosen: {:?} {:?} l2 {} refusal offset {} ({:.1}%, refused {:.1}%)",
+        s.neighbourhood,
+        s.features,
+        s.l2,
+        s.refuse_offset,
+        100.0 * cv.selected.accuracy,
+        100.0 * cv.selected.refused
+    );
+}
+
+/// `--train`: cross-validates the re-ranker's hyper-parameters on the tuning
+/// data, trains it on all of it and writes it.
+fn train(args: &Args, config: &Config, output: &Path) -> Result<(), String> {
+    let mut config = config.clone();
+    config.reranker = RerankerSource::Off;
+    let engine = Engine::load(&config).map_err(|e| e.to_string())?;
+    let cases = evaluation::read_all(&args.sets)?;
+    let memo = Memo::new(engine.encoder());
+    let started = Instant::now();
+    let cv =
+        evaluation::cross_validate_reranker(&engine, &cases, args.split(), &RerankerGrid::default(), &memo).map_err(|e| e.to_string())?;
+    print_learned(&cv, &args.split_name(), started.elapsed());
+    let names: Vec<String> = engine.catalog().cells.iter().map(|c| c.name().to_owned()).collect();
+    let sets: Vec<String> = args
+        .sets
+        .iter()
+        .map(|p| p.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned()))
+        .collect();
+    let s = cv.selected;
+    let note = format!(
+        "written by intent-bench --train on {} ({} requests, {} examples); {} CV {:.1}% top-1, refused {:.1}%; {:?}, {:?}, l2 {}, refusal offset {}",
+        sets.join(" + "),
+        cases.len(),
+        cv.model.examples.len(),
+        args.split_name(),
+        100.0 * cv.mean_accuracy(),
+        100.0 * cv.refusal_rate(),
+        s.choice.neighbourhood,
+        s.choice.features,
+        s.choice.l2,
+        s.choice.refuse_offset
+    );
+    rerank::write(output, &cv.model, engine.encoder().fingerprint(), &names, &note).map_err(|e| format!("{}: {e}", output.display()))?;
+    println!("  wrote {}", output.display());
+    Ok(())
 }
 
 fn tempdir() -> PathBuf {

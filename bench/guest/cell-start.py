@@ -5,7 +5,9 @@ main process running (systemd's ExecMainStartTimestampMonotonic), p50/p95,
 and the rate of N concurrent starts; and a foreground task (`quantumctl run`
 of a `kind = "task"` cell, its output on the caller's stdout) vs
 `systemd-run --pipe --wait` of the same command, from invocation to the
-client's exit with the output read. Runs as root; prints one JSON object.
+client's exit with the output read; and the same task pre-warmed (a catalog
+cell pinned in [prewarm], its unit waiting) against both, with the warm
+unit's memory. Runs as root; prints one JSON object.
 
 Both sides are measured the same way: a client process is started at t0 and
 systemd records when the main process was exec'd. Runs are interleaved so
@@ -197,6 +199,89 @@ for i in range(N):
             fg_full.append(foreground(FOREGROUND_P_FULL))
 
 
+# A pre-warmed task (issue 19 part 2): the same echo as a catalog cell
+# pinned in [prewarm] cells, so that quantumd keeps a unit of it waiting;
+# `quantumctl run` hands the run to that unit (an exec in place, no new
+# unit). Measured as the foreground runs above, invocation to exit with the
+# output read, interleaved with a cold `quantumctl run` of the same cell
+# and `systemd-run --pipe --wait`; between runs the pool is refilled (a
+# predicted cell's unit is ready before it is asked for), which is not
+# counted. Then the warm unit's memory.
+WARM_CELL = "bench-warm-echo"
+WARM_DIR = f"/usr/share/quantumos/cells/{WARM_CELL}"
+CONFIG = "/etc/quantumos/quantumd.toml"
+
+
+def trail_warm_entries():
+    out = subprocess.run(["quantumctl", "trail", "show", "-n", "0", "--cell", WARM_CELL, "--json"],
+                         capture_output=True, text=True).stdout
+    return [e["detail"] for e in json.loads(out or "[]") if e["action"] == "prewarm"]
+
+
+def wait_warm(seen):
+    for _ in range(600):
+        warm = [d for d in trail_warm_entries() if d.startswith("warm ")]
+        if len(warm) > seen:
+            return len(warm)
+        time.sleep(0.05)
+    raise SystemExit("quantumd kept no warm unit of the bench cell")
+
+
+def set_prewarm(on):
+    try:
+        with open(CONFIG) as f:
+            text = f.read().split("\n# bench-prewarm\n")[0]
+    except FileNotFoundError:
+        text = ""
+    os.makedirs(os.path.dirname(CONFIG), exist_ok=True)
+    if on:
+        text += f'\n# bench-prewarm\n[prewarm]\ncells = ["{WARM_CELL}"]\npredict = false\n'
+    with open(CONFIG, "w") as f:
+        f.write(text)
+    subprocess.run(["systemctl", "restart", "quantumd.service"], check=True)
+    for _ in range(300):
+        if subprocess.run(["quantumctl", "list"], capture_output=True).returncode == 0:
+            return
+        time.sleep(0.1)
+    raise SystemExit("quantumd did not come back after its restart")
+
+
+os.makedirs(WARM_DIR, exist_ok=True)
+with open(os.path.join(WARM_DIR, "cell.toml"), "w") as f:
+    f.write(
+        f'[cell]\nname = "{WARM_CELL}"\nversion = "1.0.0"\n'
+        'description = "prints a line, for benchmarks"\n'
+        'exec = ["/bin/echo", "hello from a cell"]\n'
+        '[resources]\nmemory-min = "0"\nmemory-max = "16M"\ntasks-max = 4\n'
+        '[lifecycle]\nkind = "task"\nrestart = "no"\n'
+    )
+set_prewarm(True)
+warm_seen = wait_warm(0)
+warm_memory = []
+fg_warm, fg_cold, fg_plain2 = [], [], []
+for i in range(N):
+    order = ("w", "c", "p") if i % 2 == 0 else ("p", "c", "w")
+    for kind in order:
+        if kind == "w":
+            units = subprocess.run(["systemctl", "list-units", "--plain", "--no-legend", f"quantum-{WARM_CELL}.*"],
+                                   capture_output=True, text=True).stdout.split()
+            for u in units:
+                if u.endswith(".service"):
+                    mem = subprocess.run(["systemctl", "show", "-P", "MemoryCurrent", u],
+                                         capture_output=True, text=True).stdout.strip()
+                    if mem.isdigit():
+                        warm_memory.append(int(mem))
+            fg_warm.append(foreground(["quantumctl", "run", WARM_CELL]))
+            warm_seen = wait_warm(warm_seen)
+        elif kind == "c":
+            fg_cold.append(foreground(FOREGROUND_Q))
+        else:
+            fg_plain2.append(foreground(FOREGROUND_P))
+claimed = sum(d.startswith("claimed ") for d in trail_warm_entries())
+set_prewarm(False)
+subprocess.run(["rm", "-rf", WARM_DIR])
+
+
 def burst(start):
     t0 = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(max_workers=32) as pool:
@@ -239,6 +324,17 @@ result = {
     "pipe_wait_full_p95_ms": pct(fg_full, 95) / 1000,
     "ratio_foreground_full_p50": pct(fg_quantum, 50) / max(1, pct(fg_full, 50)),
     "ratio_foreground_full_p95": pct(fg_quantum, 95) / max(1, pct(fg_full, 95)),
+    "warm_p50_ms": pct(fg_warm, 50) / 1000,
+    "warm_p95_ms": pct(fg_warm, 95) / 1000,
+    "warm_claimed": claimed,
+    "cold_p50_ms": pct(fg_cold, 50) / 1000,
+    "cold_p95_ms": pct(fg_cold, 95) / 1000,
+    "pipe_wait2_p50_ms": pct(fg_plain2, 50) / 1000,
+    "pipe_wait2_p95_ms": pct(fg_plain2, 95) / 1000,
+    "ratio_warm_p50": pct(fg_warm, 50) / max(1, pct(fg_plain2, 50)),
+    "ratio_warm_p95": pct(fg_warm, 95) / max(1, pct(fg_plain2, 95)),
+    "ratio_warm_cold_p50": pct(fg_warm, 50) / max(1, pct(fg_cold, 50)),
+    "warm_unit_memory_kib": (pct(warm_memory, 50) // 1024) if warm_memory else -1,
     "concurrent": CONCURRENT,
     "concurrent_running": running,
     "quantumctl_burst_s": burst_q,

@@ -185,7 +185,7 @@ fn a_trail_damaged_in_the_middle_is_named_by_verify_and_nothing_runs_unrecorded(
     assert_eq!(run.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&run.stderr);
     assert!(stderr.contains("runs nothing it cannot record"), "{stderr}");
-    assert!(node.live_cgroups().is_empty());
+    assert!(node.live_cgroups().is_empty(), "{:?}\n{}", node.live_cgroups(), node.log());
 }
 
 fn ctl(args: &[&str]) -> std::process::Output {

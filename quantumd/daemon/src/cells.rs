@@ -6,6 +6,7 @@
 //! runs in spawned tasks that report back with another event, so the loop
 //! never waits on the backend.
 
+mod prewarm;
 mod state;
 mod triggered;
 
@@ -65,6 +66,13 @@ pub enum Event {
     TriggerRan {
         name: String,
         result: String,
+    },
+    /// What the usage history predicts for the coming hour (pre-warming).
+    Demand(Vec<quantum_psychology::Demand>),
+    /// A warm unit's start finished (pid or error).
+    WarmStarted {
+        instance: String,
+        result: Result<u32, String>,
     },
     Tick,
 }
@@ -215,6 +223,8 @@ enum Step {
     /// costs milliseconds: many concurrent runs then share the disk's
     /// commits instead of queueing behind each other in the loop.
     Unit(Box<(Record, UnitSpec)>),
+    /// Record the instance, then hand the run to a warm unit (`crate::warm`).
+    Claim(Box<(Record, UnitSpec, crate::warm::WarmUnit)>),
 }
 
 /// One step of a stop.
@@ -252,6 +262,8 @@ pub struct Cells {
     history: Option<crate::psychology::History>,
     /// STEPPPS SCRIPT: cells run when something happens.
     triggers: crate::triggers::Triggers,
+    /// Units started before they are asked for (`cells/prewarm.rs`).
+    warm: prewarm::Pool,
 }
 
 /// Writes the record of an instance about to start, off the event loop.
@@ -351,6 +363,7 @@ impl Cells {
         }
         Cells {
             triggers,
+            warm: prewarm::Pool::default(),
             runtime,
             store,
             catalog: Catalog::new(config.catalog.clone()),
@@ -549,6 +562,8 @@ impl Cells {
             Event::BundleReady(run) => self.bundle_ready(*run),
             Event::Tune(t) => self.tune(t),
             Event::Restart(id) => self.restart(&id),
+            Event::Demand(demand) => self.set_demand(demand),
+            Event::WarmStarted { instance, result } => self.warm_started(&instance, result),
             Event::TriggerRan { name, result } => {
                 tracing::info!(trigger = name, result, "trigger ran");
                 self.triggers.ran(&name, result);
@@ -752,10 +767,13 @@ impl Cells {
                     inst.attached = true;
                     pending.attached = true;
                     for step in &mut steps {
-                        if let Step::Unit(unit) = step {
-                            if unit.0.instance == root {
-                                unit.1.stdio = Some(stdio.clone());
-                            }
+                        let (record, spec) = match step {
+                            Step::Unit(unit) => (&unit.0, &mut unit.1),
+                            Step::Claim(claim) => (&claim.0, &mut claim.1),
+                            Step::Slice(_) => continue,
+                        };
+                        if record.instance == root {
+                            spec.stdio = Some(stdio.clone());
                         }
                     }
                 }
@@ -983,7 +1001,16 @@ impl Cells {
         }
         stack.pop();
 
-        let id = format!("{name}.{}", self.take_number()?);
+        // A warm unit of the cell, when nothing else must be set up first.
+        let mut warm = if parent.is_none() && needs.is_empty() && m.children.is_empty() && !m.state.subvolume {
+            self.take_warm(&name, resolved.hash.to_hex().as_str())
+        } else {
+            None
+        };
+        let mut id = match &warm {
+            Some(w) => w.instance.clone(),
+            None => format!("{name}.{}", self.take_number()?),
+        };
         let family = (!m.children.is_empty()).then(|| family_slice(slice, &id));
         if let Some(f) = &family {
             steps.push(Step::Slice(SliceSpec {
@@ -1008,13 +1035,30 @@ impl Cells {
             actor: actor.to_owned(),
             manifest_blake3: Some(resolved.hash.to_hex().to_string()),
         };
-        let spec = self.build_spec(&record, &m)?;
+        let mut record = record;
+        let mut spec = self.build_spec(&record, &m)?;
+        if let Some(w) = warm.take() {
+            if crate::warm::fits(&w.spec, &spec) {
+                self.warm_claimed(&w, &spec);
+                warm = Some(w);
+            } else {
+                // This run's parameters change the sandbox: a cold start.
+                self.put_back_warm(w);
+                id = format!("{name}.{}", self.take_number()?);
+                record.instance = id.clone();
+                record.unit = crate::runtime::unit_name(&id);
+                spec = self.build_spec(&record, &m)?;
+            }
+        }
         for n in &needs {
             if let Some(n) = self.instances.get_mut(n) {
                 n.needed_by.insert(id.clone());
             }
         }
-        steps.push(Step::Unit(Box::new((record.clone(), spec.clone()))));
+        match warm {
+            Some(w) => steps.push(Step::Claim(Box::new((record.clone(), spec.clone(), w)))),
+            None => steps.push(Step::Unit(Box::new((record.clone(), spec.clone())))),
+        }
         created.push(id.clone());
         self.instances.insert(
             id.clone(),
@@ -1106,6 +1150,7 @@ impl Cells {
             },
             state: m.state.subvolume,
             stdio: None,
+            stdin: None,
         })
     }
 
@@ -1141,6 +1186,33 @@ impl Cells {
                             Ok(()) => runtime.start(&spec, &mut reply.profile).await.map_err(|e| e.to_string()),
                             Err(e) => Err(e),
                         };
+                        let err = result.as_ref().err().cloned();
+                        let _ = events.send(Event::Started {
+                            instance: id.clone(),
+                            result,
+                        });
+                        if let Some(e) = err {
+                            failed = Some(format!("cell instance {id} did not start: {e}"));
+                            break;
+                        }
+                        done.push(StopStep::Unit(spec.unit));
+                    }
+                    Step::Claim(claim) => {
+                        let (record, mut spec, warm) = *claim;
+                        let id = record.instance.clone();
+                        let signing = Signing::begin(identity.clone(), &record);
+                        let saved = save(&store, record).await;
+                        reply.profile.mark("record");
+                        signing.finish(&mut spec).await;
+                        reply.profile.mark("identity");
+                        let result = match saved {
+                            Ok(()) => crate::warm::claim(&warm.socket, &spec)
+                                .map(|()| warm.pid)
+                                .map_err(|e| format!("the warm unit {} did not take the run: {e}", spec.unit)),
+                            Err(e) => Err(e),
+                        };
+                        reply.profile.mark("claim");
+                        drop(warm);
                         let err = result.as_ref().err().cloned();
                         let _ = events.send(Event::Started {
                             instance: id.clone(),
@@ -1408,7 +1480,7 @@ impl Cells {
     // ----- exits, restarts, blacklisting ------------------------------------
 
     async fn unit_ended(&mut self, ev: UnitEvent) {
-        if self.trigger_unit_event(&ev.unit, &ev.exit) {
+        if self.trigger_unit_event(&ev.unit, &ev.exit) || self.warm_unit_ended(&ev.unit) {
             return;
         }
         let Some(id) = instance_of_unit(&ev.unit).map(str::to_owned) else {
@@ -1543,6 +1615,7 @@ impl Cells {
     async fn tick(&mut self) {
         self.publish_watched();
         self.trigger_tick();
+        self.prewarm_tick();
         let now = Instant::now();
         self.blacklist.retain(|_, b| b.until > now);
         let mut idle = Vec::new();
@@ -1808,6 +1881,7 @@ fn bare_spec(r: &Record) -> UnitSpec {
         },
         state: false,
         stdio: None,
+        stdin: None,
     }
 }
 

@@ -60,6 +60,48 @@ pub struct Config {
     pub metrics: String,
     /// `[cells]`: what the administrator says of catalog cells.
     pub cells: CellsConfig,
+    /// `[prewarm]`: cells started before they are asked for.
+    pub prewarm: PrewarmConfig,
+}
+
+/// `[prewarm]` in quantumd.toml.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields, default)]
+pub struct PrewarmConfig {
+    /// Catalog cells kept warm at all times.
+    pub cells: BTreeSet<CellName>,
+    /// Also keep warm what the usage history predicts for the coming hour.
+    /// Off by default: a warm unit reserves memory and runs a process no
+    /// one has asked for yet, which an administrator opts into.
+    pub predict: bool,
+    /// Runs in this hour of the week (last 4 weeks) plus the last hour
+    /// that make a prediction.
+    pub min_runs: usize,
+    /// At most this many warm units at once.
+    pub max_units: usize,
+    /// The memory the warm units may reserve together: each counts its
+    /// cell's memory-min (at least 4M, the waiter's own).
+    #[serde(deserialize_with = "byte_size")]
+    pub budget: u64,
+}
+
+impl Default for PrewarmConfig {
+    fn default() -> Self {
+        PrewarmConfig {
+            cells: BTreeSet::new(),
+            predict: false,
+            min_runs: 3,
+            max_units: 4,
+            budget: 256 << 20,
+        }
+    }
+}
+
+fn byte_size<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse::<quantum_model::ByteSize>()
+        .map(|b| b.bytes())
+        .map_err(serde::de::Error::custom)
 }
 
 /// `[cells]` in quantumd.toml.
@@ -99,6 +141,7 @@ impl Default for Config {
             bpf: true,
             metrics: String::new(),
             cells: CellsConfig::default(),
+            prewarm: PrewarmConfig::default(),
         }
     }
 }

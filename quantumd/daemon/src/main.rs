@@ -23,6 +23,7 @@ mod steppps;
 mod store;
 mod trail;
 mod triggers;
+mod warm;
 
 use std::path::PathBuf;
 
@@ -93,6 +94,11 @@ enum Helper {
     /// (quantumd-gate.service): relays quantumd's calls for its own units
     /// to systemd's private socket and refuses everything else. See
     /// quantumd(8), SYSTEMD GATE.
+    /// A warm unit's main process (see quantumd(8), PRE-WARMING): waits on
+    /// standard input for quantumd to hand it a run, then executes the
+    /// cell's program in its place.
+    #[command(hide = true)]
+    WarmExec,
     #[command(hide = true)]
     SystemdGate {
         /// Listen here when systemd passes no socket.
@@ -112,6 +118,9 @@ fn main() -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("{} of the cell state in {}: {}", op.verb(), dir.display(), command::error_chain(&e)))?;
         println!("{}", serde_json::to_string(&report)?);
         return Ok(());
+    }
+    if let Some(Helper::WarmExec) = &args.helper {
+        return warm::serve();
     }
     if let Some(Helper::SystemdGate { listen, systemd }) = &args.helper {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

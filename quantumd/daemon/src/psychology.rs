@@ -72,6 +72,15 @@ impl History {
         let _ = writer.send((cell.to_owned(), sample));
     }
 
+    /// The cells of `cells` predicted to be asked for within the hour
+    /// (quantum-psychology's `predict`); none when the history is unusable.
+    /// Reads the store: call it off the main loop.
+    pub fn demand(&self, cells: &[String], now_unix: u64, min_runs: usize) -> Vec<quantum_psychology::Demand> {
+        let Ok(store) = &self.store else { return Vec::new() };
+        let history: Vec<(String, Vec<Sample>)> = cells.iter().filter_map(|c| store.samples(c).ok().map(|s| (c.clone(), s))).collect();
+        quantum_psychology::predict(history.iter().map(|(c, s)| (c.as_str(), s.as_slice())), now_unix, min_runs)
+    }
+
     /// The recommendation for `cell`, held within `bounds`.
     pub fn recommend(&self, cell: &str, bounds: Bounds) -> Result<Recommendation, CommandError> {
         let name: quantum_model::CellName = cell

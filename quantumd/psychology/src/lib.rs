@@ -11,6 +11,9 @@
 //! - [`recommend`]: the VPA-like [`recommend()`]: percentiles, a safety
 //!   margin, rounding, bounds, evidence and a [`Confidence`];
 //!   [`Recommendation::to_toml`] renders it for a person to paste.
+//! - [`predict`]: which cells are likely to be asked for within the hour
+//!   (this hour of the week over the last weeks, and the last hour), for
+//!   quantumd's pre-warming.
 //!
 //! # Why redb
 //!
@@ -29,11 +32,13 @@
 //! already measured. Without the `store` feature the crate does no I/O at
 //! all, which is how quantumctl uses it.
 
+pub mod predict;
 pub mod recommend;
 pub mod sample;
 #[cfg(feature = "store")]
 pub mod store;
 
+pub use predict::{predict, Demand};
 pub use recommend::{recommend, Bounds, Confidence, Evidence, Policy, Recommendation, Resources, Spread};
 pub use sample::{hour_of_week, ExitKind, Sample};
 #[cfg(feature = "store")]

@@ -122,6 +122,9 @@ impl Action {
     /// A trigger was added (`add NAME`), removed (`remove NAME`) or fired
     /// (`fire NAME: WHY`); the run it causes is a `run` by `trigger:NAME`.
     pub const TRIGGER: Action = Action(Cow::Borrowed("trigger"));
+    /// A cell's unit started before it was asked for (`warm ID: WHY`), or
+    /// given up (`cool ID: WHY`); a run that takes it says `claimed`.
+    pub const PREWARM: Action = Action(Cow::Borrowed("prewarm"));
     /// Something that happened to the trail itself (a repair at open).
     pub const TRAIL: Action = Action(Cow::Borrowed("trail"));
 

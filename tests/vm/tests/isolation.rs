@@ -51,6 +51,10 @@ fn cells_are_isolated_and_limited_in_a_vm() {
         "a-memory-threshold-trigger-fires-once-while-a-cell-holds-memory",
         lifecycle::memory_threshold_trigger,
     );
+    s.run(
+        "a-pinned-cell-waits-warm-and-a-run-takes-its-unit-with-identity-and-output",
+        lifecycle::prewarm_claims,
+    );
     s.run("a-cell-that-exits-is-seen-within-a-second", exit_detected_quickly);
     s.run(
         "steppps-time-and-event-come-from-ebpf-loaded-by-the-unprivileged-quantumd",

@@ -13,7 +13,7 @@ use quantum_vmtest::{Backend, Guest, Scenarios};
 mod lifecycle;
 use lifecycle::{
     as_quantum, crash_then_blacklist, ctrl_c_stops_a_foreground_task, direct_socket, foreground_task, kill_9_readopts,
-    logs_through_quantumd, systemd_gate, triggers_through_systemd,
+    logs_through_quantumd, prewarm_claims, systemd_gate, triggers_through_systemd,
 };
 
 #[test]
@@ -44,6 +44,10 @@ fn systemd_backend_in_a_container() {
     s.run(
         "path-and-calendar-triggers-are-systemd-units-that-run-their-cell-and-outlive-a-restart",
         triggers_through_systemd,
+    );
+    s.run(
+        "a-pinned-cell-waits-warm-and-a-run-takes-its-unit-with-identity-and-output",
+        prewarm_claims,
     );
     s.run("kill-9-of-quantumd-loses-no-cell-and-duplicates-none", kill_9_readopts);
     if let Err(e) = s.finish() {

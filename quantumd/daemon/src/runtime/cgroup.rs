@@ -211,6 +211,13 @@ impl CgroupRuntime {
             };
             cmd.stdin(dup(stdin)?).stdout(dup(stdout)?).stderr(dup(stderr)?);
         } else {
+            if let Some(stdin) = &spec.stdin {
+                let fd = stdin.fd().try_clone().map_err(|source| RuntimeError::Spawn {
+                    program: spec.argv[0].clone(),
+                    source,
+                })?;
+                cmd.stdin(fd);
+            }
             // What the journal is under systemd: the cell's output, kept for
             // `quantumctl logs`. Appended to, so that a restart adds to it.
             let path = crate::logs::file_of(&self.logs_dir, &spec.instance);

@@ -87,6 +87,36 @@ impl std::fmt::Debug for Stdio {
     }
 }
 
+/// One descriptor shared by the specs that hold it (equal when it is the
+/// same one).
+#[derive(Clone)]
+pub struct SharedFd(Arc<OwnedFd>);
+
+impl SharedFd {
+    pub fn new(fd: OwnedFd) -> SharedFd {
+        SharedFd(Arc::new(fd))
+    }
+
+    pub fn fd(&self) -> &OwnedFd {
+        &self.0
+    }
+}
+
+impl PartialEq for SharedFd {
+    fn eq(&self, other: &SharedFd) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for SharedFd {}
+
+impl std::fmt::Debug for SharedFd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::os::fd::AsRawFd;
+        write!(f, "SharedFd({})", self.0.as_raw_fd())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UnitSpec {
     pub instance: String,
@@ -106,6 +136,9 @@ pub struct UnitSpec {
     /// The caller's stdio for an attached run; otherwise the cell's output
     /// goes where the backend sends it (the journal under systemd).
     pub stdio: Option<Stdio>,
+    /// Standard input alone, the output staying the backend's: a warm
+    /// unit's claim socket (`crate::warm`).
+    pub stdin: Option<SharedFd>,
 }
 
 /// `quantum-<cell>.<n>.service` for instance `<cell>.<n>`.

@@ -851,6 +851,12 @@ pub fn unit_properties(spec: &UnitSpec) -> Vec<(&'static str, Value<'_>)> {
             p.push((name, Value::Fd(zbus::zvariant::Fd::from(fd.as_fd()))));
         }
     }
+    if let (None, Some(stdin)) = (&spec.stdio, &spec.stdin) {
+        p.push((
+            "StandardInputFileDescriptor",
+            Value::Fd(zbus::zvariant::Fd::from(stdin.fd().as_fd())),
+        ));
+    }
     if spec.state {
         p.push(("StateDirectory", Value::from(vec![format!("quantum-cells/{}/current", spec.cell)])));
         p.push(("StateDirectoryMode", Value::from(0o700u32)));

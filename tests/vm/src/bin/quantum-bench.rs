@@ -14,6 +14,9 @@
 //!   p50/p95 (bench/guest/cell-start.py);
 //! - a foreground task: `quantumctl run` of a task cell vs
 //!   `systemd-run --pipe --wait` of the same command, invocation to exit;
+//! - a pre-warmed task (a catalog cell pinned in `[prewarm]`) vs a cold
+//!   `quantumctl run` of it vs `systemd-run --pipe --wait`, and the warm
+//!   unit's memory;
 //! - N concurrent starts: quantumctl vs systemd-run;
 //! - boot time (QEMU only, `--boots N` boots of each kind, alternating): time
 //!   to quantumd READY and to multi-user.target vs the same image booted with
@@ -179,6 +182,32 @@ fn cell_start(image: &Image, args: &Args) -> Result<()> {
         f("ratio_foreground_full_p95"),
         f("ratio_foreground_p50"),
         f("ratio_foreground_p95")
+    );
+    println!(
+        "pre-warmed task ([prewarm] cells, {} of {starts} runs took a warm unit; invocation -> exit, output read):",
+        r["warm_claimed"]
+    );
+    println!(
+        "  quantumctl run, warm       p50 {:7.1} ms  p95 {:7.1} ms",
+        f("warm_p50_ms"),
+        f("warm_p95_ms")
+    );
+    println!(
+        "  quantumctl run, cold       p50 {:7.1} ms  p95 {:7.1} ms",
+        f("cold_p50_ms"),
+        f("cold_p95_ms")
+    );
+    println!(
+        "  systemd-run --pipe --wait  p50 {:7.1} ms  p95 {:7.1} ms",
+        f("pipe_wait2_p50_ms"),
+        f("pipe_wait2_p95_ms")
+    );
+    println!(
+        "  ratio warm vs systemd-run: p50 {:.2}x  p95 {:.2}x; warm vs cold p50 {:.2}x; a warm unit holds {} KiB",
+        f("ratio_warm_p50"),
+        f("ratio_warm_p95"),
+        f("ratio_warm_cold_p50"),
+        r["warm_unit_memory_kib"]
     );
     println!(
         "{concurrent} concurrent starts (32 clients): quantumctl {:.1} s ({:.0}/s, {} running), systemd-run {:.1} s ({:.0}/s); ratio {:.2}x",

@@ -479,3 +479,59 @@ pub fn memory_threshold_trigger(g: &Guest) -> Result<()> {
     g.run_ok(&as_quantum("quantumctl trigger remove heavy"))?;
     Ok(())
 }
+
+/// A catalog cell pinned in `[prewarm] cells`: quantumd keeps a unit of it
+/// waiting (its main process `quantumd warm-exec`), and a run takes that
+/// unit, with its instance id, its identity document and its output on the
+/// caller's terminal; the next one is warmed.
+pub fn prewarm_claims(g: &Guest) -> Result<()> {
+    const CELL: &str = "qtest-warm";
+    g.run_ok(&format!(
+        "mkdir -p /usr/share/quantumos/cells/{CELL} && cat > /usr/share/quantumos/cells/{CELL}/cell.toml <<'EOF'\n\
+         [cell]\nname = \"{CELL}\"\nversion = \"1.0.0\"\ndescription = \"says who it is\"\n\
+         exec = [\"/bin/sh\", \"-c\", \"echo warm:$QUANTUM_INSTANCE; test -n \\\"$QUANTUM_IDENTITY\\\" && echo has-identity\"]\n\
+         [lifecycle]\nkind = \"task\"\nrestart = \"no\"\nEOF"
+    ))?;
+    g.run_ok(&format!(
+        "rm -f /run/qtest-quantumd.toml.orig; \
+         if [ -e /etc/quantumos/quantumd.toml ]; then cp /etc/quantumos/quantumd.toml /run/qtest-quantumd.toml.orig; fi; \
+         mkdir -p /etc/quantumos && printf '\\n[prewarm]\\ncells = [\"{CELL}\"]\\npredict = false\\n' >> /etc/quantumos/quantumd.toml && \
+         systemctl restart quantumd.service"
+    ))?;
+    let warm = |seen: Option<&str>| {
+        eventually("a warm unit of the cell", Duration::from_secs(60), || {
+            let out = g.run_ok(&format!("quantumctl trail show -n 0 --cell {CELL} --json"))?;
+            let entries: serde_json::Value = serde_json::from_str(&out)?;
+            Ok(entries.as_array().and_then(|a| {
+                a.iter().rev().find_map(|e| {
+                    let id = e["detail"].as_str()?.strip_prefix("warm ")?.split(':').next()?.to_owned();
+                    (e["action"] == "prewarm" && Some(id.as_str()) != seen).then_some(id)
+                })
+            }))
+        })
+    };
+    let result = (|| -> Result<()> {
+        let first = warm(None)?;
+        let comm = g.run_ok(&format!(
+            "cat /proc/$(systemctl show -P MainPID quantum-{first}.service)/cmdline | tr '\\0' ' '"
+        ))?;
+        ensure!(comm.contains("warm-exec"), "the warm unit's main process: {comm}");
+        let out = g.run(&as_quantum(&format!("quantumctl run {CELL}")))?;
+        ensure!(
+            out.code == 0 && out.stdout == format!("warm:{first}\nhas-identity\n"),
+            "a run of the pinned cell: {out}"
+        );
+        let next = warm(Some(&first))?;
+        ensure!(next != first, "no new warm unit after the claim");
+        Ok(())
+    })();
+    g.run_ok(&format!(
+        "if [ -e /run/qtest-quantumd.toml.orig ]; then cp /run/qtest-quantumd.toml.orig /etc/quantumos/quantumd.toml; \
+         else rm -f /etc/quantumos/quantumd.toml; fi; rm -rf /usr/share/quantumos/cells/{CELL} && \
+         systemctl restart quantumd.service"
+    ))?;
+    eventually("quantumd back", Duration::from_secs(60), || {
+        Ok(g.run("quantumctl list")?.success().then_some(()))
+    })?;
+    result
+}

@@ -78,7 +78,7 @@ fn with_predict_on_a_cell_run_three_times_this_hour_is_warm_after_a_restart_and_
         !trail(&node).iter().any(|e| e["action"] == "prewarm"),
         "nothing predicted before the history has it"
     );
-    wait_for("three runs in the usage history", Duration::from_secs(10), || {
+    wait_for("three runs in the usage history", Duration::from_secs(30), || {
         let r = support::json(&node.ok(&["recommend", "often", "--json"]));
         (r["samples"] == 3).then_some(())
     });
@@ -105,7 +105,7 @@ fn with_predict_on_a_cell_run_three_times_this_hour_is_warm_after_a_restart_and_
     node.set_config("");
     node.kill_daemon();
     node.start_daemon();
-    wait_for("the warm units to end", Duration::from_secs(10), || {
+    wait_for("the warm units to end", Duration::from_secs(30), || {
         node.live_cgroups().is_empty().then_some(())
     });
     std::thread::sleep(Duration::from_secs(2));

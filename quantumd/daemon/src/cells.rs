@@ -1164,67 +1164,56 @@ impl Cells {
             let mut done: Vec<StopStep> = Vec::new();
             let mut failed = None;
             for step in steps {
-                match step {
+                let (record, mut spec, warm) = match step {
                     Step::Slice(s) => match runtime.start_slice(&s).await {
-                        Ok(()) => done.push(StopStep::Slice(s.name)),
+                        Ok(()) => {
+                            done.push(StopStep::Slice(s.name));
+                            continue;
+                        }
                         Err(e) => {
                             failed = Some(format!("cannot create slice {}: {e}", s.name));
                             break;
                         }
                     },
                     Step::Unit(unit) => {
-                        let (record, mut spec) = *unit;
-                        let id = record.instance.clone();
-                        // Signing (milliseconds of ML-DSA under TCG) runs on
-                        // another thread while the record is written.
-                        let signing = Signing::begin(identity.clone(), &record);
-                        let saved = save(&store, record).await;
-                        reply.profile.mark("record");
-                        signing.finish(&mut spec).await;
-                        reply.profile.mark("identity");
-                        let result = match saved {
-                            Ok(()) => runtime.start(&spec, &mut reply.profile).await.map_err(|e| e.to_string()),
-                            Err(e) => Err(e),
-                        };
-                        let err = result.as_ref().err().cloned();
-                        let _ = events.send(Event::Started {
-                            instance: id.clone(),
-                            result,
-                        });
-                        if let Some(e) = err {
-                            failed = Some(format!("cell instance {id} did not start: {e}"));
-                            break;
-                        }
-                        done.push(StopStep::Unit(spec.unit));
+                        let (record, spec) = *unit;
+                        (record, spec, None)
                     }
                     Step::Claim(claim) => {
-                        let (record, mut spec, warm) = *claim;
-                        let id = record.instance.clone();
-                        let signing = Signing::begin(identity.clone(), &record);
-                        let saved = save(&store, record).await;
-                        reply.profile.mark("record");
-                        signing.finish(&mut spec).await;
-                        reply.profile.mark("identity");
-                        let result = match saved {
-                            Ok(()) => crate::warm::claim(&warm.socket, &spec)
-                                .map(|()| warm.pid)
-                                .map_err(|e| format!("the warm unit {} did not take the run: {e}", spec.unit)),
-                            Err(e) => Err(e),
-                        };
-                        reply.profile.mark("claim");
-                        drop(warm);
-                        let err = result.as_ref().err().cloned();
-                        let _ = events.send(Event::Started {
-                            instance: id.clone(),
-                            result,
-                        });
-                        if let Some(e) = err {
-                            failed = Some(format!("cell instance {id} did not start: {e}"));
-                            break;
-                        }
-                        done.push(StopStep::Unit(spec.unit));
+                        let (record, spec, warm) = *claim;
+                        (record, spec, Some(warm))
                     }
+                };
+                let id = record.instance.clone();
+                // Signing (milliseconds of ML-DSA under TCG) runs on
+                // another thread while the record is written.
+                let signing = Signing::begin(identity.clone(), &record);
+                let saved = save(&store, record).await;
+                reply.profile.mark("record");
+                signing.finish(&mut spec).await;
+                reply.profile.mark("identity");
+                let result = match (saved, warm) {
+                    (Err(e), _) => Err(e),
+                    (Ok(()), None) => runtime.start(&spec, &mut reply.profile).await.map_err(|e| e.to_string()),
+                    // A warm unit: one message, and its waiter execs in place.
+                    (Ok(()), Some(warm)) => {
+                        let claimed = crate::warm::claim(&warm.socket, &spec)
+                            .map(|()| warm.pid)
+                            .map_err(|e| format!("the warm unit {} did not take the run: {e}", spec.unit));
+                        reply.profile.mark("claim");
+                        claimed
+                    }
+                };
+                let err = result.as_ref().err().cloned();
+                let _ = events.send(Event::Started {
+                    instance: id.clone(),
+                    result,
+                });
+                if let Some(e) = err {
+                    failed = Some(format!("cell instance {id} did not start: {e}"));
+                    break;
                 }
+                done.push(StopStep::Unit(spec.unit));
             }
             if failed.is_some() {
                 // Undo in reverse: nothing half-assembled is left running.

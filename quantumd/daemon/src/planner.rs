@@ -216,6 +216,7 @@ mod tests {
                 name: "web-server".into(),
                 params: [("port".to_owned(), "8080".to_owned())].into(),
                 missing: missing.iter().map(|s| s.to_string()).collect(),
+                defaults: Default::default(),
             }],
             confidence: 0.9,
             reason: None,

@@ -792,10 +792,16 @@ impl Engine {
         // touched by the speller.
         let params = params::fill(manifest, &self.speller.correct(text));
         let missing = missing_params(manifest, &params);
+        let defaults = manifest
+            .params
+            .iter()
+            .filter_map(|(n, s)| Some((n.clone(), s.default.clone()?)))
+            .collect();
         PlannedCell {
             name: manifest.name.as_str().to_owned(),
             params,
             missing,
+            defaults,
         }
     }
 }
@@ -835,10 +841,17 @@ fn missing_params(manifest: &quantum_model::Manifest, params: &BTreeMap<String, 
 /// parameter of the same sort (a required path, or a host) left unset.
 fn carry_reference(planned: &mut PlannedCell, manifest: &quantum_model::Manifest, step: &str, previous: Option<&params::Candidate>) {
     let Some(previous) = previous else { return };
-    let refers = step
+    let words: Vec<String> = step
         .split(|c: char| !c.is_ascii_alphanumeric())
-        .any(|w| matches!(w.to_ascii_lowercase().as_str(), "it" | "its" | "them" | "that" | "those" | "result"));
-    if !refers {
+        .map(str::to_ascii_lowercase)
+        .collect();
+    let refers = words
+        .iter()
+        .any(|w| matches!(w.as_str(), "it" | "its" | "them" | "that" | "those" | "result"));
+    // "then search for *.log files there": the place named before is where
+    // the step works, even where that place has a default.
+    let there = words.iter().any(|w| w == "there");
+    if !refers && !there {
         return;
     }
     let target = manifest
@@ -847,7 +860,10 @@ fn carry_reference(planned: &mut PlannedCell, manifest: &quantum_model::Manifest
         .find(|(n, s)| {
             !planned.params.contains_key(*n)
                 && match previous.kind {
-                    params::Kind::Path => s.kind == quantum_model::ParamType::Path && s.default.is_none(),
+                    params::Kind::Path => {
+                        s.kind == quantum_model::ParamType::Path
+                            && (s.default.is_none() || (there && s.description.to_ascii_lowercase().contains("directory")))
+                    }
                     params::Kind::Host => s.kind == quantum_model::ParamType::String && params::is_host_param(n, s),
                     _ => false,
                 }

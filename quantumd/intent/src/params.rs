@@ -65,7 +65,7 @@ const FILE_EXTENSIONS: &[&str] = &[
     "xlsx", "ppt", "pptx", "png", "jpg", "jpeg", "gif", "webp", "bmp", "tif", "tiff", "svg", "heic", "ico", "py", "sh", "pl", "rb", "js",
     "ts", "rs", "c", "h", "go", "java", "zip", "tar", "gz", "tgz", "xz", "zst", "bz2", "7z", "rar", "iso", "img", "qcow2", "deb", "json",
     "toml", "yaml", "yml", "xml", "ini", "conf", "cfg", "log", "sql", "db", "sqlite", "mp3", "mp4", "mkv", "wav", "flac", "ogg", "bin",
-    "exe", "sha256", "asc", "sig", "key", "pem", "crt",
+    "exe", "sha256", "asc", "sig", "key", "pem", "crt", "diff", "patch", "sha512", "sha1", "md5",
 ];
 
 /// systemd unit suffixes.
@@ -202,6 +202,13 @@ fn split_word(raw: &str) -> Vec<String> {
     // A trailing dot or colon ends a sentence or introduces a list; it is
     // never part of a path, a name or a number here.
     w = w.trim_end_matches(['.', ':', ',', ';']);
+    // "backup.service's log", "ubuntu.iso's digest": the possessive of a
+    // value is the value ("what's", "it's" are words and keep theirs).
+    if let Some(stem) = w.strip_suffix("'s").or_else(|| w.strip_suffix("’s")) {
+        if stem.contains(['.', '/']) {
+            w = stem;
+        }
+    }
     if w.is_empty() {
         return Vec::new();
     }
@@ -227,10 +234,24 @@ fn is_ipv6(s: &str) -> bool {
 /// A name that is nothing but extensions ("tar.gz", ".zip") names a format,
 /// not a file.
 fn file_extension(s: &str) -> Option<&str> {
-    let (stem, ext) = s.rsplit_once('.')?;
+    let (_, ext) = s.rsplit_once('.')?;
+    let known = FILE_EXTENSIONS.contains(&ext.to_ascii_lowercase().as_str());
+    (known && !names_a_format(s)).then_some(ext)
+}
+
+/// A word that is nothing but extensions: one (".zip", "pdf") or a chain of
+/// archive formats ("tar.gz"). Two other extensions ("patch.diff") are a
+/// file's name.
+fn names_a_format(s: &str) -> bool {
     let known = |e: &str| FILE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str());
-    let stem_is_format = stem.split('.').all(|part| part.is_empty() || known(part));
-    (known(ext) && !stem_is_format).then_some(ext)
+    let parts: Vec<&str> = s.split('.').filter(|p| !p.is_empty()).collect();
+    let archive = |e: &&str| {
+        matches!(
+            e.to_ascii_lowercase().as_str(),
+            "tar" | "gz" | "tgz" | "xz" | "zst" | "bz2" | "zip" | "7z" | "rar"
+        )
+    };
+    parts.iter().all(|p| known(p)) && (s.starts_with('.') || parts.len() == 1 || parts.iter().all(archive))
 }
 
 fn is_domain(s: &str) -> bool {
@@ -348,9 +369,7 @@ fn classify(t: &Token) -> Option<(Kind, String)> {
             return Some((Kind::Unit, s.to_owned()));
         }
         // "tar.gz", ".zip": a format, a plain word.
-        if s.split('.')
-            .all(|part| part.is_empty() || FILE_EXTENSIONS.contains(&part.to_ascii_lowercase().as_str()))
-        {
+        if names_a_format(s) {
             return None;
         }
         if file_extension(s).is_some() && !s.contains("://") {
@@ -371,6 +390,141 @@ fn classify(t: &Token) -> Option<(Kind, String)> {
         }
     }
     None
+}
+
+/// A relative path with a slash ("build/html", "docs/_build/html") named
+/// after a word that places it ("in", "into", "the folder"): without that
+/// cue, words joined by slashes are more often a list ("cpu/mem/io",
+/// "read/write"). Short parts only ("tcp/udp") never make a path.
+fn relative_path(tokens: &[Token], i: usize) -> bool {
+    let t = &tokens[i];
+    let s = t.text.trim_end_matches('/');
+    if t.quoted || !s.contains('/') || s.contains("://") {
+        return false;
+    }
+    let parts: Vec<&str> = s.split('/').collect();
+    let well_formed = parts
+        .iter()
+        .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)));
+    let cue = i > 0
+        && matches!(
+            tokens[i - 1].lower.as_str(),
+            "in" | "into"
+                | "inside"
+                | "from"
+                | "to"
+                | "onto"
+                | "under"
+                | "below"
+                | "at"
+                | "serve"
+                | "serving"
+                | "directory"
+                | "dir"
+                | "folder"
+                | "of"
+                | "compress"
+                | "archive"
+                | "pack"
+                | "zip"
+                | "tar"
+                | "mirror"
+                | "sync"
+                | "backup"
+                | "back"
+        );
+    well_formed && cue && parts.iter().any(|p| p.len() > 3)
+}
+
+/// A directory named by a bare word in lower case: "the src directory",
+/// "this build folder". Words that say which directory rather than name
+/// it ("the home directory", "the current folder") are not names.
+fn bare_directory(tokens: &[Token], i: usize) -> bool {
+    let t = &tokens[i];
+    let placed = i > 0 && matches!(tokens[i - 1].lower.as_str(), "the" | "this");
+    let dir = tokens
+        .get(i + 1)
+        .is_some_and(|n| matches!(n.lower.as_str(), "directory" | "folder" | "dir"));
+    let name = t
+        .text
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_-.".contains(c))
+        && t.text.chars().next().is_some_and(|c| c.is_ascii_lowercase());
+    let describes = matches!(
+        t.lower.as_str(),
+        "home"
+            | "current"
+            | "working"
+            | "whole"
+            | "same"
+            | "root"
+            | "parent"
+            | "entire"
+            | "user"
+            | "own"
+            | "top"
+            | "base"
+            | "new"
+            | "old"
+            | "other"
+            | "right"
+            | "wrong"
+            | "given"
+            | "main"
+            | "shared"
+            | "target"
+            | "source"
+            | "backup"
+            | "destination"
+            | "output"
+            | "input"
+            | "temp"
+            | "tmp"
+            | "download"
+            | "downloads"
+            | "desktop"
+            | "documents"
+            | "music"
+            | "pictures"
+            | "photos"
+            | "videos"
+            | "project"
+            | "website"
+            | "web"
+            | "site"
+            | "whole-home"
+            | "cells"
+            | "state"
+            | "log"
+            | "logs"
+            | "config"
+            | "cache"
+            | "sync"
+            | "synced"
+            | "nas"
+            | "usb"
+            | "external"
+            | "remote"
+            | "local"
+            | "empty"
+            | "big"
+            | "large"
+            | "small"
+            | "biggest"
+            | "largest"
+            | "first"
+            | "last"
+            | "next"
+            | "previous"
+            | "that"
+            | "this"
+            | "which"
+            | "a"
+            | "an"
+    );
+    // "the release directory /build/release": the path is the name.
+    let named_after = tokens.get(i + 2).is_some_and(|n| is_path(&n.text));
+    !t.quoted && placed && dir && name && !describes && !named_after
 }
 
 fn is_geometry(s: &str) -> bool {
@@ -517,9 +671,26 @@ pub fn scan(text: &str) -> (Vec<Token>, Vec<Candidate>) {
             i += 1;
             continue;
         }
-        // "1024 wide", "800 pixels wide", "600px high": one side of an image.
+        // "30 percent", "25 pct": a scale.
+        if w.bytes().all(|b| b.is_ascii_digit()) && !w.is_empty() && matches!(next, "percent" | "pct" | "per-cent") {
+            push(Kind::Geometry, format!("{w}%"), i, i + 1, &mut used);
+            i += 2;
+            continue;
+        }
+        // "per-second", "per-minute": one unit.
+        if let Some(unit) = w.strip_prefix("per-").and_then(time_unit) {
+            push(Kind::Duration, duration_value(unit), i, i, &mut used);
+            i += 1;
+            continue;
+        }
+        // "1024 wide", "800 pixels wide", "600px high", "640px wide": one
+        // side of an image.
+        let (w, glued) = match w.strip_suffix("px") {
+            Some(n) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => (n, true),
+            _ => (w, false),
+        };
         if w.bytes().all(|b| b.is_ascii_digit()) && !w.is_empty() {
-            let px = matches!(next, "px" | "pixel" | "pixels");
+            let px = !glued && matches!(next, "px" | "pixel" | "pixels");
             let side = if px { next2 } else { next };
             let words = if px { 2 } else { 1 };
             let geometry = match side {
@@ -558,7 +729,9 @@ pub fn scan(text: &str) -> (Vec<Token>, Vec<Candidate>) {
         if used[i] {
             continue;
         }
-        if let Some((kind, value)) = classify(t) {
+        let classified =
+            classify(t).or_else(|| (relative_path(&tokens, i) || bare_directory(&tokens, i)).then(|| (Kind::Path, t.text.clone())));
+        if let Some((kind, value)) = classified {
             push(kind, value.clone(), i, i, &mut used);
             // "localhost:8080", "example.com:443" also name a port.
             if kind == Kind::Host && !t.quoted {
@@ -603,13 +776,14 @@ fn concept_words(w: &str) -> Vec<String> {
     let w = singular(w);
     let mut out = vec![w.clone()];
     let extra: &[&str] = match w.as_str() {
-        "char" | "letter" | "digit" | "symbol" | "long" => &["character", "length"],
+        "char" | "letter" | "digit" | "symbol" | "sign" | "long" => &["character", "length"],
         "time" | "ping" | "packet" | "attempt" => &["request", "count"],
         "sec" | "second" => &["second"],
         "biggest" | "largest" | "heaviest" | "top" => &["largest", "top"],
         "level" | "deep" => &["level", "deep", "depth"],
         "last" | "latest" | "recent" => &["newest"],
-        "kill" | "terminate" | "stop" | "pid" => &["signal", "process"],
+        "kill" | "terminate" | "stop" | "pid" | "freeze" | "pause" | "suspend" | "resume" | "end" | "quit" | "signal" | "interrupt"
+        | "reload" => &["signal", "process"],
         "snapshot" | "backup" | "version" | "copy" => &["snapshot", "keep"],
         "result" | "match" | "hit" => &["result"],
         "wait" => &["timeout", "wait"],
@@ -680,6 +854,11 @@ fn integer_affinity(c: &Candidate, name: &str, spec: &ParamSpec) -> i32 {
     if let Some(prev) = c.before.last() {
         if hit(prev) {
             score += 2;
+        }
+        // "process 4242 hangs": the number names that process, whatever
+        // follows it.
+        if name == "pid" && matches!(prev.as_str(), "process" | "pid" | "task") {
+            score += 4;
         }
         if hit_name(prev) || prev == name {
             score += 3;
@@ -790,6 +969,7 @@ fn choice_synonyms(word: &str) -> &'static [&'static str] {
         "politely" | "nicely" | "gracefully" | "gently" | "sigterm" => &["term"],
         "interrupt" | "sigint" => &["int"],
         "hexadecimal" => &["hex"],
+        "letters+digits" | "digits+letters" | "letters+numbers" | "numbers+letters" | "alphanumerics" | "a-z0-9" => &["alphanumeric"],
         "numeric" => &["pin"],
         "libreoffice" | "writer" | "opendocument" => &["odt"],
         "grep" => &["content"],
@@ -832,6 +1012,12 @@ const CHOICE_PHRASES: &[(&str, &str)] = &[
     ("no symbols", "alphanumeric"),
     ("without symbols", "alphanumeric"),
     ("no special characters", "alphanumeric"),
+    ("without special characters", "alphanumeric"),
+    ("no special chars", "alphanumeric"),
+    ("without special chars", "alphanumeric"),
+    ("no punctuation", "alphanumeric"),
+    ("dry run", "check"),
+    ("dry-run", "check"),
     ("only digits", "pin"),
     ("digits only", "pin"),
     ("only numbers", "pin"),
@@ -896,7 +1082,8 @@ fn pick_choice(tokens: &[Token], taken: &[bool], options: &[String], question: b
     let mut found: Vec<(usize, u8, String)> = Vec::new();
     let lower_options: Vec<String> = options.iter().map(|o| o.to_ascii_lowercase()).collect();
     let targeted = |i: usize| {
-        let target = |j: Option<usize>| j.is_some_and(|j| matches!(tokens[j].lower.as_str(), "to" | "into" | "as" | "in"));
+        let target =
+            |j: Option<usize>| j.is_some_and(|j| matches!(tokens[j].lower.as_str(), "to" | "into" | "as" | "in" | "->" | "→" | "=>"));
         target(i.checked_sub(1)) || target(i.checked_sub(2))
     };
     // A phrase covers its words: "letters and numbers only" is not also
@@ -927,7 +1114,8 @@ fn pick_choice(tokens: &[Token], taken: &[bool], options: &[String], question: b
         if t.quoted || taken[i] || negated(tokens, i) {
             continue;
         }
-        let word = t.lower.trim_start_matches('.');
+        // "--hex", "-hex": an option names its choice.
+        let word = t.lower.trim_start_matches(['.', '-']);
         let next = tokens.get(i + 1).map(|t| t.lower.as_str());
         let two = next.map(|n| format!("{word} {n}"));
         let single = singular(word);
@@ -992,10 +1180,16 @@ fn pick_choice(tokens: &[Token], taken: &[bool], options: &[String], question: b
     }
     found.sort_by_key(|(i, _, _)| *i);
     // Two choices named in a row qualify one another: the first is the
-    // kind of the second ("an alphanumeric password", "a hex token").
+    // kind of the second ("an alphanumeric password", "a hex token"). A
+    // phrase after a choice is not qualified by it ("a password without
+    // symbols").
     let qualified: Vec<usize> = found
         .iter()
-        .filter(|(i, r, o)| *r == 1 && found.iter().any(|(j, rj, oj)| *rj == 1 && j + 1 == *i && oj != o))
+        .filter(|(i, r, o)| {
+            *r == 1
+                && singular(&tokens[*i].lower) == o.to_ascii_lowercase()
+                && found.iter().any(|(j, rj, oj)| *rj == 1 && j + 1 == *i && oj != o)
+        })
         .map(|(i, _, _)| *i)
         .collect();
     found.retain(|(i, _, _)| !qualified.contains(i));
@@ -1168,8 +1362,25 @@ pub fn fill_from(manifest: &Manifest, tokens: &[Token], candidates: &[Candidate]
             taken[c.token] = true;
         }
     }
+    // The formats of the files named: a format to convert *to* is never
+    // the input's own ("docx -> markdown: cv.docx", "I wrote it in LaTeX
+    // (paper.tex), they want word").
+    let input_formats: Vec<String> = candidates
+        .iter()
+        .filter(|c| c.kind == Kind::Path)
+        .filter_map(|c| file_extension(&c.value))
+        .map(|e| match e.to_ascii_lowercase().as_str() {
+            "markdown" => "md".to_owned(),
+            "htm" => "html".to_owned(),
+            "jpeg" => "jpg".to_owned(),
+            e => e.to_owned(),
+        })
+        .collect();
     for (name, spec) in params.iter().filter(|(_, s)| s.kind == ParamType::String) {
-        let options = choices(spec);
+        let mut options = choices(spec);
+        if spec.description.to_ascii_lowercase().starts_with("output format") {
+            options.retain(|o| !input_formats.contains(&o.to_ascii_lowercase()));
+        }
         if options.is_empty() || !free(&out, name) {
             continue;
         }
@@ -1188,6 +1399,20 @@ pub fn fill_from(manifest: &Manifest, tokens: &[Token], candidates: &[Candidate]
             if let Some(value) = yes_or_no(tokens, spec) {
                 out.insert((*name).clone(), value.to_owned());
             }
+        }
+    }
+    // "comb ~/src for FIXME": a search inside a place is by content; so is
+    // a quoted text a file "had in it".
+    let quoted_inside = tokens.iter().enumerate().any(|(i, t)| {
+        t.quoted
+            && tokens.get(i + 1).is_some_and(|n| matches!(n.lower.as_str(), "in" | "inside"))
+            && tokens
+                .get(i + 2)
+                .is_some_and(|n| matches!(n.lower.as_str(), "it" | "them" | "there"))
+    });
+    for (name, spec) in params.iter().filter(|(_, s)| s.kind == ParamType::String) {
+        if free(&out, name) && choices(spec).iter().any(|c| c == "content") && (searches_contents(tokens) || quoted_inside) {
+            out.insert((*name).clone(), "content".to_owned());
         }
     }
     // An integer parameter where 0 means all ("0 keeps all"): "keep every
@@ -1235,19 +1460,27 @@ pub fn fill_from(manifest: &Manifest, tokens: &[Token], candidates: &[Candidate]
             // the verb is the command.
             // So is a path that is a program: a script or something in a
             // bin directory.
+            // So is "./poll": a program in the working directory, unless
+            // it is where the command runs ("in ./scraper").
             let program = |c: &Candidate| {
-                c.before
-                    .last()
-                    .is_some_and(|w| matches!(w.as_str(), "run" | "execute" | "exec" | "call" | "start"))
-                    || file_extension(&c.value).is_some_and(|e| matches!(e, "sh" | "py" | "pl" | "rb"))
+                let cue = c.before.last().map(String::as_str);
+                matches!(cue, Some("run" | "execute" | "exec" | "call" | "start"))
+                    || file_extension(&c.value).is_some_and(|e| matches!(e, "sh" | "py" | "pl" | "rb" | "js"))
                     || c.value.contains("/bin/")
+                    || (c.value.starts_with("./") && !matches!(cue, Some("in" | "inside" | "from" | "within" | "into")))
             };
             if let Some(ci) = candidates
                 .iter()
                 .enumerate()
                 .position(|(i, c)| !used[i] && c.kind == Kind::Path && program(c))
             {
-                take(&mut out, &mut used, name, spec, ci, candidates[ci].value.clone());
+                // "python3 fetch.py": the interpreter named before it runs it.
+                let c = &candidates[ci];
+                let value = match c.token.checked_sub(1).map(|j| &tokens[j]) {
+                    Some(t) if !t.quoted && INTERPRETERS.contains(&t.lower.as_str()) => format!("{} {}", t.text, c.value),
+                    _ => c.value.clone(),
+                };
+                take(&mut out, &mut used, name, spec, ci, value);
             } else if let Some(command) = command_words(tokens, candidates) {
                 if spec.kind.check(&command).is_ok() {
                     out.insert((*name).clone(), command);
@@ -1284,7 +1517,31 @@ pub fn fill_from(manifest: &Manifest, tokens: &[Token], candidates: &[Candidate]
     let paths: Vec<usize> = (0..candidates.len())
         .filter(|&i| !used[i] && candidates[i].kind == Kind::Path)
         .collect();
-    let cue = |ci: usize| candidates[ci].before.last().map(String::as_str).unwrap_or("");
+    // The word that places a path: the one right before it, else a "to"
+    // a few words back ("onto the NAS mount /mnt/nas", "to the external
+    // drive at /media/ext") with no other value between.
+    let value_at: Vec<usize> = candidates.iter().map(|c| c.token).collect();
+    let cue = |ci: usize| {
+        let last = candidates[ci].before.last().map(String::as_str).unwrap_or("");
+        // Only after a place's noun or "at": "to squeeze /x", "go back to
+        // the current /boot" are no destinations.
+        if !matches!(
+            last,
+            "at" | "mount" | "drive" | "disk" | "share" | "stick" | "nas" | "volume" | "partition" | "card" | "server"
+        ) {
+            return last;
+        }
+        let at = candidates[ci].token;
+        for j in (at.saturating_sub(5)..at).rev() {
+            if value_at.contains(&j) || matches!(tokens[j].lower.as_str(), "from" | "of" | "and" | "then") {
+                break;
+            }
+            if matches!(tokens[j].lower.as_str(), "to" | "into" | "onto") {
+                return "to";
+            }
+        }
+        last
+    };
     // "keep X identical to Y", "make X match Y": Y is what X is made like.
     let likeness = |ci: usize| {
         let b = &candidates[ci].before;
@@ -1297,6 +1554,19 @@ pub fn fill_from(manifest: &Manifest, tokens: &[Token], candidates: &[Candidate]
                 | ["in", "sync"]
         )
     };
+    // "compare movies.tar with movies.sha256": a parameter that takes a
+    // checksum file to verify gets the checksum file named.
+    for (name, spec) in &path_params {
+        if free(&out, name) && spec.description.to_ascii_lowercase().contains("checksum file") {
+            if let Some(&ci) = paths.iter().find(|&&ci| !used[ci] && is_checksum_file(&candidates[ci].value)) {
+                take(&mut out, &mut used, name, spec, ci, candidates[ci].value.clone());
+            }
+        }
+    }
+    // A directory named by a bare word ("the deploy dir") fills only what
+    // the paths written out leave free.
+    let mut paths: Vec<usize> = paths.into_iter().filter(|&ci| !used[ci]).collect();
+    paths.sort_by_key(|&ci| !candidates[ci].value.contains(['/', '.', '~']));
     let mut pending = Vec::new();
     for &ci in &paths {
         if likeness(ci) {
@@ -1416,7 +1686,20 @@ fn yes_or_no(tokens: &[Token], spec: &ParamSpec) -> Option<&'static str> {
     }
     let alike: &[&str] = match verb.as_str() {
         "delete" | "remove" => &[
-            "delete", "deleting", "deleted", "remove", "removing", "removed", "prune", "pruning", "purge", "purging",
+            "delete",
+            "deleting",
+            "deleted",
+            "deletion",
+            "deletions",
+            "deletes",
+            "remove",
+            "removing",
+            "removed",
+            "removal",
+            "prune",
+            "pruning",
+            "purge",
+            "purging",
         ],
         _ => &[],
     };
@@ -1427,14 +1710,28 @@ fn yes_or_no(tokens: &[Token], spec: &ParamSpec) -> Option<&'static str> {
             // "also removing the files I deleted here": the first use decides.
             said.get_or_insert(if negated(tokens, i) { "no" } else { "yes" });
         }
+        let adds = |n: &&str| {
+            matches!(
+                *n,
+                "add" | "new" | "changed" | "updated" | "missing" | "newer" | "modified" | "additions"
+            )
+        };
         if w == "only" || w == "just" {
             let next: Vec<&str> = tokens[i + 1..].iter().take(4).map(|t| t.lower.as_str()).collect();
-            if next
-                .iter()
-                .any(|n| matches!(*n, "add" | "new" | "changed" | "updated" | "missing" | "newer" | "modified"))
-            {
+            // "only the new files", and "new files only".
+            let before: Vec<&str> = tokens[i.saturating_sub(3)..i].iter().map(|t| t.lower.as_str()).collect();
+            if next.iter().any(adds) || (w == "only" && before.iter().any(adds)) {
                 said.get_or_insert("no");
             }
+        }
+        // "leave the extra files alone", "keep the old ones intact".
+        if matches!(w, "leave" | "keep")
+            && tokens[i + 1..]
+                .iter()
+                .take(7)
+                .any(|t| matches!(t.lower.as_str(), "alone" | "untouched" | "intact") || (w == "leave" && t.lower == "be"))
+        {
+            said.get_or_insert("no");
         }
     }
     said
@@ -1487,10 +1784,21 @@ fn named_after(tokens: &[Token], taken: &[bool], name: &str, spec: &ParamSpec) -
         if t.quoted || !keys.contains(&t.lower) {
             continue;
         }
-        let Some(next) = tokens.get(i + 1) else { continue };
+        // "superuser called dev", "the user should be named ci_bot".
+        let skip = tokens[i + 1..]
+            .iter()
+            .take_while(|t| {
+                matches!(
+                    t.lower.as_str(),
+                    "called" | "named" | "should" | "must" | "will" | "be" | "is" | "=" | "as"
+                )
+            })
+            .count();
+        let at = i + 1 + skip;
+        let Some(next) = tokens.get(at) else { continue };
         let plain = next.text.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
             && next.text.chars().next().is_some_and(|c| c.is_ascii_alphabetic());
-        if plain && !taken[i + 1] && !is_filler(&next.lower) && !STEP_WORDS.contains(&next.lower.as_str()) {
+        if plain && !taken[at] && !is_filler(&next.lower) && !STEP_WORDS.contains(&next.lower.as_str()) {
             return Some(next.text.clone());
         }
     }
@@ -1515,7 +1823,23 @@ fn searched_word(tokens: &[Token], taken: &[bool]) -> Option<String> {
             || (matches!(t.lower.as_str(), "for" | "search" | "find" | "grep")
                 && tokens.get(i + 1).is_some_and(|n| n.lower == "the")
                 && tokens.get(i + 2).is_some_and(|n| matches!(n.lower.as_str(), "word" | "text" | "string" | "phrase" | "term")))
-            || (t.lower == "about" && i > 0 && matches!(tokens[i - 1].lower.as_str(), "talk" | "talks" | "talking"));
+            || (t.lower == "about" && i > 0 && matches!(tokens[i - 1].lower.as_str(), "talk" | "talks" | "talking"))
+            // "what does the log say about usb", "lines about wlan0".
+            || (t.lower == "about" && tokens.get(i + 1).is_some_and(|n| !NOT_SEARCHED.contains(&n.lower.as_str())))
+            // "grep the system log for segfault", "dig through the journal
+            // for wlan0 stuff".
+            || (t.lower == "for"
+                && search_verb_before(tokens, i)
+                && tokens.get(i + 1).is_some_and(|n| !NOT_SEARCHED.contains(&n.lower.as_str()))
+                // "search /data for large files": a kind of file, not a text.
+                && !tokens.get(i + 1).is_some_and(|n| FILE_EXTENSIONS.contains(&n.lower.trim_start_matches('.')))
+                && !tokens.get(i + 2).is_some_and(|n| {
+                    matches!(
+                        n.lower.as_str(),
+                        "files" | "file" | "folders" | "directories" | "documents" | "ones" | "images" | "pictures" | "photos" | "videos"
+                            | "scripts" | "archives" | "songs"
+                    )
+                }));
         if !cue {
             continue;
         }
@@ -1539,6 +1863,90 @@ fn searched_word(tokens: &[Token], taken: &[bool]) -> Option<String> {
     None
 }
 
+/// Words after "about" or a search's "for" that are not what is searched:
+/// what is searched through, a time, or a level (errors are a priority,
+/// not a text).
+const NOT_SEARCHED: &[&str] = &[
+    "files",
+    "file",
+    "lines",
+    "line",
+    "entries",
+    "messages",
+    "message",
+    "logs",
+    "log",
+    "journal",
+    "anything",
+    "something",
+    "stuff",
+    "me",
+    "us",
+    "it",
+    "them",
+    "all",
+    "any",
+    "more",
+    "hits",
+    "results",
+    "matches",
+    "errors",
+    "error",
+    "warnings",
+    "warning",
+    "problems",
+    "issues",
+    "failures",
+    "today",
+    "yesterday",
+    "now",
+    "an",
+    "a",
+    "the",
+    "last",
+    "past",
+    "this",
+    "my",
+    "our",
+    "some",
+    "hours",
+    "minutes",
+    "days",
+    "weeks",
+    "documents",
+    "folders",
+    "directories",
+    "pictures",
+    "photos",
+    "images",
+    "scripts",
+];
+
+/// Whether a verb of searching comes shortly before `i` ("grep /etc for",
+/// "scan the journal for", "search the code in ~/repo for").
+fn search_verb_before(tokens: &[Token], i: usize) -> bool {
+    tokens[i.saturating_sub(6)..i].iter().any(|t| {
+        matches!(
+            t.lower.as_str(),
+            "grep" | "search" | "searching" | "scan" | "comb" | "dig" | "look" | "looking" | "check" | "hunt" | "scour" | "sift"
+        )
+    })
+}
+
+/// Whether a text is searched inside something named between the verb and
+/// "for" ("grep /etc for X", "search the code in ~/repo for X"): a search
+/// of contents. "look for X" names no place and may be a file's name.
+fn searches_contents(tokens: &[Token]) -> bool {
+    tokens.iter().enumerate().any(|(i, t)| {
+        t.lower == "for"
+            && i >= 2
+            && tokens.get(i + 1).is_some_and(|n| !NOT_SEARCHED.contains(&n.lower.as_str()))
+            && tokens[i.saturating_sub(6)..i - 1]
+                .iter()
+                .any(|v| matches!(v.lower.as_str(), "grep" | "search" | "scan" | "comb" | "scour" | "sift"))
+    })
+}
+
 /// A command written without quotes: "run make test every 2h", "every 30
 /// seconds, curl http://x/health": the words after the verb (or after a
 /// leading "every ...") up to the schedule, a working directory or the end.
@@ -1550,9 +1958,15 @@ fn command_words(tokens: &[Token], candidates: &[Candidate]) -> Option<String> {
             "run" | "execute" | "exec" | "launch" | "call" | "running" | "executing"
         )
     });
-    let start = match verb {
-        Some(v) => v + 1,
-        None => {
+    // "do git pull every 20 min": a leading "do" is the verb.
+    let verb = verb.or_else(|| tokens.first().filter(|t| t.lower == "do").map(|_| 0));
+    // "cron job: curl -s URL each 5 min": else the command starts at a
+    // program everybody knows by name.
+    let known = tokens.iter().position(|t| !t.quoted && PROGRAMS.contains(&t.lower.as_str()));
+    let start = match (verb, known) {
+        (Some(v), _) => v + 1,
+        (None, Some(k)) => k,
+        (None, None) => {
             // "every 30 seconds, curl ...": after a leading schedule.
             let first = tokens.first()?;
             if !matches!(first.lower.as_str(), "every" | "each") {
@@ -1590,13 +2004,110 @@ fn command_words(tokens: &[Token], candidates: &[Candidate]) -> Option<String> {
     (end > start).then(|| tokens[start..end].iter().map(|t| t.text.as_str()).collect::<Vec<_>>().join(" "))
 }
 
+/// A list of checksums: `x.sha256`, `SHA256SUMS`, `b2sums.txt`.
+fn is_checksum_file(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path).to_ascii_lowercase();
+    let ext = name.rsplit_once('.').map(|(_, e)| e);
+    matches!(ext, Some("sha256" | "sha512" | "sha1" | "md5" | "b2" | "sha224" | "sha384")) || name.contains("sums")
+}
+
+/// Programs that run a script named after them ("python3 fetch.py").
+const INTERPRETERS: &[&str] = &[
+    "python", "python3", "bash", "sh", "perl", "node", "ruby", "php", "deno", "bun", "zsh",
+];
+
+/// Programs whose name starts a command line wherever it stands in the
+/// request ("hourly: curl --silent http://x/status").
+const PROGRAMS: &[&str] = &[
+    "curl",
+    "wget",
+    "git",
+    "rsync",
+    "python",
+    "python3",
+    "bash",
+    "sh",
+    "node",
+    "npm",
+    "npx",
+    "cargo",
+    "docker",
+    "podman",
+    "systemctl",
+    "ping",
+    "echo",
+    "touch",
+    "psql",
+    "mysql",
+    "php",
+    "perl",
+    "ruby",
+    "restic",
+    "borg",
+    "certbot",
+    "ansible-playbook",
+];
+
 /// A name pattern written without quotes: "called budget", "named x",
 /// "all pdf files" -> `*.pdf`.
 fn named_pattern(tokens: &[Token]) -> Option<String> {
+    let word = |j: usize| {
+        tokens
+            .get(j)
+            .filter(|t| !is_filler(&t.lower) && !HEDGES.contains(&t.lower.as_str()))
+    };
     for (i, t) in tokens.iter().enumerate() {
         if matches!(t.lower.as_str(), "called" | "named") {
-            if let Some(next) = tokens.get(i + 1) {
+            // "called something like budget": the hedge is not the name.
+            let skip = tokens[i + 1..]
+                .iter()
+                .take_while(|t| HEDGES.contains(&t.lower.as_str()) || t.lower == "something")
+                .count();
+            if let Some(next) = tokens.get(i + 1 + skip) {
                 return Some(next.text.clone());
+            }
+        }
+        // "with invoice in the name", "receipt in their file name".
+        if t.lower == "in"
+            && i > 0
+            && matches!(tokens.get(i + 1).map(|t| t.lower.as_str()), Some("the" | "its" | "their" | "a"))
+            && tokens[i + 2..]
+                .iter()
+                .take(2)
+                .any(|t| matches!(t.lower.as_str(), "name" | "names" | "filename" | "filenames" | "title"))
+        {
+            if let Some(prev) = word(i - 1) {
+                return Some(prev.text.clone());
+            }
+        }
+        // "its name had quarterly in it", "a name with 2024".
+        if matches!(t.lower.as_str(), "name" | "names" | "filename")
+            && matches!(
+                tokens.get(i + 1).map(|t| t.lower.as_str()),
+                Some("had" | "has" | "contains" | "containing" | "with" | "includes" | "including")
+            )
+        {
+            if let Some(next) = word(i + 2) {
+                return Some(next.text.clone());
+            }
+        }
+        // "python files", "shell scripts": a language names its extension.
+        if matches!(t.lower.as_str(), "file" | "files" | "scripts" | "script" | "documents" | "sources") && i > 0 {
+            let ext = match tokens[i - 1].lower.as_str() {
+                "python" => Some("py"),
+                "markdown" => Some("md"),
+                "shell" | "bash" => Some("sh"),
+                "text" => Some("txt"),
+                "log" => Some("log"),
+                "word" => Some("docx"),
+                "excel" => Some("xlsx"),
+                "powerpoint" => Some("pptx"),
+                "javascript" => Some("js"),
+                "rust" => Some("rs"),
+                _ => None,
+            };
+            if let Some(ext) = ext {
+                return Some(format!("*.{ext}"));
             }
         }
         if matches!(
@@ -1624,6 +2135,20 @@ fn named_pattern(tokens: &[Token]) -> Option<String> {
     }
     None
 }
+
+/// Words that hedge a name ("called something like budget", "named
+/// roughly minutes").
+const HEDGES: &[&str] = &[
+    "like",
+    "roughly",
+    "probably",
+    "maybe",
+    "kind",
+    "sort",
+    "of",
+    "perhaps",
+    "approximately",
+];
 
 /// File types people count by their extension alone ("all pdfs", "every
 /// jpg"): the ones that are no English word.
@@ -2052,5 +2577,167 @@ mod tests {
         );
         check_fill("process-hog", "stop 2222", "pid=2222");
         check_fill("dns-lookup", "dig TXT _dmarc.example.com", "name=_dmarc.example.com;type=TXT");
+    }
+
+    // Round 8 (tuning sets 8 and 9): rules for ways of naming a value the
+    // earlier sets did not use. Each rule is tried on phrasings of its own,
+    // not on the tuning lines that showed it.
+
+    #[test]
+    fn a_relative_path_with_a_slash_after_a_place_word() {
+        check_fill("web-server", "publish the pages in site/public over http", "dir=site/public");
+        check_fill(
+            "archive",
+            "compress the folder out/release-1.2",
+            "mode=create;source=out/release-1.2",
+        );
+        // Words joined by a slash are not a place.
+        check_scan("show cpu/mem/io every second", expect![["Duration 1s"]]);
+        check_scan("read/write errors in the log", expect![[""]]);
+    }
+
+    #[test]
+    fn a_bare_directory_name() {
+        check_fill("archive", "compress the dist folder", "mode=create;source=dist");
+        check_fill("disk-usage", "how big is the home directory", "");
+    }
+
+    #[test]
+    fn possessives_and_more_file_types() {
+        check_fill("checksum", "what is notes.txt's sha512", "algorithm=sha512;path=notes.txt");
+        check_fill("checksum", "md5 of fix.patch", "algorithm=md5;path=fix.patch");
+        check_fill(
+            "log-search",
+            "what did nginx.service's log say in the last hour",
+            "since=1h;unit=nginx.service",
+        );
+    }
+
+    #[test]
+    fn a_name_pattern_said_around_the_word_name() {
+        check_fill(
+            "file-search",
+            "files with receipt in their name under ~/mail",
+            "by=name;path=~/mail;pattern=receipt",
+        );
+        check_fill(
+            "file-search",
+            "the spreadsheet whose name had forecast in it",
+            "by=name;pattern=forecast",
+        );
+        check_fill(
+            "file-search",
+            "a doc named roughly like minutes somewhere",
+            "by=name;pattern=minutes",
+        );
+        check_fill("file-search", "all the markdown files in ~/wiki", "path=~/wiki;pattern=*.md");
+        check_fill("file-search", "shell scripts under /opt", "path=/opt;pattern=*.sh");
+    }
+
+    #[test]
+    fn a_searched_word_after_about_or_after_a_search_for() {
+        check_fill("log-search", "anything logged about bluetooth today", "pattern=bluetooth");
+        check_fill("log-search", "scan the journal for nvme please", "pattern=nvme");
+        check_fill("log-search", "look through the logs for errors", "priority=err");
+        check_fill("file-search", "comb ~/src for FIXME", "by=content;path=~/src;pattern=FIXME");
+        // "look for X" alone names a file more often than a text.
+        check_fill("file-search", "look for files called taxes", "by=name;pattern=taxes");
+    }
+
+    #[test]
+    fn a_command_from_its_program() {
+        check_fill(
+            "scheduled-task",
+            "every 2 hours run python3 sync_mail.py",
+            "command=python3 sync_mail.py;every=2h",
+        );
+        check_fill("scheduled-task", "bash rotate.sh nightly", "command=bash rotate.sh;every=24h");
+        check_fill(
+            "scheduled-task",
+            "wget -q https://example.org/ping each 10 min",
+            "command=wget -q https://example.org/ping;every=10m",
+        );
+        check_fill(
+            "scheduled-task",
+            "kick off ./refresh-cache every 90 seconds",
+            "command=./refresh-cache;every=1m30s",
+        );
+        check_fill("scheduled-task", "do make backup every day", "command=make backup;every=24h");
+    }
+
+    #[test]
+    fn a_mirror_that_must_not_delete() {
+        check_fill(
+            "file-sync",
+            "copy ~/a into /mnt/a, new files only",
+            "delete=no;dest=/mnt/a;source=~/a",
+        );
+        check_fill(
+            "file-sync",
+            "sync ~/x to /y and leave the old files there alone",
+            "delete=no;dest=/y;source=~/x",
+        );
+        check_fill("file-sync", "sync ~/x to /y, no deletions", "delete=no;dest=/y;source=~/x");
+    }
+
+    #[test]
+    fn password_kinds_written_as_options_or_joined_words() {
+        check_fill(
+            "password-generator",
+            "a 24 character password without special characters",
+            "kind=alphanumeric;length=24",
+        );
+        check_fill("password-generator", "new router password, no symbols please", "kind=alphanumeric");
+        check_fill("password-generator", "a --hex secret, 32 long", "kind=hex;length=32");
+        check_fill("password-generator", "a key of digits+letters", "kind=alphanumeric");
+        check_fill(
+            "password-generator",
+            "letters and numbers only, 14 signs",
+            "kind=alphanumeric;length=14",
+        );
+    }
+
+    #[test]
+    fn a_pid_after_the_word_process_or_a_signal_verb() {
+        check_fill("process-hog", "process 4242 hangs, end it", "pid=4242");
+        check_fill("process-hog", "pause 777 for a bit", "pid=777;signal=STOP");
+    }
+
+    #[test]
+    fn a_name_after_called() {
+        check_fill("sql-database", "a scratch postgres with a superuser called alice", "user=alice");
+        check_fill("sql-database", "postgres where the user should be named ci_bot", "user=ci_bot");
+    }
+
+    #[test]
+    fn the_target_format_is_not_the_inputs() {
+        check_fill(
+            "document-convert",
+            "I typed thesis.md in markdown, the school wants word",
+            "input=thesis.md;to=docx",
+        );
+        check_fill("document-convert", "rst -> html for guide.rst", "input=guide.rst;to=html");
+        check_fill("document-convert", "notes.odt -> plain text", "input=notes.odt;to=txt");
+    }
+
+    #[test]
+    fn sizes_in_percent_and_pixels() {
+        check_fill("image-resize", "shrink ~/shots to 25 percent", "input=~/shots;size=25%");
+        check_fill("image-resize", "cover.png 640px wide", "input=cover.png;size=640");
+    }
+
+    #[test]
+    fn counts_of_directories_and_rates() {
+        check_fill("disk-usage", "the 5 folders that take the most room in /home", "path=/home;top=5");
+        check_fill("system-monitor", "a per-second view of the load", "interval=1");
+    }
+
+    #[test]
+    fn a_checksum_file_is_what_is_verified() {
+        check_fill(
+            "checksum",
+            "check disk.img against disk.img.sha256",
+            "mode=verify;path=disk.img.sha256",
+        );
     }
 }

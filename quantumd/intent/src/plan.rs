@@ -33,6 +33,18 @@ pub struct PlannedCell {
     /// (`{"name", "params"}`), which tests outside the project compare.
     #[serde(skip)]
     pub missing: Vec<String>,
+    /// The cell's defaults, what a parameter left out of `params` runs
+    /// with. Not part of the JSON contract either.
+    #[serde(skip)]
+    pub defaults: BTreeMap<String, String>,
+}
+
+impl PlannedCell {
+    /// The value `name` runs with: the one taken from the intent, else the
+    /// cell's default.
+    pub fn effective(&self, name: &str) -> Option<&String> {
+        self.params.get(name).or_else(|| self.defaults.get(name))
+    }
 }
 
 impl Plan {

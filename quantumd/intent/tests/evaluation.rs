@@ -1,6 +1,6 @@
 //! Scores the evaluation sets with the real model and holds the engine to
 //! accuracy floors: the tuning data ([`evaluation::TUNING_SETS`], every miss
-//! printed) and held-out set 5 (tests/data/intents-heldout-5.tsv, never used
+//! printed) and held-out set 7 (tests/data/intents-heldout-7.tsv, never used
 //! to tune: only its aggregate figures are printed).
 //!
 //! The model must be present: `scripts/fetch-model.sh` puts it where this
@@ -16,31 +16,30 @@ use quantum_intent::{evaluation, Config, Engine, RerankerSource};
 /// Share of the tuning data's cases whose cells (or refusal) and expected
 /// parameters are all right, decided by the learned re-ranker. A training
 /// score (the engine was tuned, and the re-ranker trained, on these sets,
-/// [`evaluation::TUNING_SETS`]): measured at 98.6 % (1577 of 1600).
+/// [`evaluation::TUNING_SETS`]): measured at 98.9 % (2144 of 2167).
 const FLOOR: f64 = 0.98;
 /// Share of the tuning data's out-of-scope requests that must be refused
 /// (they hold requests close to what the catalog does, "delete the tmp
-/// folder"): measured at 100 % (350 of 350), a training score.
+/// folder"): measured at 99.3 % (458 of 461), a training score.
 const REFUSAL_FLOOR: f64 = 0.985;
 
 /// Mean 5-fold cross-validated accuracy of the hand-tuned score's choice of
-/// tunables on the tuning data: measured at 97.8 % over the full grid
-/// (`intent-bench`), 97.9 % over the grid around the default pooling (this
-/// test).
+/// tunables on the tuning data: measured at 97.6 % with the default tuning
+/// (`intent-bench --no-grid`, sets 1 to 9).
 const CV_FLOOR: f64 = 0.97;
 
-/// Share of held-out set 5's cases all right. Measured once, after the
-/// learned re-ranker was frozen: 84.8 % (218 of 257; cells right 93.4 %),
-/// against 82.9 % for the hand-tuned score. The goal of issue 17 is 97 %:
-/// not met; most of the misses left are parameters (the cells are right).
-/// The floor sits just under the measurement (four more misses fail it), so
-/// a regression fails the test.
-const HELDOUT_FLOOR: f64 = 0.835;
-/// Share of held-out set 5's out-of-scope requests refused: measured at
-/// 92.2 % (47 of 51; the hand-tuned score 88.2 %), against a goal of 95 %;
-/// one more miss is tolerated (a float difference on another CPU can move a
-/// borderline request).
-const HELDOUT_REFUSAL_FLOOR: f64 = 0.90;
+/// Share of held-out set 7's cases all right (a plan judged by what its
+/// cells run with, defaults included). Measured once, after round 8 was
+/// frozen (e92e3bc): 89.4 % (277 of 310; 89.0 % with every expected value
+/// stated; cells right 94.5 %). Sets 5 and 6, the previous round's, scored
+/// 84.8 % and 83.9 %. The goal of issue 17 is 97 %: not met. The floor sits
+/// just under the measurement (five more misses fail it), so a regression
+/// fails the test.
+const HELDOUT_FLOOR: f64 = 0.878;
+/// Share of held-out set 7's out-of-scope requests refused: measured at
+/// 90.0 % (54 of 60), against a goal of 95 %; one more miss is tolerated (a
+/// float difference on another CPU can move a borderline request).
+const HELDOUT_REFUSAL_FLOOR: f64 = 0.88;
 
 /// How the learned re-ranker is cross-validated: one fold per file of the
 /// tuning data, as `intent-bench --train --by-set` chose it.
@@ -48,11 +47,11 @@ const SPLIT: evaluation::Split = evaluation::Split::BySet;
 
 /// Mean leave-one-set-out accuracy of the learned re-ranker on the tuning
 /// data, each set decided by a re-ranker trained (with its examples) on the
-/// others: measured at 98.2 %.
+/// others: measured at 98.5 %.
 const RERANKER_CV_FLOOR: f64 = 0.975;
 
 /// The requests for one cell, decided as if that cell had been added after
-/// the training (no examples of it): measured at 97.9 % (leave-one-set-out).
+/// the training (no examples of it): measured at 97.4 % (leave-one-set-out).
 const NEW_CELL_FLOOR: f64 = 0.96;
 
 fn repo() -> PathBuf {

@@ -299,41 +299,37 @@ stop_all()
 burst_f = burst(start_systemd_run_full)
 stop_all()
 
+def times(name, samples):
+    """NAME_p50_ms and NAME_p95_ms of a list of microsecond samples."""
+    return {f"{name}_p{p}_ms": pct(samples, p) / 1000 for p in (50, 95)}
+
+
+def ratios(name, samples, base, ps=(50, 95)):
+    """ratio[_NAME]_pP: samples against base, percentile by percentile."""
+    prefix = f"ratio_{name}_" if name else "ratio_"
+    return {f"{prefix}p{p}": pct(samples, p) / max(1, pct(base, p)) for p in ps}
+
+
 result = {
     "starts": N,
-    "quantumctl_p50_ms": pct(quantum, 50) / 1000,
-    "quantumctl_p95_ms": pct(quantum, 95) / 1000,
-    "systemd_run_p50_ms": pct(plain, 50) / 1000,
-    "systemd_run_p95_ms": pct(plain, 95) / 1000,
-    "ratio_p50": pct(quantum, 50) / max(1, pct(plain, 50)),
-    "ratio_p95": pct(quantum, 95) / max(1, pct(plain, 95)),
-    "systemd_run_full_p50_ms": pct(full, 50) / 1000,
-    "systemd_run_full_p95_ms": pct(full, 95) / 1000,
-    "ratio_full_p50": pct(quantum, 50) / max(1, pct(full, 50)),
-    "ratio_full_p95": pct(quantum, 95) / max(1, pct(full, 95)),
-    "quantumctl_bus_p50_ms": pct(quantum_bus, 50) / 1000,
-    "quantumctl_bus_p95_ms": pct(quantum_bus, 95) / 1000,
-    "ratio_bus_full_p50": pct(quantum_bus, 50) / max(1, pct(full, 50)),
-    "foreground_p50_ms": pct(fg_quantum, 50) / 1000,
-    "foreground_p95_ms": pct(fg_quantum, 95) / 1000,
-    "pipe_wait_p50_ms": pct(fg_plain, 50) / 1000,
-    "pipe_wait_p95_ms": pct(fg_plain, 95) / 1000,
-    "ratio_foreground_p50": pct(fg_quantum, 50) / max(1, pct(fg_plain, 50)),
-    "ratio_foreground_p95": pct(fg_quantum, 95) / max(1, pct(fg_plain, 95)),
-    "pipe_wait_full_p50_ms": pct(fg_full, 50) / 1000,
-    "pipe_wait_full_p95_ms": pct(fg_full, 95) / 1000,
-    "ratio_foreground_full_p50": pct(fg_quantum, 50) / max(1, pct(fg_full, 50)),
-    "ratio_foreground_full_p95": pct(fg_quantum, 95) / max(1, pct(fg_full, 95)),
-    "warm_p50_ms": pct(fg_warm, 50) / 1000,
-    "warm_p95_ms": pct(fg_warm, 95) / 1000,
+    **times("quantumctl", quantum),
+    **times("systemd_run", plain),
+    **ratios("", quantum, plain),
+    **times("systemd_run_full", full),
+    **ratios("full", quantum, full),
+    **times("quantumctl_bus", quantum_bus),
+    **ratios("bus_full", quantum_bus, full, ps=(50,)),
+    **times("foreground", fg_quantum),
+    **times("pipe_wait", fg_plain),
+    **ratios("foreground", fg_quantum, fg_plain),
+    **times("pipe_wait_full", fg_full),
+    **ratios("foreground_full", fg_quantum, fg_full),
+    **times("warm", fg_warm),
     "warm_claimed": claimed,
-    "cold_p50_ms": pct(fg_cold, 50) / 1000,
-    "cold_p95_ms": pct(fg_cold, 95) / 1000,
-    "pipe_wait2_p50_ms": pct(fg_plain2, 50) / 1000,
-    "pipe_wait2_p95_ms": pct(fg_plain2, 95) / 1000,
-    "ratio_warm_p50": pct(fg_warm, 50) / max(1, pct(fg_plain2, 50)),
-    "ratio_warm_p95": pct(fg_warm, 95) / max(1, pct(fg_plain2, 95)),
-    "ratio_warm_cold_p50": pct(fg_warm, 50) / max(1, pct(fg_cold, 50)),
+    **times("cold", fg_cold),
+    **times("pipe_wait2", fg_plain2),
+    **ratios("warm", fg_warm, fg_plain2),
+    **ratios("warm_cold", fg_warm, fg_cold, ps=(50,)),
     "warm_unit_memory_kib": (pct(warm_memory, 50) // 1024) if warm_memory else -1,
     "concurrent": CONCURRENT,
     "concurrent_running": running,

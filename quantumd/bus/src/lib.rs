@@ -38,7 +38,9 @@ pub struct CellInfo {
     pub instance: String,
     /// The cell's name from its manifest.
     pub cell: String,
-    /// `starting`, `running`, `stopping`, `exited`, `failed`.
+    /// `starting`, `running`, `stopping`, `exited`, `failed`; `warm` for a
+    /// pre-warmed unit no run has taken yet (its instance id is the one the
+    /// run that takes it gets).
     pub state: String,
     /// Why the cell is in this state, for humans ("exited with status 1").
     pub reason: String,

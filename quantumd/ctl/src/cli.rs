@@ -237,6 +237,10 @@ pub enum CliCommand {
         targets: Vec<String>,
     },
     /// List running and recently ended cell instances.
+    ///
+    /// STATE is starting, running, stopping, exited or failed; `warm` is a
+    /// pre-warmed unit (quantumd.toml's [prewarm]) waiting for the next run
+    /// of its cell, which takes it and its instance id.
     List {
         #[arg(long)]
         json: bool,

@@ -39,6 +39,18 @@ fn a_pinned_cell_waits_warm_and_a_run_takes_it_with_its_output_and_status_then_t
     ]);
     let node = Node::start_configured(cat.path(), "[prewarm]\ncells = [\"echoer\", \"failer\"]\npredict = false\n");
     let first = warm_instance(&node, "warm", "echoer", None);
+    // A person listing what runs sees the waiting unit, and why it waits.
+    let list: serde_json::Value = serde_json::from_slice(&node.ctl(&["list", "--json"]).stdout).expect("list --json");
+    let warm = list
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["instance"] == first.as_str()).cloned())
+        .unwrap_or_else(|| panic!("{first} is not listed: {list}"));
+    assert_eq!(
+        (warm["cell"].as_str(), warm["state"].as_str()),
+        (Some("echoer"), Some("warm")),
+        "{warm}"
+    );
+    assert!(warm["reason"].as_str().is_some_and(|r| r.contains("pinned")), "{warm}");
 
     let out = node.ctl(&["run", "echoer", "word=hello"]);
     assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), node.log());

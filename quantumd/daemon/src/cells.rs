@@ -1764,6 +1764,7 @@ impl Cells {
     fn list(&self) -> Vec<CellInfo> {
         let mut v: Vec<CellInfo> = self.ended.iter().map(|e| e.info.clone()).collect();
         v.extend(self.instances.values().map(info_of));
+        v.extend(self.warm_infos());
         v
     }
 

@@ -52,6 +52,10 @@ fn cells_are_isolated_and_limited_in_a_vm() {
         lifecycle::memory_threshold_trigger,
     );
     s.run(
+        "a-memory-pressure-trigger-fires-on-a-cell-that-thrashes-its-page-cache",
+        lifecycle::memory_pressure_trigger,
+    );
+    s.run(
         "a-pinned-cell-waits-warm-and-a-run-takes-its-unit-with-identity-and-output",
         lifecycle::prewarm_claims,
     );

@@ -14,6 +14,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
+use quantum_bus::CellInfo;
 use quantum_model::Program;
 use quantum_trail::Action;
 
@@ -228,6 +229,27 @@ impl Cells {
                 self.warm.failed.insert(cell, Instant::now());
             }
         }
+    }
+
+    /// The warm units, for `list`: state `warm`, with why each is kept.
+    /// They are processes holding memory, so a person listing what runs
+    /// sees them, though no run has asked for them yet.
+    pub(super) fn warm_infos(&self) -> Vec<CellInfo> {
+        let now = super::now_usec();
+        self.warm
+            .ready
+            .values()
+            .map(|w| CellInfo {
+                instance: w.instance.clone(),
+                cell: w.spec.cell.clone(),
+                state: "warm".to_owned(),
+                reason: w.why.clone(),
+                unit: w.spec.unit.clone(),
+                pid: w.pid,
+                parent: String::new(),
+                started_usec: now.saturating_sub(w.since.elapsed().as_micros() as u64),
+            })
+            .collect()
     }
 
     /// A warm unit of `cell` from `manifest_blake3`, for a run to take.

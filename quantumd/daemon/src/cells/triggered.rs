@@ -12,7 +12,7 @@ use quantum_trail::Action;
 
 use super::{Cells, Event};
 use crate::command::{CommandError, Reply, RunRequest};
-use crate::runtime::Exit;
+use crate::runtime::{Exit, RuntimeError};
 use crate::start_profile::StartProfile;
 use crate::trail;
 use crate::triggers::{trigger_of_unit, unit_names, Armed, TriggerError};
@@ -108,15 +108,6 @@ impl Cells {
                 .resolve(&trigger.cell)
                 .map_err(|e| CommandError::Invalid(format!("{file}: trigger {}: {e}", trigger.name.as_str())))?;
         }
-        if matches!(trigger.on, On::Threshold(_) | On::Event { .. }) || self.runtime.kind() == "systemd" {
-            // fine: quantumd or systemd keeps watch
-        } else {
-            return Err(CommandError::Refused(format!(
-                "{}: {} needs systemd's timers and path units, and quantumd runs without systemd here (the cgroup backend)",
-                file,
-                trigger.on.to_string().split(' ').next().unwrap_or("this trigger"),
-            )));
-        }
         let name = trigger.name.as_str().to_owned();
         let armed = self.triggers.add(toml, file, actor)?.clone();
         if armed.by_systemd() {
@@ -127,10 +118,13 @@ impl Cells {
             {
                 // Not kept: a trigger that cannot be armed would only look armed.
                 let _ = self.triggers.remove(&name);
-                return Err(CommandError::Invalid(format!(
-                    "{file}: trigger {name}: {}",
-                    crate::command::error_chain(&e)
-                )));
+                let why = format!("{file}: trigger {name}: {}", crate::command::error_chain(&e));
+                // Without systemd (the cgroup backend) the file is fine but
+                // this node cannot keep such a trigger.
+                return Err(match e {
+                    RuntimeError::Unsupported(_) => CommandError::Refused(why),
+                    _ => CommandError::Invalid(why),
+                });
             }
         }
         let what = format!("add {name}: {} runs {}", armed.trigger.on, armed.trigger.cell);

@@ -480,6 +480,48 @@ pub fn memory_threshold_trigger(g: &Guest) -> Result<()> {
     Ok(())
 }
 
+/// A threshold on a cell's memory *pressure* (PSI: its cgroup's
+/// `memory.pressure`, some avg10), which the kernel measures, not quantumd:
+/// a cell held to 24 MB that rereads far more than that from disk waits on
+/// reclaim and on refaults of what it just read, and the trigger fires
+/// once. The cell's pressure is printed, so a run shows what crossed.
+#[allow(dead_code)]
+pub fn memory_pressure_trigger(g: &Guest) -> Result<()> {
+    write_cell(
+        g,
+        "thrasher",
+        "rereads more than its memory holds",
+        "while :; do find /usr -xdev -type f -size +32k -exec cat {} + >/dev/null 2>&1; done",
+        "[resources]\nmemory-min = \"4M\"\nmemory-max = \"24M\"",
+    )?;
+    write_marker(g)?;
+    add_trigger(
+        g,
+        "squeezed",
+        "/run/qtest/marker/cell.toml",
+        "on-threshold = { figure = \"memory-pressure\", cell = \"thrasher\", above = 2, for = \"2s\" }",
+    )?;
+    ensure!(
+        trigger(g, "squeezed")?.is_some_and(|t| t["fired"] == 0),
+        "fired before the cell ran"
+    );
+    g.run_ok(&as_quantum("quantumctl run /run/qtest/thrasher/cell.toml"))?;
+    let pressure = || {
+        g.run(
+            "for u in $(systemctl list-units --plain --no-legend 'quantum-thrasher.*' | cut -d' ' -f1); do \
+             cat /sys/fs/cgroup$(systemctl show -P ControlGroup $u)/memory.pressure; done",
+        )
+        .map(|o| o.stdout)
+        .unwrap_or_default()
+    };
+    let result = fired(g, "squeezed", 1, "marker");
+    quantum_vmtest::report(format_args!("[{}] the thrasher's memory.pressure:\n{}", g.backend(), pressure()));
+    result?;
+    g.run_ok("quantumctl stop thrasher")?;
+    g.run_ok(&as_quantum("quantumctl trigger remove squeezed"))?;
+    Ok(())
+}
+
 /// A catalog cell pinned in `[prewarm] cells`: quantumd keeps a unit of it
 /// waiting (its main process `quantumd warm-exec`), and a run takes that
 /// unit, with its instance id, its identity document and its output on the

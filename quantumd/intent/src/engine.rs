@@ -721,8 +721,30 @@ impl Engine {
         })
     }
 
-    /// The plan of a decision: the chosen cells with their parameters.
+    /// The plan of a decision: the chosen cells with their parameters; a
+    /// refusal, with the reason, when a chosen cell cannot make what the
+    /// request asks of it ([`params::unservable`]: "convert it to pdf").
     pub fn plan(&self, prepared: &Prepared, decision: &Decision) -> Plan {
+        let texts: Vec<(usize, &str)> = match &decision.choice {
+            Choice::Refuse => Vec::new(),
+            Choice::Whole(cell) => vec![(*cell, prepared.intent.as_str())],
+            Choice::Steps(chosen) => prepared
+                .steps
+                .iter()
+                .zip(chosen)
+                .map(|((step, _), &c)| (c, step.as_str()))
+                .collect(),
+        };
+        for (cell, text) in texts {
+            if let Some(why) = params::unservable(&self.catalog.cells[cell].manifest, text) {
+                return Plan {
+                    intent: prepared.intent.clone(),
+                    cells: Vec::new(),
+                    confidence: decision.confidence,
+                    reason: Some(why),
+                };
+            }
+        }
         let intent = prepared.intent.clone();
         let confidence = decision.confidence;
         match &decision.choice {

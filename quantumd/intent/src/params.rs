@@ -704,7 +704,7 @@ pub fn scan(text: &str) -> (Vec<Token>, Vec<Candidate>) {
                 continue;
             }
         }
-        if w == "port" {
+        if matches!(w, "port" | "prt") {
             if let Some(p) = next.parse::<u16>().ok().filter(|&p| p > 0) {
                 push(Kind::Port, p.to_string(), i + 1, i + 1, &mut used);
                 used[i] = true;
@@ -855,6 +855,14 @@ fn integer_affinity(c: &Candidate, name: &str, spec: &ParamSpec) -> i32 {
         if hit(prev) {
             score += 2;
         }
+        // "ping host -c 20": ping's own option for the count.
+        if name == "count" && prev == "-c" {
+            score += 4;
+        }
+        // "show 3", "list 5": how many to show.
+        if counts_things && matches!(prev.as_str(), "show" | "list" | "only" | "first") {
+            score += 3;
+        }
         // "process 4242 hangs": the number names that process, whatever
         // follows it.
         if name == "pid" && matches!(prev.as_str(), "process" | "pid" | "task") {
@@ -955,7 +963,8 @@ fn choice_synonyms(word: &str) -> &'static [&'static str] {
         "latex" => &["tex"],
         "restructuredtext" => &["rst"],
         "jpeg" => &["jpg"],
-        "unpack" | "unzip" | "decompress" | "untar" | "extract" | "unarchive" | "expand" | "open" => &["extract"],
+        "unpack" | "unzip" | "decompress" | "untar" | "extract" | "unarchive" | "expand" | "open" | "unpacked" | "unzipped"
+        | "extracted" | "decompressed" | "untarred" => &["extract"],
         "compress" | "pack" | "zip" | "squeeze" | "tarball" => &["create"],
         "inside" | "contents" | "content" => &["list"],
         "verify" | "validate" | "compare" | "against" | "corrupted" | "corrupt" | "tampered" => &["verify"],
@@ -993,6 +1002,9 @@ fn choice_synonyms(word: &str) -> &'static [&'static str] {
         "sha256sums" | "sha512sums" | "sha1sums" | "md5sums" | "b2sums" => &["verify"],
         "sha-256" => &["sha256"],
         "sha-512" => &["sha512"],
+        "sha-384" => &["sha384"],
+        "sha-224" => &["sha224"],
+        "sha-1" => &["sha1"],
         "pin" | "pins" | "pincode" => &["pin"],
         "token" | "tokens" => &["token"],
         _ => &[],
@@ -1178,6 +1190,17 @@ fn pick_choice(tokens: &[Token], taken: &[bool], options: &[String], question: b
             }
         }
     }
+    // Of two choices, the one said not to do is the other: "don't apply
+    // anything" checks, "don't verify, just hash" hashes.
+    if options.len() == 2 && found.iter().all(|(_, r, _)| *r == 0) {
+        for (i, t) in tokens.iter().enumerate() {
+            if let Some(o) = lower_options.iter().position(|o| *o == t.lower) {
+                if !t.quoted && negated(tokens, i) {
+                    found.push((i, 1, options[1 - o].clone()));
+                }
+            }
+        }
+    }
     found.sort_by_key(|(i, _, _)| *i);
     // Two choices named in a row qualify one another: the first is the
     // kind of the second ("an alphanumeric password", "a hex token"). A
@@ -1287,7 +1310,7 @@ pub fn fill_from(manifest: &Manifest, tokens: &[Token], candidates: &[Candidate]
                     && c.kind == Kind::Integer
                     && c.before
                         .last()
-                        .is_some_and(|w| matches!(w.as_str(), "on" | "at" | "port" | "listen" | "use" | "take" | "try"))
+                        .is_some_and(|w| matches!(w.as_str(), "on" | "at" | "port" | "prt" | "listen" | "use" | "take" | "try"))
                     && c.value.parse::<u32>().is_ok_and(|p| (1024..=65535).contains(&p))
             })
         });
@@ -1525,6 +1548,12 @@ pub fn fill_from(manifest: &Manifest, tokens: &[Token], candidates: &[Candidate]
         let last = candidates[ci].before.last().map(String::as_str).unwrap_or("");
         // Only after a place's noun or "at": "to squeeze /x", "go back to
         // the current /boot" are no destinations.
+        // "the drive's mounted on /media/usb": where a drive is mounted is
+        // where things go.
+        let before = candidates[ci].before.iter().rev().nth(1).map(String::as_str);
+        if matches!(last, "on" | "at") && matches!(before, Some("mounted" | "plugged")) {
+            return "to";
+        }
         if !matches!(
             last,
             "at" | "mount" | "drive" | "disk" | "share" | "stick" | "nas" | "volume" | "partition" | "card" | "server"
@@ -1552,6 +1581,7 @@ pub fn fill_from(manifest: &Manifest, tokens: &[Token], candidates: &[Candidate]
                 | ["look" | "looks", "like"]
                 | ["identical" | "equal" | "same", "to" | "as"]
                 | ["in", "sync"]
+                | ["line" | "date", "with"]
         )
     };
     // "compare movies.tar with movies.sha256": a parameter that takes a
@@ -1710,11 +1740,14 @@ fn yes_or_no(tokens: &[Token], spec: &ParamSpec) -> Option<&'static str> {
             // "also removing the files I deleted here": the first use decides.
             said.get_or_insert(if negated(tokens, i) { "no" } else { "yes" });
         }
+        // "add/update only": each part of a joined word.
         let adds = |n: &&str| {
-            matches!(
-                *n,
-                "add" | "new" | "changed" | "updated" | "missing" | "newer" | "modified" | "additions"
-            )
+            n.split('/').any(|p| {
+                matches!(
+                    p,
+                    "add" | "new" | "changed" | "updated" | "update" | "missing" | "newer" | "modified" | "additions"
+                )
+            })
         };
         if w == "only" || w == "just" {
             let next: Vec<&str> = tokens[i + 1..].iter().take(4).map(|t| t.lower.as_str()).collect();
@@ -1813,6 +1846,22 @@ const STEP_WORDS: &[&str] = &[
 /// The word searched for when the request says so without quotes: "files
 /// that mention X", "lines containing the text X", "grep -r X".
 fn searched_word(tokens: &[Token], taken: &[bool]) -> Option<String> {
+    // "segfault in journal?", "oom in the logs": a terse request opens
+    // with the searched word, then the place searched.
+    if let [first, inn, rest @ ..] = tokens {
+        if inn.lower == "in"
+            && !taken[0]
+            && !first.quoted
+            && !NOT_SEARCHED.contains(&first.lower.as_str())
+            && !is_filler(&first.lower)
+            && rest
+                .iter()
+                .take(2)
+                .any(|n| matches!(n.lower.as_str(), "journal" | "log" | "logs" | "syslog" | "dmesg"))
+        {
+            return Some(first.text.clone());
+        }
+    }
     for (i, t) in tokens.iter().enumerate() {
         let cue = matches!(
             t.lower.as_str(),
@@ -1962,7 +2011,18 @@ fn command_words(tokens: &[Token], candidates: &[Candidate]) -> Option<String> {
     let verb = verb.or_else(|| tokens.first().filter(|t| t.lower == "do").map(|_| 0));
     // "cron job: curl -s URL each 5 min": else the command starts at a
     // program everybody knows by name.
-    let known = tokens.iter().position(|t| !t.quoted && PROGRAMS.contains(&t.lower.as_str()));
+    let known = tokens.iter().enumerate().position(|(i, t)| {
+        !t.quoted
+            && (PROGRAMS.contains(&t.lower.as_str())
+                // "make report", "make test": make with a target, not "make a
+                // backup" or "make sure".
+                || (t.lower == "make"
+                    && tokens.get(i + 1).is_some_and(|n| {
+                        n.lower.chars().all(|c| c.is_ascii_lowercase() || c == '-')
+                            && !is_filler(&n.lower)
+                            && !matches!(n.lower.as_str(), "sure" | "me" | "us" | "them" | "one" | "copy" | "backup" | "archive" | "space")
+                    })))
+    });
     let start = match (verb, known) {
         (Some(v), _) => v + 1,
         (None, Some(k)) => k,
@@ -2009,6 +2069,43 @@ fn is_checksum_file(path: &str) -> bool {
     let name = path.rsplit('/').next().unwrap_or(path).to_ascii_lowercase();
     let ext = name.rsplit_once('.').map(|(_, e)| e);
     matches!(ext, Some("sha256" | "sha512" | "sha1" | "md5" | "b2" | "sha224" | "sha384")) || name.contains("sums")
+}
+
+/// Why a cell cannot do what the request asks of one of its closed
+/// choices: a conversion "to pdf" where the cell's output formats
+/// (a parameter described as "output format as a file extension: LIST")
+/// have no pdf. The engine refuses such a plan rather than run the cell
+/// with another format.
+pub fn unservable(manifest: &Manifest, text: &str) -> Option<String> {
+    let tokens = tokenize(text);
+    for (name, spec) in &manifest.params {
+        if spec.kind != ParamType::String
+            || !spec
+                .description
+                .to_ascii_lowercase()
+                .starts_with("output format as a file extension:")
+        {
+            continue;
+        }
+        let options = choices(spec);
+        for (i, t) in tokens.iter().enumerate() {
+            let targeted = (1..=2).any(|k| {
+                i.checked_sub(k)
+                    .is_some_and(|j| matches!(tokens[j].lower.as_str(), "to" | "into" | "as" | "->" | "→"))
+            });
+            let word = t.lower.trim_start_matches('.');
+            let format = FILE_EXTENSIONS.contains(&word) || matches!(word, "pdf" | "mobi" | "azw3" | "pptx" | "xlsx");
+            let offered = options.iter().any(|o| o == word) || choice_synonyms(word).iter().any(|s| options.iter().any(|o| o == s));
+            if targeted && format && !offered && !t.quoted && !t.text.contains(['/', '~']) {
+                return Some(format!(
+                    "{} cannot make {word}: its {name} is one of {}",
+                    manifest.name.as_str(),
+                    options.join(", ")
+                ));
+            }
+        }
+    }
+    None
 }
 
 /// Programs that run a script named after them ("python3 fetch.py").
@@ -2209,9 +2306,11 @@ pub fn masked(tokens: &[Token], candidates: &[Candidate]) -> String {
             *r = Some("text".to_owned());
         }
     }
+    // Spoken fillers ("uh find my resume") say nothing of what is asked.
     tokens
         .iter()
         .zip(replaced)
+        .filter(|(t, r)| r.is_some() || !matches!(t.lower.as_str(), "uh" | "uhh" | "um" | "umm" | "erm" | "er" | "hmm" | "uhm"))
         .map(|(t, r)| r.unwrap_or_else(|| t.text.clone()))
         .collect::<Vec<_>>()
         .join(" ")
@@ -2594,6 +2693,46 @@ mod tests {
         // Words joined by a slash are not a place.
         check_scan("show cpu/mem/io every second", expect![["Duration 1s"]]);
         check_scan("read/write errors in the log", expect![[""]]);
+    }
+
+    #[test]
+    fn a_format_the_cell_cannot_make_is_said() {
+        let cell = catalog_cell("document-convert");
+        assert_eq!(
+            unservable(&cell, "turn notes.md into pdf").as_deref(),
+            Some("document-convert cannot make pdf: its to is one of html, docx, odt, epub, md, rst, tex, txt")
+        );
+        assert_eq!(unservable(&cell, "turn notes.md into word"), None);
+        assert_eq!(unservable(&cell, "convert report.pdf to text"), None);
+        assert_eq!(unservable(&cell, "export to ./out.html"), None);
+    }
+
+    #[test]
+    fn a_two_way_choice_said_not_to_do_is_the_other() {
+        check_fill("package-update", "see what is pending but don't apply anything", "mode=check");
+        check_fill("checksum", "hash ~/iso, do not verify", "mode=hash;path=~/iso");
+    }
+
+    #[test]
+    fn round_nine_phrasings() {
+        check_fill("web-server", "static srv on prt 7070", "port=7070");
+        check_fill("log-search", "oom in the logs", "pattern=oom");
+        check_fill("network-check", "ping 10.0.0.1 -c 7", "count=7;host=10.0.0.1");
+        check_fill(
+            "archive",
+            "have data.tgz unpacked into /srv/x",
+            "dest=/srv/x;mode=extract;source=data.tgz",
+        );
+        check_fill("file-sync", "sync ./a -> /b, add/update only", "delete=no;dest=/b;source=./a");
+        check_fill("file-sync", "bring /mnt/copy in line with ~/docs", "dest=/mnt/copy;source=~/docs");
+        check_fill(
+            "file-backup",
+            "back up ~/code, the disk is mounted at /mnt/bk",
+            "dest=/mnt/bk;source=~/code",
+        );
+        check_fill("scheduled-task", "make test every 30 min", "command=make test;every=30m");
+        check_fill("process-hog", "who eats memory? show 4", "by=memory;top=4");
+        check_fill("checksum", "SHA-1 of a.iso", "algorithm=sha1;path=a.iso");
     }
 
     #[test]

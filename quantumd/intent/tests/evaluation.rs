@@ -28,6 +28,12 @@ const REFUSAL_FLOOR: f64 = 0.985;
 /// (`intent-bench --no-grid`, sets 1 to 9).
 const CV_FLOOR: f64 = 0.97;
 
+/// How much better than the default tuning the grid's cross-validated
+/// choice may be before the default must follow it: half a point. Measured
+/// with tuning sets 1 to 9: the grid chooses lexical weight 0.2 and
+/// threshold 0.38 over the default's 0.3 and 0.40.
+const DEFAULT_TUNING_SLACK: f64 = 0.005;
+
 /// Share of held-out set 7's cases all right (a plan judged by what its
 /// cells run with, defaults included). Measured once, after round 8 was
 /// frozen (e92e3bc): 89.4 % (277 of 310; 89.0 % with every expected value
@@ -171,7 +177,27 @@ fn cross_validated_choice_holds() {
         100.0 * cv.mean_train_accuracy(),
         100.0 * cv.refusal_rate()
     );
-    assert_eq!(cv.selected, engine.tuning(), "the default tuning is not the one the grid chooses");
+    // The hand-tuned score no longer decides (the re-ranker does, trained
+    // with that score among its features), so its tunables are not moved
+    // with every new tuning set: moving them means training the re-ranker
+    // again. They must stay near the grid's choice, cross-validated alike.
+    let fixed = evaluation::Grid {
+        shapes: vec![engine.tuning()],
+        thresholds: vec![engine.tuning().threshold],
+    };
+    let default = evaluation::cross_validate(engine, &cases, evaluation::Split::Stratified(5), &fixed, &memo).expect("the engine answers");
+    println!(
+        "the default tuning, 5-fold CV: {:.1}%, refused {:.1}%; the grid's choice {:?}",
+        100.0 * default.mean_accuracy(),
+        100.0 * default.refusal_rate(),
+        cv.selected
+    );
+    assert!(
+        cv.mean_accuracy() - default.mean_accuracy() <= DEFAULT_TUNING_SLACK,
+        "the grid's choice {:?} beats the default tuning by {:.1} points: make it the default and train the re-ranker again",
+        cv.selected,
+        100.0 * (cv.mean_accuracy() - default.mean_accuracy())
+    );
     assert!(
         cv.mean_accuracy() >= CV_FLOOR,
         "cross-validated accuracy {:.3} is below {CV_FLOOR}",

@@ -1,6 +1,6 @@
 //! Scores the evaluation sets with the real model and holds the engine to
 //! accuracy floors: the tuning data ([`evaluation::TUNING_SETS`], every miss
-//! printed) and held-out set 7 (tests/data/intents-heldout-7.tsv, never used
+//! printed) and held-out set 8 (tests/data/intents-heldout-8.tsv, never used
 //! to tune: only its aggregate figures are printed).
 //!
 //! The model must be present: `scripts/fetch-model.sh` puts it where this
@@ -16,36 +16,39 @@ use quantum_intent::{evaluation, Config, Engine, RerankerSource};
 /// Share of the tuning data's cases whose cells (or refusal) and expected
 /// parameters are all right, decided by the learned re-ranker. A training
 /// score (the engine was tuned, and the re-ranker trained, on these sets,
-/// [`evaluation::TUNING_SETS`]): measured at 98.9 % (2144 of 2167).
+/// [`evaluation::TUNING_SETS`]): measured at 98.6 % (2442 of 2477).
 const FLOOR: f64 = 0.98;
 /// Share of the tuning data's out-of-scope requests that must be refused
 /// (they hold requests close to what the catalog does, "delete the tmp
-/// folder"): measured at 99.3 % (458 of 461), a training score.
+/// folder"): measured at 99.4 % (518 of 521), a training score.
 const REFUSAL_FLOOR: f64 = 0.985;
 
 /// Mean 5-fold cross-validated accuracy of the hand-tuned score's choice of
-/// tunables on the tuning data: measured at 97.6 % with the default tuning
-/// (`intent-bench --no-grid`, sets 1 to 9).
-const CV_FLOOR: f64 = 0.97;
+/// tunables on the tuning data (the score the engine falls back to without
+/// its re-ranker): measured at 97.0 % over the grid around the default
+/// pooling and 97.1 % with the default tuning, sets 1 to 10 (97.6 % with
+/// sets 1 to 9: set 10's requests are harder for it).
+const CV_FLOOR: f64 = 0.965;
 
 /// How much better than the default tuning the grid's cross-validated
-/// choice may be before the default must follow it: half a point. Measured
-/// with tuning sets 1 to 9: the grid chooses lexical weight 0.2 and
-/// threshold 0.38 over the default's 0.3 and 0.40.
+/// choice may be before the default must follow it: half a point. With
+/// tuning sets 1 to 9 the grid chose lexical weight 0.2 and threshold 0.38
+/// over the default's 0.3 and 0.40, within that.
 const DEFAULT_TUNING_SLACK: f64 = 0.005;
 
-/// Share of held-out set 7's cases all right (a plan judged by what its
-/// cells run with, defaults included). Measured once, after round 8 was
-/// frozen (e92e3bc): 89.4 % (277 of 310; 89.0 % with every expected value
-/// stated; cells right 94.5 %). Sets 5 and 6, the previous round's, scored
-/// 84.8 % and 83.9 %. The goal of issue 17 is 97 %: not met. The floor sits
-/// just under the measurement (five more misses fail it), so a regression
-/// fails the test.
-const HELDOUT_FLOOR: f64 = 0.878;
-/// Share of held-out set 7's out-of-scope requests refused: measured at
-/// 90.0 % (54 of 60), against a goal of 95 %; one more miss is tolerated (a
-/// float difference on another CPU can move a borderline request).
-const HELDOUT_REFUSAL_FLOOR: f64 = 0.88;
+/// Share of held-out set 8's cases all right (a plan judged by what its
+/// cells run with, defaults included). Measured once, after round 9 was
+/// frozen (4fe7aaf): 89.0 % (276 of 310; 88.1 % with every
+/// expected value stated; cells right 91.6 %); the round-8 engine scores
+/// it 88.7 %. Set 7 had 89.4 % with round 8. The goal of issue 17 is
+/// 97 %: not met. The floor sits just under the measurement (five more
+/// misses fail it), so a regression fails the test.
+const HELDOUT_FLOOR: f64 = 0.876;
+/// Share of held-out set 8's out-of-scope requests refused: measured at
+/// 78.3 % (47 of 60, the same with the round-8 engine; set 7 had 90.0 %),
+/// against a goal of 95 %; one more miss is tolerated (a float difference
+/// on another CPU can move a borderline request).
+const HELDOUT_REFUSAL_FLOOR: f64 = 0.76;
 
 /// How the learned re-ranker is cross-validated: one fold per file of the
 /// tuning data, as `intent-bench --train --by-set` chose it.
@@ -53,11 +56,11 @@ const SPLIT: evaluation::Split = evaluation::Split::BySet;
 
 /// Mean leave-one-set-out accuracy of the learned re-ranker on the tuning
 /// data, each set decided by a re-ranker trained (with its examples) on the
-/// others: measured at 98.5 %.
+/// others: measured at 98.0 %.
 const RERANKER_CV_FLOOR: f64 = 0.975;
 
 /// The requests for one cell, decided as if that cell had been added after
-/// the training (no examples of it): measured at 97.4 % (leave-one-set-out).
+/// the training (no examples of it): measured at 96.8 % (leave-one-set-out).
 const NEW_CELL_FLOOR: f64 = 0.96;
 
 fn repo() -> PathBuf {

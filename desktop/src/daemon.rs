@@ -2,16 +2,16 @@
 //! GTK keeps the main thread). The window sends [`Request`]s and receives
 //! [`Update`]s over channels; nothing else crosses between the two.
 //!
-//! Everything live is driven by quantumd's signals (`CellStateChanged`,
-//! `CellTuned`): each one refreshes the list of cells and the trail. The
-//! STEPPPS figures have no signal (quantumd samples them once a second and
-//! answers `Steppps`), so they are read every [`FIGURES_EVERY`] while a cell
-//! runs, and not at all otherwise.
+//! Everything live is driven by quantumd's signals, never by a timer:
+//! `CellStateChanged` refreshes the list of cells and the trail, `CellTuned`
+//! adds a line to the cell's events, and `FiguresChanged` (after each
+//! STEPPPS sample that covers a cell, once a second while cells run) has
+//! the figures read with `Steppps`. With no cell running nothing wakes.
 //!
 //! `Ask` and `Execute` go over the same connection: quantumd runs a plan
 //! only for the connection that asked for it.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use quantum_bus::{CellDetail, CellInfo, Quantum1Proxy, TrailEntry};
@@ -20,8 +20,8 @@ use quantum_steppps::Figures;
 use crate::error::Error;
 use crate::plan::Answer;
 
-/// How often the figures are read while at least one cell runs.
-pub const FIGURES_EVERY: Duration = Duration::from_secs(2);
+/// The figures are read at most this often, however often they change.
+pub const FIGURES_AT_MOST_EVERY: Duration = Duration::from_millis(900);
 /// How long to wait before trying an unreachable quantumd again.
 const RECONNECT_EVERY: Duration = Duration::from_secs(3);
 /// Trail entries shown.
@@ -50,6 +50,11 @@ pub enum Update {
     Detail(Result<Box<CellDetail>, Error>),
     Cells(Vec<CellInfo>),
     Figures(Box<Figures>),
+    /// How to reach a running service (its manifest's `reach`, filled in).
+    Reach {
+        instance: String,
+        reach: String,
+    },
     Trail(Vec<TrailEntry>),
     /// A state change or a tuning, as a line for the cell's recent events.
     Event {
@@ -148,9 +153,10 @@ async fn session(
         source: Box::new(source),
     };
     // Subscribe before the first read, so that no change falls between.
-    let (mut changes, mut tunings, mut owner) = match tokio::try_join!(
+    let (mut changes, mut tunings, mut sampled, mut owner) = match tokio::try_join!(
         proxy.receive_cell_state_changed(),
         proxy.receive_cell_tuned(),
+        proxy.receive_figures_changed(),
         proxy.inner().receive_owner_changed()
     ) {
         Ok(s) => s,
@@ -168,9 +174,10 @@ async fn session(
     if updates.send(Update::Connected { version, backend }).await.is_err() {
         return Break(());
     }
-    let mut running = refresh(proxy, updates).await;
-    let mut figures = tokio::time::interval(FIGURES_EVERY);
-    figures.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Running instances whose reach was asked for, this session.
+    let mut reach_asked = std::collections::HashSet::new();
+    refresh(proxy, updates, &mut reach_asked).await;
+    let mut figures_read: Option<Instant> = None;
     loop {
         let sent = tokio::select! {
             r = requests.recv() => match r {
@@ -183,7 +190,7 @@ async fn session(
                 if let Some((instance, text)) = line {
                     ok = updates.send(Update::Event { instance, text }).await.is_ok();
                 }
-                running = refresh(proxy, updates).await;
+                refresh(proxy, updates, &mut reach_asked).await;
                 ok
             }
             Some(signal) = tunings.next() => {
@@ -203,7 +210,15 @@ async fn session(
                 }
                 true
             }
-            _ = figures.tick(), if running => read_figures(proxy, updates).await,
+            Some(_) = sampled.next() => {
+                // A burst (a backlog after a stall) is read once.
+                if figures_read.is_some_and(|at| at.elapsed() < FIGURES_AT_MOST_EVERY) {
+                    true
+                } else {
+                    figures_read = Some(Instant::now());
+                    read_figures(proxy, updates).await
+                }
+            }
         };
         if !sent {
             return Break(());
@@ -211,9 +226,14 @@ async fn session(
     }
 }
 
-/// Reads the cells and the trail (and the figures when a cell runs);
-/// returns whether any cell runs.
-async fn refresh(proxy: &Quantum1Proxy<'static>, updates: &async_channel::Sender<Update>) -> bool {
+/// Reads the cells and the trail, and the figures when a cell runs (so a
+/// new cell shows them before the next sample's signal); asks once for how
+/// to reach each instance that runs (only services have a reach).
+async fn refresh(
+    proxy: &Quantum1Proxy<'static>,
+    updates: &async_channel::Sender<Update>,
+    reach_asked: &mut std::collections::HashSet<String>,
+) {
     let cells = proxy.list().await.map_err(|e| Error::daemon("cannot list the cells", &e));
     let trail = proxy
         .trail_show("", 0, TRAIL_SHOWN)
@@ -221,9 +241,16 @@ async fn refresh(proxy: &Quantum1Proxy<'static>, updates: &async_channel::Sender
         .map_err(|e| Error::daemon("cannot read the trail", &e));
     let mut running = false;
     let mut out = Vec::new();
+    let mut ask_reach = Vec::new();
     match cells {
         Ok(cells) => {
             running = cells.iter().any(|c| matches!(c.state.as_str(), "running" | "starting"));
+            reach_asked.retain(|i| cells.iter().any(|c| &c.instance == i));
+            for c in cells.iter().filter(|c| c.state == "running") {
+                if reach_asked.insert(c.instance.clone()) {
+                    ask_reach.push(c.instance.clone());
+                }
+            }
             out.push(Update::Cells(cells));
         }
         Err(e) => out.push(Update::Failed(e)),
@@ -234,13 +261,26 @@ async fn refresh(proxy: &Quantum1Proxy<'static>, updates: &async_channel::Sender
     });
     for u in out {
         if updates.send(u).await.is_err() {
-            return false;
+            return;
+        }
+    }
+    for instance in ask_reach {
+        // An instance that ended in between has nothing to reach.
+        if let Ok(detail) = proxy.inspect(&instance).await {
+            if !detail.reach.is_empty() {
+                // The window has gone when this fails; the loop notices on its next send.
+                let _ = updates
+                    .send(Update::Reach {
+                        instance,
+                        reach: detail.reach,
+                    })
+                    .await;
+            }
         }
     }
     if running {
         read_figures(proxy, updates).await;
     }
-    running
 }
 
 async fn read_figures(proxy: &Quantum1Proxy<'static>, updates: &async_channel::Sender<Update>) -> bool {

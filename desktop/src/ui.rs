@@ -86,6 +86,8 @@ struct Model {
     cells: Vec<CellInfo>,
     figures: Option<Figures>,
     events: HashMap<String, VecDeque<String>>,
+    /// How to reach running services, by instance.
+    reach: HashMap<String, String>,
     connected: bool,
 }
 
@@ -116,6 +118,8 @@ struct CellRow {
     row: adw::ActionRow,
     stop: gtk::Button,
     inspect: gtk::Button,
+    /// Opens a web service's address in the browser; hidden otherwise.
+    open: gtk::LinkButton,
 }
 
 fn build(app: &adw::Application, config: &Config) -> Result<(), Error> {
@@ -434,12 +438,18 @@ impl Ui {
                 let mut m = self.model.borrow_mut();
                 // Events of instances quantumd no longer lists go with them.
                 m.events.retain(|instance, _| cells.iter().any(|c| &c.instance == instance));
+                m.reach
+                    .retain(|instance, _| cells.iter().any(|c| &c.instance == instance && live::is_live(c)));
                 m.cells = cells;
                 drop(m);
                 self.render_cells();
             }
             Update::Figures(figures) => {
                 self.model.borrow_mut().figures = Some(*figures);
+                self.render_cells();
+            }
+            Update::Reach { instance, reach } => {
+                self.model.borrow_mut().reach.insert(instance, reach);
                 self.render_cells();
             }
             Update::Trail(entries) => self.render_trail(&entries),
@@ -533,6 +543,15 @@ impl Ui {
         for cell in m.cells.iter().rev() {
             let r = rows.entry(cell.instance.clone()).or_insert_with(|| self.cell_row(cell));
             let mut lines = vec![live::state_line(cell)];
+            let reach = m.reach.get(&cell.instance).filter(|_| live::is_live(cell));
+            if let Some(reach) = reach {
+                lines.push(format!("reach it at {reach}"));
+            }
+            r.open
+                .set_visible(reach.is_some_and(|r| r.starts_with("http://") || r.starts_with("https://")));
+            if let Some(reach) = reach {
+                r.open.set_uri(reach);
+            }
             if live::is_live(cell) {
                 if let Some(f) = m.figures.as_ref().and_then(|f| live::figures_line(&cell.instance, f)) {
                     lines.push(f);
@@ -580,6 +599,11 @@ impl Ui {
         stop.set_widget_name(&format!("stop:{}", cell.instance));
         stop.set_valign(gtk::Align::Center);
         stop.add_css_class("destructive-action");
+        let open = gtk::LinkButton::with_label("", "Open");
+        open.set_widget_name(&format!("open:{}", cell.instance));
+        open.set_valign(gtk::Align::Center);
+        open.set_visible(false);
+        row.add_suffix(&open);
         row.add_suffix(&inspect);
         row.add_suffix(&stop);
         let u = self.clone();
@@ -592,7 +616,7 @@ impl Ui {
             u.send(Request::Stop(instance.clone()));
         });
         self.cells_list.append(&row);
-        CellRow { row, stop, inspect }
+        CellRow { row, stop, inspect, open }
     }
 
     fn render_trail(&self, entries: &[TrailEntry]) {

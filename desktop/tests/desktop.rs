@@ -619,6 +619,11 @@ fn a_person_asks_confirms_watches_and_stops_a_cell() {
     let body = wait_for("the web server to answer", LONG, || http_get(port, "/hello.txt"));
     assert_eq!(body, "hello from the desktop\n");
     desktop.wait_screen("the trail", |s| s.has_text("execute").then_some(()));
+    // The service says where it answers, with a button that opens it.
+    let reach = format!("reach it at http://127.0.0.1:{port}/");
+    desktop.wait_screen("how to reach the web server", |s| {
+        (s.has_text(&reach) && s.has(&format!("open:{instance}"))).then_some(())
+    });
     let screen = Screen::of(&desktop.widgets());
     assert!(!screen.has("plan"), "the plan is gone once it ran: {:?}", screen.names);
     assert!(screen.has(&format!("stop:{instance}")), "{:?}", screen.names);

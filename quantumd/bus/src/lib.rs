@@ -103,6 +103,9 @@ pub struct CellDetail {
     pub restarts: u32,
     /// Exit status of the last run, or -1.
     pub last_exit: i32,
+    /// For a service: how to reach it (its manifest's `reach`, with the
+    /// run's parameters), empty when it says nothing.
+    pub reach: String,
 }
 
 /// A started instance, as `RunAttached` answers.
@@ -440,6 +443,14 @@ pub trait Quantum1 {
     /// run-queue latency objective.
     #[zbus(signal)]
     fn cell_tuned(&self, instance: &str, cell: &str, old_weight: u64, new_weight: u64, reason: &str) -> zbus::Result<()>;
+
+    /// Emitted after each STEPPPS sample (once a second) that covers at
+    /// least one cell, and once when the last cell has gone: `Steppps`
+    /// answers the new figures. `sampled_usec` is when they were taken (µs
+    /// since the epoch), `cells` how many instances they cover. It carries
+    /// no figures itself, so that who may read them stays `Steppps`'s to say.
+    #[zbus(signal)]
+    fn figures_changed(&self, sampled_usec: u64, cells: u32) -> zbus::Result<()>;
 
     /// Emitted on every state change of an instance.
     #[zbus(signal)]

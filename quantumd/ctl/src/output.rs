@@ -56,6 +56,9 @@ pub fn detail(d: &CellDetail) -> String {
     }
     let _ = writeln!(out, "  manifest:  {}", d.manifest_path);
     let _ = writeln!(out, "  command:   {}", d.argv.join(" "));
+    if !d.reach.is_empty() {
+        let _ = writeln!(out, "  reach:     {}", d.reach);
+    }
     let mut params: Vec<_> = d.params.iter().collect();
     params.sort();
     for (k, v) in params {

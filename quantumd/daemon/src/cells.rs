@@ -189,6 +189,9 @@ struct Instance {
     state: State,
     reason: String,
     pid: u32,
+    /// Its process ran: its start was confirmed or its end seen. A quick
+    /// task can end before the start is confirmed, and is a run all the same.
+    ran: bool,
     children: Vec<String>,
     needed_by: BTreeSet<String>,
     failures: VecDeque<Instant>,
@@ -539,6 +542,7 @@ impl Cells {
                 state: State::Running,
                 reason: "re-adopted after a quantumd restart".into(),
                 pid,
+                ran: true,
                 children: vec![],
                 needed_by: BTreeSet::new(),
                 failures: VecDeque::new(),
@@ -777,13 +781,7 @@ impl Cells {
                         }
                     }
                 }
-                _ => {
-                    let params = &inst.record.params;
-                    pending.reach = lifecycle
-                        .and_then(|l| l.reach.as_deref())
-                        .and_then(|r| substitute(r, |n| params.get(n).cloned()).ok())
-                        .unwrap_or_default();
-                }
+                _ => pending.reach = reach_of(inst),
             }
         }
         self.spawn_plan(root, created, steps, pending);
@@ -1069,6 +1067,7 @@ impl Cells {
                 state: State::Starting,
                 reason: "starting".into(),
                 pid: 0,
+                ran: false,
                 children: vec![],
                 needed_by: BTreeSet::new(),
                 failures: VecDeque::new(),
@@ -1239,6 +1238,7 @@ impl Cells {
         match result {
             Ok(pid) => {
                 inst.pid = pid;
+                inst.ran = true;
                 if inst.state == State::Stopping {
                     let unit = inst.record.unit.clone();
                     self.stop_unwanted(unit);
@@ -1448,7 +1448,7 @@ impl Cells {
         let ended_usec = now_usec();
         let usage = self.steppps.as_ref().and_then(|s| s.take_usage(id));
         // A start that failed is no run of the cell: nothing to learn from.
-        if let Some(history) = self.history.as_ref().filter(|_| inst.pid != 0 || usage.is_some()) {
+        if let Some(history) = self.history.as_ref().filter(|_| inst.ran || usage.is_some()) {
             history.record_end(&inst.record.cell, inst.record.started_usec, ended_usec, state, usage);
         }
         let ended = EndedInstance {
@@ -1477,6 +1477,7 @@ impl Cells {
         };
         let Some(inst) = self.instances.get_mut(&id) else { return };
         inst.last_exit = ev.exit.code();
+        inst.ran = true;
         if inst.state == State::Stopping {
             return;
         }
@@ -1788,6 +1789,7 @@ impl Cells {
                     children: vec![],
                     restarts: 0,
                     last_exit: -1,
+                    reach: String::new(),
                 });
             }
             return Err(CommandError::NotFound(format!("no cell or instance \"{target}\"")));
@@ -1803,6 +1805,7 @@ impl Cells {
             children: inst.children.clone(),
             restarts: inst.failures.len() as u32,
             last_exit: inst.last_exit,
+            reach: reach_of(inst),
         })
     }
 }
@@ -1816,6 +1819,17 @@ impl EndedInstance {
             reason: self.info.reason.clone(),
         }
     }
+}
+
+/// How to reach `i`: its manifest's `reach` with the run's parameters;
+/// empty when it says nothing.
+fn reach_of(i: &Instance) -> String {
+    let params = &i.record.params;
+    i.manifest
+        .as_ref()
+        .and_then(|m| m.lifecycle.reach.as_deref())
+        .and_then(|r| substitute(r, |n| params.get(n).cloned()).ok())
+        .unwrap_or_default()
 }
 
 fn info_of(i: &Instance) -> CellInfo {

@@ -149,6 +149,7 @@ pub async fn serve(config: Config, bus_address: Option<String>, socket: Option<s
     )
     .context("starting the STEPPPS sampler")?;
     cells.set_steppps(steppps.clone());
+    let sampled = steppps.sampled();
     if let Some(endpoint) = crate::metrics::Endpoint::parse(&metrics_setting)? {
         crate::metrics::serve(endpoint, steppps.clone()).await?;
     }
@@ -199,6 +200,7 @@ pub async fn serve(config: Config, bus_address: Option<String>, socket: Option<s
         )
     })?;
     cells.set_bus(conn.clone());
+    crate::steppps::announce(conn.clone(), sampled);
 
     notify(&[
         sd_notify::NotifyState::Ready,

@@ -47,6 +47,16 @@ pub struct Steppps {
     figures: Arc<RwLock<Figures>>,
     watched: Arc<watch::Sender<Vec<Watched>>>,
     usage: Arc<Mutex<HashMap<String, Usage>>>,
+    sampled: watch::Receiver<Sampled>,
+}
+
+/// The latest sample's time and size, for the `FiguresChanged` signal.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sampled {
+    /// When the figures were published (µs since the epoch).
+    pub at_usec: u64,
+    /// How many cell instances they cover.
+    pub cells: u32,
 }
 
 /// What the sampler saw of one instance over its life (across restarts),
@@ -168,16 +178,23 @@ impl Steppps {
         let figures = Arc::new(RwLock::new(Figures::default()));
         let usage = Arc::new(Mutex::new(HashMap::new()));
         let (tx, rx) = watch::channel(Vec::new());
+        let (sampled_tx, sampled) = watch::channel(Sampled::default());
         let shared = figures.clone();
         let shared_usage = usage.clone();
         std::thread::Builder::new()
             .name("steppps".into())
-            .spawn(move || Sampler::new(options, rx, shared, shared_usage, tunings).run())?;
+            .spawn(move || Sampler::new(options, rx, shared, shared_usage, tunings, sampled_tx).run())?;
         Ok(Steppps {
             figures,
             watched: Arc::new(tx),
             usage,
+            sampled,
         })
+    }
+
+    /// Changes after every sample the figures were published from.
+    pub fn sampled(&self) -> watch::Receiver<Sampled> {
+        self.sampled.clone()
     }
 
     /// What was seen of `instance` over its life, forgotten here once taken.
@@ -213,6 +230,35 @@ impl Steppps {
     }
 }
 
+/// Emits `FiguresChanged` on `conn` after each sample that covers a cell,
+/// and once when the last cell has gone, so that a listener (the desktop
+/// assistant) reads `Steppps` when there is something new and never polls.
+/// The signal carries no figures: who may read them is for `Steppps` to say.
+pub fn announce(conn: zbus::Connection, mut sampled: watch::Receiver<Sampled>) {
+    tokio::spawn(async move {
+        let mut before = 0;
+        while sampled.changed().await.is_ok() {
+            let now = *sampled.borrow_and_update();
+            if now.cells == 0 && before == 0 {
+                continue;
+            }
+            before = now.cells;
+            if let Err(e) = conn
+                .emit_signal(
+                    None::<()>,
+                    quantum_bus::OBJECT_PATH,
+                    quantum_bus::INTERFACE,
+                    "FiguresChanged",
+                    &(now.at_usec, now.cells),
+                )
+                .await
+            {
+                tracing::warn!(error = %e, "cannot emit FiguresChanged");
+            }
+        }
+    });
+}
+
 /// How TIME and EVENT say they wait for the cells' cgroup to exist.
 const WAITING: &str = "waiting for the first cell";
 
@@ -243,6 +289,7 @@ struct Sampler {
     figures: Arc<RwLock<Figures>>,
     usage: Arc<Mutex<HashMap<String, Usage>>>,
     tunings: mpsc::UnboundedSender<Tuning>,
+    sampled: watch::Sender<Sampled>,
     collector: Collector,
     bpf: Result<quantum_bpf::Telemetry, String>,
     /// cgroup id -> instance, for the cells watched now.
@@ -260,6 +307,7 @@ impl Sampler {
         figures: Arc<RwLock<Figures>>,
         usage: Arc<Mutex<HashMap<String, Usage>>>,
         tunings: mpsc::UnboundedSender<Tuning>,
+        sampled: watch::Sender<Sampled>,
     ) -> Sampler {
         let bpf = load_bpf(&options);
         let gpus = Gpus::probe();
@@ -278,6 +326,7 @@ impl Sampler {
             figures,
             usage,
             tunings,
+            sampled,
             bpf,
             ids: HashMap::new(),
             previous: HashMap::new(),
@@ -360,7 +409,13 @@ impl Sampler {
                     tracing::debug!(instance, error = %e, "cell cgroup not read");
                 }
                 self.observe_usage(&collection.figures, &cells);
+                let cells = u32::try_from(collection.figures.cells.len()).unwrap_or(u32::MAX);
                 *self.figures.write().unwrap_or_else(PoisonError::into_inner) = collection.figures;
+                // No receiver is no error: the bus may not be up yet.
+                self.sampled.send_replace(Sampled {
+                    at_usec: crate::cells::now_usec(),
+                    cells,
+                });
             }
             Err(e) => tracing::warn!(error = %e, "cannot read /proc for STEPPPS"),
         }

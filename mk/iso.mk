@@ -11,6 +11,12 @@
 #   make test-iso   boot it under QEMU (BIOS and UEFI, swtpm), quantumd READY,
 #                   a cell serving HTTP, install it onto a blank disk and boot
 #                   that disk (tests/vm/tests/iso_boot.rs)
+#   make test-iso-desktop
+#                   build the ISO of variant iso-desktop and boot it under QEMU
+#                   (BIOS, swtpm): quantumd READY, sway as the live user on
+#                   tty1 with the assistant's window mapped, a grim screenshot
+#                   in target/desktop-screenshots/iso-desktop.png
+#                   (tests/vm/tests/iso_desktop.rs)
 #
 # SOURCE_DATE_EPOCH defaults to the time of the last commit. The Debian
 # packages come from a frozen mirror under $(QUANTUM_CACHE)/iso-mirror/ once a
@@ -21,7 +27,7 @@ ISO_VARIANT ?= iso
 ISO_BUILD := image-builder/build-iso.sh --variant $(ISO_VARIANT)
 ISO_DEB_DIR = $(or $(QUANTUM_DEB_DIR),$(or $(QUANTUM_CACHE),$(CURDIR)/.cache)/deb)
 
-.PHONY: iso iso-check test-iso
+.PHONY: iso iso-check test-iso test-iso-desktop
 
 iso: deb
 	QUANTUM_DEB_DIR=$(ISO_DEB_DIR) bash $(ISO_BUILD) build
@@ -31,3 +37,8 @@ iso-check: deb
 
 test-iso: iso
 	QUANTUM_VMTEST_REQUIRE_IMAGE=1 $(CARGO) test -p quantum-vmtest --test iso_boot -- --nocapture
+
+# Not a prerequisite chain through `iso`: ISO_VARIANT may name another variant.
+test-iso-desktop: deb
+	QUANTUM_DEB_DIR=$(ISO_DEB_DIR) bash image-builder/build-iso.sh --variant iso-desktop build
+	QUANTUM_VMTEST_REQUIRE_IMAGE=1 $(CARGO) test -p quantum-vmtest --test iso_desktop -- --nocapture

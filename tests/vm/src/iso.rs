@@ -84,6 +84,7 @@ impl IsoImage {
             test_fw_cfg: (!self.test_fw_cfg.is_empty()).then(|| self.test_fw_cfg.clone()),
             memory_mib: self.memory_mib,
             cpus: self.cpus,
+            vga: None,
         }
     }
 }
@@ -148,6 +149,10 @@ pub struct Machine {
     pub test_fw_cfg: Option<String>,
     pub memory_mib: u32,
     pub cpus: u32,
+    /// QEMU's `-vga` model, the machine's screen (`virtio` for a Wayland
+    /// desktop: bookworm's wlroots cannot drive the default `std` VGA,
+    /// bochs-drm); `None` leaves QEMU's default.
+    pub vga: Option<String>,
 }
 
 /// What `machine_command` needs that the guest's work directory holds.
@@ -169,6 +174,9 @@ pub(crate) fn machine_command(machine: &Machine, files: &MachineFiles<'_>) -> Re
         .args(["-m", &format!("{}M", machine.memory_mib)])
         .args(["-nographic", "-no-reboot", "-nic", "none"])
         .args(["-device", "virtio-rng-pci"]);
+    if let Some(vga) = &machine.vga {
+        cmd.args(["-vga", vga]);
+    }
     if machine.firmware == Firmware::Uefi {
         let (code, _) = ovmf_files()?;
         let vars = files.ovmf_vars.context("a UEFI machine needs a copy of OVMF's variables")?;

@@ -109,6 +109,7 @@ fn iso_boots_bios_and_uefi_installs_and_the_disk_boots() {
                 test_fw_cfg: (!iso.test_fw_cfg.is_empty()).then(|| iso.test_fw_cfg.clone()),
                 memory_mib: iso.memory_mib,
                 cpus: iso.cpus,
+                vga: None,
             };
             match boot(&machine, &mut times) {
                 Ok(guest) => {

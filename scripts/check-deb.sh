@@ -71,6 +71,7 @@ expected() {
 /usr/lib/tmpfiles.d/quantumd.conf
 /etc/quantumos/quantumd.toml
 /etc/quantumos/trusted-keys.d/
+/usr/share/quantumos/systemd/quantumd-tpm.conf
 /usr/share/man/man8/quantumd.8.gz
 /usr/share/doc/quantumos-daemon/README.Debian
 /usr/share/doc/quantumos-daemon/copyright
@@ -323,6 +324,15 @@ for unit in quantumd.service quantumd-gate.service quantum-provider.service; do
     fi
     printf '    %s\n' "$(printf '%s\n' "$out" | sed -n 's/^→ //p')"
 done
+# As the ISOs install it: quantumd with the TPM's device bound in.
+install -D -m 0644 "$ROOT/usr/share/quantumos/systemd/quantumd-tpm.conf" \
+    "$ROOT/etc/systemd/system/quantumd.service.d/quantumd-tpm.conf"
+if ! out=$(systemd-analyze security --offline=true --threshold=20 --root="$ROOT" quantumd.service 2>&1); then
+    printf '%s\n' "$out" | tail -n 30 >&2
+    fail "quantumd.service with the TPM drop-in is more exposed than 2.0"
+fi
+printf '    with the TPM drop-in: %s\n' "$(printf '%s\n' "$out" | sed -n 's/^→ //p')"
+rm -r "$ROOT/etc/systemd/system/quantumd.service.d"
 
 # ------------------------------------------------------------ catalog ---
 

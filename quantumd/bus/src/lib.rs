@@ -117,6 +117,11 @@ pub struct Started {
     /// For a service: how to reach it (its manifest's `reach`, with the
     /// run's parameters), empty when it says nothing.
     pub reach: String,
+    /// The secret parameters quantumd made for this run because it gave
+    /// none (a database's password), name -> value. This answer is the
+    /// only place they are ever shown: not in `Inspect`, the trail or the
+    /// journal. Empty for a cell without secrets.
+    pub secrets: HashMap<String, String>,
 }
 
 /// A started instance, as `RunWith` and `RunAttachedWith` answer: what

@@ -252,6 +252,7 @@ async fn ask_one(proxy: &Quantum1Proxy<'_>, args: &AskArgs, catalog: Option<&Cat
                         line.push_str(&format!("; reach it at {}", s.reach));
                     }
                     emit(&(line + "\n"));
+                    emit(&crate::output::secrets(s));
                 }
                 match crate::foreground::wait_all(proxy, &started, &mut interrupts).await {
                     Ok(0) => {}

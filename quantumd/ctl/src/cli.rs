@@ -187,6 +187,13 @@ pub enum CliCommand {
     /// reach it and how to stop it. `--detach` (or `--json`) starts a task
     /// in the background instead.
     ///
+    /// A secret parameter (`secret = true` in the manifest, such as
+    /// sql-database's `password`) that the run does not give is made by
+    /// quantumd, at random, and printed here once, as `NAME: VALUE` (on
+    /// standard error for a task in the foreground; `secrets` in --json).
+    /// It is shown nowhere else: not in the journal, the trail or `inspect`.
+    /// The cell reads it from `$CREDENTIALS_DIRECTORY/NAME`.
+    ///
     /// A bundle (.qcb, see `quantumctl bundle`) runs only when its hashes and
     /// both signatures verify against a key in quantumd's trusted-keys
     /// directory; a refusal says which check failed and is recorded in the
@@ -210,7 +217,7 @@ pub enum CliCommand {
     /// a cell the run is refused as before. A manifest file, a bundle and a
     /// disabled cell never get a stand-in; a disabled cell is always refused.
     #[command(
-        after_help = "EXAMPLES:\n    quantumctl run disk-usage path=/var\n    quantumctl run checksum path=/etc/hostname\n    quantumctl run --detach file-backup source=/etc\n    quantumctl run web-server port=8080 dir=.\n    quantumctl run --no-substitute web-server port=8080\n    quantumctl run ./my-cell/cell.toml\n    quantumctl run ./hello-1.0.0.qcb\n    quantumctl run hello@1.0.0\n\nEXIT STATUS:\n    A task in the foreground: its own exit status (128+N after signal N,\n    130 after Ctrl-C). Otherwise 0 started; 1 refused or failed to start;\n    2 usage error or quantumd unreachable."
+        after_help = "EXAMPLES:\n    quantumctl run disk-usage path=/var\n    quantumctl run checksum path=/etc/hostname\n    quantumctl run --detach file-backup source=/etc\n    quantumctl run web-server port=8080 dir=.\n    quantumctl run sql-database port=5433\n    quantumctl run --no-substitute web-server port=8080\n    quantumctl run ./my-cell/cell.toml\n    quantumctl run ./hello-1.0.0.qcb\n    quantumctl run hello@1.0.0\n\nEXIT STATUS:\n    A task in the foreground: its own exit status (128+N after signal N,\n    130 after Ctrl-C). Otherwise 0 started; 1 refused or failed to start;\n    2 usage error or quantumd unreachable."
     )]
     Run {
         /// A catalog cell name, NAME@VERSION from a provider, a path to a

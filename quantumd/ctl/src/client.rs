@@ -127,11 +127,16 @@ async fn execute(proxy: &Quantum1Proxy<'_>, command: CliCommand) -> Result<ExitC
                     eprintln!("quantumctl: {}", assembled.substitution);
                 }
                 let started = assembled.started;
+                if started.attached {
+                    // Standard output is the cell's alone.
+                    eprint!("{}", output::secrets(&started));
+                }
                 if !started.attached {
                     println!("{}", output::started(&started.info));
                     if !started.reach.is_empty() {
                         println!("reach it at {}", started.reach);
                     }
+                    print!("{}", output::secrets(&started));
                     println!("stop it with: quantumctl stop {}", started.info.instance);
                 }
                 let code = crate::foreground::wait_all(proxy, &[started], &mut interrupts)
@@ -150,6 +155,7 @@ async fn execute(proxy: &Quantum1Proxy<'_>, command: CliCommand) -> Result<ExitC
                 output::json(&output::run_json(&assembled));
             } else {
                 println!("{}", output::started(&assembled.started.info));
+                print!("{}", output::secrets(&assembled.started));
             }
         }
         CliCommand::Stop { targets } => {

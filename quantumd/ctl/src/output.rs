@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use quantum_bus::{Assembled, CellDetail, CellInfo};
+use quantum_bus::{Assembled, CellDetail, CellInfo, Started};
 use serde::Serialize;
 
 pub fn json<T: Serialize>(v: &T) {
@@ -13,14 +13,41 @@ pub fn json<T: Serialize>(v: &T) {
 }
 
 /// `run --json`: the started instance, plus `asked` and `substitution`
-/// when another cell runs in place of the one asked for.
+/// when another cell runs in place of the one asked for, and `secrets`
+/// when quantumd made some for it.
 pub fn run_json(a: &Assembled) -> serde_json::Value {
     let mut v = serde_json::to_value(&a.started.info).unwrap_or_default();
-    if let (false, Some(object)) = (a.asked.is_empty(), v.as_object_mut()) {
-        object.insert("asked".into(), a.asked.clone().into());
-        object.insert("substitution".into(), a.substitution.clone().into());
+    if let Some(object) = v.as_object_mut() {
+        if !a.asked.is_empty() {
+            object.insert("asked".into(), a.asked.clone().into());
+            object.insert("substitution".into(), a.substitution.clone().into());
+        }
+        if !a.started.secrets.is_empty() {
+            let secrets: std::collections::BTreeMap<_, _> = a.started.secrets.iter().collect();
+            object.insert("secrets".into(), serde_json::to_value(secrets).unwrap_or_default());
+        }
     }
     v
+}
+
+/// The secrets quantumd made for a run, one `NAME: VALUE` line each, and
+/// where they are (not) kept; empty when it made none.
+pub fn secrets(s: &Started) -> String {
+    if s.secrets.is_empty() {
+        return String::new();
+    }
+    let mut names: Vec<_> = s.secrets.iter().collect();
+    names.sort();
+    let mut out = String::new();
+    for (name, value) in names {
+        let _ = writeln!(out, "{name}: {value}");
+    }
+    let _ = writeln!(
+        out,
+        "(made for {} and shown only here: not in the journal, the trail or `quantumctl inspect`)",
+        s.info.instance
+    );
+    out
 }
 
 pub fn started(i: &CellInfo) -> String {

@@ -28,7 +28,7 @@ use crate::command::{Command, CommandError, LogTarget, Reply, RunRequest};
 use crate::config::Config;
 use crate::identity::Identity;
 use crate::runtime::spec::{family_slice, instance_of_unit};
-use crate::runtime::{Limits, Runtime, Sandbox, SliceSpec, UnitEvent, UnitSpec};
+use crate::runtime::{CredentialFiles, Limits, Runtime, Sandbox, SliceSpec, UnitEvent, UnitSpec};
 use crate::start_profile::StartProfile;
 use crate::steppps::Steppps;
 use crate::store::{Record, Store};
@@ -85,6 +85,8 @@ pub struct PendingRun {
     attached: bool,
     /// A service's `reach`, with this run's parameters.
     reach: String,
+    /// The secrets quantumd made for the cell asked for.
+    secrets: HashMap<String, String>,
     /// Another cell runs in place of the one asked for.
     substitution: Option<Substitution>,
     profile: StartProfile,
@@ -204,6 +206,9 @@ struct Instance {
     /// Started with the caller's stdio (`RunAttached`): never restarted,
     /// its end is the caller's to see.
     attached: bool,
+    /// The secrets quantumd made for this run (crate::credentials), held
+    /// only until the caller who asked for it has them in its answer.
+    made_secrets: BTreeMap<String, String>,
 }
 
 /// An instance that has ended, as `list` shows it and `Wait` reports it.
@@ -476,6 +481,7 @@ impl Cells {
                 started_usec: now_usec(),
                 actor: "quantumd".into(),
                 manifest_blake3: None,
+                secrets: Vec::new(),
             };
             if let Err(e) = self.store.save(&record) {
                 tracing::error!(error = %e, "cannot record adopted unit");
@@ -550,6 +556,7 @@ impl Cells {
                 idle: None,
                 cgroup: None,
                 attached: false,
+                made_secrets: BTreeMap::new(),
             },
         );
     }
@@ -756,10 +763,12 @@ impl Cells {
             reply,
             attached: false,
             reach: String::new(),
+            secrets: HashMap::new(),
             substitution,
             profile,
         };
         if let Some(inst) = self.instances.get_mut(&root) {
+            pending.secrets = std::mem::take(&mut inst.made_secrets).into_iter().collect();
             let lifecycle = inst.manifest.as_ref().map(|m| &m.lifecycle);
             match (lifecycle.map(|l| l.kind), stdio) {
                 (Some(Kind::Task), Some(stdio)) => {
@@ -971,7 +980,11 @@ impl Cells {
         }
         let manifest_dir = resolved.path.parent().unwrap_or(Path::new("/")).to_owned();
         let base = if cwd.is_empty() { manifest_dir.clone() } else { PathBuf::from(cwd) };
-        let params = resolve_params(&m, given, &base)?;
+        let Params {
+            values: params,
+            secrets,
+            made: made_secrets,
+        } = resolve_params(&m, given, &base)?;
 
         // Needed cells first: reuse a running top-level instance, or start one.
         stack.push(name.clone());
@@ -1000,7 +1013,7 @@ impl Cells {
         stack.pop();
 
         // A warm unit of the cell, when nothing else must be set up first.
-        let mut warm = if parent.is_none() && needs.is_empty() && m.children.is_empty() && !m.state.subvolume {
+        let mut warm = if parent.is_none() && needs.is_empty() && m.children.is_empty() && !m.state.subvolume && secrets.is_empty() {
             self.take_warm(&name, resolved.hash.to_hex().as_str())
         } else {
             None
@@ -1032,6 +1045,7 @@ impl Cells {
             started_usec: now_usec(),
             actor: actor.to_owned(),
             manifest_blake3: Some(resolved.hash.to_hex().to_string()),
+            secrets: secrets.keys().cloned().collect(),
         };
         let mut record = record;
         let mut spec = self.build_spec(&record, &m)?;
@@ -1047,6 +1061,12 @@ impl Cells {
                 record.unit = crate::runtime::unit_name(&id);
                 spec = self.build_spec(&record, &m)?;
             }
+        }
+        if !secrets.is_empty() {
+            self.store
+                .credentials()
+                .write(&id, &secrets)
+                .map_err(|e| CommandError::Backend(crate::command::error_chain(&e)))?;
         }
         for n in &needs {
             if let Some(n) = self.instances.get_mut(n) {
@@ -1075,6 +1095,7 @@ impl Cells {
                 idle: None,
                 cgroup: None,
                 attached: false,
+                made_secrets,
             },
         );
 
@@ -1148,6 +1169,10 @@ impl Cells {
                 inaccessible: vec![self.config.state_dir.display().to_string()],
             },
             state: m.state.subvolume,
+            credentials: (!r.secrets.is_empty()).then(|| CredentialFiles {
+                dir: self.store.credentials().dir_of(&r.instance),
+                names: r.secrets.clone(),
+            }),
             stdio: None,
             stdin: None,
         })
@@ -1276,6 +1301,7 @@ impl Cells {
             reply,
             attached,
             reach,
+            secrets,
             substitution,
             mut profile,
         } = pending;
@@ -1303,7 +1329,12 @@ impl Cells {
                 });
                 let (asked, substitution) = substitution.map(|s| (s.asked, s.message)).unwrap_or_default();
                 let _ = reply.send(Ok(Assembled {
-                    started: Started { info, attached, reach },
+                    started: Started {
+                        info,
+                        attached,
+                        reach,
+                        secrets,
+                    },
                     asked,
                     substitution,
                 }));
@@ -1884,17 +1915,30 @@ fn bare_spec(r: &Record) -> UnitSpec {
             inaccessible: vec![],
         },
         state: false,
+        credentials: None,
         stdio: None,
         stdin: None,
     }
 }
 
+/// A run's parameter values.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Params {
+    /// All but the secrets: substituted, recorded, shown.
+    pub values: BTreeMap<String, String>,
+    /// Secret parameters (crate::credentials), given or made.
+    pub secrets: BTreeMap<String, String>,
+    /// The secrets quantumd made because the run gave none, for the
+    /// caller's answer.
+    pub made: BTreeMap<String, String>,
+}
+
 /// Parameter values for a run: the given ones checked against their
 /// declared types, defaults for the rest, relative paths made absolute
-/// against `base`.
-pub fn resolve_params(m: &Manifest, mut given: HashMap<String, String>, base: &Path) -> Result<BTreeMap<String, String>, CommandError> {
+/// against `base`, a random value for a secret not given.
+pub fn resolve_params(m: &Manifest, mut given: HashMap<String, String>, base: &Path) -> Result<Params, CommandError> {
     let cell = m.name.as_str();
-    let mut out = BTreeMap::new();
+    let mut out = Params::default();
     let declared: Vec<&str> = m.params.keys().map(String::as_str).collect();
     if let Some(unknown) = given.keys().find(|k| !m.params.contains_key(*k)) {
         let takes = if declared.is_empty() {
@@ -1907,6 +1951,21 @@ pub fn resolve_params(m: &Manifest, mut given: HashMap<String, String>, base: &P
         )));
     }
     for (name, spec) in &m.params {
+        if spec.secret {
+            let value = match given.remove(name) {
+                Some(v) => v,
+                None => {
+                    let made = crate::credentials::generate().map_err(|e| CommandError::Backend(crate::command::error_chain(&e)))?;
+                    out.made.insert(name.clone(), made.clone());
+                    made
+                }
+            };
+            spec.kind
+                .check(&value)
+                .map_err(|e| CommandError::Invalid(format!("cell \"{cell}\", parameter \"{name}\": {e}")))?;
+            out.secrets.insert(name.clone(), value);
+            continue;
+        }
         let value = match given.remove(name).or_else(|| spec.default.clone()) {
             Some(v) => v,
             None => {
@@ -1924,7 +1983,7 @@ pub fn resolve_params(m: &Manifest, mut given: HashMap<String, String>, base: &P
         } else {
             value
         };
-        out.insert(name.clone(), value);
+        out.values.insert(name.clone(), value);
     }
     Ok(out)
 }
@@ -1974,7 +2033,7 @@ type = "string"
     fn params_get_defaults_types_and_absolute_paths() {
         let m = manifest(WEB);
         let given = HashMap::from([("token".to_owned(), "x".to_owned()), ("dir".to_owned(), "../srv".to_owned())]);
-        let p = resolve_params(&m, given, Path::new("/home/u/work")).unwrap();
+        let p = resolve_params(&m, given, Path::new("/home/u/work")).unwrap().values;
         assert_eq!(p["dir"], "/home/u/srv");
         assert_eq!(p["port"], "8080");
 
@@ -1986,6 +2045,37 @@ type = "string"
         let unknown = HashMap::from([("prot".to_owned(), "1".to_owned())]);
         let err = resolve_params(&m, unknown, Path::new("/")).unwrap_err().to_string();
         assert_eq!(err, "cell \"web\" has no parameter \"prot\" (it takes dir, port, token)");
+    }
+
+    #[test]
+    fn secrets_are_kept_apart_and_made_when_not_given() {
+        let m = manifest(
+            r#"
+[cell]
+name = "db"
+version = "1.0.0"
+description = "a database"
+exec = ["/usr/bin/db", "{port}"]
+[params.port]
+type = "port"
+default = 5432
+[params.password]
+type = "string"
+secret = true
+"#,
+        );
+        let made = resolve_params(&m, HashMap::new(), Path::new("/")).unwrap();
+        assert_eq!(made.values, BTreeMap::from([("port".to_owned(), "5432".to_owned())]));
+        assert_eq!(made.secrets.keys().collect::<Vec<_>>(), ["password"]);
+        assert_eq!(made.made, made.secrets, "the caller is told the secret quantumd made");
+        assert_eq!(made.secrets["password"].len(), 32);
+        let again = resolve_params(&m, HashMap::new(), Path::new("/")).unwrap();
+        assert_ne!(again.secrets, made.secrets, "every run gets its own");
+
+        let given = HashMap::from([("password".to_owned(), "hunter2".to_owned())]);
+        let given = resolve_params(&m, given, Path::new("/")).unwrap();
+        assert_eq!(given.secrets["password"], "hunter2");
+        assert!(given.made.is_empty(), "a secret the caller gave is not repeated back");
     }
 
     #[test]

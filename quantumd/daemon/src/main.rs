@@ -6,6 +6,7 @@ mod cell_state;
 mod cells;
 mod command;
 mod config;
+mod credentials;
 mod direct;
 mod gate;
 mod identity;

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::credentials::{CredentialError, Credentials};
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct Record {
@@ -32,6 +34,10 @@ pub struct Record {
     /// blake3 of the manifest it was started from (hex).
     #[serde(default)]
     pub manifest_blake3: Option<String>,
+    /// Its secret parameters' names; their values are not here but in
+    /// crate::credentials, for the unit alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -42,11 +48,14 @@ pub enum StoreError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Credentials(#[from] CredentialError),
 }
 
 #[derive(Debug, Clone)]
 pub struct Store {
     dir: PathBuf,
+    credentials: Credentials,
 }
 
 impl Store {
@@ -57,7 +66,14 @@ impl Store {
             path: dir.clone(),
             source,
         })?;
-        Ok(Store { dir })
+        let credentials = Credentials::open(state_dir)?;
+        Ok(Store { dir, credentials })
+    }
+
+    /// Where live instances' secrets are kept; an instance's go with its
+    /// record (`remove`).
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
     }
 
     fn path(&self, instance: &str) -> PathBuf {
@@ -121,6 +137,7 @@ impl Store {
     }
 
     pub fn remove(&self, instance: &str) {
+        self.credentials.remove(instance);
         let path = self.path(instance);
         if let Err(e) = fs::remove_file(&path) {
             if e.kind() != std::io::ErrorKind::NotFound {
@@ -156,6 +173,7 @@ impl Store {
             }
         }
         out.sort_by(|a, b| a.instance.cmp(&b.instance));
+        self.credentials.sweep(|i| out.iter().any(|r| r.instance == i));
         out
     }
 }
@@ -203,6 +221,7 @@ mod tests {
             started_usec: 1,
             actor: "uid:0".into(),
             manifest_blake3: None,
+            secrets: vec![],
         }
     }
 
@@ -220,6 +239,14 @@ mod tests {
         assert!(!dir.path().join("instances/web.4.json.tmp").exists());
         s.remove("web.1");
         assert_eq!(s.load_all(), vec![record("web.2")]);
+        // Secrets live as long as their record.
+        let secrets = BTreeMap::from([("password".to_owned(), "x".to_owned())]);
+        let kept = s.credentials().write("web.2", &secrets).unwrap();
+        let orphan = s.credentials().write("web.9", &secrets).unwrap();
+        s.load_all();
+        assert!(kept.exists() && !orphan.exists());
+        s.remove("web.2");
+        assert!(!kept.exists());
     }
 
     #[test]

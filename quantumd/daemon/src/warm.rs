@@ -192,6 +192,7 @@ mod tests {
                 inaccessible: vec![],
             },
             state: false,
+            credentials: None,
             stdio: Some(crate::runtime::Stdio::new(OwnedFd::from(r), OwnedFd::from(w), OwnedFd::from(w2))),
             stdin: None,
         };

@@ -1275,7 +1275,9 @@ pub fn fill(manifest: &Manifest, text: &str) -> BTreeMap<String, String> {
 pub fn fill_from(manifest: &Manifest, tokens: &[Token], candidates: &[Candidate], ends_with_question: bool) -> BTreeMap<String, String> {
     let mut out: BTreeMap<String, String> = BTreeMap::new();
     let mut used = vec![false; candidates.len()];
-    let params: Vec<(&String, &ParamSpec)> = manifest.params.iter().collect();
+    // A secret is never taken from a request: the request's text is shown
+    // and recorded (the trail), a secret must not be.
+    let params: Vec<(&String, &ParamSpec)> = manifest.params.iter().filter(|(_, s)| !s.secret).collect();
     let free = |out: &BTreeMap<String, String>, name: &str| !out.contains_key(name);
 
     let take = |out: &mut BTreeMap<String, String>, used: &mut Vec<bool>, name: &str, spec: &ParamSpec, ci: usize, value: String| {
@@ -2586,6 +2588,7 @@ mod tests {
             kind: ParamType::String,
             default: default.map(str::to_owned),
             description: description.to_owned(),
+            secret: false,
         };
         assert_eq!(
             choices(&spec(

@@ -153,6 +153,13 @@ pub struct ParamSpec {
     /// `None` makes the parameter required.
     pub default: Option<String>,
     pub description: String,
+    /// `secret = true`: a password or token. It never appears where others
+    /// on the node can read it (a command line, the environment, a unit's
+    /// properties, the journal, the trail): the cell reads it from the file
+    /// `$CREDENTIALS_DIRECTORY/<name>`, and quantumd makes a random one for
+    /// a run that gives none and hands it to that caller alone.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub secret: bool,
 }
 
 /// `[resources]`, each mapped to a systemd/cgroup property.

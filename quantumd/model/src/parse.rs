@@ -30,7 +30,7 @@ const TOP_KEYS: &[&str] = &[
 ];
 const CELL_KEYS: &[&str] = &["name", "version", "description", "capabilities", "exec", "artifact"];
 const ARTIFACT_KEYS: &[&str] = &["path", "blake3"];
-const PARAM_KEYS: &[&str] = &["type", "default", "description"];
+const PARAM_KEYS: &[&str] = &["type", "default", "description", "secret"];
 const RESOURCE_KEYS: &[&str] = &["cpu-min", "cpu-max", "memory-min", "memory-max", "io-weight", "tasks-max", "gpus"];
 const LIFECYCLE_KEYS: &[&str] = &["kind", "reach", "idle-timeout", "restart", "max-restarts", "restart-window"];
 const OBJECTIVES_KEYS: &[&str] = &["runq-latency-p99"];
@@ -395,25 +395,36 @@ impl Walker {
         let (needs, needs_spans) = self.needs(root.get("needs"));
         let (children, child_manifest, child_count, child_index) = self.children(root.get("child"));
 
-        // Every placeholder must be declared, wherever it is used.
+        // Every placeholder must be declared, wherever it is used, and none
+        // may be a secret: command lines, paths and `reach` are readable by
+        // anyone on the node (`ps`, `systemctl show`, `quantumctl inspect`).
         for (field, s, span) in exec_spans.iter().cloned().chain(isolation_spans).chain(reach_span) {
             for p in placeholders(s) {
-                if !params.contains_key(p.name) {
-                    let span = span.clone().map(|sp| {
-                        // Point at the placeholder itself when the string is a
-                        // plain one-line literal (span starts at its quote).
-                        let inner = sp.start + 1 + p.start;
-                        if sp.end > inner {
-                            inner..inner + (p.end - p.start)
-                        } else {
-                            sp
-                        }
-                    });
-                    self.error(
+                let span = span.clone().map(|sp| {
+                    // Point at the placeholder itself when the string is a
+                    // plain one-line literal (span starts at its quote).
+                    let inner = sp.start + 1 + p.start;
+                    if sp.end > inner {
+                        inner..inner + (p.end - p.start)
+                    } else {
+                        sp
+                    }
+                });
+                match params.get(p.name) {
+                    None => self.error(
                         field.clone(),
                         span,
                         format!("placeholder {{{}}} is not declared under [params]", p.name),
-                    );
+                    ),
+                    Some(spec) if spec.secret => self.error(
+                        field.clone(),
+                        span,
+                        format!(
+                            "{{{0}}} is a secret (params.{0}.secret): the cell reads it from the file $CREDENTIALS_DIRECTORY/{0}; on a command line, in a path or in reach anyone on the node could read it",
+                            p.name
+                        ),
+                    ),
+                    Some(_) => {}
                 }
             }
         }
@@ -556,27 +567,49 @@ impl Walker {
                 .and_then(|d| self.string(&format!("{field}.description"), d))
                 .unwrap_or("")
                 .to_owned();
-            if let Some(kind) = kind {
-                out.insert(
-                    name.to_owned(),
-                    ParamSpec {
-                        kind,
-                        default,
-                        description,
-                    },
-                );
-            } else {
-                // Declared, even if badly: keep it so its placeholders are not
-                // also reported as undeclared.
-                out.insert(
-                    name.to_owned(),
-                    ParamSpec {
-                        kind: ParamType::String,
-                        default,
-                        description,
-                    },
-                );
+            let secret = match p.get("secret") {
+                None => false,
+                Some(v) => match v.as_bool() {
+                    Some(b) => b,
+                    None => {
+                        self.error(
+                            format!("{field}.secret"),
+                            v.span(),
+                            format!("expected true or false, found {}", describe(v)),
+                        );
+                        false
+                    }
+                },
+            };
+            if secret {
+                if let (Some(k), Some(t)) = (kind, p.get("type")) {
+                    if k != ParamType::String {
+                        self.error(
+                            format!("{field}.type"),
+                            t.span(),
+                            format!("a secret is a string (type = \"string\"), not {k}"),
+                        );
+                    }
+                }
+                if let Some(d) = p.get("default") {
+                    self.error(
+                        format!("{field}.default"),
+                        d.span(),
+                        "a secret has no default: quantumd makes a random one for each run that gives none (a default would be the same, readable secret for every run)",
+                    );
+                }
             }
+            // Declared, even if badly: keep it so its placeholders are not
+            // also reported as undeclared.
+            out.insert(
+                name.to_owned(),
+                ParamSpec {
+                    kind: kind.unwrap_or(ParamType::String),
+                    default,
+                    description,
+                    secret,
+                },
+            );
         }
         out
     }

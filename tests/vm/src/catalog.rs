@@ -732,20 +732,23 @@ fn gpu_status(g: &Guest) -> Result<()> {
 
 fn sql_database(g: &Guest) -> Result<()> {
     let psql = "$(ls /usr/lib/postgresql/*/bin/psql | sort -V | tail -n 1)";
-    let mut url = String::new();
-    serving(g, "sql-database", &[("port", "5433"), ("user", "quantum")], |db| {
-        url = eventually("the database's connection URL", Duration::from_secs(180), || {
-            let out = output(g, db)?;
-            Ok(out
-                .lines()
-                .find_map(|l| l.strip_prefix("sql-database: ").filter(|u| u.starts_with("postgresql://")))
-                .map(str::to_owned))
-        })
-        .with_context(|| format!("it printed:\n{}", output(g, db).unwrap_or_default()))?;
-        ensure!(
-            url.starts_with("postgresql://quantum:") && url.ends_with("@127.0.0.1:5433/postgres"),
-            "the connection URL is {url}"
-        );
+    // The password is a secret parameter: quantumd makes it and gives it to
+    // the caller alone, in the answer to the run.
+    let out = g.run_ok("quantumctl run sql-database port=5433 user=quantum --json")?;
+    let answer: Value = serde_json::from_str(&out).with_context(|| format!("quantumctl run printed no JSON: {out}"))?;
+    let id = answer["instance"].as_str().context("no instance in quantumctl's answer")?;
+    let password = answer["secrets"]["password"]
+        .as_str()
+        .with_context(|| format!("no password in quantumctl's answer: {answer}"))?
+        .to_owned();
+    ensure!(
+        password.len() == 32,
+        "the password made for the run is {} characters",
+        password.len()
+    );
+    let db = Instance { id: id.to_owned() };
+    let url = format!("postgresql://quantum:{password}@127.0.0.1:5433/postgres");
+    let checked = wait_state(g, &db, &["running"], Duration::from_secs(60)).and_then(|_| {
         let answer = eventually("PostgreSQL to accept connections", Duration::from_secs(180), || {
             let r = g.run(&format!(
                 "{psql} {} -v ON_ERROR_STOP=1 -Atc 'CREATE TABLE t (x int); INSERT INTO t VALUES (6 * 7); SELECT x FROM t'",
@@ -758,7 +761,7 @@ fn sql_database(g: &Guest) -> Result<()> {
         })?;
         // psql prints each statement's tag, then the query's rows.
         ensure!(answer.success() && answer.stdout.lines().last() == Some("42"), "psql: {answer}");
-        // The random password is what lets a client in.
+        // The password is what lets a client in.
         let wrong = g.run(&format!(
             "PGPASSWORD=wrong {psql} -h 127.0.0.1 -p 5433 -U quantum -d postgres -Atc 'SELECT 1'"
         ))?;
@@ -766,10 +769,32 @@ fn sql_database(g: &Guest) -> Result<()> {
             !wrong.success() && wrong.stderr.contains("password authentication failed"),
             "a wrong password: {wrong}"
         );
+        // And it is nowhere anyone else on the node can read it: the
+        // cell's output, the unit's properties, inspect, the trail, the
+        // journal as a whole.
+        let printed = output(g, &db)?;
+        ensure!(
+            printed.contains("sql-database: postgresql://quantum@127.0.0.1:5433/postgres"),
+            "it printed:\n{printed}"
+        );
+        for (place, command) in [
+            ("the unit's properties", format!("systemctl show {}", db.unit())),
+            ("quantumctl inspect", format!("quantumctl inspect --json {id}")),
+            ("the trail", "quantumctl trail show -n 0 --json".to_owned()),
+            ("the journal", "journalctl --no-pager -o cat".to_owned()),
+        ] {
+            let text = g.run_ok(&command)?;
+            ensure!(!text.contains(&password), "the password is in {place} ({command})");
+        }
         Ok(())
-    })?;
+    });
+    let stopped = stop(g, &db);
+    checked?;
+    stopped?;
     let after = g.run(&format!("{psql} {} -Atc 'SELECT 1'", sh(&url)))?;
     ensure!(!after.success(), "the database still answers after stop: {after}");
+    let kept = g.run_ok(&format!("ls /var/lib/quantumd/credentials/{id} 2>/dev/null || true"))?;
+    ensure!(kept.trim().is_empty(), "the password is still kept after stop: {kept}");
     Ok(())
 }
 

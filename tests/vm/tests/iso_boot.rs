@@ -200,10 +200,21 @@ fn quantumd_ready(g: &Guest) -> Result<()> {
     Ok(())
 }
 
-/// swtpm's TPM 2.0 reaches the guest as /dev/tpm0 and the resource manager.
+/// swtpm's TPM 2.0 reaches the guest as /dev/tpm0 and the resource
+/// manager, and quantumd (through the ISO's drop-in,
+/// packaging/systemd/quantumd-tpm.conf) seals the node identity to it.
 fn tpm_present(g: &Guest) -> Result<()> {
     let out = g.run("ls -l /dev/tpm0 /dev/tpmrm0")?;
     ensure!(out.success(), "no TPM device in the guest: {out}");
+    let identity = g.run_ok("quantumctl identity")?;
+    ensure!(
+        identity
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["sealed", "by", "a", "TPM:", "yes"]),
+        "quantumd did not seal its identity to the TPM:\n{identity}\n{}",
+        g.run("journalctl -b -u quantumd.service --no-pager | grep -i tpm | tail -n 5")?
+            .stdout
+    );
     Ok(())
 }
 

@@ -85,6 +85,13 @@ fn iso_desktop_boots_to_sway_with_the_assistant() {
     scenarios.run("desktop-tpm", |g| {
         let out = g.run("ls -l /dev/tpm0 /dev/tpmrm0")?;
         ensure!(out.success(), "no TPM device in the guest: {out}");
+        let identity = g.run_ok("quantumctl identity")?;
+        ensure!(
+            identity
+                .lines()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["sealed", "by", "a", "TPM:", "yes"]),
+            "quantumd did not seal its identity to the TPM:\n{identity}"
+        );
         Ok(())
     });
     scenarios.run("desktop-sway-on-tty1-as-quantum", |g| {

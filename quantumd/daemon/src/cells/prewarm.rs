@@ -147,6 +147,8 @@ impl Cells {
             && m.needs.is_empty()
             && m.children.is_empty()
             && !m.state.subvolume
+            // A secret is made for the run that asks, not before it.
+            && m.params.values().all(|p| !p.secret)
             && matches!(m.program, Program::Exec(_))
             && !self.config.cells.is_disabled(cell);
         eligible.then(|| m.resources.memory_min.bytes().max(WAITER_MEMORY))
@@ -156,7 +158,7 @@ impl Cells {
         let resolved = self.catalog.resolve(cell).map_err(|e| e.to_string())?;
         let m = &resolved.manifest;
         let dir = resolved.path.parent().unwrap_or(std::path::Path::new("/")).to_owned();
-        let params = resolve_params(m, HashMap::new(), &dir).map_err(|e| e.to_string())?;
+        let params = resolve_params(m, HashMap::new(), &dir).map_err(|e| e.to_string())?.values;
         let id = format!("{cell}.{}", self.take_number().map_err(|e| e.to_string())?);
         let record = Record {
             instance: id.clone(),
@@ -172,6 +174,7 @@ impl Cells {
             started_usec: super::now_usec(),
             actor: "quantumd".to_owned(),
             manifest_blake3: Some(resolved.hash.to_hex().to_string()),
+            secrets: Vec::new(),
         };
         let mut spec = self.build_spec(&record, m).map_err(|e| e.to_string())?;
         let waiter = std::env::current_exe().map_err(|e| format!("cannot find quantumd's own binary: {e}"))?;

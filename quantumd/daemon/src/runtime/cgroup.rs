@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use quantum_model::{Network, UserMode};
 
-use super::spec::{SliceSpec, UnitSpec};
+use super::spec::{CredentialFiles, SliceSpec, UnitSpec};
 use super::{EventSender, Exit, LiveUnit, RuntimeError, UnitEvent};
 
 const CONTROLLERS: [&str; 4] = ["cpu", "memory", "io", "pids"];
@@ -178,6 +178,39 @@ impl CgroupRuntime {
         self.logs_dir.clone()
     }
 
+    /// A copy of an instance's secrets in `<logs-dir>/credentials/<unit>`
+    /// (directories 0711 and 0700, files 0400), owned by `owner` when the
+    /// cell runs as another user; made afresh for every start.
+    fn credentials_copy(&self, spec: &UnitSpec, c: &CredentialFiles, owner: Option<libc::uid_t>) -> Result<PathBuf, RuntimeError> {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        let root = self.logs_dir.join("credentials");
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o711)
+            .create(&root)
+            .map_err(io_err("cannot create", &root))?;
+        let dir = root.join(&spec.unit);
+        if dir.exists() {
+            fs::remove_dir_all(&dir).map_err(io_err("cannot remove", &dir))?;
+        }
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(io_err("cannot create", &dir))?;
+        for name in &c.names {
+            let (from, to) = (c.dir.join(name), dir.join(name));
+            fs::copy(&from, &to).map_err(io_err("cannot copy", &from))?;
+            fs::set_permissions(&to, fs::Permissions::from_mode(0o400)).map_err(io_err("cannot set the mode of", &to))?;
+            if let Some(uid) = owner {
+                std::os::unix::fs::chown(&to, Some(uid), None).map_err(io_err("cannot give", &to))?;
+            }
+        }
+        if let Some(uid) = owner {
+            std::os::unix::fs::chown(&dir, Some(uid), None).map_err(io_err("cannot give", &dir))?;
+        }
+        Ok(dir)
+    }
+
     /// Where `cell`'s state lives (see crate::cell_state).
     pub fn state_dir(&self, cell: &str) -> PathBuf {
         self.state_root.join(cell)
@@ -233,6 +266,15 @@ impl CgroupRuntime {
             cmd.env("STATE_DIRECTORY", self.state_dir(&spec.cell).join("current"));
         }
         let drop_user = spec.sandbox.user == UserMode::Dynamic && self.is_root;
+        // What systemd does with LoadCredential=: the cell's own copy,
+        // readable by its user alone, gone when the cell ends.
+        let credentials = match &spec.credentials {
+            Some(c) => Some(self.credentials_copy(spec, c, drop_user.then_some(DYNAMIC_UID))?),
+            None => None,
+        };
+        if let Some(dir) = &credentials {
+            cmd.env("CREDENTIALS_DIRECTORY", dir);
+        }
         let private_net = spec.sandbox.network == Network::None && self.is_root;
         let procs_fd = std::os::fd::AsRawFd::as_raw_fd(&procs);
         // SAFETY: between fork and exec only async-signal-safe calls are
@@ -292,6 +334,9 @@ impl CgroupRuntime {
                     Ok(status) => exit_of(status, read_oom_kills(&memory_events) > oom_before),
                     Err(e) => Exit::Other(format!("wait failed: {e}")),
                 };
+                if let Some(dir) = credentials {
+                    let _ = fs::remove_dir_all(dir);
+                }
                 let _ = events.send(UnitEvent { unit, exit });
             })
             .map_err(|source| RuntimeError::Spawn {

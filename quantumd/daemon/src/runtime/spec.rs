@@ -133,12 +133,22 @@ pub struct UnitSpec {
     /// `[state] subvolume = true`: the cell keeps a state directory of its
     /// own, made before each start and given in `$STATE_DIRECTORY`.
     pub state: bool,
+    /// Its secret parameters, as files for the unit's credentials.
+    pub credentials: Option<CredentialFiles>,
     /// The caller's stdio for an attached run; otherwise the cell's output
     /// goes where the backend sends it (the journal under systemd).
     pub stdio: Option<Stdio>,
     /// Standard input alone, the output staying the backend's: a warm
     /// unit's claim socket (`crate::warm`).
     pub stdin: Option<SharedFd>,
+}
+
+/// A cell's secrets (crate::credentials): one file per secret parameter in
+/// `dir`, named after it; the cell reads them in `$CREDENTIALS_DIRECTORY`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialFiles {
+    pub dir: std::path::PathBuf,
+    pub names: Vec<String>,
 }
 
 /// `quantum-<cell>.<n>.service` for instance `<cell>.<n>`.

@@ -857,6 +857,14 @@ pub fn unit_properties(spec: &UnitSpec) -> Vec<(&'static str, Value<'_>)> {
             Value::Fd(zbus::zvariant::Fd::from(stdin.fd().as_fd())),
         ));
     }
+    if let Some(c) = &spec.credentials {
+        // LoadCredential=, not SetCredential=: a value set in the unit is
+        // one of its properties, which any user may read over D-Bus. PID 1
+        // reads the file (quantumd's own, mode 0600) and gives the cell a
+        // copy only it can read.
+        let load: Vec<(String, String)> = c.names.iter().map(|n| (n.clone(), c.dir.join(n).display().to_string())).collect();
+        p.push(("LoadCredential", Value::from(load)));
+    }
     if spec.state {
         p.push(("StateDirectory", Value::from(vec![format!("quantum-cells/{}/current", spec.cell)])));
         p.push(("StateDirectoryMode", Value::from(0o700u32)));

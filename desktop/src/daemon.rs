@@ -14,7 +14,7 @@
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use quantum_bus::{CellDetail, CellInfo, Quantum1Proxy, TrailEntry};
+use quantum_bus::{CellDetail, CellInfo, Quantum1Proxy, Started, TrailEntry};
 use quantum_steppps::Figures;
 
 use crate::error::Error;
@@ -45,7 +45,7 @@ pub enum Update {
     },
     Unreachable(Error),
     Plan(Result<Answer, Error>),
-    Executed(Result<Vec<CellInfo>, Error>),
+    Executed(Result<Vec<Started>, Error>),
     Stopped(Result<Vec<String>, Error>),
     Detail(Result<Box<CellDetail>, Error>),
     Cells(Vec<CellInfo>),

@@ -139,6 +139,16 @@ pub fn trail_lines(entry: &TrailEntry, own_uid: Option<u32>) -> (String, String)
     (title, sub)
 }
 
+/// The secrets quantumd made for a run that gave none (a database's
+/// password), as the row shows them: "password: VALUE", by name. quantumd
+/// says them once, in the answer to the run; the assistant keeps them for
+/// as long as the instance runs, and nowhere else.
+pub fn secret_lines(secrets: &std::collections::HashMap<String, String>) -> Vec<String> {
+    let mut lines: Vec<_> = secrets.iter().map(|(name, value)| format!("{name}: {value}")).collect();
+    lines.sort();
+    lines
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,5 +238,17 @@ mod tests {
             ("run web-server".to_owned(), "#5 · you · ok · web-server.1".to_owned())
         );
         assert_eq!(trail_lines(&entry, Some(0)).1, "#5 · uid:1000 · ok · web-server.1");
+    }
+
+    #[test]
+    fn made_secrets_are_shown_by_name_in_order() {
+        let secrets = [
+            ("user".to_owned(), "quantum".to_owned()),
+            ("password".to_owned(), "s3cr3t".to_owned()),
+        ]
+        .into_iter()
+        .collect();
+        assert_eq!(secret_lines(&secrets), ["password: s3cr3t", "user: quantum"]);
+        assert!(secret_lines(&Default::default()).is_empty());
     }
 }

@@ -88,6 +88,9 @@ struct Model {
     events: HashMap<String, VecDeque<String>>,
     /// How to reach running services, by instance.
     reach: HashMap<String, String>,
+    /// Secrets quantumd made for instances this window started (their only
+    /// copy outside the cell), by instance; gone with the instance.
+    secrets: HashMap<String, HashMap<String, String>>,
     connected: bool,
 }
 
@@ -120,6 +123,9 @@ struct CellRow {
     inspect: gtk::Button,
     /// Opens a web service's address in the browser; hidden otherwise.
     open: gtk::LinkButton,
+    /// Copies the secrets made for the instance to the clipboard; hidden
+    /// when there are none.
+    copy: gtk::Button,
 }
 
 fn build(app: &adw::Application, config: &Config) -> Result<(), Error> {
@@ -407,9 +413,20 @@ impl Ui {
             }
             Update::Executed(result) => match result {
                 Ok(started) => {
-                    let names: Vec<_> = started.iter().map(|c| c.instance.as_str()).collect();
+                    let names: Vec<_> = started.iter().map(|s| s.info.instance.as_str()).collect();
                     tracing::info!(started = ?names, "plan ran");
                     self.toast(&format!("Started {}", names.join(", ")));
+                    let mut m = self.model.borrow_mut();
+                    for s in &started {
+                        if !s.reach.is_empty() {
+                            m.reach.insert(s.info.instance.clone(), s.reach.clone());
+                        }
+                        if !s.secrets.is_empty() {
+                            m.secrets.insert(s.info.instance.clone(), s.secrets.clone());
+                        }
+                    }
+                    drop(m);
+                    self.render_cells();
                     self.model.borrow_mut().plan = None;
                     self.entry.set_text("");
                     self.render_plan();
@@ -439,6 +456,8 @@ impl Ui {
                 // Events of instances quantumd no longer lists go with them.
                 m.events.retain(|instance, _| cells.iter().any(|c| &c.instance == instance));
                 m.reach
+                    .retain(|instance, _| cells.iter().any(|c| &c.instance == instance && live::is_live(c)));
+                m.secrets
                     .retain(|instance, _| cells.iter().any(|c| &c.instance == instance && live::is_live(c)));
                 m.cells = cells;
                 drop(m);
@@ -552,6 +571,11 @@ impl Ui {
             if let Some(reach) = reach {
                 r.open.set_uri(reach);
             }
+            let secrets = m.secrets.get(&cell.instance).filter(|_| live::is_live(cell));
+            if let Some(secrets) = secrets {
+                lines.extend(live::secret_lines(secrets));
+            }
+            r.copy.set_visible(secrets.is_some());
             if live::is_live(cell) {
                 if let Some(f) = m.figures.as_ref().and_then(|f| live::figures_line(&cell.instance, f)) {
                     lines.push(f);
@@ -603,7 +627,13 @@ impl Ui {
         open.set_widget_name(&format!("open:{}", cell.instance));
         open.set_valign(gtk::Align::Center);
         open.set_visible(false);
+        let copy = gtk::Button::with_label("Copy secret");
+        copy.set_widget_name(&format!("copy:{}", cell.instance));
+        copy.set_valign(gtk::Align::Center);
+        copy.set_visible(false);
+        copy.set_tooltip_text(Some("Copy what quantumd made for this run (shown only here) to the clipboard"));
         row.add_suffix(&open);
+        row.add_suffix(&copy);
         row.add_suffix(&inspect);
         row.add_suffix(&stop);
         let u = self.clone();
@@ -615,8 +645,23 @@ impl Ui {
             b.set_sensitive(false);
             u.send(Request::Stop(instance.clone()));
         });
+        let u = self.clone();
+        let instance = cell.instance.clone();
+        copy.connect_clicked(move |b| {
+            let text = u.model.borrow().secrets.get(&instance).map(|s| live::secret_lines(s).join("\n"));
+            if let Some(text) = text {
+                b.clipboard().set_text(&text);
+                u.toast("Copied to the clipboard");
+            }
+        });
         self.cells_list.append(&row);
-        CellRow { row, stop, inspect, open }
+        CellRow {
+            row,
+            stop,
+            inspect,
+            open,
+            copy,
+        }
     }
 
     fn render_trail(&self, entries: &[TrailEntry]) {

@@ -388,8 +388,10 @@ pub trait Quantum1 {
 
     /// Runs an asked plan, cell after cell in order, as `Run` would; relative
     /// path parameters are resolved against `cwd`. Only the connection that
-    /// asked may execute a plan, once. Returns the started instances.
-    fn execute(&self, plan_id: &str, cwd: &str) -> Result<Vec<CellInfo>, Error>;
+    /// asked may execute a plan, once. Returns the started instances, each
+    /// with how to reach it and the secrets made for it (`Started`: this
+    /// answer is the only place a made secret is shown).
+    fn execute(&self, plan_id: &str, cwd: &str) -> Result<Vec<Started>, Error>;
 
     /// `Execute`, with each task of the plan attached to the caller's
     /// standard input, output and error as `RunAttached` does.

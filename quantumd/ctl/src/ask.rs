@@ -235,7 +235,17 @@ async fn ask_one(proxy: &Quantum1Proxy<'_>, args: &AskArgs, catalog: Option<&Cat
         // in the background, as before.
         Some(true) if args.json => match proxy.execute(plan_id, cwd).await {
             Ok(started) => {
-                value["started"] = started.iter().map(|c| c.instance.clone()).collect::<Vec<_>>().into();
+                value["started"] = started.iter().map(|s| s.info.instance.clone()).collect::<Vec<_>>().into();
+                // Made secrets (a database's password), by instance: shown
+                // to this caller only, here.
+                let secrets: serde_json::Map<_, _> = started
+                    .iter()
+                    .filter(|s| !s.secrets.is_empty())
+                    .map(|s| (s.info.instance.clone(), serde_json::json!(s.secrets)))
+                    .collect();
+                if !secrets.is_empty() {
+                    value["secrets"] = secrets.into();
+                }
             }
             Err(e) => {
                 eprintln!("quantumctl: {:#}", crate::client::request_failed("the plan did not run", e));

@@ -152,7 +152,12 @@ fn bad_files_systemd_only_triggers_and_the_admins_triggers_are_refused_with_reas
         "nightly.toml",
         "[trigger]\nname = \"nightly\"\ncell = \"mark\"\non-event = { cell = \"other\", state = \"exited\" }\n",
     );
-    let cat = catalog(&[("mark", &sh_cell("mark", "echo marked", ""))]);
+    let vault = sh_cell(
+        "vault",
+        "test -s \"$CREDENTIALS_DIRECTORY/token\"",
+        "[params.token]\ntype = \"string\"\nsecret = true\ndescription = \"a token\"\n",
+    );
+    let cat = catalog(&[("mark", &sh_cell("mark", "echo marked", "")), ("vault", &vault)]);
     let node = Node::start_configured(cat.path(), &format!("triggers = {:?}\n", admin.path().display().to_string()));
     let files = tempfile::tempdir().expect("tempdir");
 
@@ -183,6 +188,21 @@ fn bad_files_systemd_only_triggers_and_the_admins_triggers_are_refused_with_reas
     let out = node.ctl(&["trigger", "add", &missing]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("no-such-cell"), "{}", stderr(&out));
+
+    // A secret in a file anyone can list would be no secret.
+    let secret = write(
+        files.path(),
+        "secret.toml",
+        "[trigger]\nname = \"secret\"\ncell = \"vault\"\non-event = { cell = \"mark\", state = \"exited\" }\n\n[params]\ntoken = \"hunter2\"\n",
+    );
+    let out = node.ctl(&["trigger", "add", &secret]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains(&format!("{secret}: params.token: is a secret of cell vault")),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains("hunter2"), "{}", stderr(&out));
 
     // Without systemd there are no timers to arm.
     let calendar = write(

@@ -769,6 +769,14 @@ impl Cells {
         };
         if let Some(inst) = self.instances.get_mut(&root) {
             pending.secrets = std::mem::take(&mut inst.made_secrets).into_iter().collect();
+        }
+        // Secrets made for what the root needs or its children are given to
+        // no one (their cells read them from their credentials): quantumd
+        // keeps no copy in memory either.
+        for inst in self.instances.values_mut() {
+            inst.made_secrets.clear();
+        }
+        if let Some(inst) = self.instances.get_mut(&root) {
             let lifecycle = inst.manifest.as_ref().map(|m| &m.lifecycle);
             match (lifecycle.map(|l| l.kind), stdio) {
                 (Some(Kind::Task), Some(stdio)) => {

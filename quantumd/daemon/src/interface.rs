@@ -378,9 +378,8 @@ impl Quantum1 {
         Ok(json.to_string())
     }
 
-    async fn execute(&self, #[zbus(header)] header: Header<'_>, plan_id: String, cwd: String) -> Result<Vec<CellInfo>, Error> {
-        let started = self.execute_plan(&header, plan_id, cwd, None).await?;
-        Ok(started.into_iter().map(|s| s.info).collect())
+    async fn execute(&self, #[zbus(header)] header: Header<'_>, plan_id: String, cwd: String) -> Result<Vec<Started>, Error> {
+        self.execute_plan(&header, plan_id, cwd, None).await
     }
 
     #[allow(clippy::too_many_arguments)]

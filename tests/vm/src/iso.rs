@@ -11,6 +11,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 use crate::env_file::EnvFile;
+use crate::guest::Guest;
 use crate::image::Image;
 
 /// A built live ISO.
@@ -242,5 +243,23 @@ pub fn blank_disk(path: &Path, size_mib: u64) -> Result<()> {
     let file = fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
     file.set_len(size_mib * 1024 * 1024)
         .with_context(|| format!("sizing {} to {size_mib} MiB", path.display()))?;
+    Ok(())
+}
+
+/// swtpm's TPM 2.0 reaches the guest as /dev/tpm0 and the resource
+/// manager, and quantumd (through the ISOs' drop-in,
+/// packaging/systemd/quantumd-tpm.conf) seals the node identity to it.
+pub fn identity_sealed_by_tpm(g: &Guest) -> Result<()> {
+    let out = g.run("ls -l /dev/tpm0 /dev/tpmrm0")?;
+    anyhow::ensure!(out.success(), "no TPM device in the guest: {out}");
+    let identity = g.run_ok("quantumctl identity")?;
+    anyhow::ensure!(
+        identity
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["sealed", "by", "a", "TPM:", "yes"]),
+        "quantumd did not seal its identity to the TPM:\n{identity}\n{}",
+        g.run("journalctl -b -u quantumd.service --no-pager | grep -i tpm | tail -n 5")?
+            .stdout
+    );
     Ok(())
 }

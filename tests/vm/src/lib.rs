@@ -29,7 +29,7 @@ use std::io::Write;
 pub use agent::{AgentChannel, Output};
 pub use guest::{nspawn_command, qemu_command, Backend, BootConfig, Console, Guest, NspawnRoot, GUEST_SHARE, READY_LINE};
 pub use image::{Image, DEFAULT_VARIANT};
-pub use iso::{blank_disk, ovmf_files, Firmware, IsoImage, Machine};
+pub use iso::{blank_disk, identity_sealed_by_tpm, ovmf_files, Firmware, IsoImage, Machine};
 pub use scenario::Scenarios;
 
 /// Writes a line to stderr past the test harness's output capture, so that

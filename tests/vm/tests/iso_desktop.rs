@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use quantum_vmtest::{eventually, report, BootConfig, Firmware, Guest, Image, IsoImage, Scenarios};
+use quantum_vmtest::{eventually, identity_sealed_by_tpm, report, BootConfig, Firmware, Guest, Image, IsoImage, Scenarios};
 use serde_json::Value;
 
 const VARIANT: &str = "iso-desktop";
@@ -82,18 +82,7 @@ fn iso_desktop_boots_to_sway_with_the_assistant() {
     let mut window = None;
     let mut scenarios = Scenarios::new(&guest);
     scenarios.run("desktop-quantumd-ready", quantumd_ready);
-    scenarios.run("desktop-tpm", |g| {
-        let out = g.run("ls -l /dev/tpm0 /dev/tpmrm0")?;
-        ensure!(out.success(), "no TPM device in the guest: {out}");
-        let identity = g.run_ok("quantumctl identity")?;
-        ensure!(
-            identity
-                .lines()
-                .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["sealed", "by", "a", "TPM:", "yes"]),
-            "quantumd did not seal its identity to the TPM:\n{identity}"
-        );
-        Ok(())
-    });
+    scenarios.run("desktop-tpm", identity_sealed_by_tpm);
     scenarios.run("desktop-sway-on-tty1-as-quantum", |g| {
         session = Some(sway_session(g)?);
         Ok(())

@@ -104,9 +104,11 @@ impl Cells {
         let trigger = crate::triggers::validate(file, toml).map_err(CommandError::Invalid)?;
         // A name the catalog lacks is said now, not at the first firing.
         if !trigger.cell.starts_with('/') {
-            self.catalog
+            let cell = self
+                .catalog
                 .resolve(&trigger.cell)
                 .map_err(|e| CommandError::Invalid(format!("{file}: trigger {}: {e}", trigger.name.as_str())))?;
+            refuse_given_secrets(&trigger, &cell.manifest, file)?;
         }
         let name = trigger.name.as_str().to_owned();
         let armed = self.triggers.add(toml, file, actor)?.clone();
@@ -232,5 +234,19 @@ fn description(t: &Trigger) -> String {
         format!("QuantumOS trigger {}: {} runs {}", t.name.as_str(), t.on, t.cell)
     } else {
         format!("QuantumOS trigger {}: {}", t.name.as_str(), t.description)
+    }
+}
+
+/// A trigger's `[params]` are a file on disk and shown to anyone by
+/// `quantumctl trigger list`: a secret given there would be neither. Left
+/// out, each firing gets a fresh random secret, as any run that gives none.
+fn refuse_given_secrets(t: &Trigger, cell: &quantum_model::Manifest, file: &str) -> Result<(), CommandError> {
+    match t.params.keys().find(|k| cell.params.get(*k).is_some_and(|p| p.secret)) {
+        Some(name) => Err(CommandError::Invalid(format!(
+            "{file}: params.{name}: is a secret of cell {} and a trigger's parameters are readable by anyone \
+             (`quantumctl trigger list`); leave it out and each run gets a random one",
+            t.cell
+        ))),
+        None => Ok(()),
     }
 }

@@ -613,14 +613,32 @@ impl SystemdRuntime {
             ("PrivateNetwork", Value::from(true)),
             ("CapabilityBoundingSet", Value::from(0u64)),
         ];
-        let job = self
-            .manager
-            .start_transient_unit(unit, "fail", &props, &[(service, &service_props)])
-            .await
-            .map_err(|e| RuntimeError::Systemd {
-                unit: unit.to_owned(),
-                message: dbus_message(&e),
-            })?;
+        // The units replaced are unloaded by systemd's garbage collection,
+        // after their stop: until then, and while a firing's `/bin/true`
+        // runs, creating them again says UnitExists. Seen when quantumd
+        // restarted as a 5-second timer fired, on a loaded machine.
+        let mut tries = 0;
+        let job = loop {
+            match self
+                .manager
+                .start_transient_unit(unit, "fail", &props, &[(service, &service_props)])
+                .await
+            {
+                Ok(job) => break job,
+                Err(zbus::Error::MethodError(name, _, _)) if name.as_str() == "org.freedesktop.systemd1.UnitExists" && tries < 40 => {
+                    tries += 1;
+                    tracing::debug!(unit, tries, "a unit of the trigger is still loaded; trying again");
+                    self.stop_unit(service).await?;
+                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                }
+                Err(e) => {
+                    return Err(RuntimeError::Systemd {
+                        unit: unit.to_owned(),
+                        message: dbus_message(&e),
+                    })
+                }
+            }
+        };
         match self.wait_job(&job).await.as_str() {
             "done" => Ok(()),
             other => Err(RuntimeError::Job {

@@ -433,7 +433,12 @@ pub fn triggers_through_systemd(g: &Guest) -> Result<()> {
         Ok(trigger(g, "inbox").ok().flatten())
     })?;
     let state = g.run("systemctl is-active quantum-trigger-inbox.path quantum-trigger-tick.timer")?;
-    ensure!(state.stdout.trim() == "active\nactive", "after a restart: {state}");
+    ensure!(
+        state.stdout.trim() == "active\nactive",
+        "after a restart: {state}\n{}\n{}",
+        g.run("quantumctl trigger list --json")?,
+        g.run("journalctl -b -u quantumd.service --no-pager | grep -i trigger | tail -n 8")?
+    );
     g.run_ok("touch /var/tmp/qtest-inbox/another")?;
     fired(g, "inbox", 1, "marker")?;
 

@@ -343,7 +343,7 @@ impl Guest {
         let mut helpers = Vec::new();
         let tpm_socket = work_path.join("swtpm.sock");
         if machine.tpm {
-            let state = work_path.join("tpm");
+            let state = machine.tpm_state.clone().unwrap_or_else(|| work_path.join("tpm"));
             fs::create_dir_all(&state).with_context(|| format!("creating {}", state.display()))?;
             let log = File::create(work_path.join("swtpm.log")).context("creating swtpm.log")?;
             let mut cmd = swtpm_command(&state, &tpm_socket);

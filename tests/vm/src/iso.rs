@@ -82,6 +82,7 @@ impl IsoImage {
             cdrom: Some(self.iso.clone()),
             disks: Vec::new(),
             tpm: true,
+            tpm_state: None,
             test_fw_cfg: (!self.test_fw_cfg.is_empty()).then(|| self.test_fw_cfg.clone()),
             memory_mib: self.memory_mib,
             cpus: self.cpus,
@@ -146,6 +147,11 @@ pub struct Machine {
     pub disks: Vec<PathBuf>,
     /// Attach a TPM 2.0 (swtpm) as `/dev/tpm0`.
     pub tpm: bool,
+    /// Where swtpm keeps the TPM's state. `None`: in the boot's own work
+    /// directory, a new TPM each boot. Boots of one installed disk share
+    /// one, as they would share one machine's TPM: quantumd's identity is
+    /// sealed to it, and another TPM cannot unseal it.
+    pub tpm_state: Option<PathBuf>,
     /// The fw_cfg item that switches the image's test agent on.
     pub test_fw_cfg: Option<String>,
     pub memory_mib: u32,

@@ -99,6 +99,8 @@ fn iso_boots_bios_and_uefi_installs_and_the_disk_boots() {
     //    wrote GRUB for both (BIOS boot partition, and the ESP's removable
     //    path, which needs no firmware boot entry).
     if installed {
+        // One machine: both boots see the same TPM.
+        let tpm_state = disks.path().join("tpm");
         for firmware in [Firmware::Bios, Firmware::Uefi] {
             let machine = Machine {
                 label: format!("disk-{}", firmware.name()),
@@ -106,6 +108,7 @@ fn iso_boots_bios_and_uefi_installs_and_the_disk_boots() {
                 cdrom: None,
                 disks: vec![disk.clone()],
                 tpm: true,
+                tpm_state: Some(tpm_state.clone()),
                 test_fw_cfg: (!iso.test_fw_cfg.is_empty()).then(|| iso.test_fw_cfg.clone()),
                 memory_mib: iso.memory_mib,
                 cpus: iso.cpus,

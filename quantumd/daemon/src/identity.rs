@@ -42,6 +42,16 @@ pub enum IdentityError {
     },
 }
 
+impl IdentityError {
+    /// The identity store's own error, when that is what went wrong.
+    pub fn seal_error(&self) -> Option<&quantum_trust::SealError> {
+        match self {
+            IdentityError::Open { source, .. } | IdentityError::Load { source, .. } => Some(source),
+            IdentityError::Files { .. } => None,
+        }
+    }
+}
+
 /// The node's keys and where they are kept.
 #[derive(Clone)]
 pub struct Identity {

@@ -8,6 +8,7 @@ mod command;
 mod config;
 mod credentials;
 mod direct;
+mod exit;
 mod gate;
 mod identity;
 mod interface;
@@ -27,6 +28,7 @@ mod triggers;
 mod warm;
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use clap::Parser;
 
@@ -111,9 +113,16 @@ enum Helper {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let args = Args::parse();
     logging::init();
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => exit::report(&e),
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
     if let Some(Helper::CellState { dir, op }) = &args.helper {
         let report = cell_state::apply(dir, op)
             .map_err(|e| anyhow::anyhow!("{} of the cell state in {}: {}", op.verb(), dir.display(), command::error_chain(&e)))?;

@@ -88,6 +88,7 @@ fn with_pcr7_binding_a_changed_pcr7_refuses_unseal_and_says_how_to_recover() {
     extend_pcr7(&tpm);
     let err = store.load().unwrap_err();
     assert!(matches!(err, SealError::PcrChanged { .. }), "{err:?}");
+    assert!(err.is_permanent());
     let message = err.to_string();
     assert!(
         message.contains("PCR 7 (Secure Boot policy) changed since it was sealed"),
@@ -117,17 +118,23 @@ fn a_sealed_identity_does_not_unseal_on_another_tpm() {
 
     let other_state = tempfile::tempdir().unwrap();
     let other = Swtpm::start(other_state.path());
-    let err = KeyStore::open(&tpm_config(&other, dir.path(), false)).unwrap().load().unwrap_err();
-    assert!(
-        matches!(
-            err,
-            SealError::Tpm {
-                action: "loading the sealed identity",
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    let store = KeyStore::open(&tpm_config(&other, dir.path(), false)).unwrap();
+    let err = store.load().unwrap_err();
+    assert!(matches!(err, SealError::SealedByAnotherTpm { .. }), "{err:?}");
+    assert!(err.is_permanent());
+    let message = err.to_string();
+    assert!(message.contains("sealed by another TPM (or this TPM was cleared"), "{message}");
+    assert!(message.contains(&dir.path().join(SEALED_FILE).display().to_string()), "{message}");
+    let identity_dir = dir.path().display().to_string();
+    assert!(message.contains(&format!("move {identity_dir} aside")), "{message}");
+    assert!(message.contains(&format!("`mv {identity_dir} {identity_dir}.old`")), "{message}");
+    assert!(message.contains("restart quantumd"), "{message}");
+    assert!(message.contains("new key id"), "{message}");
+    // load_or_generate must not paper over the failure with a new identity.
+    assert!(matches!(
+        store.load_or_generate("node-d"),
+        Err(SealError::SealedByAnotherTpm { .. })
+    ));
 }
 
 #[test]
@@ -149,6 +156,7 @@ fn an_unreachable_tpm_is_an_error_once_an_identity_is_sealed_in_it() {
     })
     .unwrap_err();
     assert!(matches!(err, SealError::TpmUnreachable { .. }), "{err:?}");
+    assert!(!err.is_permanent(), "an unreachable TPM may answer at the next boot");
     assert!(err.to_string().contains("refusing to fall back to a file"), "{err}");
     assert!(err.to_string().contains(&tcti), "{err}");
 }

@@ -12,6 +12,13 @@
 //! identity ([`KeyStore::regenerate`], `quantumd --regenerate-identity` with quantumd.service stopped), the daemon records
 //! the new key id in its trail, and the new public key is distributed where the old one was
 //! trusted.
+//!
+//! # Recovery when the TPM is another one
+//!
+//! `node.sealed` loads only in the TPM that sealed it, and only while that TPM keeps its owner
+//! seed. On another machine's TPM, or after the TPM was cleared, the TPM fails the sealed
+//! object's integrity check and [`SealError::SealedByAnotherTpm`] says so: the keys are gone.
+//! Moving the identity directory aside and restarting gives the node a new identity.
 
 mod file;
 mod tpm;
@@ -117,6 +124,20 @@ pub enum SealError {
         path.display()
     )]
     PcrChanged { path: PathBuf, source: tss_esapi::Error },
+    #[error(
+        "{}: the node identity was sealed by another TPM (or this TPM was cleared since): the TPM at {tcti:?} fails the sealed \
+         object's integrity check, and this node's keys cannot be recovered from it. To start over with a new identity, move {dir} \
+         aside (`mv {dir} {dir}.old`) and restart quantumd (`systemctl restart quantumd`); `quantumd --regenerate-identity` with \
+         quantumd.service stopped does the same and keeps the old public key, so the trail it sealed still verifies. The node gets \
+         a new key id, and trust given to the old one must be given again",
+        path.display(),
+        dir = path.parent().unwrap_or(path.as_path()).display()
+    )]
+    SealedByAnotherTpm {
+        path: PathBuf,
+        tcti: String,
+        source: tss_esapi::Error,
+    },
     #[error("{}: the sealed keys do not decrypt with the key the TPM unsealed", path.display())]
     Decrypt { path: PathBuf },
     #[error("{}: cannot encrypt the node keys for sealing", path.display())]
@@ -125,6 +146,31 @@ pub enum SealError {
     Random(#[source] getrandom::Error),
     #[error("cannot generate the node keys")]
     Generate(#[source] KeyError),
+}
+
+impl SealError {
+    /// Whether the stored identity cannot be used as it is and trying again will not change
+    /// that: an operator must act (the message says how). A TPM that cannot be reached, an I/O
+    /// error or a TPM command that failed for another reason may pass, and are not permanent.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            SealError::SealedByAnotherTpm { .. }
+            | SealError::PcrChanged { .. }
+            | SealError::Decrypt { .. }
+            | SealError::BadSealedFile { .. }
+            | SealError::BadKeys { .. }
+            | SealError::InsecureMode { .. }
+            | SealError::WrongOwner { .. }
+            | SealError::NotRegular { .. } => true,
+            SealError::Io { .. }
+            | SealError::NotFound { .. }
+            | SealError::Tpm { .. }
+            | SealError::TpmUnreachable { .. }
+            | SealError::Encrypt { .. }
+            | SealError::Random(_)
+            | SealError::Generate(_) => false,
+        }
+    }
 }
 
 /// One place secret keys can live.

@@ -196,6 +196,12 @@ fn create_primary(ctx: &mut Context) -> Result<KeyHandle, tss_esapi::Error> {
         .map(|primary| primary.key_handle)
 }
 
+/// TPM_RC_INTEGRITY: the HMAC over a sealed object's private part does not check with this TPM's
+/// keys (0x1df when loading: integrity, parameter 1).
+fn is_integrity_failure(error: &tss_esapi::Error) -> bool {
+    matches!(error, tss_esapi::Error::Tss2Error(rc) if rc.kind() == Some(Tss2ResponseCodeKind::Integrity))
+}
+
 fn aad(pcr7: bool, tpm_public: &[u8]) -> Vec<u8> {
     [FORMAT.as_bytes(), &[u8::from(pcr7)], tpm_public].concat()
 }
@@ -218,6 +224,23 @@ impl TpmStore {
             tcti: self.tcti.clone(),
             action,
             source,
+        }
+    }
+
+    /// Like [`TpmStore::tpm_err`] for loading and unsealing the sealed object, where a failed
+    /// integrity check means the object was made by another TPM (or before this one was cleared):
+    /// its private part is protected by a key derived from the owner seed of the TPM that sealed it.
+    fn unseal_err(&self, action: &'static str) -> impl Fn(tss_esapi::Error) -> SealError + '_ {
+        move |source| {
+            if is_integrity_failure(&source) {
+                SealError::SealedByAnotherTpm {
+                    path: self.path.clone(),
+                    tcti: self.tcti.clone(),
+                    source,
+                }
+            } else {
+                self.tpm_err(action)(source)
+            }
         }
     }
 
@@ -267,7 +290,7 @@ impl TpmStore {
         let primary = create_primary(&mut ctx).map_err(self.tpm_err("creating the storage key"))?;
         let object = ctx
             .execute_with_nullauth_session(|ctx| ctx.load(primary, private, public))
-            .map_err(self.tpm_err("loading the sealed identity"))?;
+            .map_err(self.unseal_err("loading the sealed identity"))?;
         let data = if pcr7 {
             let session = start_salted_session(&mut ctx, primary, SessionType::Policy, Secret::Received)
                 .map_err(self.tpm_err("starting a policy session"))?;
@@ -288,18 +311,14 @@ impl TpmStore {
                             source,
                         }
                     } else {
-                        SealError::Tpm {
-                            tcti: self.tcti.clone(),
-                            action: "unsealing the identity",
-                            source,
-                        }
+                        self.unseal_err("unsealing the identity")(source)
                     }
                 })?
         } else {
             let session =
                 start_salted_session(&mut ctx, primary, SessionType::Hmac, Secret::Received).map_err(self.tpm_err("starting a session"))?;
             ctx.execute_with_session(Some(session), |ctx| ctx.unseal(object.into()))
-                .map_err(self.tpm_err("unsealing the identity"))?
+                .map_err(self.unseal_err("unsealing the identity"))?
         };
         Ok(Zeroizing::new(data.value().to_vec()))
     }

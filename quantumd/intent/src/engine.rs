@@ -245,6 +245,12 @@ pub(crate) struct CellFeatures {
     pub(crate) foreign: bool,
     /// The step asks for repetition and the cell repeats its work.
     pub(crate) periodic: bool,
+    /// Share of the step's settings (`port=9000`, `unit: cron.service`,
+    /// [`params::assignments`]) that name one of the cell's parameters
+    /// with a value of its type; zero when the step has none. People who
+    /// write settings name the parameters, whatever words the model reads
+    /// around them.
+    pub(crate) named: f32,
 }
 
 /// What every cell has in common with one step.
@@ -529,9 +535,9 @@ impl Engine {
 
     /// Every cell's score for `text`, best first.
     pub fn rank(&self, text: &str) -> Result<Vec<Score>, Error> {
-        let text = self.model_text(text);
-        let v = self.encoder.embed(&text)?;
-        Ok(self.rank_embedded(&text, &v))
+        let shown = self.model_text(text);
+        let v = self.encoder.embed(&shown)?;
+        Ok(self.features(text, &shown, &v).rank(&self.tuning))
     }
 
     /// How the whole of `text` is scored, as text: what the model is shown,
@@ -541,7 +547,7 @@ impl Engine {
     pub fn explain(&self, text: &str) -> Result<String, Error> {
         let shown = self.model_text(text);
         let v = self.encoder.embed(&shown)?;
-        let features = self.features(&shown, &v);
+        let features = self.features(text, &shown, &v);
         let out = out_of_scope();
         let nearest_reject = self
             .reject
@@ -583,11 +589,14 @@ impl Engine {
     /// Every cell's score for `text` (as the model is shown it, see
     /// [`model_text`]) whose embedding is `v`, best first.
     pub fn rank_embedded(&self, text: &str, v: &[f32]) -> Vec<Score> {
-        self.features(text, v).rank(&self.tuning)
+        self.features(text, text, v).rank(&self.tuning)
     }
 
-    /// What every cell has in common with a step, before any tunable.
-    fn features(&self, text: &str, v: &[f32]) -> Features {
+    /// What every cell has in common with a step, before any tunable:
+    /// `raw` is the step as written, `text` what the model was shown of it
+    /// ([`Engine::model_text`]) and `v` its embedding.
+    fn features(&self, raw: &str, text: &str, v: &[f32]) -> Features {
+        let settings = params::assignments(raw);
         // Sorted, so the sums below are the same from run to run (a hash
         // set's order is not), and so is a model trained on them.
         let mut words: Vec<String> = content_words(text).into_iter().collect();
@@ -615,6 +624,7 @@ impl Engine {
                     // command's, not a sign of another job.
                     foreign: verb.as_ref().is_some_and(|v| !self.phrase_words[cell].contains(v)) && !(periodic && self.repeats[cell]),
                     periodic: periodic && self.repeats[cell],
+                    named: named_share(&settings, &self.catalog.cells[cell].manifest),
                 }
             })
             .collect();
@@ -648,7 +658,10 @@ impl Engine {
             prepared.steps = steps
                 .into_iter()
                 .zip(masked.iter().zip(&vectors))
-                .map(|(step, (text, v))| (step, self.features(text, v)))
+                .map(|(step, (text, v))| {
+                    let features = self.features(&step, text, v);
+                    (step, features)
+                })
                 .collect();
         }
         if prepared.steps.is_empty() || whole {
@@ -660,7 +673,7 @@ impl Engine {
     fn prepare_whole(&self, prepared: &mut Prepared, embed: &dyn Embed) -> Result<(), Error> {
         let text = self.model_text(&prepared.intent);
         let v = embed.embed_batch(&[&text])?.pop().unwrap_or_default();
-        prepared.whole = Some(self.features(&text, &v));
+        prepared.whole = Some(self.features(&prepared.intent, &text, &v));
         Ok(())
     }
 
@@ -895,6 +908,16 @@ fn carry_reference(planned: &mut PlannedCell, manifest: &quantum_model::Manifest
         planned.params.insert(name.clone(), previous.value.clone());
         planned.missing.retain(|m| *m != name);
     }
+}
+
+/// Share of `settings` that name a parameter of `manifest` (never a
+/// secret one) with a value of its type.
+fn named_share(settings: &[params::Assignment], manifest: &quantum_model::Manifest) -> f32 {
+    if settings.is_empty() {
+        return 0.0;
+    }
+    let named = settings.iter().filter(|a| params::setting_value(manifest, a).is_some()).count();
+    named as f32 / settings.len() as f32
 }
 
 /// What the model is shown of a request: its values masked.

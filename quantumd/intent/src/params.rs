@@ -1267,7 +1267,156 @@ fn seconds_param(spec: &ParamSpec) -> bool {
 /// left out (their defaults apply).
 pub fn fill(manifest: &Manifest, text: &str) -> BTreeMap<String, String> {
     let (tokens, candidates) = scan(text);
-    fill_from(manifest, &tokens, &candidates, text.trim_end().ends_with('?'))
+    let mut out = fill_from(manifest, &tokens, &candidates, text.trim_end().ends_with('?'));
+    assign(manifest, &assignments(text), &mut out);
+    out
+}
+
+/// A value given by name, as people write settings: `port=9000`,
+/// `unit: cron.service`, `dir => /srv/www`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assignment {
+    /// The name, lower-case.
+    pub key: String,
+    pub value: String,
+}
+
+/// The `name=value`, `name: value` and `name => value` settings of a
+/// request, in order. A name is a word that starts with a letter, at the
+/// start of the request or after a space or one of `,;/({`; a value runs
+/// to the next `,` or `;`, a ` / `, or the next setting. A `:` must follow
+/// its name directly and not start a URL (`http://`); a name never follows
+/// a digit, so times (`10:30`) and "Ticket 12345: ..." are none.
+pub fn assignments(text: &str) -> Vec<Assignment> {
+    let chars: Vec<char> = text.chars().collect();
+    // Where a setting starts: (start of its name, end of its name, start
+    // of its value).
+    let mut starts: Vec<(usize, usize, usize)> = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let boundary = i == 0 || chars[i - 1].is_whitespace() || matches!(chars[i - 1], ',' | ';' | '/' | '(' | '{');
+        if !(boundary && chars[i].is_ascii_alphabetic()) {
+            i += 1;
+            continue;
+        }
+        let mut end = i;
+        while end < chars.len() && (chars[end].is_ascii_alphanumeric() || matches!(chars[end], '_' | '-')) {
+            end += 1;
+        }
+        let mut j = end;
+        while j < chars.len() && chars[j] == ' ' {
+            j += 1;
+        }
+        let sep = if chars[j..].starts_with(&['=', '>']) || chars[j..].starts_with(&['-', '>']) {
+            Some(j + 2)
+        } else if chars.get(j) == Some(&'=') {
+            Some(j + 1)
+        } else if j == end && chars.get(j) == Some(&':') && !chars[j + 1..].starts_with(&['/', '/']) {
+            // "name:" then a space or the value itself, but not "10:30"
+            // (a name starts with a letter) nor a URL.
+            Some(j + 1)
+        } else {
+            None
+        };
+        match sep {
+            Some(value) => {
+                starts.push((i, end, value));
+                i = value;
+            }
+            None => i = end.max(i + 1),
+        }
+    }
+    let mut out = Vec::new();
+    for (n, &(key_start, key_end, value_start)) in starts.iter().enumerate() {
+        let limit = starts.get(n + 1).map_or(chars.len(), |next| next.0);
+        let mut end = value_start;
+        // " / " and " -- " part settings ("port: 5440 / user: ci -- a
+        // test db"); a slash in a path does not.
+        let parts = |k: usize| {
+            k > value_start
+                && chars[k - 1] == ' '
+                && (chars[k] == '/' && chars.get(k + 1).is_none_or(|c| *c == ' ')
+                    || chars[k..].starts_with(&['-', '-']) && chars.get(k + 2).is_none_or(|c| *c == ' ')
+                    || chars[k] == '—')
+        };
+        while end < limit && !matches!(chars[end], ',' | ';') && !parts(end) {
+            end += 1;
+        }
+        let value: String = chars[value_start..end].iter().collect();
+        let value = value.trim();
+        // A value in quotes is what is inside them.
+        let quoted = |c: char| is_quote(c) || c == '`';
+        let value = match (value.chars().next(), value.chars().last()) {
+            (Some(a), Some(b)) if value.chars().count() >= 2 && quoted(a) && quoted(b) => {
+                value[a.len_utf8()..value.len() - b.len_utf8()].trim()
+            }
+            _ => value,
+        };
+        if value.is_empty() {
+            continue;
+        }
+        out.push(Assignment {
+            key: chars[key_start..key_end].iter().collect::<String>().to_ascii_lowercase(),
+            value: value.to_owned(),
+        });
+    }
+    out
+}
+
+/// The value a setting gives a parameter of `manifest`: the value as
+/// written, or its first word ("interval=2 please"), when it is one of the
+/// parameter's type and of its choices, when it has a list; `None` when it
+/// names no parameter, or a secret one.
+pub fn setting_value(manifest: &Manifest, a: &Assignment) -> Option<String> {
+    let spec = manifest.params.get(a.key.as_str()).filter(|s| !s.secret)?;
+    let options = choices(spec);
+    let first = a.value.split_whitespace().next().unwrap_or_default();
+    // A path, a number, a size or a duration is one word: "script:
+    // ./job.py and run it" gives ./job.py. Text (a command, a pattern)
+    // runs to the end of the setting.
+    let tried = if spec.kind == ParamType::String {
+        [a.value.as_str(), first]
+    } else {
+        [first, a.value.as_str()]
+    };
+    let found = tried.into_iter().find_map(|v| {
+        let v = if options.is_empty() {
+            v.to_owned()
+        } else {
+            options.iter().find(|o| o.eq_ignore_ascii_case(v))?.clone()
+        };
+        spec.kind.check(&v).is_ok().then_some(v)
+    });
+    // "since: 3 hours", "max: 2 GB": the value as the request's other
+    // durations and sizes are read.
+    let spelled = || {
+        let kind = match spec.kind {
+            ParamType::Duration => Kind::Duration,
+            ParamType::Size => Kind::Size,
+            _ => return None,
+        };
+        scan(&a.value)
+            .1
+            .into_iter()
+            .find(|c| c.kind == kind)
+            .map(|c| c.value)
+            .filter(|v| spec.kind.check(v).is_ok())
+    };
+    found.or_else(spelled)
+}
+
+/// Gives each parameter of `manifest` that a setting names its value, when
+/// the value is one of the parameter's type (and of its choices, when it
+/// has a list); a value given by name is no other parameter's. A secret is
+/// never taken from a request.
+fn assign(manifest: &Manifest, settings: &[Assignment], out: &mut BTreeMap<String, String>) {
+    for a in settings {
+        let Some(value) = setting_value(manifest, a) else {
+            continue;
+        };
+        out.retain(|name, v| *v != value || settings.iter().any(|s| s.key == *name));
+        out.insert(a.key.clone(), value);
+    }
 }
 
 /// [`fill`] from a scanned request; `ends_with_question` says whether the
@@ -1373,9 +1522,14 @@ pub fn fill_from(manifest: &Manifest, tokens: &[Token], candidates: &[Candidate]
             take(&mut out, &mut used, name, spec, ci, candidates[ci].value.clone());
         }
     }
-    // systemd units.
+    // systemd units: one written out with its suffix ("the printer service
+    // cups.service") before a word said before "service".
     for (name, spec) in params.iter().filter(|(n, s)| s.kind == ParamType::String && is_unit_param(n, s)) {
-        if let Some(ci) = first_unused(&used, Kind::Unit) {
+        let written_out = candidates
+            .iter()
+            .enumerate()
+            .position(|(i, c)| !used[i] && c.kind == Kind::Unit && UNIT_SUFFIXES.iter().any(|s| c.value.ends_with(s)));
+        if let Some(ci) = written_out.or_else(|| first_unused(&used, Kind::Unit)) {
             take(&mut out, &mut used, name, spec, ci, candidates[ci].value.clone());
         }
     }
@@ -2096,7 +2250,7 @@ pub fn unservable(manifest: &Manifest, text: &str) -> Option<String> {
             let targeted = (1..=2).any(|k| {
                 i.checked_sub(k)
                     .is_some_and(|j| matches!(tokens[j].lower.as_str(), "to" | "into" | "as" | "->" | "→"))
-            });
+            }) || makes_a(&tokens, i);
             let word = t.lower.trim_start_matches('.');
             let format = FILE_EXTENSIONS.contains(&word) || matches!(word, "pdf" | "mobi" | "azw3" | "pptx" | "xlsx");
             let offered = options.iter().any(|o| o == word) || choice_synonyms(word).iter().any(|s| options.iter().any(|o| o == s));
@@ -2110,6 +2264,18 @@ pub fn unservable(manifest: &Manifest, text: &str) -> Option<String> {
         }
     }
     unoffered(manifest, text).or_else(|| other_language(manifest, text))
+}
+
+/// Whether the word at `i` is a thing the request asks to have made: "make
+/// a PDF out of chapter1.md", "I need an epub from it" (a new thing,
+/// after "a" and a verb of making, not "the pdf from ~/inbox").
+fn makes_a(tokens: &[Token], i: usize) -> bool {
+    i >= 2
+        && matches!(tokens[i - 1].lower.as_str(), "a" | "an")
+        && matches!(
+            tokens[i - 2].lower.as_str(),
+            "make" | "create" | "produce" | "generate" | "build" | "render" | "export" | "need" | "want" | "give" | "get"
+        )
 }
 
 /// Things a request may demand of a cell beyond its job, each with the
@@ -2641,6 +2807,11 @@ mod tests {
         check_fill("disk-usage", "space used in /srv 2 levels deep", "depth=2;path=/srv");
         check_fill("log-search", "show me errors from the last hour", "priority=err;since=1h");
         check_fill("log-search", "the last 50 log lines of ssh.service", "lines=50;unit=ssh.service");
+        check_fill(
+            "log-search",
+            "did the mail service postfix.service log anything",
+            "unit=postfix.service",
+        );
         check_fill("system-monitor", "cpu and memory every 2 seconds", "interval=2");
         check_fill("network-check", "ping example.org 10 times", "count=10;host=example.org");
         check_fill(
@@ -3098,5 +3269,60 @@ mod tests {
             "check disk.img against disk.img.sha256",
             "mode=verify;path=disk.img.sha256",
         );
+    }
+
+    /// Settings as people write them in configuration files and chat.
+    #[test]
+    fn settings_are_read_by_name() {
+        let render = |text: &str| -> String {
+            assignments(text)
+                .iter()
+                .map(|a| format!("{}={}", a.key, a.value))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        };
+        assert_eq!(render("root = /var/www/blog, port => 8088"), "root=/var/www/blog | port=8088");
+        assert_eq!(
+            render("unit: nginx.service / since: 2h / lines: 20"),
+            "unit=nginx.service | since=2h | lines=20"
+        );
+        assert_eq!(render("src=~/mail dst=/backup/mail"), "src=~/mail | dst=/backup/mail");
+        assert_eq!(render("run: echo 'hi there'; every: 5m"), "run=echo 'hi there' | every=5m");
+        // Neither times, URLs, numbers before a colon nor words without a
+        // sign are settings.
+        assert_eq!(render("Ticket 4411: restart at 10:30, see https://x.example/a"), "");
+        assert_eq!(render("find invoices under ~/docs"), "");
+        assert_eq!(render("note: "), "");
+        assert_eq!(render("pattern: 'disk full'"), "pattern=disk full");
+        assert_eq!(render("port: 5440 / user: ci -- a test db"), "port=5440 | user=ci");
+    }
+
+    #[test]
+    fn a_setting_names_its_parameter_and_its_value_is_no_other() {
+        check_fill(
+            "web-server",
+            "root dir => /var/www/blog ; port => 8088",
+            "dir=/var/www/blog;port=8088",
+        );
+        check_fill("system-monitor", "interval=2 please", "interval=2");
+        check_fill("password-generator", "kind: pin, length: 6", "kind=pin;length=6");
+        check_fill(
+            "python-sandbox",
+            "script: ./jobs/etl.py and keep it boxed in",
+            "script=./jobs/etl.py",
+        );
+        check_fill("log-search", "unit = sshd.service, since = 3 hours", "since=3h;unit=sshd.service");
+        // A value not of the parameter's type, or not one of its choices,
+        // is not taken.
+        check_fill("system-monitor", "interval=often", "");
+        check_fill("password-generator", "kind: emoji", "");
+    }
+
+    #[test]
+    fn a_format_asked_to_be_made_that_the_cell_lacks_is_refused() {
+        let convert = catalog_cell("document-convert");
+        assert!(unservable(&convert, "make a PDF out of thesis.md").is_some());
+        assert!(unservable(&convert, "I need an mobi from ~/book.md").is_some());
+        assert!(unservable(&convert, "turn the pdf from my inbox into html").is_none());
     }
 }

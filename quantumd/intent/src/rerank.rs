@@ -83,6 +83,7 @@ pub const CELL_FEATURES: &[&str] = &[
     "nearest 3 examples gain",
     "nearer than out-of-scope",
     "nearest example overall",
+    "settings naming its parameters",
 ];
 
 /// The features of the refusal candidate, in order.
@@ -99,7 +100,7 @@ pub const REFUSE_FEATURES: &[&str] = &[
     "nearest example overall",
 ];
 
-const CELLS: usize = 13;
+const CELLS: usize = 14;
 /// All features: a cell candidate fills the first [`CELLS`], the refusal the
 /// rest.
 pub const DIM: usize = CELLS + 10;
@@ -341,6 +342,7 @@ pub fn candidates(features: &Features, base: &Tuning, nb: &Neighbours) -> Vec<[f
             gain3,
             best - oos,
             f32::from(u8::from(nb.nearest == Some(Some(c)))),
+            f.named,
         ]);
         rows.push(row);
     }

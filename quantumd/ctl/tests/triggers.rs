@@ -203,6 +203,23 @@ fn bad_files_systemd_only_triggers_and_the_admins_triggers_are_refused_with_reas
         stderr(&out)
     );
     assert!(!stderr(&out).contains("hunter2"), "{}", stderr(&out));
+    // Nor when the cell is named by its manifest's path.
+    let by_path = write(
+        files.path(),
+        "secret-by-path.toml",
+        &format!(
+            "[trigger]\nname = \"secret-by-path\"\ncell = {:?}\non-event = {{ cell = \"mark\", state = \"exited\" }}\n\n[params]\ntoken = \"hunter2\"\n",
+            cat.path().join("vault/cell.toml").display().to_string()
+        ),
+    );
+    let out = node.ctl(&["trigger", "add", &by_path]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("{by_path}: params.token: is a secret of cell /")),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains("hunter2"), "{}", stderr(&out));
 
     // Without systemd there are no timers to arm.
     let calendar = write(

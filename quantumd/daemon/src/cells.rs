@@ -772,9 +772,12 @@ impl Cells {
         }
         // Secrets made for what the root needs or its children are given to
         // no one (their cells read them from their credentials): quantumd
-        // keeps no copy in memory either.
-        for inst in self.instances.values_mut() {
-            inst.made_secrets.clear();
+        // keeps no copy in memory either. Only instances this plan created
+        // can hold one.
+        for id in &created {
+            if let Some(inst) = self.instances.get_mut(id) {
+                inst.made_secrets.clear();
+            }
         }
         if let Some(inst) = self.instances.get_mut(&root) {
             let lifecycle = inst.manifest.as_ref().map(|m| &m.lifecycle);

@@ -109,6 +109,10 @@ impl Cells {
                 .resolve(&trigger.cell)
                 .map_err(|e| CommandError::Invalid(format!("{file}: trigger {}: {e}", trigger.name.as_str())))?;
             refuse_given_secrets(&trigger, &cell.manifest, file)?;
+        } else if let Ok(cell) = self.catalog.resolve(&trigger.cell) {
+            // A manifest by path may not be there yet (it is read again at
+            // each firing); when it is, its secrets are as much secrets.
+            refuse_given_secrets(&trigger, &cell.manifest, file)?;
         }
         let name = trigger.name.as_str().to_owned();
         let armed = self.triggers.add(toml, file, actor)?.clone();

@@ -957,6 +957,22 @@ const STEP_BREAKS: &[&str] = &[
     ". ",
 ];
 
+/// Whether a sentence says how things are rather than asks for something:
+/// it opens with its subject ("My laptop ...", "The images ...", "I've
+/// been sent ..."), not with a verb or a request ("Back it up", "Could
+/// you ...", "I want ...").
+fn states(sentence: &str) -> bool {
+    let mut words = sentence
+        .split_whitespace()
+        .map(|w| w.trim_matches(|c: char| !c.is_alphanumeric() && c != '\''));
+    let first = words.next().unwrap_or("");
+    let second = words.next().unwrap_or("");
+    matches!(
+        first,
+        "my" | "our" | "the" | "this" | "these" | "those" | "there" | "there's" | "it" | "it's" | "its" | "we've" | "i've" | "i'm"
+    ) || (first == "i" && matches!(second, "have" | "got" | "was" | "am" | "had" | "received" | "keep"))
+}
+
 /// Words before "then" that make it a time ("around then"), not an order.
 const THEN_AS_TIME: &[&str] = &["around", "since", "until", "till", "by", "from", "before", "back", "just", "even"];
 
@@ -970,7 +986,19 @@ pub fn split_steps(text: &str) -> Vec<String> {
                 let lower = s.to_ascii_lowercase();
                 let mut parts = Vec::new();
                 let mut start = 0;
+                let mut sentence = 0;
                 for (i, _) in lower.match_indices(sep) {
+                    // "My laptop keeps dropping the VPN. Can you look in
+                    // the journal?": a sentence that says how things are
+                    // is what the next one asks about, not a step of its
+                    // own.
+                    if *sep == ". " {
+                        let statement = states(&lower[sentence..i]);
+                        sentence = i + sep.len();
+                        if statement {
+                            continue;
+                        }
+                    }
                     // "around then", "since then", "by then": a time, not
                     // an order of steps.
                     if sep.trim() == "then" && lower[..i].split_whitespace().last().is_some_and(|w| THEN_AS_TIME.contains(&w)) {
@@ -1108,6 +1136,15 @@ mod tests {
         );
         // "and" alone does not order anything: "cpu and memory" is one request.
         assert_eq!(split_steps("show cpu and memory usage"), ["show cpu and memory usage"]);
+        // A sentence that says how things are belongs to the request after it.
+        assert_eq!(
+            split_steps("My backup drive is at /mnt/bk. Copy ~/notes there. Then hash the copy."),
+            ["My backup drive is at /mnt/bk. Copy ~/notes there", "hash the copy"]
+        );
+        assert_eq!(
+            split_steps("Back up ~/a to /mnt/b. Hash the copy."),
+            ["Back up ~/a to /mnt/b", "Hash the copy"]
+        );
         assert_eq!(split_steps("keep ~/a and ~/b in sync"), ["keep ~/a and ~/b in sync"]);
         // "then" as a time is no order.
         assert_eq!(

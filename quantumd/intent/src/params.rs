@@ -685,6 +685,19 @@ pub fn scan(text: &str) -> (Vec<Token>, Vec<Candidate>) {
             i += 1;
             continue;
         }
+        // "a height of 600 pixels", "width of 1024px": one side of an image,
+        // named first.
+        if matches!(w, "height" | "width") && next == "of" {
+            let n = next2.strip_suffix("px").unwrap_or(next2);
+            if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) {
+                let unit = lower.get(i + 3).copied().unwrap_or("");
+                let words = if matches!(unit, "px" | "pixel" | "pixels") { 3 } else { 2 };
+                let g = if w == "width" { n.to_owned() } else { format!("x{n}") };
+                push(Kind::Geometry, g, i + 2, i + words, &mut used);
+                i += words + 1;
+                continue;
+            }
+        }
         // "1024 wide", "800 pixels wide", "600px high", "640px wide": one
         // side of an image.
         let (w, glued) = match w.strip_suffix("px") {
@@ -1969,7 +1982,7 @@ fn named_after(tokens: &[Token], taken: &[bool], name: &str, spec: &ParamSpec) -
         keys.push(last);
     }
     if name == "user" {
-        keys.extend(["username", "role", "owner"].map(str::to_owned));
+        keys.extend(["username", "role", "owner", "superuser", "login"].map(str::to_owned));
     }
     for (i, t) in tokens.iter().enumerate() {
         if t.quoted || !keys.contains(&t.lower) {
@@ -1981,7 +1994,7 @@ fn named_after(tokens: &[Token], taken: &[bool], name: &str, spec: &ParamSpec) -
             .take_while(|t| {
                 matches!(
                     t.lower.as_str(),
-                    "called" | "named" | "should" | "must" | "will" | "be" | "is" | "=" | "as"
+                    "called" | "named" | "name" | "should" | "must" | "will" | "be" | "is" | "=" | "as"
                 )
             })
             .count();
@@ -1989,7 +2002,9 @@ fn named_after(tokens: &[Token], taken: &[bool], name: &str, spec: &ParamSpec) -
         let Some(next) = tokens.get(at) else { continue };
         let plain = next.text.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
             && next.text.chars().next().is_some_and(|c| c.is_ascii_alphabetic());
-        if plain && !taken[at] && !is_filler(&next.lower) && !STEP_WORDS.contains(&next.lower.as_str()) {
+        // A name in quotes is a value already found, and this is the
+        // parameter it names: "superuser 'ci_bot'".
+        if plain && (!taken[at] || next.quoted) && !is_filler(&next.lower) && !STEP_WORDS.contains(&next.lower.as_str()) {
             return Some(next.text.clone());
         }
     }
@@ -2558,8 +2573,11 @@ fn named_pattern(tokens: &[Token]) -> Option<String> {
                 return Some(format!("*.{}", prev.trim_start_matches('.')));
             }
         }
-        // "all pdfs", "every jpg", "any isos": a file type counted.
-        if i > 0 && matches!(tokens[i - 1].lower.as_str(), "all" | "every" | "any") {
+        // "all pdfs", "every jpg", "any isos", "all the PDFs": a file type
+        // counted.
+        let counted = |j: usize| matches!(tokens[j].lower.as_str(), "all" | "every" | "any");
+        let determiner = |j: usize| matches!(tokens[j].lower.as_str(), "the" | "my" | "our" | "those" | "these" | "of");
+        if i > 0 && (counted(i - 1) || (i > 1 && determiner(i - 1) && counted(i - 2))) {
             let w = t.lower.trim_start_matches('.');
             let ext = if COUNTED_TYPES.contains(&w) {
                 Some(w)
@@ -2987,6 +3005,12 @@ mod tests {
         check_fill("file-backup", "back up /srv and keep every version", "keep=0;source=/srv");
         check_fill("sql-database", "a scratch db with superuser dev", "user=dev");
         check_fill(
+            "sql-database",
+            "a throwaway db, superuser 'qa_bot', port 6000",
+            "port=6000;user=qa_bot",
+        );
+        check_fill("sql-database", "temporary database, user name analyst", "user=analyst");
+        check_fill(
             "file-search",
             "files in /etc that mention PermitRootLogin",
             "by=content;path=/etc;pattern=PermitRootLogin",
@@ -3254,6 +3278,13 @@ mod tests {
     fn sizes_in_percent_and_pixels() {
         check_fill("image-resize", "shrink ~/shots to 25 percent", "input=~/shots;size=25%");
         check_fill("image-resize", "cover.png 640px wide", "input=cover.png;size=640");
+        check_fill(
+            "image-resize",
+            "shrink ~/scans to a height of 720 pixels",
+            "input=~/scans;size=x720",
+        );
+        check_fill("file-search", "list all the MP3s under ~/Music", "path=~/Music;pattern=*.mp3");
+        check_fill("image-resize", "banner.jpg at a width of 1200px", "input=banner.jpg;size=1200");
     }
 
     #[test]

@@ -39,19 +39,19 @@ const CV_FLOOR: f64 = 0.95;
 /// over the default's 0.3 and 0.40, within that.
 const DEFAULT_TUNING_SLACK: f64 = 0.005;
 
-/// Share of held-out set 10's cases all right (a plan judged by what its
-/// cells run with, defaults included). Measured once, after round 11 was
-/// frozen (409ca82): 89.4 % (277 of 310; 88.7 % with every expected value
-/// stated; cells right 95.5 %). Set 9 had 91.0 % with round 10, set 8
-/// 89.0 % with round 9, set 7 89.4 % with round 8. The goal of issue 17 is
+/// Share of held-out set 11's cases all right (a plan judged by what its
+/// cells run with, defaults included). Measured once, after round 12 was
+/// frozen (cf9cb5f): 89.4 % (277 of 310; 87.4 % with every expected value
+/// stated; cells right 95.2 %). Set 10 had 89.4 % with round 11, set 9
+/// 91.0 % with round 10, set 8 89.0 % with round 9. The goal of issue 17 is
 /// 97 %: not met. The floor sits just under the measurement (five more
 /// misses fail it), so a regression fails the test.
 const HELDOUT_FLOOR: f64 = 0.875;
-/// Share of held-out set 10's out-of-scope requests refused: measured at
-/// 91.7 % (55 of 60; set 9 had 95.0 % with round 10, set 8 78.3 % with
-/// round 9), short of the goal of 95 %; one more miss is tolerated (a float
-/// difference on another CPU can move a borderline request).
-const HELDOUT_REFUSAL_FLOOR: f64 = 0.895;
+/// Share of held-out set 11's out-of-scope requests refused: measured at
+/// 88.3 % (53 of 60; set 10 had 91.7 % with round 11, set 9 95.0 % with
+/// round 10), short of the goal of 95 %; one more miss is tolerated (a
+/// float difference on another CPU can move a borderline request).
+const HELDOUT_REFUSAL_FLOOR: f64 = 0.865;
 
 /// How the learned re-ranker is cross-validated: one fold per file of the
 /// tuning data, as `intent-bench --train --by-set` chose it.

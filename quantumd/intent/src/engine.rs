@@ -586,12 +586,6 @@ impl Engine {
         Ok(lines.join("\n"))
     }
 
-    /// Every cell's score for `text` (as the model is shown it, see
-    /// [`model_text`]) whose embedding is `v`, best first.
-    pub fn rank_embedded(&self, text: &str, v: &[f32]) -> Vec<Score> {
-        self.features(text, text, v).rank(&self.tuning)
-    }
-
     /// What every cell has in common with a step, before any tunable:
     /// `raw` is the step as written, `text` what the model was shown of it
     /// ([`Engine::model_text`]) and `v` its embedding.

@@ -16,6 +16,7 @@ use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config as BertConfig};
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
+use crate::adapter::{self, AdapterSource};
 use crate::error::Error;
 
 /// Where the package quantumos-model installs the model.
@@ -77,15 +78,27 @@ pub struct Encoder {
     tokenizer: Tokenizer,
     device: Device,
     dir: PathBuf,
-    /// Identifies the model for the embedding cache: a digest of its
-    /// configuration, tokenizer and weights' size.
+    /// Identifies the model for the embedding cache and the re-ranker: a
+    /// digest of its configuration, tokenizer and weights' size, and of the
+    /// adapters merged into it.
     fingerprint: [u8; 32],
+    /// The same digest of the base model alone, which adapters name.
+    base_fingerprint: [u8; 32],
+    /// Whether adapters were merged in.
+    adapted: bool,
     load_time: Duration,
 }
 
 impl Encoder {
-    /// Loads the model found in `dir`.
+    /// Loads the model found in `dir`, with the adapters built in.
     pub fn load(dir: &Path) -> Result<Encoder, Error> {
+        Encoder::load_with(dir, &AdapterSource::Builtin)
+    }
+
+    /// Loads the model found in `dir` with the adapters of `source` merged
+    /// in. Adapters that cannot be read or were trained on another model
+    /// are left out with a warning on stderr: the base model still answers.
+    pub fn load_with(dir: &Path, source: &AdapterSource) -> Result<Encoder, Error> {
         let started = Instant::now();
         let model_error = |source: Box<dyn std::error::Error + Send + Sync>| Error::ModelLoad {
             dir: dir.to_owned(),
@@ -130,10 +143,42 @@ impl Encoder {
         // The first bytes hold the safetensors header: tensor names, shapes
         // and offsets.
         hasher.update(&weights[..weights.len().min(64 * 1024)]);
-        let fingerprint = *hasher.finalize().as_bytes();
+        let base_fingerprint = *hasher.finalize().as_bytes();
 
         let device = Device::Cpu;
-        let vb = VarBuilder::from_buffered_safetensors(weights, DType::F32, &device).map_err(|e| model_error(Box::new(e)))?;
+        let adapters = match source {
+            AdapterSource::Off => None,
+            AdapterSource::Builtin => Some(adapter::BUILTIN.to_vec()),
+            AdapterSource::File(path) => match std::fs::read(path) {
+                Ok(bytes) => Some(bytes),
+                Err(e) => {
+                    eprintln!(
+                        "quantum-intent: warning: cannot read the adapters {}: {e}; the base model answers",
+                        path.display()
+                    );
+                    None
+                }
+            },
+        };
+        let mut fingerprint = base_fingerprint;
+        let mut adapted = false;
+        let vb = match adapters {
+            None => VarBuilder::from_buffered_safetensors(weights, DType::F32, &device).map_err(|e| model_error(Box::new(e)))?,
+            Some(bytes) => {
+                let mut tensors = candle_core::safetensors::load_buffer(&weights, &device).map_err(|e| model_error(Box::new(e)))?;
+                match adapter::merge(&mut tensors, &bytes, &base_fingerprint) {
+                    Ok(()) => {
+                        let mut hasher = blake3::Hasher::new();
+                        hasher.update(&base_fingerprint);
+                        hasher.update(&bytes);
+                        fingerprint = *hasher.finalize().as_bytes();
+                        adapted = true;
+                    }
+                    Err(e) => eprintln!("quantum-intent: warning: {e}; the base model answers"),
+                }
+                VarBuilder::from_tensors(tensors, DType::F32, &device)
+            }
+        };
         let model = BertModel::load(vb, &config).map_err(|e| model_error(Box::new(e)))?;
         Ok(Encoder {
             model,
@@ -141,6 +186,8 @@ impl Encoder {
             device,
             dir: dir.to_owned(),
             fingerprint,
+            base_fingerprint,
+            adapted,
             load_time: started.elapsed(),
         })
     }
@@ -168,6 +215,17 @@ impl Encoder {
 
     pub fn fingerprint(&self) -> &[u8; 32] {
         &self.fingerprint
+    }
+
+    /// The fingerprint of the model without adapters: what adapters trained
+    /// on it name.
+    pub fn base_fingerprint(&self) -> &[u8; 32] {
+        &self.base_fingerprint
+    }
+
+    /// Whether adapters were merged into the model.
+    pub fn adapted(&self) -> bool {
+        self.adapted
     }
 
     /// Embeds one text.

@@ -28,6 +28,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::adapter::AdapterSource;
 use crate::catalog::Catalog;
 use crate::encoder::{cosine, find_model_dir, model_search_path, Embed, Encoder};
 use crate::error::Error;
@@ -169,6 +170,8 @@ pub struct Config {
     pub tuning: Tuning,
     /// Where the learned re-ranker comes from; by default the one built in.
     pub reranker: RerankerSource,
+    /// Where the encoder's adapters come from; by default the ones built in.
+    pub adapter: AdapterSource,
 }
 
 /// Where the engine takes its learned re-ranker ([`crate::rerank`]) from.
@@ -190,6 +193,7 @@ impl Config {
             cache_dir: default_cache_dir(),
             tuning: Tuning::default(),
             reranker: RerankerSource::Builtin,
+            adapter: AdapterSource::Builtin,
         }
     }
 }
@@ -383,7 +387,7 @@ impl Engine {
     /// the embeddings from the cache).
     pub fn load(config: &Config) -> Result<Engine, Error> {
         let dir = find_model_dir(&config.model_dirs)?;
-        let encoder = Encoder::load(&dir)?;
+        let encoder = Encoder::load_with(&dir, &config.adapter)?;
         let catalog = Catalog::load(&config.catalog_dir)?;
         let mut engine = Engine::new(encoder, catalog, config.cache_dir.as_deref(), config.tuning)?;
         engine.use_reranker(&config.reranker);

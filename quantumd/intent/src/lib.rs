@@ -7,6 +7,7 @@
 //! reads the catalog and the model from disk, and writes only its embedding
 //! cache; quantumd and `quantumctl ask --local` both use it in-process.
 
+pub mod adapter;
 pub mod alternative;
 pub mod catalog;
 pub mod encoder;
@@ -19,6 +20,7 @@ pub mod plan;
 pub mod rerank;
 pub mod spelling;
 
+pub use adapter::AdapterSource;
 pub use catalog::{Catalog, CatalogCell};
 pub use encoder::{find_model_dir, model_search_path, Embed, Encoder};
 pub use engine::{Config, Engine, RerankerSource, Tuning};

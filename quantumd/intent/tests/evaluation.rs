@@ -1,6 +1,6 @@
 //! Scores the evaluation sets with the real model and holds the engine to
 //! accuracy floors: the tuning data ([`evaluation::TUNING_SETS`], every miss
-//! printed) and held-out set 11 (tests/data/intents-heldout-11.tsv, never used
+//! printed) and held-out set 12 (tests/data/intents-heldout-12.tsv, never used
 //! to tune: only its aggregate figures are printed).
 //!
 //! The model must be present: `scripts/fetch-model.sh` puts it where this
@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use quantum_intent::rerank::{self, FallbackReason, Ranker};
-use quantum_intent::{evaluation, Config, Engine, RerankerSource};
+use quantum_intent::{evaluation, AdapterSource, Config, Engine, RerankerSource};
 
 /// Share of the tuning data's cases whose cells (or refusal) and expected
 /// parameters are all right, decided by the learned re-ranker. A training
@@ -383,4 +383,28 @@ fn reranker_follows_a_smaller_catalog() {
     assert_eq!(small.ask("ping 1.1.1.1").unwrap().cell_names(), ["network-check"]);
     assert_eq!(small.ask("serve /srv/www on port 8080").unwrap().cell_names(), ["web-server"]);
     assert!(small.ask("book me a flight to Lisbon").unwrap().cells.is_empty());
+}
+
+/// The built-in adapters are merged into the model, and the re-ranker is
+/// the one trained on the adapted encoder's embeddings. Adapters that cannot
+/// be read are left out with a warning: the base model answers, and the
+/// re-ranker, which names the adapted encoder, steps aside for the
+/// hand-tuned score.
+#[test]
+fn adapters_are_built_in_and_a_bad_file_falls_back_to_the_base_model() {
+    assert!(engine().encoder().adapted(), "the built-in adapters were not applied");
+    assert_ne!(engine().encoder().fingerprint(), engine().encoder().base_fingerprint());
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::new(&small_catalog(dir.path()));
+    config.cache_dir = Some(dir.path().join("cache"));
+    for bad in [dir.path().join("nowhere.safetensors"), dir.path().join("bad.safetensors")] {
+        std::fs::write(dir.path().join("bad.safetensors"), b"not adapters").unwrap();
+        config.adapter = AdapterSource::File(bad);
+        let engine = load(&config);
+        assert!(!engine.encoder().adapted());
+        assert_eq!(engine.encoder().fingerprint(), engine.encoder().base_fingerprint());
+        assert_eq!(engine.load_report().ranker, Ranker::Fallback(FallbackReason::OtherModel));
+        assert_eq!(engine.ask("ping 1.1.1.1").unwrap().cell_names(), ["network-check"]);
+    }
 }

@@ -346,7 +346,7 @@ pub fn train(
     let started = Instant::now();
     let mut order: Vec<usize> = (0..requests.len()).collect();
     let mut bank: Vec<Tensor> = Vec::new();
-    let mut step = 0usize;
+    let mut since_refresh = 0usize;
     for epoch in 0..options.epochs {
         rng.shuffle(&mut order);
         let (mut loss_sum, mut batches) = (0.0f64, 0usize);
@@ -354,10 +354,10 @@ pub fn train(
             // The phrases, embedded by the model as it is now and then and
             // held constant in between (no gradient through them): the loss
             // is the engine's own rule, a class's best phrase.
-            if step % options.refresh.max(1) == 0 {
+            if since_refresh == 0 {
                 bank = embed_bank(&model, &tokenizer, &phrases, classes.len())?;
             }
-            step += 1;
+            since_refresh = (since_refresh + 1) % options.refresh.max(1);
             let texts: Vec<&str> = chunk.iter().map(|&i| requests[i].0.as_str()).collect();
             let targets: Vec<u32> = chunk.iter().map(|&i| requests[i].1 as u32).collect();
             let (ids, mask) = tokenize(&tokenizer, &texts)?;

@@ -16,12 +16,13 @@ use quantum_intent::{evaluation, AdapterSource, Config, Engine, RerankerSource};
 /// Share of the tuning data's cases whose cells (or refusal) and expected
 /// parameters are all right, decided by the learned re-ranker. A training
 /// score (the engine was tuned, and the re-ranker trained, on these sets,
-/// [`evaluation::TUNING_SETS`]): measured at 98.2 % (3345 of 3407, sets 1
-/// to 13; 98.1 % with sets 1 to 12, 98.3 % with 1 to 11).
-const FLOOR: f64 = 0.978;
+/// [`evaluation::TUNING_SETS`]): measured at 97.8 % (3637 of 3717, sets 1
+/// to 14, with the encoder's adapters; 98.2 % with sets 1 to 13 before
+/// them).
+const FLOOR: f64 = 0.976;
 /// Share of the tuning data's out-of-scope requests that must be refused
 /// (they hold requests close to what the catalog does, "delete the tmp
-/// folder"): measured at 100 % (701 of 701), a training score.
+/// folder"): measured at 99.9 % (760 of 761), a training score.
 const REFUSAL_FLOOR: f64 = 0.985;
 
 /// Mean 5-fold cross-validated accuracy of the hand-tuned score's choice of
@@ -39,19 +40,19 @@ const CV_FLOOR: f64 = 0.95;
 /// over the default's 0.3 and 0.40, within that.
 const DEFAULT_TUNING_SLACK: f64 = 0.005;
 
-/// Share of held-out set 11's cases all right (a plan judged by what its
-/// cells run with, defaults included). Measured once, after round 12 was
-/// frozen (cf9cb5f): 89.4 % (277 of 310; 87.4 % with every expected value
-/// stated; cells right 95.2 %). Set 10 had 89.4 % with round 11, set 9
-/// 91.0 % with round 10, set 8 89.0 % with round 9. The goal of issue 17 is
-/// 97 %: not met. The floor sits just under the measurement (five more
+/// Share of held-out set 12's cases all right (a plan judged by what its
+/// cells run with, defaults included). Measured once, after round 13 was
+/// frozen (47869be): 88.7 % (275 of 310; 86.5 % with every expected value
+/// stated; cells right 92.3 %). Set 11 had 89.4 % with round 12, set 10
+/// 89.4 % with round 11, set 9 91.0 % with round 10. The goal of issue 17
+/// is 97 %: not met. The floor sits just under the measurement (five more
 /// misses fail it), so a regression fails the test.
-const HELDOUT_FLOOR: f64 = 0.875;
-/// Share of held-out set 11's out-of-scope requests refused: measured at
-/// 88.3 % (53 of 60; set 10 had 91.7 % with round 11, set 9 95.0 % with
-/// round 10), short of the goal of 95 %; one more miss is tolerated (a
+const HELDOUT_FLOOR: f64 = 0.872;
+/// Share of held-out set 12's out-of-scope requests refused: measured at
+/// 86.7 % (52 of 60; set 11 had 88.3 % with round 12, set 10 91.7 % with
+/// round 11), short of the goal of 95 %; one more miss is tolerated (a
 /// float difference on another CPU can move a borderline request).
-const HELDOUT_REFUSAL_FLOOR: f64 = 0.865;
+const HELDOUT_REFUSAL_FLOOR: f64 = 0.85;
 
 /// How the learned re-ranker is cross-validated: one fold per file of the
 /// tuning data, as `intent-bench --train --by-set` chose it.
@@ -59,13 +60,14 @@ const SPLIT: evaluation::Split = evaluation::Split::BySet;
 
 /// Mean leave-one-set-out accuracy of the learned re-ranker on the tuning
 /// data, each set decided by a re-ranker trained (with its examples) on the
-/// others: measured at 97.0 % with sets 1 to 13 (97.2 % with 1 to 12, 98.0 %
-/// with 1 to 11).
+/// others: measured at 97.4 % with sets 1 to 14 and the encoder's adapters
+/// (which were trained on every set, so this is no longer a held-out
+/// figure; 97.0 % with sets 1 to 13 before them).
 const RERANKER_CV_FLOOR: f64 = 0.968;
 
 /// The requests for one cell, decided as if that cell had been added after
-/// the training (no examples of it): measured at 94.3 % (leave-one-set-out,
-/// sets 1 to 13; 95.4 % with 1 to 12, 96.8 % with 1 to 11).
+/// the training (no examples of it): measured at 95.8 % (leave-one-set-out,
+/// sets 1 to 14, with the adapters; 94.3 % with sets 1 to 13 before them).
 const NEW_CELL_FLOOR: f64 = 0.935;
 
 fn repo() -> PathBuf {

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use libbpf_cargo::SkeletonBuilder;
 
-const PROGRAMS: &[&str] = &["runqlat", "events"];
+const PROGRAMS: &[&str] = &["runqlat", "events", "netpolicy"];
 const HEADERS: &[&str] = &["intf.h", "scope.bpf.h", "vmlinux.h"];
 
 fn main() -> Result<(), Box<dyn Error>> {

@@ -30,6 +30,7 @@ macro_rules! skeleton {
 
 skeleton!(runqlat, "runqlat.skel.rs");
 skeleton!(events, "events.skel.rs");
+skeleton!(netpolicy, "netpolicy.skel.rs");
 
 /// A loaded skeleton together with the `OpenObject` slot it borrows.
 ///

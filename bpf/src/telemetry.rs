@@ -413,7 +413,7 @@ pub(crate) fn check_btf(path: &Path) -> Result<(), LoadError> {
 
 /// Turns a libbpf failure into `Unavailable` where it is the host's or the
 /// process's doing, and into `Bpf` where it would be ours.
-fn bpf_error(step: &'static str, source: libbpf_rs::Error) -> LoadError {
+pub(crate) fn bpf_error(step: &'static str, source: libbpf_rs::Error) -> LoadError {
     match source.kind() {
         // The verifier also answers EACCES for a bad program, so a refusal
         // counts as "not permitted" only when the privileges are really missing.

@@ -9,8 +9,10 @@ use crate::manifest::{Isolation, Network, Resources, UserMode};
 /// A cell's reach with a plan's parameter values filled in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Access {
-    /// "no network", "loopback network only" or "the host's network".
-    pub network: &'static str,
+    /// "no network", "loopback network only" or "the host's network", with
+    /// ", only to tcp:443@example.org, udp:53" when the cell lists where it
+    /// may go.
+    pub network: String,
     /// "a throw-away user" (a dynamic user) or "root".
     pub user: &'static str,
     /// The paths it may read, joined by ", "; "nothing" when none.
@@ -22,9 +24,13 @@ pub struct Access {
 impl Access {
     pub fn of(isolation: &Isolation, values: &BTreeMap<String, String>) -> Access {
         let network = match isolation.network {
-            Network::None => "no network",
-            Network::Loopback => "loopback network only",
-            Network::Host => "the host's network",
+            Network::None => "no network".to_owned(),
+            Network::Loopback => "loopback network only".to_owned(),
+            Network::Host if isolation.network_allow.is_empty() => "the host's network".to_owned(),
+            Network::Host => {
+                let rules: Vec<String> = isolation.network_allow.iter().map(|r| r.to_string()).collect();
+                format!("the host's network, only to {}", rules.join(", "))
+            }
         };
         let user = match isolation.user {
             UserMode::Dynamic => "a throw-away user",
@@ -78,6 +84,7 @@ mod tests {
     fn paths_get_the_plans_values_and_no_paths_read_as_nothing() {
         let isolation = Isolation {
             network: Network::Host,
+            network_allow: vec![],
             user: UserMode::Dynamic,
             readable: vec!["{dir}".into(), "/etc/ssl".into()],
             writable: vec![],
@@ -91,6 +98,17 @@ mod tests {
         // A parameter not given yet shows as its placeholder.
         let a = Access::of(&isolation, &BTreeMap::new());
         assert_eq!(a.reads, "{dir}, /etc/ssl");
+    }
+
+    #[test]
+    fn a_cell_that_lists_its_destinations_says_so() {
+        let isolation = Isolation {
+            network: Network::Host,
+            network_allow: vec!["tcp:443@example.org".parse().unwrap(), "udp:53".parse().unwrap()],
+            ..Isolation::default()
+        };
+        let a = Access::of(&isolation, &BTreeMap::new());
+        assert_eq!(a.network, "the host's network, only to tcp:443@example.org, udp:53");
     }
 
     #[test]

@@ -9,6 +9,7 @@
 pub mod access;
 pub mod diagnostic;
 pub mod manifest;
+pub mod netrule;
 mod parse;
 pub mod placeholder;
 pub mod set;
@@ -21,6 +22,7 @@ pub use manifest::{
     Artifact, CellName, ChildRef, Isolation, Kind, Lifecycle, Manifest, Network, Objectives, ParamSpec, ParamType, Program, Resources,
     Restart, State, UserMode,
 };
+pub use netrule::{Host, NetRule, Protocol};
 pub use parse::parse_manifest;
 pub use set::{cells_in, child_path, validate_set, ManifestSource, ValidatedSet};
 pub use trigger::{parse_trigger, Trigger};

@@ -7,6 +7,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::netrule::NetRule;
 use crate::units::{ByteSize, CpuCores, Duration};
 
 /// A cell name: 1-63 characters of `[a-z0-9-]`, starting with a letter.
@@ -312,6 +313,9 @@ impl UserMode {
 #[serde(rename_all = "kebab-case")]
 pub struct Isolation {
     pub network: Network,
+    /// `network-allow`: with the host's network, the only destinations the
+    /// cell may connect or send to (empty: any).
+    pub network_allow: Vec<NetRule>,
     pub user: UserMode,
     pub readable: Vec<String>,
     pub writable: Vec<String>,
@@ -321,6 +325,7 @@ impl Default for Isolation {
     fn default() -> Self {
         Isolation {
             network: Network::None,
+            network_allow: Vec::new(),
             user: UserMode::Dynamic,
             readable: Vec::new(),
             writable: Vec::new(),

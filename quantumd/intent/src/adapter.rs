@@ -28,6 +28,7 @@ use candle_core::{DType, Device, Tensor, Var, D};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer};
 
+use crate::encoder::token_tensors;
 use crate::error::Error;
 
 /// The adapters built into the binary.
@@ -259,20 +260,6 @@ impl Trainable {
     }
 }
 
-fn tokenize(tokenizer: &Tokenizer, texts: &[&str]) -> Result<(Tensor, Tensor), Error> {
-    let encodings = tokenizer.encode_batch(texts.to_vec(), true).map_err(Error::Tokenize)?;
-    let len = encodings.first().map_or(0, |e| e.get_ids().len());
-    let mut ids = Vec::with_capacity(texts.len() * len);
-    let mut mask = Vec::with_capacity(texts.len() * len);
-    for e in &encodings {
-        ids.extend_from_slice(e.get_ids());
-        mask.extend_from_slice(e.get_attention_mask());
-    }
-    let ids = Tensor::from_vec(ids, (texts.len(), len), &Device::Cpu).map_err(Error::Inference)?;
-    let mask = Tensor::from_vec(mask, (texts.len(), len), &Device::Cpu).map_err(Error::Inference)?;
-    Ok((ids, mask))
-}
-
 /// Trains adapters for the model in `model_dir` (the base model, whose
 /// fingerprint is `base`): each of `requests` (text as the model sees it,
 /// class) should come nearer its class's best phrase than any other
@@ -360,7 +347,7 @@ pub fn train(
             since_refresh = (since_refresh + 1) % options.refresh.max(1);
             let texts: Vec<&str> = chunk.iter().map(|&i| requests[i].0.as_str()).collect();
             let targets: Vec<u32> = chunk.iter().map(|&i| requests[i].1 as u32).collect();
-            let (ids, mask) = tokenize(&tokenizer, &texts)?;
+            let (ids, mask) = token_tensors(&tokenizer, &texts, &Device::Cpu)?;
             let loss = (|| {
                 let embedded = model.embed(&ids, &mask)?;
                 let best: Vec<Tensor> = bank
@@ -408,7 +395,7 @@ fn embed_bank(model: &Trainable, tokenizer: &Tokenizer, phrases: &[(&str, usize)
     let mut hidden = 0;
     for chunk in phrases.chunks(64) {
         let texts: Vec<&str> = chunk.iter().map(|p| p.0).collect();
-        let (ids, mask) = tokenize(tokenizer, &texts)?;
+        let (ids, mask) = token_tensors(tokenizer, &texts, &Device::Cpu)?;
         let vectors = model
             .embed(&ids, &mask)
             .and_then(|t| t.to_vec2::<f32>())

@@ -8,6 +8,7 @@
 //! then, for development, where `scripts/fetch-model.sh` puts it
 //! (`$QUANTUM_CACHE/models/…`, else the repository's `.cache/models/…`).
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -148,9 +149,9 @@ impl Encoder {
         let device = Device::Cpu;
         let adapters = match source {
             AdapterSource::Off => None,
-            AdapterSource::Builtin => Some(adapter::BUILTIN.to_vec()),
+            AdapterSource::Builtin => Some(Cow::Borrowed(adapter::BUILTIN)),
             AdapterSource::File(path) => match std::fs::read(path) {
-                Ok(bytes) => Some(bytes),
+                Ok(bytes) => Some(Cow::Owned(bytes)),
                 Err(e) => {
                     eprintln!(
                         "quantum-intent: warning: cannot read the adapters {}: {e}; the base model answers",
@@ -239,17 +240,8 @@ impl Encoder {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
-        let encodings = self.tokenizer.encode_batch(texts.to_vec(), true).map_err(Error::Tokenize)?;
-        let len = encodings[0].get_ids().len();
-        let mut ids = Vec::with_capacity(texts.len() * len);
-        let mut mask = Vec::with_capacity(texts.len() * len);
-        for e in &encodings {
-            ids.extend_from_slice(e.get_ids());
-            mask.extend_from_slice(e.get_attention_mask());
-        }
+        let (ids, mask) = token_tensors(&self.tokenizer, texts, &self.device)?;
         let run = || -> candle_core::Result<Vec<Vec<f32>>> {
-            let ids = Tensor::from_vec(ids, (texts.len(), len), &self.device)?;
-            let mask = Tensor::from_vec(mask, (texts.len(), len), &self.device)?;
             let token_types = ids.zeros_like()?;
             let hidden = self.model.forward(&ids, &token_types, Some(&mask))?;
             // Mean over the real tokens only: padding is masked out.
@@ -262,6 +254,24 @@ impl Encoder {
         };
         run().map_err(Error::Inference)
     }
+}
+
+/// The token ids and attention mask of `texts`, one row each, padded by the
+/// tokenizer to the longest (its padding must be set to `BatchLongest`).
+/// Shared by the encoder and the adapters' trainer, so that training sees the
+/// model's input exactly as answering does.
+pub(crate) fn token_tensors(tokenizer: &Tokenizer, texts: &[&str], device: &Device) -> Result<(Tensor, Tensor), Error> {
+    let encodings = tokenizer.encode_batch(texts.to_vec(), true).map_err(Error::Tokenize)?;
+    let len = encodings.first().map_or(0, |e| e.get_ids().len());
+    let mut ids = Vec::with_capacity(texts.len() * len);
+    let mut mask = Vec::with_capacity(texts.len() * len);
+    for e in &encodings {
+        ids.extend_from_slice(e.get_ids());
+        mask.extend_from_slice(e.get_attention_mask());
+    }
+    let ids = Tensor::from_vec(ids, (texts.len(), len), device).map_err(Error::Inference)?;
+    let mask = Tensor::from_vec(mask, (texts.len(), len), device).map_err(Error::Inference)?;
+    Ok((ids, mask))
 }
 
 /// all-MiniLM-L6-v2's config.json, for a model directory without one.

@@ -68,6 +68,11 @@ const USAGE: &str =
     "intent-bench [--catalog DIR] [--set FILE]... [--heldout FILE|none]... [--adapter FILE|none] [--reranker FILE|none] [--folds K] [--threads N] [--rounds N] [--no-grid] [--by-set]
        intent-bench --train [--output FILE] [--adapter-output FILE | --keep-adapter [--adapter FILE|none]] [--catalog DIR] [--set FILE]... [--folds K | --by-set]";
 
+/// A `FILE|none` argument: `none` is no file.
+fn file_or_none(value: String) -> Option<PathBuf> {
+    (value != "none").then(|| PathBuf::from(value))
+}
+
 fn parse_args() -> Result<Args, String> {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let mut args = Args {
@@ -112,22 +117,8 @@ fn parse_args() -> Result<Args, String> {
             "--output" => output = Some(PathBuf::from(value()?)),
             "--adapter-output" => args.adapter_output = PathBuf::from(value()?),
             "--keep-adapter" => args.keep_adapter = true,
-            "--reranker" => {
-                let v = value()?;
-                args.reranker = if v == "none" {
-                    RerankerSource::Off
-                } else {
-                    RerankerSource::File(PathBuf::from(v))
-                };
-            }
-            "--adapter" => {
-                let v = value()?;
-                args.adapter = if v == "none" {
-                    AdapterSource::Off
-                } else {
-                    AdapterSource::File(PathBuf::from(v))
-                };
-            }
+            "--reranker" => args.reranker = file_or_none(value()?).map_or(RerankerSource::Off, RerankerSource::File),
+            "--adapter" => args.adapter = file_or_none(value()?).map_or(AdapterSource::Off, AdapterSource::File),
             "-h" | "--help" => {
                 println!("{USAGE}");
                 std::process::exit(0);

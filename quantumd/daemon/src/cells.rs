@@ -1175,6 +1175,7 @@ impl Cells {
             sandbox: Sandbox {
                 user: m.isolation.user,
                 network: m.isolation.network,
+                network_allow: m.isolation.network_allow.clone(),
                 readable: m.isolation.readable.iter().map(subst).collect::<Result<_, _>>()?,
                 writable: m.isolation.writable.iter().map(subst).collect::<Result<_, _>>()?,
                 inaccessible: vec![self.config.state_dir.display().to_string()],
@@ -1921,6 +1922,7 @@ fn bare_spec(r: &Record) -> UnitSpec {
         sandbox: Sandbox {
             user: quantum_model::UserMode::Dynamic,
             network: quantum_model::Network::None,
+            network_allow: vec![],
             readable: vec![],
             writable: vec![],
             inaccessible: vec![],

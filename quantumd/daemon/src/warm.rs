@@ -187,6 +187,7 @@ mod tests {
             sandbox: crate::runtime::Sandbox {
                 user: quantum_model::UserMode::Dynamic,
                 network: quantum_model::Network::None,
+                network_allow: vec![],
                 readable: vec![],
                 writable: vec![],
                 inaccessible: vec![],

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use quantum_bpf::{Destination, NetPolicy};
 use quantum_model::{Network, UserMode};
 
 use super::spec::{CredentialFiles, SliceSpec, UnitSpec};
@@ -31,6 +32,9 @@ pub struct CgroupRuntime {
     state_root: PathBuf,
     /// Each instance's output, `<dir>/<instance>.log` (no journal here).
     logs_dir: PathBuf,
+    /// The network allow-lists of running units that list destinations:
+    /// attached while held, detached when the unit ends.
+    net_policies: Arc<Mutex<HashMap<String, NetPolicy>>>,
 }
 
 /// The uid a dynamic-user cell runs as under this backend (nobody).
@@ -42,6 +46,12 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -
         path: path.display().to_string(),
         source,
     }
+}
+
+/// A map's lock, whatever a panicking holder left in it (the values stay
+/// consistent: every change is one insert or remove).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// `usage_usec` from a cgroup's `cpu.stat`.
@@ -88,6 +98,7 @@ impl CgroupRuntime {
             is_root: unsafe { libc::geteuid() } == 0,
             state_root: state_root.to_owned(),
             logs_dir: logs_dir.to_owned(),
+            net_policies: Arc::default(),
         })
     }
 
@@ -222,10 +233,27 @@ impl CgroupRuntime {
         (user == UserMode::Dynamic && self.is_root).then_some(DYNAMIC_UID)
     }
 
-    pub fn start(&self, spec: &UnitSpec) -> Result<u32, RuntimeError> {
+    /// Starts `spec`'s program in its cgroup; `destinations` (empty: any)
+    /// are attached to the cgroup before the program is in it.
+    pub fn start(&self, spec: &UnitSpec, destinations: &[Destination]) -> Result<u32, RuntimeError> {
         let dir = self.dir_of(&spec.slice).join(&spec.unit);
         fs::create_dir_all(&dir).map_err(io_err("cannot create", &dir))?;
         self.write_limits(&dir, &spec.limits)?;
+        let net_policy = if destinations.is_empty() {
+            None
+        } else {
+            let attached = NetPolicy::load(destinations).and_then(|mut p| p.attach(&dir).map(|()| p));
+            match attached {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    remove_when_empty(&dir);
+                    return Err(RuntimeError::NetPolicy {
+                        unit: spec.unit.clone(),
+                        message: crate::command::error_chain(&e),
+                    });
+                }
+            }
+        };
         let procs_path = dir.join("cgroup.procs");
         let procs = fs::OpenOptions::new()
             .write(true)
@@ -323,6 +351,10 @@ impl CgroupRuntime {
         drop(procs);
         let pid = child.id();
         let unit = spec.unit.clone();
+        if let Some(p) = net_policy {
+            lock(&self.net_policies).insert(unit.clone(), p);
+        }
+        let net_policies = self.net_policies.clone();
         let events = self.events.clone();
         let memory_events = dir.join("memory.events");
         let oom_before = read_oom_kills(&memory_events);
@@ -337,6 +369,7 @@ impl CgroupRuntime {
                 if let Some(dir) = credentials {
                     let _ = fs::remove_dir_all(dir);
                 }
+                lock(&net_policies).remove(&unit);
                 let _ = events.send(UnitEvent { unit, exit });
             })
             .map_err(|source| RuntimeError::Spawn {
@@ -361,6 +394,7 @@ impl CgroupRuntime {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        lock(&self.net_policies).remove(unit);
         remove_when_empty(&dir);
         Ok(())
     }

@@ -15,7 +15,45 @@ use tokio::sync::mpsc;
 
 use crate::cell_state::{Op, Report};
 use crate::start_profile::StartProfile;
-use quantum_model::UserMode;
+use quantum_bpf::Destination;
+use quantum_model::{Host, NetRule, UserMode};
+
+/// The kernel's form of a cell's `network-allow`: DNS names resolved now,
+/// one destination per address. A name that does not resolve fails the
+/// start: the cell would otherwise run without a destination it needs, or
+/// the list would be taken for one it does not hold.
+async fn destinations(unit: &str, rules: &[NetRule]) -> Result<Vec<Destination>, RuntimeError> {
+    let mut out = Vec::new();
+    for rule in rules {
+        let nets: Vec<Option<(std::net::IpAddr, u8)>> = match &rule.host {
+            None => vec![None],
+            Some(Host::Prefix { addr, len }) => vec![Some((*addr, *len))],
+            Some(Host::Name(name)) => {
+                let addrs = tokio::net::lookup_host((name.as_str(), 0))
+                    .await
+                    .map_err(|e| RuntimeError::NetPolicy {
+                        unit: unit.to_owned(),
+                        message: format!("\"{rule}\": {name} does not resolve: {e}"),
+                    })?;
+                addrs
+                    .map(|a| a.ip())
+                    .map(|ip| Some((ip, if ip.is_ipv4() { 32 } else { 128 })))
+                    .collect()
+            }
+        };
+        for net in nets {
+            let d = Destination {
+                protocol: rule.protocol,
+                ports: rule.ports,
+                net,
+            };
+            if !out.contains(&d) {
+                out.push(d);
+            }
+        }
+    }
+    Ok(out)
+}
 
 /// How a unit's main process ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,6 +144,10 @@ pub enum RuntimeError {
     Spawn { program: String, source: std::io::Error },
     #[error("{0}")]
     Unsupported(String),
+    /// A cell's `network-allow` could not be put in place: it is not started
+    /// rather than run with the whole network.
+    #[error("network-allow of {unit}: {message}")]
+    NetPolicy { unit: String, message: String },
     #[error("{verb} of cell {cell}'s state failed: {message}")]
     CellState { cell: String, verb: &'static str, message: String },
 }
@@ -177,9 +219,15 @@ impl Runtime {
             profile.mark("cell-state");
         }
         match self {
+            Runtime::Systemd(_) if !spec.sandbox.network_allow.is_empty() => Err(RuntimeError::NetPolicy {
+                unit: spec.unit.clone(),
+                message: "the systemd backend does not enforce destination lists yet; the cell is not started rather than given the whole network".into(),
+            }),
             Runtime::Systemd(r) => r.start(spec, profile).await,
             Runtime::Cgroup(r) => {
-                let pid = r.start(spec);
+                let destinations = destinations(&spec.unit, &spec.sandbox.network_allow).await?;
+                profile.mark("network-allow");
+                let pid = r.start(spec, &destinations);
                 profile.mark("spawn-cell");
                 pid
             }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
-use quantum_model::{Manifest, Network, UserMode};
+use quantum_model::{Manifest, NetRule, Network, UserMode};
 
 /// Resource limits, already converted to the units systemd and cgroupfs use.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +37,9 @@ impl Limits {
 pub struct Sandbox {
     pub user: UserMode,
     pub network: Network,
+    /// `network-allow`: the only destinations on the host's network (empty:
+    /// any). Names are resolved when the unit starts.
+    pub network_allow: Vec<NetRule>,
     pub readable: Vec<String>,
     pub writable: Vec<String>,
     /// Paths the cell must never see (quantumd's own state).

@@ -22,6 +22,7 @@ fn cells_are_isolated_and_limited_in_a_vm() {
     s.run("tasks-max-stops-a-fork-bomb", tasks_max);
     s.run("io-weight-lands-in-io.weight", io_weight);
     s.run("network-none-cannot-reach-loopback-but-loopback-can", network);
+    s.run("network-allow-reaches-the-listed-port-and-is-refused-another", network_allow);
     s.run(
         "a-dynamic-user-cell-cannot-read-quantumd-state-or-write-outside-writable",
         dynamic_user,
@@ -464,6 +465,55 @@ fn network(g: &Guest) -> Result<()> {
     ensure!(a["state"] == "failed", "network=none reached loopback: {a}");
     ensure!(b["state"] == "exited", "network=loopback could not reach loopback: {b}");
     g.run("systemctl stop qt-lo-web")?;
+    Ok(())
+}
+
+/// `[isolation] network-allow` under systemd: quantumd pins the allow-list
+/// for the unit's BPFProgram=, systemd attaches it; the listed port is
+/// reached (by a name quantumd resolved), another is refused with EPERM,
+/// and a cell without a list reaches both. The pins are gone afterwards.
+fn network_allow(g: &Guest) -> Result<()> {
+    for port in [8097, 8098] {
+        g.run_ok(&format!(
+            "systemd-run --unit=qt-allow-web-{port} -p DynamicUser=yes /usr/bin/python3 -m http.server --bind 127.0.0.1 {port}"
+        ))?;
+    }
+    g.run_ok("sleep 2")?;
+    // Exits 0 when connect() to `port` ends with `expect` (an errno name, or 0).
+    let probe = |port: u16, expect: &str, isolation: &str| {
+        format!(
+            "exec = [\"/usr/bin/python3\", \"-c\", \"import socket, errno; e = socket.socket().connect_ex(('127.0.0.1', {port})); \
+             raise SystemExit(0 if e == {expect} else 100 + e)\"]\n\
+             [resources]\nmemory-min = \"0\"\n[lifecycle]\nrestart = \"no\"\n[isolation]\nnetwork = \"host\"\n{isolation}"
+        )
+    };
+    let listed = "network-allow = [\"tcp:8097@localhost\"]";
+    let cells = [
+        ("allow-listed", probe(8097, "0", listed)),
+        ("allow-other", probe(8098, "errno.EPERM", listed)),
+        ("allow-open", probe(8098, "0", "")),
+    ];
+    for (name, body) in &cells {
+        let path = cell(g, name, body)?;
+        let info = run(g, &path)?;
+        let end = wait_state(
+            g,
+            info["instance"].as_str().context("id")?,
+            &["failed", "exited"],
+            Duration::from_secs(60),
+        )?;
+        ensure!(
+            end["state"] == "exited",
+            "{name}: {end}\n{}",
+            g.run("journalctl -u quantumd -n 20 --no-pager")?.stdout
+        );
+    }
+    let left = g.run_ok("find /sys/fs/bpf/quantumd -mindepth 1")?;
+    ensure!(left.trim().is_empty(), "pins left behind: {left}");
+    g.run("systemctl stop qt-allow-web-8097 qt-allow-web-8098")?;
+    report(format_args!(
+        "[qemu] network-allow: listed port reached, another refused (EPERM), pins removed"
+    ));
     Ok(())
 }
 

@@ -218,15 +218,13 @@ impl Runtime {
             self.cell_state(&spec.cell, spec.sandbox.user, &Op::Prepare).await?;
             profile.mark("cell-state");
         }
+        let destinations = destinations(&spec.unit, &spec.sandbox.network_allow).await?;
+        if !destinations.is_empty() {
+            profile.mark("network-allow");
+        }
         match self {
-            Runtime::Systemd(_) if !spec.sandbox.network_allow.is_empty() => Err(RuntimeError::NetPolicy {
-                unit: spec.unit.clone(),
-                message: "the systemd backend does not enforce destination lists yet; the cell is not started rather than given the whole network".into(),
-            }),
-            Runtime::Systemd(r) => r.start(spec, profile).await,
+            Runtime::Systemd(r) => r.start(spec, &destinations, profile).await,
             Runtime::Cgroup(r) => {
-                let destinations = destinations(&spec.unit, &spec.sandbox.network_allow).await?;
-                profile.mark("network-allow");
                 let pid = r.start(spec, &destinations);
                 profile.mark("spawn-cell");
                 pid

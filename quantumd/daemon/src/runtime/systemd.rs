@@ -22,6 +22,7 @@ use super::spec::{Limits, SliceSpec, UnitSpec};
 use super::{EventSender, Exit, LiveUnit, RuntimeError, UnitEvent};
 use crate::cell_state::{Op, Report};
 use crate::start_profile::StartProfile;
+use quantum_bpf::{Destination, NetPolicy};
 use quantum_model::trigger::On;
 use quantum_model::{Network, UserMode};
 
@@ -122,6 +123,27 @@ pub struct SystemdRuntime {
     state_ops: std::path::PathBuf,
     /// One state operation at a time: they share a unit name per cell.
     state_lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// Where quantumd pins a starting cell's network allow-list for systemd's
+/// `BPFProgram=` (bpffs; made by tmpfiles.d/quantumd.conf, writable by
+/// quantumd through quantumd.service's ReadWritePaths=).
+pub const BPF_PIN_DIR: &str = "/sys/fs/bpf/quantumd";
+
+/// `destinations` loaded and pinned under [`BPF_PIN_DIR`]`/<unit>`, with
+/// the `BPFProgram=` value naming the pins.
+fn pinned_net_policy(unit: &str, destinations: &[Destination]) -> Result<(NetPolicy, Vec<(String, String)>), RuntimeError> {
+    let failed = |e: quantum_bpf::LoadError| RuntimeError::NetPolicy {
+        unit: unit.to_owned(),
+        message: crate::command::error_chain(&e),
+    };
+    let mut policy = NetPolicy::load(destinations).map_err(failed)?;
+    let pins = policy.pin(&std::path::Path::new(BPF_PIN_DIR).join(unit)).map_err(failed)?;
+    let programs = pins
+        .into_iter()
+        .map(|(hook, path)| (hook.to_owned(), path.display().to_string()))
+        .collect();
+    Ok((policy, programs))
 }
 
 /// `sd_bus_path_encode`: every byte outside [A-Za-z0-9] becomes `_xx`.
@@ -422,21 +444,35 @@ impl SystemdRuntime {
         }
     }
 
-    pub async fn start(&self, spec: &UnitSpec, profile: &mut StartProfile) -> Result<u32, RuntimeError> {
+    /// Starts `spec`'s unit; `destinations` (empty: any) are put on its
+    /// cgroup by systemd before the program runs.
+    pub async fn start(&self, spec: &UnitSpec, destinations: &[Destination], profile: &mut StartProfile) -> Result<u32, RuntimeError> {
         let done = Arc::new(tokio::sync::Notify::new());
         self.shared
             .starting
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(spec.unit.clone(), done.clone());
-        let result = self.start_unit(spec, profile).await;
+        let result = self.start_unit(spec, destinations, profile).await;
         self.shared.starting.lock().unwrap_or_else(|e| e.into_inner()).remove(&spec.unit);
         done.notify_waiters();
         result
     }
 
-    async fn start_unit(&self, spec: &UnitSpec, profile: &mut StartProfile) -> Result<u32, RuntimeError> {
-        let props = unit_properties(spec);
+    async fn start_unit(&self, spec: &UnitSpec, destinations: &[Destination], profile: &mut StartProfile) -> Result<u32, RuntimeError> {
+        let mut props = unit_properties(spec);
+        // Held until the start job is over: systemd attaches the pinned
+        // programs when it makes the unit's cgroup, before the program runs,
+        // and keeps them by descriptor; then the pins can go. quantumd
+        // restarts cells itself, each start with a policy of its own, so
+        // systemd never needs them again.
+        let _net_policy = if destinations.is_empty() {
+            None
+        } else {
+            let (policy, programs) = pinned_net_policy(&spec.unit, destinations)?;
+            props.push(("BPFProgram", Value::from(programs)));
+            Some(policy)
+        };
         profile.mark("unit-properties");
         let path = unit_path(&spec.unit);
         self.shared
@@ -942,6 +978,13 @@ pub fn describe_properties(spec: &UnitSpec) -> Vec<(String, String)> {
     if sb.network == Network::Loopback {
         v.push(("IPAddressAllow".to_owned(), "127.0.0.0/8 ::1/128".to_owned()));
         v.push(("IPAddressDeny".to_owned(), "any".to_owned()));
+    }
+    if !sb.network_allow.is_empty() {
+        let rules: Vec<String> = sb.network_allow.iter().map(|r| r.to_string()).collect();
+        v.push((
+            "BPFProgram".to_owned(),
+            format!("connect4 connect6 sendmsg4 sendmsg6: network-allow {}", rules.join(" ")),
+        ));
     }
     if !sb.readable.is_empty() {
         v.push(("BindReadOnlyPaths".to_owned(), sb.readable.join(" ")));

@@ -61,7 +61,7 @@ pub enum LoadError {
     /// This host or process cannot run them (no BTF, no privilege, a
     /// missing tracepoint): quantumd runs on and marks TIME and EVENT
     /// figures unavailable, giving this reason.
-    #[error("eBPF telemetry unavailable: {reason}")]
+    #[error("eBPF unavailable: {reason}")]
     Unavailable {
         /// Why, for a person.
         reason: String,

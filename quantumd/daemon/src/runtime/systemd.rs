@@ -135,7 +135,10 @@ pub const BPF_PIN_DIR: &str = "/sys/fs/bpf/quantumd";
 fn pinned_net_policy(unit: &str, destinations: &[Destination]) -> Result<(NetPolicy, Vec<(String, String)>), RuntimeError> {
     let failed = |e: quantum_bpf::LoadError| RuntimeError::NetPolicy {
         unit: unit.to_owned(),
-        message: crate::command::error_chain(&e),
+        message: format!(
+            "{} (quantumd needs CAP_BPF and CAP_NET_ADMIN, and {BPF_PIN_DIR} writable: tmpfiles.d/quantumd.conf makes it)",
+            crate::command::error_chain(&e)
+        ),
     };
     let mut policy = NetPolicy::load(destinations).map_err(failed)?;
     let pins = policy.pin(&std::path::Path::new(BPF_PIN_DIR).join(unit)).map_err(failed)?;

@@ -96,13 +96,12 @@ impl NetPolicy {
         Ok(())
     }
 
-    /// Pins the programs in `dir` (on a bpffs mount) and returns systemd's
-    /// `BPFProgram=` values for them (`("connect4", path)`, ...). The pins
+    /// Pins the programs in `dir` (on a bpffs mount) as `NAME.connect4`,
+    /// `NAME.connect6`, ... and returns systemd's `BPFProgram=` values for
+    /// them (`("connect4", path)`, ...). Files, not a directory per cell: a
+    /// directory is one more thing to create and to leave behind. The pins
     /// are removed when this value is dropped.
-    pub fn pin(&mut self, dir: &Path) -> Result<Vec<(&'static str, PathBuf)>, LoadError> {
-        std::fs::create_dir_all(dir).map_err(|e| LoadError::Unavailable {
-            reason: format!("creating {}: {e}", dir.display()),
-        })?;
+    pub fn pin(&mut self, dir: &Path, name: &str) -> Result<Vec<(&'static str, PathBuf)>, LoadError> {
         let progs = &mut self.skel.progs;
         let mut out = Vec::new();
         for (hook, prog) in HOOKS.into_iter().zip([
@@ -111,7 +110,7 @@ impl NetPolicy {
             &mut progs.qt_sendmsg4,
             &mut progs.qt_sendmsg6,
         ]) {
-            let path = dir.join(hook);
+            let path = dir.join(format!("{name}.{hook}"));
             // A pin left by a daemon that died would make this one fail.
             let _ = std::fs::remove_file(&path);
             prog.pin(&path).map_err(|e| bpf_error("pinning the network allow-list", e))?;
@@ -146,9 +145,6 @@ impl Drop for NetPolicy {
     fn drop(&mut self) {
         for path in &self.pins {
             let _ = std::fs::remove_file(path);
-        }
-        if let Some(dir) = self.pins.first().and_then(|p| p.parent()) {
-            let _ = std::fs::remove_dir(dir);
         }
     }
 }

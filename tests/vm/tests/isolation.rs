@@ -495,7 +495,7 @@ fn network_allow(g: &Guest) -> Result<()> {
     ];
     for (name, body) in &cells {
         let path = cell(g, name, body)?;
-        let info = run(g, &path)?;
+        let info = run(g, &path).map_err(|e| anyhow::anyhow!("{e:#}\n{}", bpffs_facts(g)))?;
         let end = wait_state(
             g,
             info["instance"].as_str().context("id")?,
@@ -504,8 +504,9 @@ fn network_allow(g: &Guest) -> Result<()> {
         )?;
         ensure!(
             end["state"] == "exited",
-            "{name}: {end}\n{}",
-            g.run("journalctl -u quantumd -n 20 --no-pager")?.stdout
+            "{name}: {end}\n{}\n{}",
+            g.run("journalctl -u quantumd -n 20 --no-pager")?.stdout,
+            bpffs_facts(g)
         );
     }
     let left = g.run_ok("find /sys/fs/bpf/quantumd -mindepth 1")?;
@@ -515,6 +516,17 @@ fn network_allow(g: &Guest) -> Result<()> {
         "[qemu] network-allow: listed port reached, another refused (EPERM), pins removed"
     ));
     Ok(())
+}
+
+/// What quantumd sees of its pin directory, for a failure's message.
+fn bpffs_facts(g: &Guest) -> String {
+    g.run(
+        "ls -la /sys/fs/bpf; stat -f -c 'fs type %T' /sys/fs/bpf/quantumd; \
+         nsenter -t $(systemctl show -P MainPID quantumd.service) -m sh -c 'findmnt -T /sys/fs/bpf/quantumd; ls -la /sys/fs/bpf/quantumd'; \
+         systemctl status systemd-tmpfiles-setup.service --no-pager | tail -5",
+    )
+    .map(|o| format!("{}{}", o.stdout, o.stderr))
+    .unwrap_or_default()
 }
 
 fn dynamic_user(g: &Guest) -> Result<()> {

@@ -130,7 +130,7 @@ pub struct SystemdRuntime {
 /// quantumd through quantumd.service's ReadWritePaths=).
 pub const BPF_PIN_DIR: &str = "/sys/fs/bpf/quantumd";
 
-/// `destinations` loaded and pinned under [`BPF_PIN_DIR`]`/<unit>`, with
+/// `destinations` loaded and pinned as [`BPF_PIN_DIR`]`/<unit>.<hook>`, with
 /// the `BPFProgram=` value naming the pins.
 fn pinned_net_policy(unit: &str, destinations: &[Destination]) -> Result<(NetPolicy, Vec<(String, String)>), RuntimeError> {
     let failed = |e: quantum_bpf::LoadError| RuntimeError::NetPolicy {
@@ -141,7 +141,7 @@ fn pinned_net_policy(unit: &str, destinations: &[Destination]) -> Result<(NetPol
         ),
     };
     let mut policy = NetPolicy::load(destinations).map_err(failed)?;
-    let pins = policy.pin(&std::path::Path::new(BPF_PIN_DIR).join(unit)).map_err(failed)?;
+    let pins = policy.pin(std::path::Path::new(BPF_PIN_DIR), unit).map_err(failed)?;
     let programs = pins
         .into_iter()
         .map(|(hook, path)| (hook.to_owned(), path.display().to_string()))

@@ -96,11 +96,12 @@ impl NetPolicy {
         Ok(())
     }
 
-    /// Pins the programs in `dir` (on a bpffs mount) as `NAME.connect4`,
-    /// `NAME.connect6`, ... and returns systemd's `BPFProgram=` values for
-    /// them (`("connect4", path)`, ...). Files, not a directory per cell: a
-    /// directory is one more thing to create and to leave behind. The pins
-    /// are removed when this value is dropped.
+    /// Pins the programs in `dir` (on a bpffs mount) as `NAME_connect4`,
+    /// `NAME_connect6`, ... and returns systemd's `BPFProgram=` values for
+    /// them (`("connect4", path)`, ...). bpffs refuses names with a dot
+    /// (EPERM: dots are reserved there), so every '.' of NAME becomes '_'
+    /// (`quantum-web.1.service` -> `quantum-web_1_service_connect4`). The
+    /// pins are removed when this value is dropped.
     pub fn pin(&mut self, dir: &Path, name: &str) -> Result<Vec<(&'static str, PathBuf)>, LoadError> {
         let progs = &mut self.skel.progs;
         let mut out = Vec::new();
@@ -110,7 +111,7 @@ impl NetPolicy {
             &mut progs.qt_sendmsg4,
             &mut progs.qt_sendmsg6,
         ]) {
-            let path = dir.join(format!("{name}.{hook}"));
+            let path = dir.join(format!("{}_{hook}", name.replace('.', "_")));
             // A pin left by a daemon that died would make this one fail.
             let _ = std::fs::remove_file(&path);
             prog.pin(&path).map_err(|e| bpf_error("pinning the network allow-list", e))?;

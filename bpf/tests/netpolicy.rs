@@ -129,3 +129,35 @@ fn too_many_destinations_are_refused_before_anything_is_loaded() {
     let err = NetPolicy::load(&many).err().expect("65 destinations");
     assert!(err.to_string().contains("at most 64"), "{err}");
 }
+
+#[test]
+fn pins_are_files_named_after_the_cell_on_bpffs_and_go_with_the_policy() {
+    // A private bpffs instance, as systemd's /sys/fs/bpf is one.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let status = Command::new("mount")
+        .args(["-t", "bpf", "bpf"])
+        .arg(dir.path())
+        .status()
+        .expect("run mount");
+    assert!(status.success(), "mount -t bpf: {status}");
+    struct Unmount<'a>(&'a std::path::Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _unmount = Unmount(dir.path());
+
+    let mut policy = NetPolicy::load(&[tcp(443, None)]).expect("load");
+    let pins = policy.pin(dir.path(), "quantum-web.1.service").expect("pin");
+    let hooks: Vec<&str> = pins.iter().map(|(hook, _)| *hook).collect();
+    assert_eq!(hooks, ["connect4", "connect6", "sendmsg4", "sendmsg6"]);
+    for (hook, path) in &pins {
+        assert_eq!(path, &dir.path().join(format!("quantum-web_1_service_{hook}")));
+        assert!(path.exists(), "{} not pinned", path.display());
+    }
+    drop(policy);
+    for (_, path) in &pins {
+        assert!(!path.exists(), "{} left behind", path.display());
+    }
+}

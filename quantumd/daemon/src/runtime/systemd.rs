@@ -130,7 +130,8 @@ pub struct SystemdRuntime {
 /// quantumd through quantumd.service's ReadWritePaths=).
 pub const BPF_PIN_DIR: &str = "/sys/fs/bpf/quantumd";
 
-/// `destinations` loaded and pinned as [`BPF_PIN_DIR`]`/<unit>.<hook>`, with
+/// `destinations` loaded and pinned in [`BPF_PIN_DIR`] (named after the
+/// unit, see [`NetPolicy::pin`]), with
 /// the `BPFProgram=` value naming the pins.
 fn pinned_net_policy(unit: &str, destinations: &[Destination]) -> Result<(NetPolicy, Vec<(String, String)>), RuntimeError> {
     let failed = |e: quantum_bpf::LoadError| RuntimeError::NetPolicy {

@@ -6,8 +6,8 @@
 //! load. It is put in place either by [`NetPolicy::attach`] (the cgroup
 //! backend: the links live as long as the value) or by [`NetPolicy::pin`]
 //! and systemd's `BPFProgram=` (the systemd backend: systemd attaches the
-//! pinned programs before the cell's first instruction, and again on each
-//! restart, so the pins must stay until the cell is stopped).
+//! pinned programs before the cell's first instruction and holds them by
+//! descriptor, so the pins are needed only while the unit starts).
 
 use std::fs::File;
 use std::net::IpAddr;
@@ -86,13 +86,14 @@ impl NetPolicy {
             reason: format!("opening the cgroup {}: {e}", cgroup.display()),
         })?;
         let fd = dir.as_raw_fd();
-        let progs = &self.skel.progs;
-        for prog in [&progs.qt_connect4, &progs.qt_connect6, &progs.qt_sendmsg4, &progs.qt_sendmsg6] {
-            let link = prog
-                .attach_cgroup(fd)
-                .map_err(|e| bpf_error("attaching the network allow-list", e))?;
-            self.links.push(link);
+        let mut links = Vec::new();
+        for (_, prog) in self.programs() {
+            links.push(
+                prog.attach_cgroup(fd)
+                    .map_err(|e| bpf_error("attaching the network allow-list", e))?,
+            );
         }
+        self.links.extend(links);
         Ok(())
     }
 
@@ -103,22 +104,32 @@ impl NetPolicy {
     /// (`quantum-web.1.service` -> `quantum-web_1_service_connect4`). The
     /// pins are removed when this value is dropped.
     pub fn pin(&mut self, dir: &Path, name: &str) -> Result<Vec<(&'static str, PathBuf)>, LoadError> {
-        let progs = &mut self.skel.progs;
-        let mut out = Vec::new();
-        for (hook, prog) in HOOKS.into_iter().zip([
-            &mut progs.qt_connect4,
-            &mut progs.qt_connect6,
-            &mut progs.qt_sendmsg4,
-            &mut progs.qt_sendmsg6,
-        ]) {
+        let mut pinned = Vec::new();
+        let mut result = Ok(());
+        for (hook, prog) in self.programs() {
             let path = dir.join(format!("{}_{hook}", name.replace('.', "_")));
             // A pin left by a daemon that died would make this one fail.
             let _ = std::fs::remove_file(&path);
-            prog.pin(&path).map_err(|e| bpf_error("pinning the network allow-list", e))?;
-            self.pins.push(path.clone());
-            out.push((hook, path));
+            if let Err(e) = prog.pin(&path) {
+                result = Err(bpf_error("pinning the network allow-list", e));
+                break;
+            }
+            pinned.push((hook, path));
         }
-        Ok(out)
+        // Recorded either way, so that Drop removes what was pinned.
+        self.pins.extend(pinned.iter().map(|(_, p)| p.clone()));
+        result.map(|()| pinned)
+    }
+
+    /// The four programs, each with the attachment it is for.
+    fn programs(&mut self) -> [(&'static str, &mut libbpf_rs::ProgramMut<'static>); 4] {
+        let progs = &mut self.skel.progs;
+        [
+            (HOOKS[0], &mut progs.qt_connect4),
+            (HOOKS[1], &mut progs.qt_connect6),
+            (HOOKS[2], &mut progs.qt_sendmsg4),
+            (HOOKS[3], &mut progs.qt_sendmsg6),
+        ]
     }
 
     /// Connections and datagrams refused since load.

@@ -49,7 +49,7 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -
 }
 
 /// A map's lock, whatever a panicking holder left in it (the values stay
-/// consistent: every change is one insert or remove).
+/// consistent: every change to these maps is one insert or remove).
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -129,12 +129,7 @@ impl CgroupRuntime {
     }
 
     fn dir_of(&self, slice: &str) -> PathBuf {
-        self.slices
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(slice)
-            .cloned()
-            .unwrap_or_else(|| self.base.clone())
+        lock(&self.slices).get(slice).cloned().unwrap_or_else(|| self.base.clone())
     }
 
     fn write_limits(&self, dir: &Path, l: &super::Limits) -> Result<(), RuntimeError> {
@@ -168,15 +163,12 @@ impl CgroupRuntime {
             let _ = fs::write(dir.join("cgroup.subtree_control"), format!("+{c}"));
         }
         self.write_limits(&dir, &slice.limits)?;
-        self.slices
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(slice.name.clone(), dir);
+        lock(&self.slices).insert(slice.name.clone(), dir);
         Ok(())
     }
 
     pub fn stop_slice(&self, name: &str) -> Result<(), RuntimeError> {
-        let dir = self.slices.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
+        let dir = lock(&self.slices).remove(name);
         if let Some(dir) = dir {
             let _ = fs::write(dir.join("cgroup.kill"), "1");
             remove_when_empty(&dir);
@@ -427,7 +419,7 @@ impl CgroupRuntime {
                 let p = e.path();
                 let name = e.file_name().to_string_lossy().into_owned();
                 if name.ends_with(".slice") {
-                    self.slices.lock().unwrap_or_else(|e| e.into_inner()).insert(name, p.clone());
+                    lock(&self.slices).insert(name, p.clone());
                     dirs.push(p);
                 } else if name.ends_with(".service") {
                     match pids_of(&p).first() {

@@ -7,7 +7,8 @@
 //! backend: the links live as long as the value) or by [`NetPolicy::pin`]
 //! and systemd's `BPFProgram=` (the systemd backend: systemd attaches the
 //! pinned programs before the cell's first instruction and holds them by
-//! descriptor, so the pins are needed only while the unit starts).
+//! descriptor, so the pins are needed only while the unit starts; the
+//! value is kept after [`NetPolicy::unpin`] to read [`NetPolicy::denied`]).
 
 use std::fs::File;
 use std::net::IpAddr;
@@ -119,6 +120,14 @@ impl NetPolicy {
         // Recorded either way, so that Drop removes what was pinned.
         self.pins.extend(pinned.iter().map(|(_, p)| p.clone()));
         result.map(|()| pinned)
+    }
+
+    /// Removes the pins now, keeping the programs loaded: once systemd
+    /// holds them by descriptor, the value is kept only for [`denied`](NetPolicy::denied).
+    pub fn unpin(&mut self) {
+        for path in self.pins.drain(..) {
+            let _ = std::fs::remove_file(path);
+        }
     }
 
     /// The four programs, each with the attachment it is for.

@@ -160,4 +160,13 @@ fn pins_are_files_named_after_the_cell_on_bpffs_and_go_with_the_policy() {
     for (_, path) in &pins {
         assert!(!path.exists(), "{} left behind", path.display());
     }
+
+    // After the start job: pins gone, the programs (and their counter) kept.
+    let mut kept = NetPolicy::load(&[tcp(443, None)]).expect("load");
+    let pins = kept.pin(dir.path(), "quantum-web.2.service").expect("pin");
+    kept.unpin();
+    for (_, path) in &pins {
+        assert!(!path.exists(), "{} left after unpin", path.display());
+    }
+    assert_eq!(kept.denied().expect("the counter is still readable"), 0);
 }

@@ -215,7 +215,7 @@ pub struct TrailEntry {
     /// Who asked: `uid:N`, or `quantumd` for what it did on its own.
     pub actor: String,
     /// run, stop, refuse, restart, blacklist, substitute, exit, plan,
-    /// execute, identity, tune, bundle, state, trail.
+    /// execute, identity, tune, bundle, state, trigger, prewarm, alert, trail.
     pub action: String,
     /// Empty when the entry is about no cell.
     pub cell: String,
@@ -225,6 +225,26 @@ pub struct TrailEntry {
     /// Why it failed, when `ok` is false.
     pub error: String,
     pub detail: String,
+}
+
+/// A cell that behaved unlike its baseline or its manifest, as the trail
+/// recorded it (an `alert` entry).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
+#[serde(rename_all = "kebab-case")]
+pub struct Alert {
+    /// The trail entry's sequence number.
+    pub seq: u64,
+    /// Nanoseconds since the Unix epoch.
+    pub time_ns: u64,
+    pub instance: String,
+    pub cell: String,
+    /// `exec` (a program it did not run while its baseline was learned) or
+    /// `network` (connections its `network-allow` refused).
+    pub kind: String,
+    /// The cell's `[policy] on-anomaly`: `alert`, or `stop` (it was stopped).
+    pub response: String,
+    /// What happened, for a person.
+    pub message: String,
 }
 
 /// What verifying the trail found.
@@ -412,6 +432,11 @@ pub trait Quantum1 {
     /// of them (0: all).
     fn trail_show(&self, cell: &str, since_seq: u64, limit: u32) -> Result<Vec<TrailEntry>, Error>;
 
+    /// Alerts (security-ai), oldest first, read from the trail: those about
+    /// `cell` (empty: all) from sequence number `since_seq` on, at most the
+    /// last `limit` (0: all).
+    fn alerts(&self, cell: &str, since_seq: u64, limit: u32) -> Result<Vec<Alert>, Error>;
+
     /// Verifies the whole trail: checksums, the hash chain, every seal's
     /// signature against this node's keys; names the first failing entry.
     fn trail_verify(&self) -> Result<TrailReport, Error>;
@@ -450,6 +475,13 @@ pub trait Quantum1 {
     /// run-queue latency objective.
     #[zbus(signal)]
     fn cell_tuned(&self, instance: &str, cell: &str, old_weight: u64, new_weight: u64, reason: &str) -> zbus::Result<()>;
+
+    /// Emitted when a running cell does what its baseline or its manifest
+    /// does not allow for: `kind` is `exec` or `network`, `response` the
+    /// cell's `[policy] on-anomaly` (`alert`, or `stop`: it is being
+    /// stopped). The same alert is in the trail (`Alerts`).
+    #[zbus(signal)]
+    fn cell_alert(&self, instance: &str, cell: &str, kind: &str, response: &str, message: &str) -> zbus::Result<()>;
 
     /// Emitted after each STEPPPS sample (once a second) that covers at
     /// least one cell, and once when the last cell has gone: `Steppps`

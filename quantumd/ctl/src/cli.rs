@@ -442,6 +442,42 @@ EXIT STATUS:
         #[arg(long)]
         json: bool,
     },
+    /// Show security alerts: cells that ran a program outside their
+    /// learned baseline, or whose network allow-list refused a connection.
+    ///
+    /// quantumd learns each cell's baseline from STEPPPS EVENT: the
+    /// programs (by process name) its instances exec while it runs for its
+    /// first `[policy] learning` (default 1m, summed over its runs; a new
+    /// version learns afresh). Afterwards an exec outside that set is an
+    /// `exec` alert, once per instance and program. Connections and
+    /// datagrams refused by `[isolation] network-allow` are `network`
+    /// alerts at once (then at most one a minute per instance). With
+    /// `[policy] on-anomaly = "stop"` the instance is also stopped;
+    /// `"ignore"` turns both off for the cell.
+    ///
+    /// Alerts are entries of the signed trail (action `alert`); this reads
+    /// them from there. With --json, an array of objects (`seq`, `time-ns`,
+    /// `instance`, `cell`, `kind`, `response`, `message`); with --follow,
+    /// new alerts keep coming (JSON: one object per line) until Ctrl-C.
+    #[command(
+        after_help = "EXAMPLES:\n    quantumctl alerts\n    quantumctl alerts --cell web-server --json\n    quantumctl alerts --follow\n\nEXIT STATUS:\n    0 success (with or without alerts); 1 the trail cannot be read;\n    2 quantumd unreachable."
+    )]
+    Alerts {
+        /// Only alerts about this cell.
+        #[arg(long, value_name = "NAME")]
+        cell: Option<String>,
+        /// Only alerts from this trail sequence number on.
+        #[arg(long, value_name = "SEQ", default_value_t = 0)]
+        since: u64,
+        /// Only the last N alerts (0: all).
+        #[arg(short = 'n', long, value_name = "N", default_value_t = 50)]
+        limit: u32,
+        /// Keep printing new alerts as they are recorded.
+        #[arg(short, long)]
+        follow: bool,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, clap::Subcommand)]

@@ -270,6 +270,47 @@ async fn execute(proxy: &Quantum1Proxy<'_>, command: CliCommand) -> Result<ExitC
                 print!("{}", output::trail(&entries));
             }
         }
+        CliCommand::Alerts {
+            cell,
+            since,
+            limit,
+            follow,
+            json,
+        } => {
+            let cell = cell.as_deref().unwrap_or("");
+            let read = |since, limit| async move {
+                proxy
+                    .alerts(cell, since, limit)
+                    .await
+                    .map_err(|e| Failed(request_failed("cannot read the alerts", e)))
+            };
+            let alerts = read(since, limit).await?;
+            let print = |alerts: &[quantum_bus::Alert], next: &mut u64| {
+                for a in alerts {
+                    if json {
+                        println!("{}", serde_json::to_string(a).unwrap_or_default());
+                    } else {
+                        print!("{}", output::alert(a));
+                    }
+                    *next = (*next).max(a.seq + 1);
+                }
+            };
+            let mut next = since;
+            if json && !follow {
+                output::json(&alerts);
+            } else if alerts.is_empty() && !follow {
+                println!("no alerts");
+            } else {
+                print(&alerts, &mut next);
+            }
+            if follow {
+                loop {
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    let fresh = read(next, 0).await?;
+                    print(&fresh, &mut next);
+                }
+            }
+        }
         CliCommand::Steppps { cell, json, once, verbose } => {
             let live = !json && !once && std::io::IsTerminal::is_terminal(&std::io::stdout());
             loop {

@@ -188,6 +188,19 @@ pub fn trail(entries: &[quantum_bus::TrailEntry]) -> String {
     out
 }
 
+/// One line per alert: when, the instance, what, and what was done.
+pub fn alert(a: &quantum_bus::Alert) -> String {
+    let done = if a.response == "stop" { "  [stopped]" } else { "" };
+    format!(
+        "{:>6}  {}  {:<22} {:<8} {}{done}\n",
+        a.seq,
+        utc(a.time_ns),
+        a.instance,
+        a.kind,
+        a.message
+    )
+}
+
 /// `trigger list`: one block per trigger.
 pub fn triggers(list: &[quantum_bus::TriggerInfo]) -> String {
     let mut out = String::new();

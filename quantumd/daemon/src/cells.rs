@@ -60,6 +60,8 @@ pub enum Event {
     BundleReady(Box<BundleRun>),
     /// The run-queue latency objective moves a cell's CPU weight.
     Tune(crate::steppps::Tuning),
+    /// A cell ran a program outside its baseline (security-ai).
+    Anomaly(crate::anomaly::Anomaly),
     /// A restart's back-off has passed.
     Restart(String),
     /// A trigger's run started (`started ID`) or was refused (`not run: ...`).
@@ -272,6 +274,8 @@ pub struct Cells {
     triggers: crate::triggers::Triggers,
     /// Units started before they are asked for (`cells/prewarm.rs`).
     warm: prewarm::Pool,
+    /// What the network allow-lists refused, turned into anomalies.
+    refusals: crate::anomaly::Refusals,
 }
 
 /// Writes the record of an instance about to start, off the event loop.
@@ -389,6 +393,7 @@ impl Cells {
             trail: Err("the trail is not open yet".into()),
             steppps: None,
             history: None,
+            refusals: crate::anomaly::Refusals::default(),
         }
     }
 
@@ -572,6 +577,7 @@ impl Cells {
             Event::StopDone { ids, reason, reply } => self.stop_done(ids, &reason, reply).await,
             Event::BundleReady(run) => self.bundle_ready(*run),
             Event::Tune(t) => self.tune(t),
+            Event::Anomaly(a) => self.anomaly(a).await,
             Event::Restart(id) => self.restart(&id),
             Event::Demand(demand) => self.set_demand(demand),
             Event::WarmStarted { instance, result } => self.warm_started(&instance, result),
@@ -1647,6 +1653,7 @@ impl Cells {
 
     async fn tick(&mut self) {
         self.publish_watched();
+        self.network_anomalies().await;
         self.trigger_tick();
         self.prewarm_tick();
         let now = Instant::now();
@@ -1702,11 +1709,33 @@ impl Cells {
                     manifest_weight: inst.spec.limits.cpu_weight,
                 })
             });
+            let (version, program, policy) = match inst.manifest.as_deref() {
+                Some(m) => (
+                    m.version.to_string(),
+                    crate::anomaly::comm_of(match &m.program {
+                        quantum_model::Program::Exec(argv) => argv.first().map_or("", String::as_str),
+                        quantum_model::Program::Artifact(a) => &a.path,
+                    }),
+                    m.policy,
+                ),
+                // Adopted without a readable manifest: nothing to learn against.
+                None => (
+                    String::new(),
+                    String::new(),
+                    quantum_model::Policy {
+                        on_anomaly: quantum_model::OnAnomaly::Ignore,
+                        ..Default::default()
+                    },
+                ),
+            };
             watched.push(crate::steppps::Watched {
                 cell: inst.record.cell.clone(),
                 instance: inst.record.instance.clone(),
                 cgroup,
                 objective,
+                version,
+                program,
+                policy,
             });
         }
         steppps.watch(watched);
@@ -1751,6 +1780,72 @@ impl Cells {
                 }
             }
         });
+    }
+
+    /// Refusals by the network allow-lists since the last tick, as anomalies.
+    async fn network_anomalies(&mut self) {
+        let counts = self.runtime.net_refusals();
+        if counts.is_empty() {
+            return;
+        }
+        for (unit, new, total) in self.refusals.observe(&counts) {
+            let Some(inst) = self.instances.values().find(|i| i.record.unit == unit) else {
+                continue;
+            };
+            let Some(policy) = inst.manifest.as_ref().map(|m| m.policy) else {
+                continue;
+            };
+            if policy.on_anomaly == quantum_model::OnAnomaly::Ignore {
+                continue;
+            }
+            let anomaly = crate::anomaly::Anomaly {
+                instance: inst.record.instance.clone(),
+                cell: inst.record.cell.clone(),
+                kind: crate::anomaly::Kind::Network,
+                message: format!("{new} connection(s) or datagram(s) refused by isolation.network-allow ({total} since it started)"),
+                response: policy.on_anomaly,
+            };
+            self.anomaly(anomaly).await;
+        }
+    }
+
+    /// Records an anomaly in the trail, signals it (`CellAlert`) and, when
+    /// the cell's `[policy] on-anomaly` says so, stops the instance.
+    async fn anomaly(&mut self, a: crate::anomaly::Anomaly) {
+        let Some(inst) = self.instances.get(&a.instance) else { return };
+        if inst.state != State::Running {
+            return;
+        }
+        tracing::warn!(
+            instance = a.instance,
+            cell = a.cell,
+            kind = a.kind.as_str(),
+            response = a.response.as_str(),
+            message = a.message,
+            "anomaly"
+        );
+        if let Ok(trail) = &self.trail {
+            trail.record(entry_for("quantumd", &Action::ALERT, &inst.record).detail(a.detail()));
+        }
+        if let Some(conn) = &self.bus {
+            let signal = (
+                a.instance.as_str(),
+                a.cell.as_str(),
+                a.kind.as_str(),
+                a.response.as_str(),
+                a.message.as_str(),
+            );
+            if let Err(e) = conn
+                .emit_signal(None::<()>, quantum_bus::OBJECT_PATH, quantum_bus::INTERFACE, "CellAlert", &signal)
+                .await
+            {
+                tracing::warn!(error = %e, "cannot emit CellAlert");
+            }
+        }
+        if a.response == quantum_model::OnAnomaly::Stop {
+            let (ids, steps) = self.stop_plan(std::slice::from_ref(&a.instance));
+            self.spawn_stop(ids, steps, format!("anomaly ({}): {}", a.kind.as_str(), a.message), None);
+        }
     }
 
     // ----- reads ------------------------------------------------------------

@@ -458,6 +458,15 @@ impl Quantum1 {
             .map_err(|e| Error::Backend(format!("reading the trail: {e}")))
     }
 
+    async fn alerts(&self, cell: String, since_seq: u64, limit: u32) -> Result<Vec<quantum_bus::Alert>, Error> {
+        let entries = self.trail_show(cell, since_seq, 0).await?;
+        let mut alerts: Vec<quantum_bus::Alert> = entries.iter().filter_map(crate::anomaly::alert_of).collect();
+        if limit > 0 && alerts.len() > limit as usize {
+            alerts.drain(..alerts.len() - limit as usize);
+        }
+        Ok(alerts)
+    }
+
     async fn trail_verify(&self) -> Result<TrailReport, Error> {
         if let Some(t) = &self.trail {
             // What was appended so far is sealed first, so that it verifies.

@@ -1,5 +1,6 @@
 //! quantumd: parse the configuration, build the pieces, run the loop.
 
+mod anomaly;
 mod bundles;
 mod catalog;
 mod cell_state;

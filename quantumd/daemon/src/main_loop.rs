@@ -126,6 +126,7 @@ pub async fn serve(config: Config, bus_address: Option<String>, socket: Option<s
     let runtime_cgroups = runtime.cells_cgroup();
     let log_source = runtime.log_source();
     let (bpf_enabled, metrics_setting) = (config.bpf, config.metrics.clone());
+    let baselines = config.state_dir.join("baselines");
     let history = crate::psychology::History::open(&config.state_dir.join("psychology"), config.catalog.clone());
     // A misspelt name disables nothing: say so.
     let in_catalog = quantum_model::cells_in(&config.catalog);
@@ -137,6 +138,7 @@ pub async fn serve(config: Config, bus_address: Option<String>, socket: Option<s
     cells.set_trust(identity.clone(), trail.clone());
     cells.set_bundles(bundles);
     let (tune_tx, mut tune_rx) = mpsc::unbounded_channel();
+    let (anomaly_tx, mut anomaly_rx) = mpsc::unbounded_channel();
     let (ancestor, cgroup_mount) = runtime_cgroups;
     let steppps = Steppps::start(
         crate::steppps::Options {
@@ -144,8 +146,10 @@ pub async fn serve(config: Config, bus_address: Option<String>, socket: Option<s
             ancestor,
             cgroup_mount,
             interval: Duration::from_secs(1),
+            baselines,
         },
         tune_tx,
+        anomaly_tx,
     )
     .context("starting the STEPPPS sampler")?;
     cells.set_steppps(steppps.clone());
@@ -230,6 +234,7 @@ pub async fn serve(config: Config, bus_address: Option<String>, socket: Option<s
             Some(u) = unit_rx.recv() => Event::Unit(u),
             Some(e) = event_rx.recv() => e,
             Some(t) = tune_rx.recv() => Event::Tune(t),
+            Some(a) = anomaly_rx.recv() => Event::Anomaly(a),
             Some(()) = model_rx.recv() => {
                 last_count = usize::MAX;
                 Event::Tick

@@ -23,6 +23,8 @@ use quantum_steppps::objective::{Controller, Decision, Objective, Tuning as Cont
 use quantum_steppps::{Availability, CellCgroup, Collector, Figures, Gpus, Sources};
 use tokio::sync::{mpsc, watch};
 
+use crate::anomaly::{Anomaly, Baselines, Subject};
+
 /// A cell instance the sampler reads.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Watched {
@@ -32,6 +34,24 @@ pub struct Watched {
     pub cgroup: PathBuf,
     /// `[objectives] runq-latency-p99`, with the manifest's CPU weight.
     pub objective: Option<Objective>,
+    /// The manifest's version, its program's name (as the kernel names
+    /// the process) and `[policy]`: what its baseline is learned for.
+    pub version: String,
+    pub program: String,
+    pub policy: quantum_model::Policy,
+}
+
+impl Watched {
+    fn subject(&self) -> Subject {
+        Subject {
+            cell: self.cell.clone(),
+            instance: self.instance.clone(),
+            version: self.version.clone(),
+            program: self.program.clone(),
+            on_anomaly: self.policy.on_anomaly,
+            learning: self.policy.learning.as_std(),
+        }
+    }
 }
 
 /// A CPU weight the objective controller wants applied.
@@ -170,11 +190,17 @@ pub struct Options {
     pub cgroup_mount: PathBuf,
     /// Time between figures (and objective decisions).
     pub interval: Duration,
+    /// Where the cells' baselines are kept (see [`crate::anomaly`]).
+    pub baselines: PathBuf,
 }
 
 impl Steppps {
-    /// Starts the sampling thread; `tunings` reaches the cell loop.
-    pub fn start(options: Options, tunings: mpsc::UnboundedSender<Tuning>) -> std::io::Result<Steppps> {
+    /// Starts the sampling thread; `tunings` and `anomalies` reach the cell loop.
+    pub fn start(
+        options: Options,
+        tunings: mpsc::UnboundedSender<Tuning>,
+        anomalies: mpsc::UnboundedSender<Anomaly>,
+    ) -> std::io::Result<Steppps> {
         let figures = Arc::new(RwLock::new(Figures::default()));
         let usage = Arc::new(Mutex::new(HashMap::new()));
         let (tx, rx) = watch::channel(Vec::new());
@@ -183,7 +209,7 @@ impl Steppps {
         let shared_usage = usage.clone();
         std::thread::Builder::new()
             .name("steppps".into())
-            .spawn(move || Sampler::new(options, rx, shared, shared_usage, tunings, sampled_tx).run())?;
+            .spawn(move || Sampler::new(options, rx, shared, shared_usage, tunings, anomalies, sampled_tx).run())?;
         Ok(Steppps {
             figures,
             watched: Arc::new(tx),
@@ -289,6 +315,7 @@ struct Sampler {
     figures: Arc<RwLock<Figures>>,
     usage: Arc<Mutex<HashMap<String, Usage>>>,
     tunings: mpsc::UnboundedSender<Tuning>,
+    anomalies: mpsc::UnboundedSender<Anomaly>,
     sampled: watch::Sender<Sampled>,
     collector: Collector,
     bpf: Result<quantum_bpf::Telemetry, String>,
@@ -298,7 +325,18 @@ struct Sampler {
     previous: HashMap<u64, quantum_bpf::Histogram>,
     events: EventFigures,
     controllers: HashMap<String, Controller>,
+    /// The cells watched now, for their baselines.
+    cells: Vec<Watched>,
+    baselines: Baselines,
+    /// Execs in cgroups not (yet) known: a cell's first processes run
+    /// before the cell loop says it is running; they are judged once it does.
+    pending: std::collections::VecDeque<(Instant, quantum_bpf::Event)>,
+    last_sample: Option<Instant>,
 }
+
+/// How long and how many unknown execs are kept for a cell that may yet be watched.
+const PENDING_FOR: Duration = Duration::from_secs(5);
+const PENDING_MAX: usize = 4096;
 
 impl Sampler {
     fn new(
@@ -307,9 +345,11 @@ impl Sampler {
         figures: Arc<RwLock<Figures>>,
         usage: Arc<Mutex<HashMap<String, Usage>>>,
         tunings: mpsc::UnboundedSender<Tuning>,
+        anomalies: mpsc::UnboundedSender<Anomaly>,
         sampled: watch::Sender<Sampled>,
     ) -> Sampler {
         let bpf = load_bpf(&options);
+        let baselines = Baselines::new(Some(options.baselines.clone()));
         let gpus = Gpus::probe();
         Sampler {
             collector: Collector::new(
@@ -326,12 +366,17 @@ impl Sampler {
             figures,
             usage,
             tunings,
+            anomalies,
             sampled,
             bpf,
             ids: HashMap::new(),
             previous: HashMap::new(),
             events: EventFigures::default(),
             controllers: HashMap::new(),
+            cells: Vec::new(),
+            baselines,
+            pending: std::collections::VecDeque::new(),
+            last_sample: None,
         }
     }
 
@@ -352,12 +397,7 @@ impl Sampler {
                 Ok(t) => match t.poll_events(wait) {
                     Ok(events) => {
                         for e in events {
-                            if let Some(instance) = self.ids.get(&e.cgroup_id) {
-                                self.events.cells.entry(instance.clone()).or_default().count(&e.kind);
-                                if e.kind == quantum_bpf::EventKind::OomKill {
-                                    tracing::warn!(instance, pid = e.pid, comm = e.comm, "OOM kill in a cell");
-                                }
-                            }
+                            self.event(e);
                         }
                     }
                     Err(e) => {
@@ -368,6 +408,58 @@ impl Sampler {
                 Err(_) => std::thread::sleep(wait),
             }
         }
+    }
+
+    /// Counts an event for its cell and judges an exec against the cell's baseline.
+    fn event(&mut self, e: quantum_bpf::Event) {
+        let Some(instance) = self.ids.get(&e.cgroup_id) else {
+            if e.kind == quantum_bpf::EventKind::Exec && self.pending.len() < PENDING_MAX {
+                self.pending.push_back((Instant::now(), e));
+            }
+            return;
+        };
+        self.events.cells.entry(instance.clone()).or_default().count(&e.kind);
+        match e.kind {
+            quantum_bpf::EventKind::OomKill => tracing::warn!(instance, pid = e.pid, comm = e.comm, "OOM kill in a cell"),
+            quantum_bpf::EventKind::Exec => {
+                let Some(cell) = self.cells.iter().find(|c| &c.instance == instance) else {
+                    return;
+                };
+                if let Some(anomaly) = self.baselines.exec(&cell.subject(), &e.comm, e.pid) {
+                    tracing::warn!(instance, pid = e.pid, comm = e.comm, "a cell ran a program outside its baseline");
+                    // The loop is gone only when quantumd stops.
+                    let _ = self.anomalies.send(anomaly);
+                }
+            }
+            quantum_bpf::EventKind::Exit(_) => {}
+        }
+    }
+
+    /// Judges the execs that waited for their cgroup to be known; drops
+    /// those whose wait is over (not a cell's, or a cell that ended at once).
+    fn replay_pending(&mut self) {
+        let now = Instant::now();
+        for (at, e) in std::mem::take(&mut self.pending) {
+            if self.ids.contains_key(&e.cgroup_id) {
+                self.event(e);
+            } else if now.duration_since(at) < PENDING_FOR {
+                self.pending.push_back((at, e));
+            }
+        }
+    }
+
+    /// Counts the time since the last sample towards each running cell's learning.
+    fn learn(&mut self) {
+        let now = Instant::now();
+        // A sampler that was held up (a suspended machine) does not learn
+        // for the time it did not watch.
+        let elapsed = self
+            .last_sample
+            .map_or(Duration::ZERO, |t| now.duration_since(t).min(self.options.interval * 2));
+        self.last_sample = Some(now);
+        let subjects: Vec<Subject> = self.cells.iter().map(Watched::subject).collect();
+        self.baselines.advance(&subjects, elapsed);
+        self.baselines.save();
     }
 
     fn sample(&mut self) {
@@ -381,6 +473,9 @@ impl Sampler {
             .iter()
             .filter_map(|c| Some((quantum_bpf::cgroup_id(&c.cgroup).ok()?, c.instance.clone())))
             .collect();
+        self.cells = cells.clone();
+        self.replay_pending();
+        self.learn();
         let time = self.time(&cells);
         let event = match &self.bpf {
             Ok(t) => {

@@ -181,7 +181,7 @@ impl Store {
 /// Replaces `path` with `data` through a temporary file and a rename, so
 /// that a crash leaves the old content or the new; `sync` waits for the
 /// disk before the rename.
-fn write_atomically(path: &Path, data: &[u8], sync: bool) -> Result<(), StoreError> {
+pub(crate) fn write_atomically(path: &Path, data: &[u8], sync: bool) -> Result<(), StoreError> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);

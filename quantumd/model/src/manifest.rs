@@ -72,6 +72,7 @@ pub struct Manifest {
     pub lifecycle: Lifecycle,
     pub objectives: Objectives,
     pub state: State,
+    pub policy: Policy,
     pub isolation: Isolation,
     /// `[needs] cells`: started before this cell and stopped after it.
     pub needs: Vec<CellName>,
@@ -232,6 +233,61 @@ pub struct State {
     /// outlives its runs; on btrfs it is a subvolume, with read-only
     /// snapshots to roll back to (`quantumctl cell snapshot|rollback`).
     pub subvolume: bool,
+}
+
+/// `[policy]`: what quantumd does when the cell behaves unlike itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Policy {
+    /// What an anomaly (a program the cell never ran while its baseline
+    /// was learned, a connection its `network-allow` refused) leads to.
+    pub on_anomaly: OnAnomaly,
+    /// How long the cell runs, over all its instances and runs, while
+    /// quantumd learns its baseline; nothing is an anomaly until then.
+    pub learning: crate::units::Duration,
+}
+
+impl Policy {
+    /// One minute covers a service's start-up and first requests.
+    pub const DEFAULT_LEARNING: crate::units::Duration = crate::units::Duration(60);
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            on_anomaly: OnAnomaly::Alert,
+            learning: Policy::DEFAULT_LEARNING,
+        }
+    }
+}
+
+/// `[policy] on-anomaly`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnAnomaly {
+    /// Record it in the trail and signal it on the bus (the default).
+    Alert,
+    /// Alert, then stop the instance.
+    Stop,
+    /// Neither learn nor alert: for cells whose every run differs (a
+    /// sandbox for the user's own code). Refused connections still fail.
+    Ignore,
+}
+
+impl OnAnomaly {
+    pub const ALL: [(&'static str, OnAnomaly); 3] = [
+        ("alert", OnAnomaly::Alert),
+        ("stop", OnAnomaly::Stop),
+        ("ignore", OnAnomaly::Ignore),
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnAnomaly::Alert => "alert",
+            OnAnomaly::Stop => "stop",
+            OnAnomaly::Ignore => "ignore",
+        }
+    }
 }
 
 /// `[lifecycle] kind`: whether the cell is a service that runs until it is

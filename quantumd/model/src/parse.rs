@@ -9,8 +9,8 @@ use toml_edit::{ImDocument, Item, TableLike, Value};
 
 use crate::diagnostic::Diagnostic;
 use crate::manifest::{
-    Artifact, CellName, ChildRef, Isolation, Kind, Lifecycle, Manifest, Network, Objectives, ParamSpec, ParamType, Program, Resources,
-    Restart, State, UserMode,
+    Artifact, CellName, ChildRef, Isolation, Kind, Lifecycle, Manifest, Network, Objectives, OnAnomaly, ParamSpec, ParamType, Policy,
+    Program, Resources, Restart, State, UserMode,
 };
 use crate::netrule::NetRule;
 use crate::placeholder::{is_param_name, placeholders};
@@ -25,6 +25,7 @@ const TOP_KEYS: &[&str] = &[
     "lifecycle",
     "objectives",
     "state",
+    "policy",
     "isolation",
     "needs",
     "child",
@@ -36,6 +37,7 @@ const RESOURCE_KEYS: &[&str] = &["cpu-min", "cpu-max", "memory-min", "memory-max
 const LIFECYCLE_KEYS: &[&str] = &["kind", "reach", "idle-timeout", "restart", "max-restarts", "restart-window"];
 const OBJECTIVES_KEYS: &[&str] = &["runq-latency-p99"];
 const STATE_KEYS: &[&str] = &["subvolume"];
+const POLICY_KEYS: &[&str] = &["on-anomaly", "learning"];
 const ISOLATION_KEYS: &[&str] = &["network", "network-allow", "user", "readable", "writable"];
 const NEEDS_KEYS: &[&str] = &["cells"];
 const CHILD_KEYS: &[&str] = &["name", "manifest", "count"];
@@ -125,6 +127,7 @@ fn home_of(key: &str) -> Option<&'static str> {
         ("lifecycle", LIFECYCLE_KEYS),
         ("objectives", OBJECTIVES_KEYS),
         ("state", STATE_KEYS),
+        ("policy", POLICY_KEYS),
         ("isolation", ISOLATION_KEYS),
         ("needs", NEEDS_KEYS),
     ]
@@ -392,6 +395,7 @@ impl Walker {
         let (lifecycle, reach_span) = self.lifecycle(root.get("lifecycle"));
         let objectives = self.objectives(root.get("objectives"));
         let state = self.state(root.get("state"));
+        let policy = self.policy(root.get("policy"));
         let (isolation, isolation_spans) = self.isolation(root.get("isolation"));
         let (needs, needs_spans) = self.needs(root.get("needs"));
         let (children, child_manifest, child_count, child_index) = self.children(root.get("child"));
@@ -442,6 +446,7 @@ impl Walker {
                 lifecycle,
                 objectives,
                 state,
+                policy,
                 isolation,
                 needs: needs.clone(),
                 children: children.clone(),
@@ -783,6 +788,33 @@ impl Walker {
             }
         }
         state
+    }
+
+    fn policy(&mut self, item: Option<&Item>) -> Policy {
+        let mut policy = Policy::default();
+        let Some(item) = item else { return policy };
+        let Some(t) = self.table("policy", item) else { return policy };
+        self.check_keys("policy", t, POLICY_KEYS);
+        if let Some(v) = t
+            .get("on-anomaly")
+            .and_then(|v| self.one_of("policy.on-anomaly", v, &OnAnomaly::ALL))
+        {
+            policy.on_anomaly = v;
+        }
+        if let Some(v) = t.get("learning") {
+            if let Some(d) = self.duration("policy.learning", v) {
+                if d.is_zero() {
+                    self.error(
+                        "policy.learning",
+                        v.span(),
+                        "must be longer than 0: a baseline learned from nothing makes every program an anomaly (on-anomaly = \"ignore\" turns detection off)",
+                    );
+                } else {
+                    policy.learning = d;
+                }
+            }
+        }
+        policy
     }
 
     /// Also returns the path strings with their spans, for the placeholder check.

@@ -122,3 +122,15 @@ fn the_standard_catalog_is_valid() {
     assert!(set.is_valid(), "{}", render(&set));
     assert_eq!(set.manifests.len(), n);
 }
+
+#[test]
+fn policy_defaults_to_alerting_after_a_minute_of_learning_and_reads_what_is_given() {
+    let base = "[cell]\nname = \"watchful\"\nversion = \"1.0.0\"\ndescription = \"d\"\nexec = [\"/bin/true\"]\n";
+    let plain = quantum_model::parse_manifest(base).expect("valid");
+    assert_eq!(plain.policy.on_anomaly, quantum_model::OnAnomaly::Alert);
+    assert_eq!(plain.policy.learning.secs(), 60);
+
+    let given = quantum_model::parse_manifest(&format!("{base}[policy]\non-anomaly = \"stop\"\nlearning = \"5s\"\n")).expect("valid");
+    assert_eq!(given.policy.on_anomaly, quantum_model::OnAnomaly::Stop);
+    assert_eq!(given.policy.learning.secs(), 5);
+}

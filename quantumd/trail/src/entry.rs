@@ -125,6 +125,9 @@ impl Action {
     /// A cell's unit started before it was asked for (`warm ID: WHY`), or
     /// given up (`cool ID: WHY`); a run that takes it says `claimed`.
     pub const PREWARM: Action = Action(Cow::Borrowed("prewarm"));
+    /// A cell behaved unlike its baseline or its manifest (security-ai):
+    /// `INSTANCE: KIND: RESPONSE: MESSAGE` in the detail.
+    pub const ALERT: Action = Action(Cow::Borrowed("alert"));
     /// Something that happened to the trail itself (a repair at open).
     pub const TRAIL: Action = Action(Cow::Borrowed("trail"));
 

@@ -391,6 +391,11 @@ impl CgroupRuntime {
         Ok(())
     }
 
+    /// Refusals so far by each running unit's network allow-list.
+    pub fn net_refusals(&self) -> Vec<(String, u64)> {
+        super::refusals(&lock(&self.net_policies))
+    }
+
     /// The directory of `unit`, wherever its family put it.
     fn find(&self, unit: &str) -> Option<PathBuf> {
         let mut dirs = vec![self.base.clone()];

@@ -55,6 +55,20 @@ async fn destinations(unit: &str, rules: &[NetRule]) -> Result<Vec<Destination>,
     Ok(out)
 }
 
+/// Each policy's refusal count; one whose counter cannot be read is left out (logged).
+fn refusals(policies: &std::collections::HashMap<String, quantum_bpf::NetPolicy>) -> Vec<(String, u64)> {
+    policies
+        .iter()
+        .filter_map(|(unit, p)| match p.denied() {
+            Ok(n) => Some((unit.clone(), n)),
+            Err(e) => {
+                tracing::debug!(unit, error = %crate::command::error_chain(&e), "cannot read the allow-list's refusals");
+                None
+            }
+        })
+        .collect()
+}
+
 /// How a unit's main process ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Exit {
@@ -238,6 +252,17 @@ impl Runtime {
         match self {
             Runtime::Systemd(r) => r.stop_unit(unit).await,
             Runtime::Cgroup(r) => r.stop(unit).await,
+        }
+    }
+
+    /// How many connections and datagrams each running unit's network
+    /// allow-list has refused since the unit started (units without a list
+    /// are not named; nor are units re-adopted after a restart of quantumd,
+    /// whose programs systemd still enforces but quantumd no longer holds).
+    pub fn net_refusals(&self) -> Vec<(String, u64)> {
+        match self {
+            Runtime::Systemd(r) => r.net_refusals(),
+            Runtime::Cgroup(r) => r.net_refusals(),
         }
     }
 

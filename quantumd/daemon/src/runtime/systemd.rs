@@ -104,6 +104,9 @@ struct Shared {
     starting: Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
     /// Watched units by object path.
     watched: Mutex<HashMap<String, (String, ServiceFacts)>>,
+    /// The network allow-lists of running units, unpinned once started
+    /// (systemd holds the programs), kept for their refusal counters.
+    net_policies: Mutex<HashMap<String, NetPolicy>>,
 }
 
 #[derive(Clone)]
@@ -177,6 +180,7 @@ impl SystemdRuntime {
             jobs: Mutex::default(),
             starting: Mutex::default(),
             watched: Mutex::default(),
+            net_policies: Mutex::default(),
         });
 
         let mut jobs = systemd_signals(&conn, "org.freedesktop.systemd1.Manager", "JobRemoved", |b| {
@@ -307,6 +311,7 @@ impl SystemdRuntime {
         let Some((unit, cached)) = self.shared.watched.lock().unwrap_or_else(|e| e.into_inner()).remove(&path) else {
             return;
         };
+        self.shared.net_policies.lock().unwrap_or_else(|e| e.into_inner()).remove(&unit);
         let facts = fresh.unwrap_or(cached);
         let exit = exit_from(&facts);
         if !exit.is_success() {
@@ -465,12 +470,13 @@ impl SystemdRuntime {
 
     async fn start_unit(&self, spec: &UnitSpec, destinations: &[Destination], profile: &mut StartProfile) -> Result<u32, RuntimeError> {
         let mut props = unit_properties(spec);
-        // Held until the start job is over: systemd attaches the pinned
+        // Pinned until the start job is over: systemd attaches the pinned
         // programs when it makes the unit's cgroup, before the program runs,
         // and keeps them by descriptor; then the pins can go. quantumd
         // restarts cells itself, each start with a policy of its own, so
-        // systemd never needs them again.
-        let _net_policy = if destinations.is_empty() {
+        // systemd never needs them again. The policy itself is kept while
+        // the unit runs, for its refusal counter (anomaly alerts).
+        let net_policy = if destinations.is_empty() {
             None
         } else {
             let (policy, programs) = pinned_net_policy(&spec.unit, destinations)?;
@@ -501,6 +507,14 @@ impl SystemdRuntime {
         profile.mark("job");
         match result.as_str() {
             "done" => {
+                if let Some(mut policy) = net_policy {
+                    policy.unpin();
+                    self.shared
+                        .net_policies
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(spec.unit.clone(), policy);
+                }
                 let pid = self.main_pid(&spec.unit).await;
                 profile.mark("main-pid");
                 Ok(pid)
@@ -604,7 +618,9 @@ impl SystemdRuntime {
             tracing::debug!(unit, "waiting for the unit's start to resolve before stopping it");
             resolved.await;
         }
-        match self.manager.stop_unit(unit, "replace").await {
+        let stopped = self.manager.stop_unit(unit, "replace").await;
+        self.shared.net_policies.lock().unwrap_or_else(|e| e.into_inner()).remove(unit);
+        match stopped {
             Ok(job) => {
                 let result = self.wait_job(&job).await;
                 if result != "done" {
@@ -738,6 +754,11 @@ impl SystemdRuntime {
     }
 
     /// The unit's cgroup directory.
+    /// Refusals so far by each running unit's network allow-list.
+    pub fn net_refusals(&self) -> Vec<(String, u64)> {
+        super::refusals(&self.shared.net_policies.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
     pub fn cgroup_of(&self, unit: &str, slice: &str) -> std::path::PathBuf {
         self.cgroup_root.join(slice_path(slice)).join(unit)
     }

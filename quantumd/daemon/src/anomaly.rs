@@ -1,0 +1,479 @@
+//! security-ai: what each cell normally runs, learned from STEPPPS EVENT,
+//! and an alert when it runs something else.
+//!
+//! A cell's baseline is the set of programs its instances exec'd while it
+//! learned, by `comm` (the name the kernel gives a process at exec: the
+//! file's base name, at most 15 bytes). It learns for its first `[policy]
+//! learning` of running time, one clock per cell summed over its instances
+//! and runs (and quantumd's restarts: the baseline is kept in
+//! `<state>/baselines/<cell>.json`), seeded with the cell's own program and
+//! what the runtime execs on the way to it. From then on, an exec outside
+//! the set is an anomaly, alerted once per instance and program. A new
+//! version of the cell learns afresh: what it runs may have changed.
+//!
+//! Refusals by the cell's `network-allow` are anomalies from the first one,
+//! learning or not: the manifest already says what is normal there.
+//!
+//! An alert is a trail entry (action `alert`) whose detail this module
+//! writes and reads back ([`Anomaly::detail`], [`alert_of`]), so
+//! that `quantumctl alerts` reads the signed record rather than a copy.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use quantum_model::OnAnomaly;
+use serde::{Deserialize, Serialize};
+
+/// Where what the kernel calls a process's name is cut: TASK_COMM_LEN - 1.
+const COMM_MAX: usize = 15;
+
+/// What the runtime itself execs in a cell's cgroup before the cell's
+/// program: quantumd's warm waiter (`quantumd warm-exec`) and systemd's
+/// executor (systemd 255 and later), as the kernel names them.
+const RUNTIME_PROGRAMS: [&str; 2] = ["quantumd", "systemd-executo"];
+
+/// What kind of behaviour was out of the ordinary.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// A program the cell did not run while its baseline was learned.
+    Exec,
+    /// A connection or datagram its `network-allow` refused.
+    Network,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Exec => "exec",
+            Kind::Network => "network",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Kind> {
+        match s {
+            "exec" => Some(Kind::Exec),
+            "network" => Some(Kind::Network),
+            _ => None,
+        }
+    }
+}
+
+/// One deviation of one instance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Anomaly {
+    pub instance: String,
+    pub cell: String,
+    pub kind: Kind,
+    /// For a person: what happened and against what.
+    pub message: String,
+    /// What the cell's `[policy] on-anomaly` makes of it.
+    pub response: OnAnomaly,
+}
+
+impl Anomaly {
+    /// The trail entry's detail: `INSTANCE: KIND: RESPONSE: MESSAGE`.
+    /// Instance ids, kinds and responses hold no ": ", so the message may.
+    pub fn detail(&self) -> String {
+        format!(
+            "{}: {}: {}: {}",
+            self.instance,
+            self.kind.as_str(),
+            self.response.as_str(),
+            self.message
+        )
+    }
+}
+
+/// The alert an `alert` trail entry records; `None` for any other entry
+/// (or a detail this module did not write).
+pub fn alert_of(e: &quantum_bus::TrailEntry) -> Option<quantum_bus::Alert> {
+    if e.action != quantum_trail::Action::ALERT.as_str() {
+        return None;
+    }
+    let mut parts = e.detail.splitn(4, ": ");
+    let (instance, kind, response, message) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let known = Kind::parse(kind).is_some() && OnAnomaly::ALL.iter().any(|(name, _)| *name == response);
+    known.then(|| quantum_bus::Alert {
+        seq: e.seq,
+        time_ns: e.time_ns,
+        instance: instance.to_owned(),
+        cell: e.cell.clone(),
+        kind: kind.to_owned(),
+        response: response.to_owned(),
+        message: message.to_owned(),
+    })
+}
+
+/// The kernel's name for a process running `program` (a path).
+pub fn comm_of(program: &str) -> String {
+    let base = program.rsplit('/').next().unwrap_or(program);
+    let mut end = base.len().min(COMM_MAX);
+    // comm is bytes; cut on a character boundary so that it stays a String.
+    while !base.is_char_boundary(end) {
+        end -= 1;
+    }
+    base[..end].to_owned()
+}
+
+/// What a running instance is, for its baseline.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Subject {
+    pub cell: String,
+    pub instance: String,
+    /// The manifest's version: a new one learns afresh.
+    pub version: String,
+    /// The cell's own program, as [`comm_of`] names it.
+    pub program: String,
+    pub on_anomaly: OnAnomaly,
+    pub learning: Duration,
+}
+
+/// One cell's baseline, as kept on disk.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct Baseline {
+    version: String,
+    /// Running time learned so far, ms.
+    learned_ms: u64,
+    /// Whether learning is over (the `learning` in force then was reached).
+    learned: bool,
+    execs: BTreeSet<String>,
+}
+
+impl Baseline {
+    fn new(s: &Subject) -> Baseline {
+        let mut execs: BTreeSet<String> = RUNTIME_PROGRAMS.iter().map(|p| (*p).to_owned()).collect();
+        execs.insert(s.program.clone());
+        Baseline {
+            version: s.version.clone(),
+            learned_ms: 0,
+            learned: false,
+            execs,
+        }
+    }
+}
+
+/// Every cell's baseline, and what was already alerted.
+pub struct Baselines {
+    /// `None`: nothing is kept (tests, or a state directory that failed).
+    dir: Option<PathBuf>,
+    cells: HashMap<String, Baseline>,
+    /// Cells whose baseline changed since it was last written.
+    dirty: HashSet<String>,
+    /// (instance, program) pairs already alerted.
+    alerted: HashSet<(String, String)>,
+}
+
+impl Baselines {
+    /// Baselines kept under `dir` (made when first written).
+    pub fn new(dir: Option<PathBuf>) -> Baselines {
+        Baselines {
+            dir,
+            cells: HashMap::new(),
+            dirty: HashSet::new(),
+            alerted: HashSet::new(),
+        }
+    }
+
+    fn file(dir: &Path, cell: &str) -> PathBuf {
+        dir.join(format!("{cell}.json"))
+    }
+
+    /// The subject's cell's baseline: kept, or new when none is kept or the
+    /// kept one is for another version (or unreadable: logged, relearned).
+    fn baseline(&mut self, s: &Subject) -> &mut Baseline {
+        let stale = self.cells.get(&s.cell).is_none_or(|b| b.version != s.version);
+        if stale {
+            let kept = self.dir.as_deref().and_then(|dir| {
+                let path = Baselines::file(dir, &s.cell);
+                let text = std::fs::read_to_string(&path).ok()?;
+                serde_json::from_str::<Baseline>(&text)
+                    .map_err(|e| tracing::warn!(path = %path.display(), error = %e, "unreadable baseline; learning afresh"))
+                    .ok()
+            });
+            let b = match kept {
+                Some(b) if b.version == s.version => b,
+                _ => {
+                    self.dirty.insert(s.cell.clone());
+                    Baseline::new(s)
+                }
+            };
+            self.cells.insert(s.cell.clone(), b);
+        }
+        self.cells.get_mut(&s.cell).expect("inserted above")
+    }
+
+    /// Counts `elapsed` of running time for each cell among `running` (once
+    /// per cell, however many instances); ends learning where it is due.
+    pub fn advance(&mut self, running: &[Subject], elapsed: Duration) {
+        let mut seen = HashSet::new();
+        for s in running {
+            if s.on_anomaly == OnAnomaly::Ignore || !seen.insert(s.cell.clone()) {
+                continue;
+            }
+            let b = self.baseline(s);
+            if b.learned {
+                continue;
+            }
+            b.learned_ms += u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+            if b.learned_ms >= u64::try_from(s.learning.as_millis()).unwrap_or(u64::MAX) {
+                b.learned = true;
+                let programs: Vec<&str> = b.execs.iter().map(String::as_str).collect();
+                tracing::info!(cell = s.cell, version = s.version, programs = ?programs, "baseline learned");
+                self.dirty.insert(s.cell.clone());
+            }
+        }
+        self.alerted.retain(|(instance, _)| running.iter().any(|s| &s.instance == instance));
+    }
+
+    /// An exec of `comm` (process `pid`) in the subject's instance: learned
+    /// while the cell learns; afterwards an anomaly when the baseline lacks
+    /// it, once per instance and program.
+    pub fn exec(&mut self, s: &Subject, comm: &str, pid: u32) -> Option<Anomaly> {
+        if s.on_anomaly == OnAnomaly::Ignore {
+            return None;
+        }
+        let b = self.baseline(s);
+        if b.execs.contains(comm) {
+            return None;
+        }
+        if !b.learned {
+            b.execs.insert(comm.to_owned());
+            self.dirty.insert(s.cell.clone());
+            return None;
+        }
+        let known: Vec<&str> = b
+            .execs
+            .iter()
+            .map(String::as_str)
+            .filter(|p| !RUNTIME_PROGRAMS.contains(p))
+            .collect();
+        let message = format!(
+            "{comm} (pid {pid}) ran; while learning, {} {} ran only {}",
+            s.cell,
+            s.version,
+            known.join(", ")
+        );
+        self.alerted.insert((s.instance.clone(), comm.to_owned())).then(|| Anomaly {
+            instance: s.instance.clone(),
+            cell: s.cell.clone(),
+            kind: Kind::Exec,
+            message,
+            response: s.on_anomaly,
+        })
+    }
+
+    /// Writes the baselines that changed; a failure is logged and retried
+    /// with the next change.
+    pub fn save(&mut self) {
+        let Some(dir) = &self.dir else {
+            self.dirty.clear();
+            return;
+        };
+        if self.dirty.is_empty() {
+            return;
+        }
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot keep baselines");
+            return;
+        }
+        for cell in std::mem::take(&mut self.dirty) {
+            let Some(b) = self.cells.get(&cell) else { continue };
+            let path = Baselines::file(dir, &cell);
+            let written = serde_json::to_vec_pretty(b)
+                .map_err(|e| e.to_string())
+                .and_then(|json| crate::store::write_atomically(&path, &json, false).map_err(|e| crate::command::error_chain(&e)));
+            if let Err(error) = written {
+                tracing::warn!(path = %path.display(), error, "cannot write a baseline");
+                self.dirty.insert(cell);
+            }
+        }
+    }
+}
+
+/// Turns each unit's refusal count into anomalies: one when refusals first
+/// appear, then at most one a minute while they keep coming.
+#[derive(Default)]
+pub struct Refusals {
+    /// unit -> (count at the last alert, when that alert was; none yet).
+    last: HashMap<String, (u64, Option<std::time::Instant>)>,
+}
+
+impl Refusals {
+    /// Every unit's count now (`counts`) -> units with an anomaly to raise,
+    /// with the new refusals and the total.
+    pub fn observe(&mut self, counts: &[(String, u64)]) -> Vec<(String, u64, u64)> {
+        const QUIET: Duration = Duration::from_secs(60);
+        let now = std::time::Instant::now();
+        let mut out = Vec::new();
+        for (unit, total) in counts {
+            let before = self.last.get(unit).copied();
+            // A count below the last one is a new start of the unit (a restart).
+            let (base, at) = match before {
+                Some((n, at)) if n <= *total => (n, at),
+                _ => (0, None),
+            };
+            let due = at.is_none_or(|at| now.duration_since(at) >= QUIET);
+            if *total > base && due {
+                out.push((unit.clone(), total - base, *total));
+                self.last.insert(unit.clone(), (*total, Some(now)));
+            } else if before.is_none() {
+                self.last.insert(unit.clone(), (0, None));
+            }
+        }
+        self.last.retain(|unit, _| counts.iter().any(|(u, _)| u == unit));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn web(instance: &str, version: &str) -> Subject {
+        Subject {
+            cell: "web-server".into(),
+            instance: instance.into(),
+            version: version.into(),
+            program: comm_of("/usr/bin/python3"),
+            on_anomaly: OnAnomaly::Alert,
+            learning: Duration::from_secs(5),
+        }
+    }
+
+    #[test]
+    fn what_runs_while_learning_is_normal_and_something_new_afterwards_is_alerted_once() {
+        let mut b = Baselines::new(None);
+        let s = web("web-server.1", "1.0.0");
+        assert_eq!(b.exec(&s, "python3", 10), None);
+        assert_eq!(b.exec(&s, "gzip", 11), None, "learned");
+        b.advance(std::slice::from_ref(&s), Duration::from_secs(4));
+        assert_eq!(b.exec(&s, "sort", 12), None, "still learning at 4 s of 5");
+        b.advance(std::slice::from_ref(&s), Duration::from_secs(1));
+        for known in ["python3", "gzip", "sort", "quantumd"] {
+            assert_eq!(b.exec(&s, known, 13), None, "{known} was learned");
+        }
+        let a = b.exec(&s, "sh", 14).expect("sh is new");
+        assert_eq!(
+            (a.kind, a.instance.as_str(), a.response),
+            (Kind::Exec, "web-server.1", OnAnomaly::Alert)
+        );
+        assert!(
+            a.message
+                .starts_with("sh (pid 14) ran; while learning, web-server 1.0.0 ran only gzip, python3, sort"),
+            "{}",
+            a.message
+        );
+        assert_eq!(b.exec(&s, "sh", 15), None, "alerted once per instance");
+        let other = web("web-server.2", "1.0.0");
+        assert!(b.exec(&other, "sh", 16).is_some(), "another instance is alerted too");
+    }
+
+    #[test]
+    fn learning_counts_running_time_once_per_cell_and_a_new_version_learns_afresh() {
+        let mut b = Baselines::new(None);
+        let (one, two) = (web("web-server.1", "1.0.0"), web("web-server.2", "1.0.0"));
+        b.advance(&[one.clone(), two.clone()], Duration::from_secs(3));
+        assert_eq!(b.exec(&one, "sh", 1), None, "two instances for 3 s are 3 s of learning");
+        b.advance(&[one.clone(), two], Duration::from_secs(2));
+        assert!(b.exec(&one, "awk", 2).is_some());
+        let upgraded = web("web-server.3", "1.1.0");
+        assert_eq!(b.exec(&upgraded, "awk", 3), None, "1.1.0 is learning");
+    }
+
+    #[test]
+    fn ignore_neither_learns_nor_alerts() {
+        let mut b = Baselines::new(None);
+        let s = Subject {
+            on_anomaly: OnAnomaly::Ignore,
+            ..web("python-sandbox.1", "1.0.0")
+        };
+        b.advance(std::slice::from_ref(&s), Duration::from_secs(60));
+        assert_eq!(b.exec(&s, "sh", 1), None);
+    }
+
+    #[test]
+    fn a_baseline_is_kept_across_restarts_of_quantumd() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = web("web-server.1", "1.0.0");
+        {
+            let mut b = Baselines::new(Some(dir.path().to_owned()));
+            b.exec(&s, "gzip", 1);
+            b.advance(std::slice::from_ref(&s), Duration::from_secs(5));
+            b.save();
+        }
+        let mut again = Baselines::new(Some(dir.path().to_owned()));
+        assert_eq!(again.exec(&s, "gzip", 2), None);
+        assert!(again.exec(&s, "sh", 3).is_some(), "learning was over before the restart");
+        std::fs::write(dir.path().join("web-server.json"), "{torn").expect("write");
+        let mut torn = Baselines::new(Some(dir.path().to_owned()));
+        assert_eq!(torn.exec(&s, "sh", 4), None, "an unreadable baseline is learned afresh");
+    }
+
+    #[test]
+    fn comm_is_the_base_name_cut_at_15_bytes() {
+        assert_eq!(comm_of("/usr/bin/python3"), "python3");
+        assert_eq!(comm_of("/usr/lib/systemd/systemd-executor"), "systemd-executo");
+        assert_eq!(comm_of("bin/scraper"), "scraper");
+        assert_eq!(comm_of("/opt/ééééééééé"), "ééééééé");
+    }
+
+    #[test]
+    fn an_alert_reads_back_from_its_trail_entry() {
+        let anomaly = Anomaly {
+            instance: "web-server.1".into(),
+            cell: "web-server".into(),
+            kind: Kind::Exec,
+            message: "sh (pid 4): odd".into(),
+            response: OnAnomaly::Stop,
+        };
+        let entry = quantum_bus::TrailEntry {
+            seq: 7,
+            time_ns: 9,
+            actor: "quantumd".into(),
+            action: "alert".into(),
+            cell: "web-server".into(),
+            manifest_hash: String::new(),
+            ok: true,
+            error: String::new(),
+            detail: anomaly.detail(),
+        };
+        let alert = alert_of(&entry).expect("an alert");
+        assert_eq!(
+            alert,
+            quantum_bus::Alert {
+                seq: 7,
+                time_ns: 9,
+                instance: "web-server.1".into(),
+                cell: "web-server".into(),
+                kind: "exec".into(),
+                response: "stop".into(),
+                message: "sh (pid 4): odd".into(),
+            }
+        );
+        let run = quantum_bus::TrailEntry {
+            action: "run".into(),
+            ..entry
+        };
+        assert_eq!(alert_of(&run), None);
+    }
+
+    #[test]
+    fn refusals_alert_at_once_then_at_most_once_a_minute_and_again_after_a_restart() {
+        let mut r = Refusals::default();
+        assert!(r.observe(&[("u".into(), 0)]).is_empty());
+        assert_eq!(r.observe(&[("u".into(), 2)]), vec![("u".to_owned(), 2, 2)]);
+        assert!(r.observe(&[("u".into(), 5)]).is_empty(), "within the minute");
+        assert_eq!(
+            r.observe(&[("u".into(), 1)]),
+            vec![("u".to_owned(), 1, 1)],
+            "a restarted unit counts from 0"
+        );
+        assert_eq!(
+            r.observe(&[("v".into(), 3)]),
+            vec![("v".to_owned(), 3, 3)],
+            "refusals before the first look count"
+        );
+    }
+}

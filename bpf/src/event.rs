@@ -14,6 +14,9 @@ pub struct Event {
     pub cgroup_id: u64,
     /// The process's `comm` (executable name, at most 15 bytes) when the event happened.
     pub comm: String,
+    /// [`EventKind::Exec`]: the leaf name of the process's cgroup (a cell's
+    /// unit, `quantum-web.1.service`), which outlives the cgroup; empty otherwise.
+    pub cgroup: String,
     /// When it happened, on the CLOCK_MONOTONIC clock.
     pub monotonic: Duration,
     /// What happened.
@@ -58,6 +61,8 @@ impl ExitStatus {
     }
 }
 
+// Shared with intf.h.
+const QT_CGROUP_NAME_LEN: usize = 128;
 // Shared with intf.h (enum qt_event_kind).
 const QT_EVENT_EXEC: u32 = 1;
 const QT_EVENT_EXIT: u32 = 2;
@@ -112,10 +117,14 @@ impl Event {
         let comm_at = offset_of!(qt_event, comm);
         let comm = &record[comm_at..comm_at + size_of::<[i8; 16]>()];
         let comm = comm.split(|&b| b == 0).next().unwrap_or_default();
+        let cgroup_at = offset_of!(qt_event, cgroup);
+        let cgroup = &record[cgroup_at..cgroup_at + size_of::<[i8; QT_CGROUP_NAME_LEN]>()];
+        let cgroup = cgroup.split(|&b| b == 0).next().unwrap_or_default();
         Ok(Event {
             pid: u32_at(record, offset_of!(qt_event, pid)),
             cgroup_id: u64_at(record, offset_of!(qt_event, cgroup_id)),
             comm: String::from_utf8_lossy(comm).into_owned(),
+            cgroup: String::from_utf8_lossy(cgroup).into_owned(),
             monotonic: Duration::from_nanos(u64_at(record, offset_of!(qt_event, timestamp_ns))),
             kind,
         })
@@ -166,9 +175,21 @@ mod tests {
                 pid: 42,
                 cgroup_id: 7777,
                 comm: "sleep".into(),
+                cgroup: String::new(),
                 monotonic: Duration::from_nanos(5_000),
                 kind: EventKind::Exit(ExitStatus::Code(3)),
             })
+        );
+    }
+
+    #[test]
+    fn an_exec_record_names_the_cgroup_it_ran_in() {
+        let mut r = record(QT_EVENT_EXEC, 9, 12, 0, b"sh");
+        r[offset_of!(qt_event, cgroup)..][..21].copy_from_slice(b"quantum-web.1.service");
+        let e = Event::decode(&r).expect("decodes");
+        assert_eq!(
+            (e.kind, e.comm.as_str(), e.cgroup.as_str()),
+            (EventKind::Exec, "sh", "quantum-web.1.service")
         );
     }
 

@@ -280,6 +280,13 @@ fn exec_and_exit_of_processes_in_the_subtree_arrive_with_their_cgroup_and_status
     assert_eq!(of_pid(&events, outsider_pid), [], "a process outside the ancestor is not reported");
     let exec = events.iter().find(|e| e.pid == exits_7_pid).expect("exec event");
     assert_eq!(exec.comm, "bpf-workload");
+    let leaf = tree.cell.0.file_name().expect("leaf").to_string_lossy();
+    assert_eq!(exec.cgroup, leaf, "an exec names its cgroup");
+    let exit = events
+        .iter()
+        .find(|e| e.pid == exits_7_pid && e.kind != EventKind::Exec)
+        .expect("exit event");
+    assert_eq!(exit.cgroup, "", "only an exec names its cgroup");
     assert!(
         events.iter().all(|e| e.cgroup_id == cell),
         "every event comes from the cell: {events:?}"

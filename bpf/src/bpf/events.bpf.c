@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: GPL-3.0-or-later */
 /*
  * STEPPPS EVENT: exec, exit and OOM kill of processes in scope, one ring
- * buffer record each. A full ring buffer costs the event, never the kernel:
+ * buffer record each; an exec also names the process's cgroup (its unit),
+ * for security-ai's baselines. A full ring buffer costs the event, never the kernel:
  * the loss is counted in a per-CPU array that user space sums.
  */
 #include "vmlinux.h"
@@ -51,6 +52,9 @@ static __always_inline void emit(struct task_struct *p, __u64 cgid, __u32 kind, 
 	e->exit_status = exit_status;
 	e->_pad = 0;
 	bpf_probe_read_kernel_str(e->comm, sizeof(e->comm), p->comm);
+	e->cgroup[0] = 0;
+	if (kind == QT_EVENT_EXEC)
+		bpf_probe_read_kernel_str(e->cgroup, sizeof(e->cgroup), p->cgroups->dfl_cgrp->kn->name);
 	bpf_ringbuf_submit(e, 0);
 }
 

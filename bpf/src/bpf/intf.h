@@ -18,6 +18,11 @@
 #define QT_HIST_SLOTS 32
 
 #define QT_COMM_LEN 16
+/*
+ * Room for the leaf name of the process's cgroup: a cell's unit,
+ * "quantum-" + a 63-byte cell name + ".N.service" fits.
+ */
+#define QT_CGROUP_NAME_LEN 128
 
 enum qt_event_kind {
 	QT_EVENT_EXEC = 1,
@@ -53,6 +58,12 @@ struct qt_event {
 	__u32 exit_status;
 	__u32 _pad;
 	char comm[QT_COMM_LEN];
+	/*
+	 * QT_EVENT_EXEC: the leaf name of the process's cgroup (its unit), so
+	 * that user space can tell whose exec it was after the cgroup is gone;
+	 * empty for the other kinds.
+	 */
+	char cgroup[QT_CGROUP_NAME_LEN];
 };
 
 #endif /* QT_INTF_H */

@@ -226,3 +226,130 @@ fn a_connection_refused_by_the_allow_list_is_alerted_at_once_even_while_learning
     );
     assert_eq!(node.instances("running"), vec![instance]);
 }
+
+#[test]
+fn a_task_of_a_moment_learns_and_is_judged_though_no_sample_sees_it_run() {
+    // The program comes from a parameter, so that the manifest names only
+    // bash: what it runs is learned, or not.
+    let cell = "[cell]\nname = \"quick\"\nversion = \"1.0.0\"\ndescription = \"test cell\"\n\
+                exec = [\"/bin/bash\", \"-c\", \"\\\"$0\\\" >/dev/null\", \"{prog}\"]\n\
+                [params.prog]\ntype = \"string\"\ndefault = \"/usr/bin/true\"\ndescription = \"what to run\"\n\
+                [lifecycle]\nkind = \"task\"\nrestart = \"no\"\n[policy]\nlearning = \"1s\"\n";
+    let cat = catalog(&[("quick", cell)]);
+    let node = Node::start(cat.path());
+    // Runs of a few ms each, ended before any sample: their whole running
+    // time counts when they end.
+    let file = node.state_dir().join("baselines").join("quick.json");
+    let mut runs = 0;
+    while !std::fs::read_to_string(&file).is_ok_and(|t| json(&t)["learned"] == true) {
+        let out = node.ctl(&["run", "quick", "prog=/usr/bin/uname"]);
+        assert!(out.status.success(), "{out:?}\n{}", node.log());
+        runs += 1;
+        assert!(
+            runs < 500,
+            "learning never ended: {}",
+            std::fs::read_to_string(&file).unwrap_or_default()
+        );
+    }
+    let baseline = json(&std::fs::read_to_string(&file).expect("baseline"));
+    assert!(
+        baseline["execs"].as_array().expect("execs").iter().any(|p| p == "uname"),
+        "{baseline}"
+    );
+    assert_eq!(alerts(&node), Vec::<serde_json::Value>::new());
+
+    node.ok(&["run", "quick", "prog=/usr/bin/uname"]);
+    let out = node.ctl(&["run", "quick", "prog=/usr/bin/id"]);
+    assert!(out.status.success(), "{out:?}");
+    let alert = wait_for("an exec alert", Duration::from_secs(10), || {
+        alerts(&node).into_iter().find(|a| a["kind"] == "exec")
+    });
+    assert!(alert["message"].as_str().unwrap_or("").starts_with("id (pid "), "{alert}");
+    assert_eq!(alerts(&node).len(), 1, "{:?}", alerts(&node));
+}
+
+/// The false-alert side: the real catalog's cells doing ordinary work for
+/// `QUANTUM_SOAK_SECS` (default 1800: the issue's 30 minutes) raise no
+/// alert. Too long for every CI run; run it with
+/// `cargo test -p quantumctl --test alerts -- --ignored --nocapture clean_soak`.
+#[test]
+#[ignore = "a 30-minute soak; run on purpose"]
+fn clean_soak_of_catalog_cells_raises_no_alert() {
+    let secs: u64 = std::env::var("QUANTUM_SOAK_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(1800);
+    let catalog = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packaging/cells");
+    let node = Node::start(&catalog);
+    let work = tempfile::tempdir().expect("tempdir");
+    let data = work.path().join("data");
+    let out = work.path().join("out");
+    std::fs::create_dir_all(data.join("sub")).expect("mkdir");
+    std::fs::create_dir_all(&out).expect("mkdir");
+    for i in 0..50 {
+        std::fs::write(data.join(format!("note-{i}.txt")), format!("line {i}\nfoo bar {i}\n")).expect("write");
+    }
+    std::fs::write(data.join("sub/report.md"), "# report\nfoo\n").expect("write");
+    for f in std::fs::read_dir(&data).expect("ls").flatten() {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(f.path(), std::fs::Permissions::from_mode(0o755));
+    }
+    let _ = std::fs::set_permissions(work.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755));
+    let _ = std::fs::set_permissions(&out, std::os::unix::fs::PermissionsExt::from_mode(0o777));
+
+    let port = free_port();
+    let d = data.display().to_string();
+    node.ok(&["run", "web-server", &format!("port={port}"), &format!("dir={d}")]);
+    node.ok(&["run", "system-monitor", "interval=1"]);
+    wait_for("the web server to answer", Duration::from_secs(30), || get(port).then_some(()));
+
+    let o = out.display().to_string();
+    let note = data.join("note-1.txt").display().to_string();
+    let tasks: Vec<Vec<String>> = [
+        vec!["file-search", "pattern=note", &format!("path={d}")],
+        vec!["file-search", "pattern=foo", &format!("path={d}"), "by=content"],
+        vec!["checksum", &format!("path={note}")],
+        vec!["checksum", &format!("path={note}"), "algorithm=b2"],
+        vec!["disk-usage", &format!("path={d}")],
+        vec!["archive", &format!("source={d}"), &format!("dest={o}"), "format=tar.gz"],
+        vec!["archive", &format!("source={d}"), &format!("dest={o}"), "format=zip"],
+        vec!["password-generator", "length=24"],
+    ]
+    .iter()
+    .map(|t| t.iter().map(|s| (*s).to_owned()).collect())
+    .collect();
+
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let (mut runs, mut failed, mut requests) = (0u64, 0u64, 0u64);
+    let mut next_report = Instant::now();
+    while Instant::now() < deadline {
+        for t in &tasks {
+            let args: Vec<&str> = std::iter::once("run").chain(t.iter().map(String::as_str)).collect();
+            let out = node.ctl(&args);
+            runs += 1;
+            if !out.status.success() {
+                failed += 1;
+            }
+            for _ in 0..5 {
+                requests += u64::from(get(port));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        let _ = std::fs::remove_dir_all(&out).and_then(|()| std::fs::create_dir_all(&out));
+        let _ = std::fs::set_permissions(&out, std::os::unix::fs::PermissionsExt::from_mode(0o777));
+        if Instant::now() >= next_report {
+            eprintln!(
+                "soak: {runs} task runs ({failed} failed), {requests} requests, {} alerts",
+                alerts(&node).len()
+            );
+            next_report = Instant::now() + Duration::from_secs(60);
+        }
+    }
+    let found = alerts(&node);
+    eprintln!(
+        "soak over {secs} s: {runs} task runs ({failed} failed), {requests} requests, {} alerts",
+        found.len()
+    );
+    assert_eq!(found, Vec::<serde_json::Value>::new(), "{}", node.log());
+    assert!(
+        requests > 0 && runs > failed,
+        "the soak did work: {runs} runs, {failed} failed, {requests} requests"
+    );
+}

@@ -6,8 +6,10 @@
 //! file's base name, at most 15 bytes). It learns for its first `[policy]
 //! learning` of running time, one clock per cell summed over its instances
 //! and runs (and quantumd's restarts: the baseline is kept in
-//! `<state>/baselines/<cell>.json`), seeded with the cell's own program and
-//! what the runtime execs on the way to it. From then on, an exec outside
+//! `<state>/baselines/<cell>.json`), seeded with what the manifest names:
+//! its program, and every word of its command line that is a program on
+//! the system path (the tools a `sh -c` script calls, whichever branch a
+//! run takes), and what the runtime execs on the way to the program. From then on, an exec outside
 //! the set is an anomaly, alerted once per instance and program. A new
 //! version of the cell learns afresh: what it runs may have changed.
 //!
@@ -116,6 +118,39 @@ pub fn comm_of(program: &str) -> String {
     base[..end].to_owned()
 }
 
+/// Where a word of a command line is looked up as a program: the path
+/// systemd gives a service.
+const SYSTEM_PATH: [&str; 4] = ["/usr/local/bin", "/usr/bin", "/bin", "/usr/sbin"];
+
+/// The programs a command line names, by [`comm_of`]: its first word, and
+/// each word of any argument (a script's text too) that is an executable
+/// file, given as a path or found on [`SYSTEM_PATH`].
+pub fn named_programs(argv: &[String]) -> BTreeSet<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    let mut out = BTreeSet::new();
+    if let Some(first) = argv.first() {
+        out.insert(comm_of(first));
+    }
+    let words = argv
+        .iter()
+        .flat_map(|a| a.split(|c: char| !(c.is_ascii_alphanumeric() || "._+-/".contains(c))));
+    for word in words.filter(|w| !w.is_empty() && w.len() <= 255) {
+        if out.contains(word) {
+            continue;
+        }
+        let found = if word.starts_with('/') {
+            executable(Path::new(word))
+        } else {
+            !word.contains('/') && SYSTEM_PATH.iter().any(|dir| executable(&Path::new(dir).join(word)))
+        };
+        if found {
+            out.insert(comm_of(word));
+        }
+    }
+    out
+}
+
 /// What a running instance is, for its baseline.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Subject {
@@ -123,8 +158,8 @@ pub struct Subject {
     pub instance: String,
     /// The manifest's version: a new one learns afresh.
     pub version: String,
-    /// The cell's own program, as [`comm_of`] names it.
-    pub program: String,
+    /// The manifest's command line (an artifact: its path alone).
+    pub exec: std::sync::Arc<[String]>,
     pub on_anomaly: OnAnomaly,
     pub learning: Duration,
 }
@@ -144,7 +179,7 @@ struct Baseline {
 impl Baseline {
     fn new(s: &Subject) -> Baseline {
         let mut execs: BTreeSet<String> = RUNTIME_PROGRAMS.iter().map(|p| (*p).to_owned()).collect();
-        execs.insert(s.program.clone());
+        execs.extend(named_programs(&s.exec));
         Baseline {
             version: s.version.clone(),
             learned_ms: 0,
@@ -217,14 +252,34 @@ impl Baselines {
                 continue;
             }
             b.learned_ms += u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
-            if b.learned_ms >= u64::try_from(s.learning.as_millis()).unwrap_or(u64::MAX) {
-                b.learned = true;
-                let programs: Vec<&str> = b.execs.iter().map(String::as_str).collect();
-                tracing::info!(cell = s.cell, version = s.version, programs = ?programs, "baseline learned");
-                self.dirty.insert(s.cell.clone());
-            }
+            self.finish_learning(s);
         }
         self.alerted.retain(|(instance, _)| running.iter().any(|s| &s.instance == instance));
+    }
+
+    /// A run of the subject's instance that lasted `ran` beyond what
+    /// [`advance`](Baselines::advance) counted: added to its cell's learning.
+    pub fn ran(&mut self, s: &Subject, ran: Duration) {
+        if s.on_anomaly == OnAnomaly::Ignore || ran.is_zero() {
+            return;
+        }
+        let b = self.baseline(s);
+        if b.learned {
+            return;
+        }
+        b.learned_ms += u64::try_from(ran.as_millis()).unwrap_or(u64::MAX);
+        self.dirty.insert(s.cell.clone());
+        self.finish_learning(s);
+    }
+
+    fn finish_learning(&mut self, s: &Subject) {
+        let Some(b) = self.cells.get_mut(&s.cell) else { return };
+        if !b.learned && b.learned_ms >= u64::try_from(s.learning.as_millis()).unwrap_or(u64::MAX) {
+            b.learned = true;
+            let programs: Vec<&str> = b.execs.iter().map(String::as_str).collect();
+            tracing::info!(cell = s.cell, version = s.version, programs = ?programs, "baseline learned");
+            self.dirty.insert(s.cell.clone());
+        }
     }
 
     /// An exec of `comm` (process `pid`) in the subject's instance: learned
@@ -336,7 +391,7 @@ mod tests {
             cell: "web-server".into(),
             instance: instance.into(),
             version: version.into(),
-            program: comm_of("/usr/bin/python3"),
+            exec: ["/usr/bin/python3".to_owned(), "-m".into(), "http.server".into()].into(),
             on_anomaly: OnAnomaly::Alert,
             learning: Duration::from_secs(5),
         }
@@ -409,6 +464,23 @@ mod tests {
         std::fs::write(dir.path().join("web-server.json"), "{torn").expect("write");
         let mut torn = Baselines::new(Some(dir.path().to_owned()));
         assert_eq!(torn.exec(&s, "sh", 4), None, "an unreadable baseline is learned afresh");
+    }
+
+    #[test]
+    fn the_programs_a_script_names_are_in_the_baseline_from_the_start() {
+        let argv = [
+            "/bin/sh".to_owned(),
+            "-c".into(),
+            "set -eu\nfound=$(find \"$1\" -iname x | head -n 3)\n[ -n \"$found\" ] && /usr/bin/stat -- $found || nosuchprogram-xyz".into(),
+            "{pattern}".into(),
+        ];
+        let named = named_programs(&argv);
+        for p in ["sh", "find", "head", "stat"] {
+            assert!(named.contains(p), "{p} not in {named:?}");
+        }
+        for p in ["set", "found", "nosuchprogram-xyz", "iname", "pattern"] {
+            assert!(!named.contains(p), "{p} in {named:?}");
+        }
     }
 
     #[test]

@@ -289,6 +289,37 @@ async fn save(store: &Store, record: Record) -> Result<(), String> {
     }
 }
 
+/// What an instance's baseline is learned for (security-ai, crate::anomaly).
+fn subject_of(record: &Record, manifest: Option<&Manifest>) -> crate::anomaly::Subject {
+    let (version, exec, policy) = match manifest {
+        Some(m) => (
+            m.version.to_string(),
+            match &m.program {
+                quantum_model::Program::Exec(argv) => argv.as_slice().into(),
+                quantum_model::Program::Artifact(a) => [a.path.clone()].into(),
+            },
+            m.policy,
+        ),
+        // Adopted without a readable manifest: nothing to learn against.
+        None => (
+            String::new(),
+            Arc::from([]),
+            quantum_model::Policy {
+                on_anomaly: quantum_model::OnAnomaly::Ignore,
+                ..Default::default()
+            },
+        ),
+    };
+    crate::anomaly::Subject {
+        cell: record.cell.clone(),
+        instance: record.instance.clone(),
+        version,
+        exec,
+        on_anomaly: policy.on_anomaly,
+        learning: policy.learning.as_std(),
+    }
+}
+
 /// A trail entry about `r`'s instance.
 fn entry_for(actor: &str, action: &Action, r: &Record) -> quantum_trail::NewEntry {
     let mut e = trail::entry(actor, action).cell(r.cell.clone());
@@ -544,6 +575,9 @@ impl Cells {
         };
         self.runtime.adopt(&record.unit).await;
         tracing::info!(instance = %record.instance, unit = %record.unit, pid, "re-adopted cell");
+        if let Some(steppps) = &self.steppps {
+            steppps.expect(&record.unit, subject_of(&record, manifest.as_deref()));
+        }
         self.instances.insert(
             record.instance.clone(),
             Instance {
@@ -1095,6 +1129,9 @@ impl Cells {
             None => steps.push(Step::Unit(Box::new((record.clone(), spec.clone())))),
         }
         created.push(id.clone());
+        if let Some(steppps) = &self.steppps {
+            steppps.expect(&record.unit, subject_of(&record, Some(&m)));
+        }
         self.instances.insert(
             id.clone(),
             Instance {
@@ -1495,6 +1532,10 @@ impl Cells {
         info.pid = 0;
         self.emit(id, &inst.record.cell, state, reason).await;
         let ended_usec = now_usec();
+        if let Some(steppps) = &self.steppps {
+            let ran = ended_usec.saturating_sub(inst.record.started_usec);
+            steppps.ended(&inst.record.unit, std::time::Duration::from_micros(if inst.ran { ran } else { 0 }));
+        }
         let usage = self.steppps.as_ref().and_then(|s| s.take_usage(id));
         // A start that failed is no run of the cell: nothing to learn from.
         if let Some(history) = self.history.as_ref().filter(|_| inst.ran || usage.is_some()) {
@@ -1709,33 +1750,12 @@ impl Cells {
                     manifest_weight: inst.spec.limits.cpu_weight,
                 })
             });
-            let (version, program, policy) = match inst.manifest.as_deref() {
-                Some(m) => (
-                    m.version.to_string(),
-                    crate::anomaly::comm_of(match &m.program {
-                        quantum_model::Program::Exec(argv) => argv.first().map_or("", String::as_str),
-                        quantum_model::Program::Artifact(a) => &a.path,
-                    }),
-                    m.policy,
-                ),
-                // Adopted without a readable manifest: nothing to learn against.
-                None => (
-                    String::new(),
-                    String::new(),
-                    quantum_model::Policy {
-                        on_anomaly: quantum_model::OnAnomaly::Ignore,
-                        ..Default::default()
-                    },
-                ),
-            };
             watched.push(crate::steppps::Watched {
                 cell: inst.record.cell.clone(),
                 instance: inst.record.instance.clone(),
                 cgroup,
                 objective,
-                version,
-                program,
-                policy,
+                subject: subject_of(&inst.record, inst.manifest.as_deref()),
             });
         }
         steppps.watch(watched);
@@ -1812,10 +1832,9 @@ impl Cells {
     /// Records an anomaly in the trail, signals it (`CellAlert`) and, when
     /// the cell's `[policy] on-anomaly` says so, stops the instance.
     async fn anomaly(&mut self, a: crate::anomaly::Anomaly) {
-        let Some(inst) = self.instances.get(&a.instance) else { return };
-        if inst.state != State::Running {
-            return;
-        }
+        // A task of a moment may have ended before its exec was read: what
+        // it did is alerted all the same, with nothing left to stop.
+        let inst = self.instances.get(&a.instance);
         tracing::warn!(
             instance = a.instance,
             cell = a.cell,
@@ -1825,8 +1844,13 @@ impl Cells {
             "anomaly"
         );
         if let Ok(trail) = &self.trail {
-            trail.record(entry_for("quantumd", &Action::ALERT, &inst.record).detail(a.detail()));
+            let entry = match inst {
+                Some(inst) => entry_for("quantumd", &Action::ALERT, &inst.record),
+                None => trail::entry("quantumd", &Action::ALERT).cell(a.cell.clone()),
+            };
+            trail.record(entry.detail(a.detail()));
         }
+        let running = inst.is_some_and(|i| matches!(i.state, State::Starting | State::Running | State::Restarting));
         if let Some(conn) = &self.bus {
             let signal = (
                 a.instance.as_str(),
@@ -1842,7 +1866,7 @@ impl Cells {
                 tracing::warn!(error = %e, "cannot emit CellAlert");
             }
         }
-        if a.response == quantum_model::OnAnomaly::Stop {
+        if a.response == quantum_model::OnAnomaly::Stop && running {
             let (ids, steps) = self.stop_plan(std::slice::from_ref(&a.instance));
             self.spawn_stop(ids, steps, format!("anomaly ({}): {}", a.kind.as_str(), a.message), None);
         }

@@ -34,24 +34,18 @@ pub struct Watched {
     pub cgroup: PathBuf,
     /// `[objectives] runq-latency-p99`, with the manifest's CPU weight.
     pub objective: Option<Objective>,
-    /// The manifest's version, its program's name (as the kernel names
-    /// the process) and `[policy]`: what its baseline is learned for.
-    pub version: String,
-    pub program: String,
-    pub policy: quantum_model::Policy,
+    /// What its baseline is learned for.
+    pub subject: Subject,
 }
 
-impl Watched {
-    fn subject(&self) -> Subject {
-        Subject {
-            cell: self.cell.clone(),
-            instance: self.instance.clone(),
-            version: self.version.clone(),
-            program: self.program.clone(),
-            on_anomaly: self.policy.on_anomaly,
-            learning: self.policy.learning.as_std(),
-        }
-    }
+/// What the cell loop tells the sampler of instances as they come and go,
+/// in order: a cell's processes exec before it is watched, and go on after.
+#[derive(Debug)]
+enum Registration {
+    /// `unit` is about to start (or was re-adopted) as `subject`.
+    Expect { unit: String, subject: Subject },
+    /// `unit` is gone, having run for `ran`.
+    Ended { unit: String, ran: Duration },
 }
 
 /// A CPU weight the objective controller wants applied.
@@ -65,6 +59,7 @@ pub struct Tuning {
 #[derive(Clone)]
 pub struct Steppps {
     figures: Arc<RwLock<Figures>>,
+    registry: std::sync::mpsc::Sender<Registration>,
     watched: Arc<watch::Sender<Vec<Watched>>>,
     usage: Arc<Mutex<HashMap<String, Usage>>>,
     sampled: watch::Receiver<Sampled>,
@@ -205,13 +200,22 @@ impl Steppps {
         let usage = Arc::new(Mutex::new(HashMap::new()));
         let (tx, rx) = watch::channel(Vec::new());
         let (sampled_tx, sampled) = watch::channel(Sampled::default());
+        let (registry, registrations) = std::sync::mpsc::channel();
         let shared = figures.clone();
         let shared_usage = usage.clone();
-        std::thread::Builder::new()
-            .name("steppps".into())
-            .spawn(move || Sampler::new(options, rx, shared, shared_usage, tunings, anomalies, sampled_tx).run())?;
+        std::thread::Builder::new().name("steppps".into()).spawn(move || {
+            let links = Links {
+                watched: rx,
+                tunings,
+                anomalies,
+                registrations,
+                sampled: sampled_tx,
+            };
+            Sampler::new(options, shared, shared_usage, links).run()
+        })?;
         Ok(Steppps {
             figures,
+            registry,
             watched: Arc::new(tx),
             usage,
             sampled,
@@ -226,6 +230,25 @@ impl Steppps {
     /// What was seen of `instance` over its life, forgotten here once taken.
     pub fn take_usage(&self, instance: &str) -> Option<Usage> {
         self.usage.lock().unwrap_or_else(PoisonError::into_inner).remove(instance)
+    }
+
+    /// `unit` is about to start (or was re-adopted) as `subject`: its execs
+    /// are judged against the subject's baseline from its first one.
+    pub fn expect(&self, unit: &str, subject: Subject) {
+        // The sampler is gone only when quantumd stops.
+        let _ = self.registry.send(Registration::Expect {
+            unit: unit.to_owned(),
+            subject,
+        });
+    }
+
+    /// `unit` is gone, having run for `ran`: what the samples did not see
+    /// of that counts towards its cell's learning.
+    pub fn ended(&self, unit: &str, ran: Duration) {
+        let _ = self.registry.send(Registration::Ended {
+            unit: unit.to_owned(),
+            ran,
+        });
     }
 
     /// The cells to read from now on.
@@ -325,29 +348,39 @@ struct Sampler {
     previous: HashMap<u64, quantum_bpf::Histogram>,
     events: EventFigures,
     controllers: HashMap<String, Controller>,
-    /// The cells watched now, for their baselines.
+    /// The cells watched now (running), for their learning time.
     cells: Vec<Watched>,
     baselines: Baselines,
-    /// Execs in cgroups not (yet) known: a cell's first processes run
-    /// before the cell loop says it is running; they are judged once it does.
-    pending: std::collections::VecDeque<(Instant, quantum_bpf::Event)>,
+    registrations: std::sync::mpsc::Receiver<Registration>,
+    /// Every instance's subject by unit (the cgroup an exec names), from
+    /// before it starts until a while after it ended (late events).
+    expected: HashMap<String, (Subject, Option<Instant>)>,
+    /// Learning time the samples counted, by instance.
+    counted: HashMap<String, Duration>,
     last_sample: Option<Instant>,
 }
 
-/// How long and how many unknown execs are kept for a cell that may yet be watched.
-const PENDING_FOR: Duration = Duration::from_secs(5);
-const PENDING_MAX: usize = 4096;
+/// How long an ended unit's execs are still judged: those read late.
+const ENDED_GRACE: Duration = Duration::from_secs(10);
+
+/// The sampler's ends of its channels to the rest of quantumd.
+struct Links {
+    watched: watch::Receiver<Vec<Watched>>,
+    tunings: mpsc::UnboundedSender<Tuning>,
+    anomalies: mpsc::UnboundedSender<Anomaly>,
+    registrations: std::sync::mpsc::Receiver<Registration>,
+    sampled: watch::Sender<Sampled>,
+}
 
 impl Sampler {
-    fn new(
-        options: Options,
-        watched: watch::Receiver<Vec<Watched>>,
-        figures: Arc<RwLock<Figures>>,
-        usage: Arc<Mutex<HashMap<String, Usage>>>,
-        tunings: mpsc::UnboundedSender<Tuning>,
-        anomalies: mpsc::UnboundedSender<Anomaly>,
-        sampled: watch::Sender<Sampled>,
-    ) -> Sampler {
+    fn new(options: Options, figures: Arc<RwLock<Figures>>, usage: Arc<Mutex<HashMap<String, Usage>>>, links: Links) -> Sampler {
+        let Links {
+            watched,
+            tunings,
+            anomalies,
+            registrations,
+            sampled,
+        } = links;
         let bpf = load_bpf(&options);
         let baselines = Baselines::new(Some(options.baselines.clone()));
         let gpus = Gpus::probe();
@@ -375,7 +408,9 @@ impl Sampler {
             controllers: HashMap::new(),
             cells: Vec::new(),
             baselines,
-            pending: std::collections::VecDeque::new(),
+            registrations,
+            expected: HashMap::new(),
+            counted: HashMap::new(),
             last_sample: None,
         }
     }
@@ -396,6 +431,8 @@ impl Sampler {
             match &mut self.bpf {
                 Ok(t) => match t.poll_events(wait) {
                     Ok(events) => {
+                        // Registrations sent before these events happened are in by now.
+                        self.register();
                         for e in events {
                             self.event(e);
                         }
@@ -405,47 +442,63 @@ impl Sampler {
                         std::thread::sleep(wait);
                     }
                 },
-                Err(_) => std::thread::sleep(wait),
+                Err(_) => {
+                    std::thread::sleep(wait);
+                    self.register();
+                }
             }
         }
     }
 
     /// Counts an event for its cell and judges an exec against the cell's baseline.
     fn event(&mut self, e: quantum_bpf::Event) {
-        let Some(instance) = self.ids.get(&e.cgroup_id) else {
-            if e.kind == quantum_bpf::EventKind::Exec && self.pending.len() < PENDING_MAX {
-                self.pending.push_back((Instant::now(), e));
+        if let Some(instance) = self.ids.get(&e.cgroup_id) {
+            self.events.cells.entry(instance.clone()).or_default().count(&e.kind);
+            if e.kind == quantum_bpf::EventKind::OomKill {
+                tracing::warn!(instance, pid = e.pid, comm = e.comm, "OOM kill in a cell");
             }
+        }
+        if e.kind != quantum_bpf::EventKind::Exec {
+            return;
+        }
+        let Some((subject, _)) = self.expected.get(&e.cgroup) else {
+            tracing::trace!(cgroup = e.cgroup, comm = e.comm, pid = e.pid, "an exec in no known cell");
             return;
         };
-        self.events.cells.entry(instance.clone()).or_default().count(&e.kind);
-        match e.kind {
-            quantum_bpf::EventKind::OomKill => tracing::warn!(instance, pid = e.pid, comm = e.comm, "OOM kill in a cell"),
-            quantum_bpf::EventKind::Exec => {
-                let Some(cell) = self.cells.iter().find(|c| &c.instance == instance) else {
-                    return;
-                };
-                if let Some(anomaly) = self.baselines.exec(&cell.subject(), &e.comm, e.pid) {
-                    tracing::warn!(instance, pid = e.pid, comm = e.comm, "a cell ran a program outside its baseline");
-                    // The loop is gone only when quantumd stops.
-                    let _ = self.anomalies.send(anomaly);
-                }
-            }
-            quantum_bpf::EventKind::Exit(_) => {}
+        if let Some(anomaly) = self.baselines.exec(subject, &e.comm, e.pid) {
+            tracing::warn!(
+                instance = subject.instance,
+                pid = e.pid,
+                comm = e.comm,
+                "a cell ran a program outside its baseline"
+            );
+            // The loop is gone only when quantumd stops.
+            let _ = self.anomalies.send(anomaly);
         }
     }
 
-    /// Judges the execs that waited for their cgroup to be known; drops
-    /// those whose wait is over (not a cell's, or a cell that ended at once).
-    fn replay_pending(&mut self) {
+    /// Takes in what the cell loop said of instances coming and going.
+    fn register(&mut self) {
         let now = Instant::now();
-        for (at, e) in std::mem::take(&mut self.pending) {
-            if self.ids.contains_key(&e.cgroup_id) {
-                self.event(e);
-            } else if now.duration_since(at) < PENDING_FOR {
-                self.pending.push_back((at, e));
+        while let Ok(r) = self.registrations.try_recv() {
+            match r {
+                Registration::Expect { unit, subject } => {
+                    self.expected.insert(unit, (subject, None));
+                }
+                Registration::Ended { unit, ran } => {
+                    let Some((subject, ended)) = self.expected.get_mut(&unit) else {
+                        continue;
+                    };
+                    *ended = Some(now);
+                    // A run the samples missed (a task of a moment) still counts.
+                    let counted = self.counted.remove(&subject.instance).unwrap_or_default();
+                    self.baselines.ran(subject, ran.saturating_sub(counted));
+                    self.baselines.save();
+                }
             }
         }
+        self.expected
+            .retain(|_, (_, ended)| ended.is_none_or(|at| now.duration_since(at) < ENDED_GRACE));
     }
 
     /// Counts the time since the last sample towards each running cell's learning.
@@ -457,7 +510,10 @@ impl Sampler {
             .last_sample
             .map_or(Duration::ZERO, |t| now.duration_since(t).min(self.options.interval * 2));
         self.last_sample = Some(now);
-        let subjects: Vec<Subject> = self.cells.iter().map(Watched::subject).collect();
+        let subjects: Vec<Subject> = self.cells.iter().map(|c| c.subject.clone()).collect();
+        for s in &subjects {
+            *self.counted.entry(s.instance.clone()).or_default() += elapsed;
+        }
         self.baselines.advance(&subjects, elapsed);
         self.baselines.save();
     }
@@ -474,7 +530,6 @@ impl Sampler {
             .filter_map(|c| Some((quantum_bpf::cgroup_id(&c.cgroup).ok()?, c.instance.clone())))
             .collect();
         self.cells = cells.clone();
-        self.replay_pending();
         self.learn();
         let time = self.time(&cells);
         let event = match &self.bpf {

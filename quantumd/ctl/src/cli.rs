@@ -446,9 +446,9 @@ EXIT STATUS:
     /// learned baseline, or whose network allow-list refused a connection.
     ///
     /// quantumd learns each cell's baseline from STEPPPS EVENT: the
-    /// programs (by process name) its instances exec while it runs for its
-    /// first `[policy] learning` (default 1m, summed over its runs; a new
-    /// version learns afresh). Afterwards an exec outside that set is an
+    /// programs (by process name) its manifest names, and those its
+    /// instances exec while it runs for its first `[policy] learning`
+    /// (default 1m, summed over its runs; a new version learns afresh). Afterwards an exec outside that set is an
     /// `exec` alert, once per instance and program. Connections and
     /// datagrams refused by `[isolation] network-allow` are `network`
     /// alerts at once (then at most one a minute per instance). With

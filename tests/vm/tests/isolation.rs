@@ -24,6 +24,10 @@ fn cells_are_isolated_and_limited_in_a_vm() {
     s.run("network-none-cannot-reach-loopback-but-loopback-can", network);
     s.run("network-allow-reaches-the-listed-port-and-is-refused-another", network_allow);
     s.run(
+        "a-shell-injected-into-a-web-server-cell-and-a-refused-connect-are-alerted-within-10-s",
+        anomaly_alerts,
+    );
+    s.run(
         "a-dynamic-user-cell-cannot-read-quantumd-state-or-write-outside-writable",
         dynamic_user,
     );
@@ -514,6 +518,76 @@ fn network_allow(g: &Guest) -> Result<()> {
     g.run("systemctl stop qt-allow-web-8097 qt-allow-web-8098")?;
     report(format_args!(
         "[qemu] network-allow: listed port reached, another refused (EPERM), pins removed"
+    ));
+    Ok(())
+}
+
+/// security-ai under systemd: a web-server cell learns its baseline from
+/// the kernel's exec events (eBPF, loaded by the unprivileged quantumd), then
+/// a process that joins its cgroup and execs a shell is alerted; a cell
+/// whose allow-list refuses a connect is alerted too (the refusal counter
+/// of the program systemd attached). Both read back with `quantumctl alerts`.
+fn anomaly_alerts(g: &Guest) -> Result<()> {
+    let web = cell(
+        g,
+        "alert-web",
+        "exec = [\"/usr/bin/python3\", \"-m\", \"http.server\", \"--bind\", \"127.0.0.1\", \"8099\"]\n\
+         [resources]\nmemory-min = \"0\"\n[lifecycle]\nkind = \"service\"\nrestart = \"no\"\n[isolation]\nnetwork = \"host\"\n\
+         [policy]\nlearning = \"3s\"",
+    )?;
+    let info = run(g, &web)?;
+    let instance = info["instance"].as_str().context("id")?.to_owned();
+    wait_state(g, &instance, &["running"], Duration::from_secs(60))?;
+    eventually("alert-web's baseline to be learned", Duration::from_secs(60), || {
+        let text = g.run("cat /var/lib/quantumd/baselines/alert-web.json")?.stdout;
+        Ok(text.contains("\"learned\": true").then_some(()))
+    })?;
+    let alerts = |cell: &str| -> Result<Vec<serde_json::Value>> {
+        let out = g.run_ok(&format!("quantumctl alerts --cell {cell} --json"))?;
+        let v: serde_json::Value = serde_json::from_str(&out).with_context(|| format!("not JSON: {out}"))?;
+        Ok(v.as_array().cloned().unwrap_or_default())
+    };
+    ensure!(
+        alerts("alert-web")?.is_empty(),
+        "alerts before anything odd: {:?}",
+        alerts("alert-web")?
+    );
+
+    let procs = format!("{}/cgroup.procs", cgroup(&format!("quantum-{instance}.service")));
+    let injected = Instant::now();
+    g.run_ok(&format!("sh -c 'echo $$ > {procs} && exec /bin/sh -c \"sleep 1; true\"'"))?;
+    let alert = eventually("an exec alert for alert-web", Duration::from_secs(10), || {
+        Ok(alerts("alert-web")?.into_iter().find(|a| a["kind"] == "exec"))
+    })
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "{e:#}\n{}",
+            g.run("journalctl -u quantumd -n 30 --no-pager")
+                .map(|o| o.stdout)
+                .unwrap_or_default()
+        )
+    })?;
+    let after = injected.elapsed();
+    ensure!(alert["instance"] == instance.as_str(), "{alert}");
+    ensure!(alert["message"].as_str().unwrap_or("").starts_with("sh (pid "), "{alert}");
+
+    let prober = cell(
+        g,
+        "alert-prober",
+        "exec = [\"/usr/bin/python3\", \"-c\", \"import socket, time; socket.socket().connect_ex(('127.0.0.1', 8098)); time.sleep(600)\"]\n\
+         [resources]\nmemory-min = \"0\"\n[lifecycle]\nkind = \"service\"\nrestart = \"no\"\n[isolation]\nnetwork = \"host\"\n\
+         network-allow = [\"tcp:8099@127.0.0.1\"]",
+    )?;
+    let info = run(g, &prober)?;
+    let prober_instance = info["instance"].as_str().context("id")?.to_owned();
+    let refused = eventually("a network alert for alert-prober", Duration::from_secs(10), || {
+        Ok(alerts("alert-prober")?.into_iter().find(|a| a["kind"] == "network"))
+    })?;
+    ensure!(refused["instance"] == prober_instance.as_str(), "{refused}");
+    g.run_ok(&format!("quantumctl stop {instance} {prober_instance}"))?;
+    report(format_args!(
+        "[qemu] security-ai: injected shell alerted {:.1} s after it ran; refused connect alerted",
+        after.as_secs_f64()
     ));
     Ok(())
 }

@@ -14,8 +14,9 @@ pub struct Event {
     pub cgroup_id: u64,
     /// The process's `comm` (executable name, at most 15 bytes) when the event happened.
     pub comm: String,
-    /// [`EventKind::Exec`]: the leaf name of the process's cgroup (a cell's
-    /// unit, `quantum-web.1.service`), which outlives the cgroup; empty otherwise.
+    /// [`EventKind::Exec`] and [`EventKind::Connect`]: the leaf name of the
+    /// process's cgroup (a cell's unit, `quantum-web.1.service`), which
+    /// outlives the cgroup; empty otherwise.
     pub cgroup: String,
     /// When it happened, on the CLOCK_MONOTONIC clock.
     pub monotonic: Duration,
@@ -32,6 +33,10 @@ pub enum EventKind {
     Exit(ExitStatus),
     /// The OOM killer chose it (its `Exit` with SIGKILL follows).
     OomKill,
+    /// It began a TCP connection to this destination (connect(2); the
+    /// socket entered SYN_SENT). IPv4 destinations of IPv6 sockets are
+    /// IPv4-mapped IPv6 addresses here.
+    Connect(std::net::SocketAddr),
 }
 
 /// How a process ended, as wait(2) would report it.
@@ -67,6 +72,9 @@ const QT_CGROUP_NAME_LEN: usize = 128;
 const QT_EVENT_EXEC: u32 = 1;
 const QT_EVENT_EXIT: u32 = 2;
 const QT_EVENT_OOM_KILL: u32 = 3;
+const QT_EVENT_CONNECT: u32 = 4;
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
 
 /// A ring buffer record that is not a `struct qt_event` this crate knows.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -82,6 +90,9 @@ pub enum DecodeError {
     /// The kind is none of `enum qt_event_kind`.
     #[error("unknown event kind {0}")]
     UnknownKind(u32),
+    /// A connect record's address family is neither AF_INET nor AF_INET6.
+    #[error("connect event of address family {0}")]
+    UnknownFamily(u16),
 }
 
 fn u32_at(record: &[u8], offset: usize) -> u32 {
@@ -94,6 +105,31 @@ fn u64_at(record: &[u8], offset: usize) -> u64 {
     let mut bytes = [0; 8];
     bytes.copy_from_slice(&record[offset..offset + 8]);
     u64::from_ne_bytes(bytes)
+}
+
+/// A connect record's destination.
+fn destination(record: &[u8]) -> Result<std::net::SocketAddr, DecodeError> {
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+    let at = offset_of!(qt_event, daddr);
+    let addr = &record[at..at + 16];
+    let port = {
+        let at = offset_of!(qt_event, dport);
+        u16::from_ne_bytes([record[at], record[at + 1]])
+    };
+    let family = {
+        let at = offset_of!(qt_event, family);
+        u16::from_ne_bytes([record[at], record[at + 1]])
+    };
+    // The address bytes are in network order, as the kernel keeps them.
+    match family {
+        AF_INET => Ok(SocketAddr::from((Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]), port))),
+        AF_INET6 => {
+            let mut octets = [0u8; 16];
+            octets.copy_from_slice(addr);
+            Ok(SocketAddr::from((Ipv6Addr::from(octets), port)))
+        }
+        other => Err(DecodeError::UnknownFamily(other)),
+    }
 }
 
 impl Event {
@@ -112,6 +148,7 @@ impl Event {
             QT_EVENT_EXEC => EventKind::Exec,
             QT_EVENT_EXIT => EventKind::Exit(ExitStatus::from_wait_status(status)),
             QT_EVENT_OOM_KILL => EventKind::OomKill,
+            QT_EVENT_CONNECT => EventKind::Connect(destination(record)?),
             other => return Err(DecodeError::UnknownKind(other)),
         };
         let comm_at = offset_of!(qt_event, comm);
@@ -191,6 +228,25 @@ mod tests {
             (e.kind, e.comm.as_str(), e.cgroup.as_str()),
             (EventKind::Exec, "sh", "quantum-web.1.service")
         );
+    }
+
+    #[test]
+    fn a_connect_record_decodes_its_destination_in_either_family() {
+        let mut r = record(QT_EVENT_CONNECT, 9, 12, 0, b"curl");
+        r[offset_of!(qt_event, daddr)..][..4].copy_from_slice(&[203, 0, 113, 5]);
+        r[offset_of!(qt_event, dport)..][..2].copy_from_slice(&4444u16.to_ne_bytes());
+        r[offset_of!(qt_event, family)..][..2].copy_from_slice(&AF_INET.to_ne_bytes());
+        let e = Event::decode(&r).expect("decodes");
+        assert_eq!(e.kind, EventKind::Connect("203.0.113.5:4444".parse().expect("addr")));
+
+        let v6: std::net::Ipv6Addr = "2001:db8::7".parse().expect("v6");
+        r[offset_of!(qt_event, daddr)..][..16].copy_from_slice(&v6.octets());
+        r[offset_of!(qt_event, family)..][..2].copy_from_slice(&AF_INET6.to_ne_bytes());
+        let e = Event::decode(&r).expect("decodes");
+        assert_eq!(e.kind, EventKind::Connect("[2001:db8::7]:4444".parse().expect("addr")));
+
+        r[offset_of!(qt_event, family)..][..2].copy_from_slice(&1u16.to_ne_bytes());
+        assert_eq!(Event::decode(&r), Err(DecodeError::UnknownFamily(1)));
     }
 
     #[test]

@@ -294,6 +294,33 @@ fn exec_and_exit_of_processes_in_the_subtree_arrive_with_their_cgroup_and_status
     assert_eq!(telemetry.dropped_events().expect("dropped"), 0);
 }
 
+#[test]
+fn a_tcp_connect_in_the_subtree_arrives_with_its_destination_and_cgroup() {
+    let _serial = serial();
+    let tree = Tree::new();
+    let mut telemetry = tree.load(quantum_bpf::DEFAULT_RINGBUF_BYTES);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+    let to = listener.local_addr().expect("addr");
+
+    let inside = spawn(&[tree.cell.procs()], None, &["connect", &to.to_string()]);
+    let inside_pid = inside.pid();
+    assert_eq!(inside.wait().code(), Some(0));
+    let outside = spawn(&[tree.outside.procs()], None, &["connect", &to.to_string()]);
+    let outside_pid = outside.pid();
+    outside.wait();
+
+    let events = events_until(&mut telemetry, |evs| {
+        evs.iter().any(|e| e.pid == inside_pid && matches!(e.kind, EventKind::Exit(_)))
+    });
+    let connects: Vec<&quantum_bpf::Event> = events.iter().filter(|e| matches!(e.kind, EventKind::Connect(_))).collect();
+    assert_eq!(connects.len(), 1, "{events:?}");
+    let c = connects[0];
+    assert_eq!((c.pid, c.kind, c.cgroup_id), (inside_pid, EventKind::Connect(to), tree.cell.id()));
+    assert_eq!(c.comm, "bpf-workload");
+    assert_eq!(c.cgroup, tree.cell.0.file_name().expect("leaf").to_string_lossy());
+    assert_eq!(of_pid(&events, outside_pid), [], "a connect outside the ancestor is not reported");
+}
+
 /// OOM kills are provoked with the v1 memory controller, which is where
 /// limits are enforced on a hybrid host like ours; where the v2 tree has
 /// the controllers, `memory.max` in the cell does the same. Either way the

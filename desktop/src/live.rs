@@ -210,6 +210,7 @@ mod tests {
                 exit: 1,
                 exit_failed: 0,
                 oom_kill: 0,
+                connect: 0,
             },
         );
         figures.event = Availability::Available(events);

@@ -9,6 +9,7 @@
 //! bpf-workload eat-memory           allocate and touch memory until killed
 //! bpf-workload fork-exit COUNT      fork COUNT children that exit at once, reaping each
 //! bpf-workload load CGROUP_DIR      try Telemetry::load and say what happened
+//! bpf-workload connect ADDR:PORT    open a TCP connection to ADDR:PORT (exit 1 if refused)
 //! ```
 
 use std::path::PathBuf;
@@ -34,6 +35,16 @@ fn main() -> ExitCode {
         },
         (Some("eat-memory"), _) => eat_memory(),
         (Some("fork-exit"), Some(count)) => fork_exit(count),
+        (Some("connect"), _) => match arg(1).and_then(|a| a.parse::<std::net::SocketAddr>().ok()) {
+            Some(to) => match std::net::TcpStream::connect(to) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("connect {to}: {e}");
+                    ExitCode::from(1)
+                }
+            },
+            None => usage(),
+        },
         (Some("load"), _) => match arg(1) {
             Some(dir) => load(PathBuf::from(dir)),
             None => usage(),
@@ -43,7 +54,7 @@ fn main() -> ExitCode {
 }
 
 fn usage() -> ExitCode {
-    eprintln!("usage: bpf-workload spin | wake-loop MICROS | exit CODE | sleep | eat-memory | fork-exit COUNT | load CGROUP_DIR");
+    eprintln!("usage: bpf-workload spin | wake-loop MICROS | exit CODE | sleep | eat-memory | fork-exit COUNT | connect ADDR:PORT | load CGROUP_DIR");
     ExitCode::from(2)
 }
 

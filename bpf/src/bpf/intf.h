@@ -28,6 +28,8 @@ enum qt_event_kind {
 	QT_EVENT_EXEC = 1,
 	QT_EVENT_EXIT = 2,
 	QT_EVENT_OOM_KILL = 3,
+	/* A TCP connect() from the process (the socket entered SYN_SENT). */
+	QT_EVENT_CONNECT = 4,
 };
 
 /* Indexes of the per-CPU `stats` array. */
@@ -64,6 +66,14 @@ struct qt_event {
 	 * empty for the other kinds.
 	 */
 	char cgroup[QT_CGROUP_NAME_LEN];
+	/*
+	 * QT_EVENT_CONNECT: the destination, as the socket has it: the
+	 * address in network order (IPv4 in daddr[0]), the port in host order.
+	 */
+	__u32 daddr[4];
+	__u16 dport;
+	__u16 family; /* AF_INET or AF_INET6 */
+	__u32 _pad2;
 };
 
 #endif /* QT_INTF_H */

@@ -172,6 +172,30 @@ fn a_web_server_that_runs_a_shell_it_never_ran_while_learning_is_alerted_within_
         text.contains(&instance) && text.contains("exec") && text.contains("sh (pid"),
         "{text}"
     );
+
+    // A program it does run (python3) connecting where it never did while
+    // learning (it only listens): a reverse shell's first move.
+    let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
+    let to = listener.local_addr().expect("addr").port();
+    let mut caller = Command::new("/bin/sh")
+        .arg("-c")
+        .arg("echo $$ > \"$1/cgroup.procs\" && exec /usr/bin/python3 -c 'import socket, sys; socket.create_connection((\"127.0.0.1\", int(sys.argv[1])))' \"$2\"")
+        .arg("inject")
+        .arg(cgroup_of(&node, &instance))
+        .arg(to.to_string())
+        .spawn()
+        .expect("sh");
+    let connect = wait_for("a connect alert", Duration::from_secs(10), || {
+        alerts(&node).into_iter().find(|a| a["kind"] == "connect")
+    });
+    let _ = caller.wait();
+    let message = connect["message"].as_str().expect("message");
+    let expected = format!("connected to 127.0.0.1:{to} (tcp:{to}@loopback); while learning, web 1.0.0 connected nowhere");
+    assert!(message.starts_with("python3 (pid ") && message.contains(&expected), "{message}");
+    let python_exec = alerts(&node)
+        .into_iter()
+        .any(|a| a["kind"] == "exec" && a["message"].as_str().unwrap_or("").starts_with("python3"));
+    assert!(!python_exec, "python3 is the cell's own program");
 }
 
 #[test]

@@ -13,8 +13,12 @@
 //! the set is an anomaly, alerted once per instance and program. A new
 //! version of the cell learns afresh: what it runs may have changed.
 //!
-//! Refusals by the cell's `network-allow` are anomalies from the first one,
-//! learning or not: the manifest already says what is normal there.
+//! The same baseline holds the TCP destinations its instances connected to
+//! while learning, each remembered as `tcp:PORT@CLASS` (loopback, private
+//! or public: a web client's servers change addresses, not kinds); a
+//! connect to another is a `connect` anomaly. A cell with a `network-allow`
+//! list is not learned that way: its list says what is normal, and its
+//! refusals are anomalies from the first one, learning or not.
 //!
 //! An alert is a trail entry (action `alert`) whose detail this module
 //! writes and reads back ([`Anomaly::detail`], [`alert_of`]), so
@@ -42,6 +46,8 @@ pub enum Kind {
     Exec,
     /// A connection or datagram its `network-allow` refused.
     Network,
+    /// A TCP destination it did not connect to while its baseline was learned.
+    Connect,
 }
 
 impl Kind {
@@ -49,6 +55,7 @@ impl Kind {
         match self {
             Kind::Exec => "exec",
             Kind::Network => "network",
+            Kind::Connect => "connect",
         }
     }
 
@@ -56,6 +63,7 @@ impl Kind {
         match s {
             "exec" => Some(Kind::Exec),
             "network" => Some(Kind::Network),
+            "connect" => Some(Kind::Connect),
             _ => None,
         }
     }
@@ -151,6 +159,39 @@ pub fn named_programs(argv: &[String]) -> BTreeSet<String> {
     out
 }
 
+/// How a TCP destination is remembered: `tcp:PORT@CLASS`, the class being
+/// `loopback`, `private` (RFC 1918, link-local, shared, unique-local) or
+/// `public`. IPv4-mapped IPv6 addresses are their IPv4 address.
+pub fn destination_key(to: std::net::SocketAddr) -> String {
+    use std::net::IpAddr;
+    let ip = match to.ip() {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    };
+    let class = match ip {
+        IpAddr::V4(a) if a.is_loopback() || a.is_unspecified() => "loopback",
+        IpAddr::V4(a) => {
+            let [x, y, ..] = a.octets();
+            let shared = x == 100 && (64..128).contains(&y);
+            if a.is_private() || a.is_link_local() || shared {
+                "private"
+            } else {
+                "public"
+            }
+        }
+        IpAddr::V6(a) if a.is_loopback() || a.is_unspecified() => "loopback",
+        IpAddr::V6(a) => {
+            let first = a.segments()[0];
+            if first & 0xfe00 == 0xfc00 || first & 0xffc0 == 0xfe80 {
+                "private"
+            } else {
+                "public"
+            }
+        }
+    };
+    format!("tcp:{}@{class}", to.port())
+}
+
 /// What a running instance is, for its baseline.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Subject {
@@ -162,6 +203,8 @@ pub struct Subject {
     pub exec: std::sync::Arc<[String]>,
     pub on_anomaly: OnAnomaly,
     pub learning: Duration,
+    /// The manifest lists where the cell may connect (`network-allow`).
+    pub allow_list: bool,
 }
 
 /// One cell's baseline, as kept on disk.
@@ -174,6 +217,9 @@ struct Baseline {
     /// Whether learning is over (the `learning` in force then was reached).
     learned: bool,
     execs: BTreeSet<String>,
+    /// TCP destinations, as [`destination_key`] names them.
+    #[serde(default)]
+    connects: BTreeSet<String>,
 }
 
 impl Baseline {
@@ -185,6 +231,7 @@ impl Baseline {
             learned_ms: 0,
             learned: false,
             execs,
+            connects: BTreeSet::new(),
         }
     }
 }
@@ -319,6 +366,47 @@ impl Baselines {
         })
     }
 
+    /// A TCP connect to `to` by process `pid` (`comm`) in the subject's
+    /// instance: learned while the cell learns; afterwards an anomaly when
+    /// the baseline lacks its key, once per instance and key. Cells with a
+    /// `network-allow` list are judged by it instead.
+    pub fn connect(&mut self, s: &Subject, to: std::net::SocketAddr, comm: &str, pid: u32) -> Option<Anomaly> {
+        if s.on_anomaly == OnAnomaly::Ignore || s.allow_list {
+            return None;
+        }
+        let key = destination_key(to);
+        let b = self.baseline(s);
+        if b.connects.contains(&key) {
+            return None;
+        }
+        if !b.learned {
+            b.connects.insert(key);
+            self.dirty.insert(s.cell.clone());
+            return None;
+        }
+        let known = if b.connects.is_empty() {
+            "connected nowhere".to_owned()
+        } else {
+            format!(
+                "connected only to {}",
+                b.connects.iter().map(String::as_str).collect::<Vec<_>>().join(", ")
+            )
+        };
+        let message = format!(
+            "{comm} (pid {pid}) connected to {to} ({key}); while learning, {} {} {known}",
+            s.cell, s.version
+        );
+        self.alerted
+            .insert((s.instance.clone(), format!("connect {key}")))
+            .then(|| Anomaly {
+                instance: s.instance.clone(),
+                cell: s.cell.clone(),
+                kind: Kind::Connect,
+                message,
+                response: s.on_anomaly,
+            })
+    }
+
     /// Writes the baselines that changed; a failure is logged and retried
     /// with the next change.
     pub fn save(&mut self) {
@@ -394,7 +482,53 @@ mod tests {
             exec: ["/usr/bin/python3".to_owned(), "-m".into(), "http.server".into()].into(),
             on_anomaly: OnAnomaly::Alert,
             learning: Duration::from_secs(5),
+            allow_list: false,
         }
+    }
+
+    #[test]
+    fn destinations_are_learned_by_port_and_kind_of_address() {
+        let mut b = Baselines::new(None);
+        let s = web("web-server.1", "1.0.0");
+        let at = |a: &str| a.parse::<std::net::SocketAddr>().expect("addr");
+        assert_eq!(b.connect(&s, at("203.0.113.5:443"), "python3", 1), None);
+        assert_eq!(b.connect(&s, at("127.0.0.1:5432"), "python3", 1), None);
+        b.advance(std::slice::from_ref(&s), Duration::from_secs(5));
+        assert_eq!(
+            b.connect(&s, at("198.51.100.9:443"), "python3", 2),
+            None,
+            "another public server on 443"
+        );
+        assert_eq!(b.connect(&s, at("[::ffff:127.0.0.1]:5432"), "python3", 2), None, "mapped loopback");
+        let a = b.connect(&s, at("198.51.100.9:4444"), "sh", 3).expect("a new port");
+        assert_eq!(a.kind, Kind::Connect);
+        assert_eq!(
+            a.message,
+            "sh (pid 3) connected to 198.51.100.9:4444 (tcp:4444@public); while learning, web-server 1.0.0 connected only to tcp:443@public, tcp:5432@loopback"
+        );
+        assert!(
+            b.connect(&s, at("10.1.2.3:5432"), "python3", 4).is_some(),
+            "a private host is not loopback"
+        );
+        assert_eq!(b.connect(&s, at("198.51.100.7:4444"), "sh", 5), None, "alerted once per key");
+        let listed = Subject {
+            allow_list: true,
+            ..web("web-server.2", "1.0.0")
+        };
+        assert_eq!(b.connect(&listed, at("198.51.100.9:9999"), "sh", 6), None, "the allow-list judges");
+    }
+
+    #[test]
+    fn destination_classes() {
+        let key = |a: &str| destination_key(a.parse().expect("addr"));
+        assert_eq!(key("127.0.0.53:53"), "tcp:53@loopback");
+        assert_eq!(key("[::1]:80"), "tcp:80@loopback");
+        assert_eq!(key("192.168.1.4:22"), "tcp:22@private");
+        assert_eq!(key("100.64.0.1:22"), "tcp:22@private");
+        assert_eq!(key("[fd00::1]:22"), "tcp:22@private");
+        assert_eq!(key("[fe80::1]:22"), "tcp:22@private");
+        assert_eq!(key("8.8.8.8:53"), "tcp:53@public");
+        assert_eq!(key("[2001:db8::1]:443"), "tcp:443@public");
     }
 
     #[test]

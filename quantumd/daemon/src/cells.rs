@@ -317,6 +317,7 @@ fn subject_of(record: &Record, manifest: Option<&Manifest>) -> crate::anomaly::S
         exec,
         on_anomaly: policy.on_anomaly,
         learning: policy.learning.as_std(),
+        allow_list: manifest.is_some_and(|m| !m.isolation.network_allow.is_empty()),
     }
 }
 

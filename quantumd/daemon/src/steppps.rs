@@ -458,19 +458,24 @@ impl Sampler {
                 tracing::warn!(instance, pid = e.pid, comm = e.comm, "OOM kill in a cell");
             }
         }
-        if e.kind != quantum_bpf::EventKind::Exec {
+        if !matches!(e.kind, quantum_bpf::EventKind::Exec | quantum_bpf::EventKind::Connect(_)) {
             return;
         }
         let Some((subject, _)) = self.expected.get(&e.cgroup) else {
-            tracing::trace!(cgroup = e.cgroup, comm = e.comm, pid = e.pid, "an exec in no known cell");
+            tracing::trace!(cgroup = e.cgroup, comm = e.comm, pid = e.pid, "an event in no known cell");
             return;
         };
-        if let Some(anomaly) = self.baselines.exec(subject, &e.comm, e.pid) {
+        let anomaly = match e.kind {
+            quantum_bpf::EventKind::Connect(to) => self.baselines.connect(subject, to, &e.comm, e.pid),
+            _ => self.baselines.exec(subject, &e.comm, e.pid),
+        };
+        if let Some(anomaly) = anomaly {
             tracing::warn!(
                 instance = subject.instance,
                 pid = e.pid,
                 comm = e.comm,
-                "a cell ran a program outside its baseline"
+                kind = anomaly.kind.as_str(),
+                "a cell did what its baseline does not hold"
             );
             // The loop is gone only when quantumd stops.
             let _ = self.anomalies.send(anomaly);

@@ -252,6 +252,9 @@ pub struct EventCounts {
     pub exit_failed: u64,
     /// Processes the OOM killer chose.
     pub oom_kill: u64,
+    /// TCP connections begun (connect(2)).
+    #[serde(default)]
+    pub connect: u64,
 }
 
 #[cfg(feature = "bpf")]
@@ -268,6 +271,7 @@ impl EventCounts {
                 }
             }
             EventKind::OomKill => self.oom_kill += 1,
+            EventKind::Connect(_) => self.connect += 1,
         }
     }
 }

@@ -395,6 +395,7 @@ pub fn prometheus(f: &Figures) -> String {
                 ("exit", counts.exit),
                 ("exit-failed", counts.exit_failed),
                 ("oom-kill", counts.oom_kill),
+                ("connect", counts.connect),
             ] {
                 e.add(
                     &CELL_RECENT_EVENTS,

@@ -305,6 +305,7 @@ fn the_prometheus_exposition() {
                     exit: 3,
                     exit_failed: 1,
                     oom_kill: 0,
+                    connect: 0,
                 },
             )]),
             dropped: 2,
@@ -401,6 +402,7 @@ fn the_prometheus_exposition() {
         quantumos_cell_recent_events{cell="web-server",instance="web-server.1",kind="exit"} 3
         quantumos_cell_recent_events{cell="web-server",instance="web-server.1",kind="exit-failed"} 1
         quantumos_cell_recent_events{cell="web-server",instance="web-server.1",kind="oom-kill"} 0
+        quantumos_cell_recent_events{cell="web-server",instance="web-server.1",kind="connect"} 0
         # HELP quantumos_recent_events_dropped Process events lost to a full ring buffer since the previous figures.
         # TYPE quantumos_recent_events_dropped gauge
         quantumos_recent_events_dropped 2
@@ -488,7 +490,8 @@ fn bpf_histograms_and_events_become_figures() {
             exec: 1,
             exit: 3,
             exit_failed: 2,
-            oom_kill: 1
+            oom_kill: 1,
+            connect: 0,
         }
     );
 }

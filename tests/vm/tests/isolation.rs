@@ -524,7 +524,8 @@ fn network_allow(g: &Guest) -> Result<()> {
 
 /// security-ai under systemd: a web-server cell learns its baseline from
 /// the kernel's exec events (eBPF, loaded by the unprivileged quantumd), then
-/// a process that joins its cgroup and execs a shell is alerted; a cell
+/// a process that joins its cgroup and execs a shell is alerted, and so is
+/// its own program connecting where it never did; a cell
 /// whose allow-list refuses a connect is alerted too (the refusal counter
 /// of the program systemd attached). Both read back with `quantumctl alerts`.
 fn anomaly_alerts(g: &Guest) -> Result<()> {
@@ -570,6 +571,16 @@ fn anomaly_alerts(g: &Guest) -> Result<()> {
     let after = injected.elapsed();
     ensure!(alert["instance"] == instance.as_str(), "{alert}");
     ensure!(alert["message"].as_str().unwrap_or("").starts_with("sh (pid "), "{alert}");
+    // Its own program connecting out, which it never did while learning.
+    g.run_ok("cat > /run/qt/connect.py <<'QTEOF'\nimport socket\nsocket.socket().connect_ex(('127.0.0.1', 8098))\nQTEOF")?;
+    g.run_ok(&format!("sh -c 'echo $$ > {procs} && exec /usr/bin/python3 /run/qt/connect.py'"))?;
+    let connect = eventually("a connect alert for alert-web", Duration::from_secs(10), || {
+        Ok(alerts("alert-web")?.into_iter().find(|a| a["kind"] == "connect"))
+    })?;
+    ensure!(
+        connect["message"].as_str().unwrap_or("").contains("(tcp:8098@loopback)"),
+        "{connect}"
+    );
 
     let prober = cell(
         g,
@@ -586,7 +597,7 @@ fn anomaly_alerts(g: &Guest) -> Result<()> {
     ensure!(refused["instance"] == prober_instance.as_str(), "{refused}");
     g.run_ok(&format!("quantumctl stop {instance} {prober_instance}"))?;
     report(format_args!(
-        "[qemu] security-ai: injected shell alerted {:.1} s after it ran; refused connect alerted",
+        "[qemu] security-ai: injected shell alerted {:.1} s after it ran; new destination and refused connect alerted",
         after.as_secs_f64()
     ));
     Ok(())

@@ -4,7 +4,8 @@
 //!
 //! Everything live is driven by quantumd's signals, never by a timer:
 //! `CellStateChanged` refreshes the list of cells and the trail, `CellTuned`
-//! adds a line to the cell's events, and `FiguresChanged` (after each
+//! and `CellAlert` (security-ai) add a line to the cell's events (an alert
+//! also refreshes the trail, where it is recorded), and `FiguresChanged` (after each
 //! STEPPPS sample that covers a cell, once a second while cells run) has
 //! the figures read with `Steppps`. With no cell running nothing wakes.
 //!
@@ -153,9 +154,10 @@ async fn session(
         source: Box::new(source),
     };
     // Subscribe before the first read, so that no change falls between.
-    let (mut changes, mut tunings, mut sampled, mut owner) = match tokio::try_join!(
+    let (mut changes, mut tunings, mut alerts, mut sampled, mut owner) = match tokio::try_join!(
         proxy.receive_cell_state_changed(),
         proxy.receive_cell_tuned(),
+        proxy.receive_cell_alert(),
         proxy.receive_figures_changed(),
         proxy.inner().receive_owner_changed()
     ) {
@@ -201,6 +203,15 @@ async fn session(
                     Some((instance, text)) => updates.send(Update::Event { instance, text }).await.is_ok(),
                     None => true,
                 }
+            }
+            Some(signal) = alerts.next() => {
+                let line = signal.args().ok().map(|a| (a.instance().to_string(), crate::live::alert_line(a.kind(), a.response(), a.message())));
+                let mut ok = true;
+                if let Some((instance, text)) = line {
+                    ok = updates.send(Update::Event { instance, text }).await.is_ok();
+                }
+                refresh(proxy, updates, &mut reach_asked).await;
+                ok
             }
             Some(name) = owner.next() => {
                 if name.is_none() {

@@ -40,6 +40,13 @@ pub fn change_line(state: &str, reason: &str) -> String {
     }
 }
 
+/// An event line from a security alert: "alert (exec): sh (pid 4) ran; ...",
+/// and what was done when the cell's policy stopped it.
+pub fn alert_line(kind: &str, response: &str, message: &str) -> String {
+    let stopped = if response == "stop" { "; stopping it" } else { "" };
+    format!("alert ({kind}): {message}{stopped}")
+}
+
 /// This process's uid (the owner of /proc/self), to recognise the user's
 /// own entries in the trail.
 pub fn own_uid() -> Option<u32> {
@@ -152,6 +159,15 @@ pub fn secret_lines(secrets: &std::collections::HashMap<String, String>) -> Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_alert_line_says_what_and_whether_the_cell_is_being_stopped() {
+        assert_eq!(alert_line("exec", "alert", "sh (pid 4) ran"), "alert (exec): sh (pid 4) ran");
+        assert_eq!(
+            alert_line("connect", "stop", "python3 (pid 5) connected to 10.0.0.1:22"),
+            "alert (connect): python3 (pid 5) connected to 10.0.0.1:22; stopping it"
+        );
+    }
 
     fn info(state: &str, pid: u32, reason: &str) -> CellInfo {
         CellInfo {

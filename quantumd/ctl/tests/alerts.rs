@@ -292,6 +292,32 @@ fn a_task_of_a_moment_learns_and_is_judged_though_no_sample_sees_it_run() {
     assert_eq!(alerts(&node).len(), 1, "{:?}", alerts(&node));
 }
 
+#[test]
+fn a_cell_that_starts_burning_cpu_it_never_used_while_learning_is_alerted() {
+    // Idle while it learns (2 s), then two busy loops: bash builtins, so no
+    // exec and no connect, only CPU.
+    let script = "sleep 4; while :; do :; done & while :; do :; done";
+    let cell = format!(
+        "[cell]\nname = \"miner\"\nversion = \"1.0.0\"\ndescription = \"test cell\"\nexec = [\"/bin/bash\", \"-c\", {script:?}]\n\
+         [resources]\ncpu-max = 2.0\n[lifecycle]\nkind = \"service\"\nrestart = \"no\"\n[policy]\nlearning = \"2s\"\n"
+    );
+    let cat = catalog(&[("miner", &cell)]);
+    let node = Node::start(cat.path());
+    let started = json(&node.ok(&["run", "miner", "--json"]));
+    let instance = started["instance"].as_str().expect("instance").to_owned();
+    let alert = wait_for("a cpu alert", Duration::from_secs(20), || {
+        alerts(&node).into_iter().find(|a| a["kind"] == "cpu")
+    });
+    assert_eq!(alert["instance"], instance.as_str());
+    let message = alert["message"].as_str().expect("message");
+    assert!(
+        message.starts_with("used ") && message.contains("cores for 2 s; while learning, miner 1.0.0 used at most 0.0"),
+        "{message}"
+    );
+    node.ok(&["stop", &instance]);
+    assert_eq!(alerts(&node).len(), 1, "{:?}", alerts(&node));
+}
+
 /// The false-alert side: the real catalog's cells doing ordinary work for
 /// `QUANTUM_SOAK_SECS` (default 1800: the issue's 30 minutes) raise no
 /// alert. Too long for every CI run; run it with

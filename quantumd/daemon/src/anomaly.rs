@@ -20,6 +20,11 @@
 //! list is not learned that way: its list says what is normal, and its
 //! refusals are anomalies from the first one, learning or not.
 //!
+//! And the most CPU the cell used in a sample while learning: afterwards an
+//! instance that uses more than three times that (and at least half a core
+//! more) for as long as the cell learned (at most a minute) is a `cpu`
+//! anomaly, once per instance: a miner in a web server, a loop gone wild.
+//!
 //! An alert is a trail entry (action `alert`) whose detail this module
 //! writes and reads back ([`Anomaly::detail`], [`alert_of`]), so
 //! that `quantumctl alerts` reads the signed record rather than a copy.
@@ -48,6 +53,8 @@ pub enum Kind {
     Network,
     /// A TCP destination it did not connect to while its baseline was learned.
     Connect,
+    /// Sustained CPU far above the most it used while learning.
+    Cpu,
 }
 
 impl Kind {
@@ -56,6 +63,7 @@ impl Kind {
             Kind::Exec => "exec",
             Kind::Network => "network",
             Kind::Connect => "connect",
+            Kind::Cpu => "cpu",
         }
     }
 
@@ -64,6 +72,7 @@ impl Kind {
             "exec" => Some(Kind::Exec),
             "network" => Some(Kind::Network),
             "connect" => Some(Kind::Connect),
+            "cpu" => Some(Kind::Cpu),
             _ => None,
         }
     }
@@ -220,6 +229,9 @@ struct Baseline {
     /// TCP destinations, as [`destination_key`] names them.
     #[serde(default)]
     connects: BTreeSet<String>,
+    /// The most CPU one sample saw, in thousandths of a core.
+    #[serde(default)]
+    cpu_peak_millicores: u64,
 }
 
 impl Baseline {
@@ -232,6 +244,7 @@ impl Baseline {
             learned: false,
             execs,
             connects: BTreeSet::new(),
+            cpu_peak_millicores: 0,
         }
     }
 }
@@ -245,6 +258,8 @@ pub struct Baselines {
     dirty: HashSet<String>,
     /// (instance, program) pairs already alerted.
     alerted: HashSet<(String, String)>,
+    /// How long each instance has been above its cell's CPU threshold.
+    hot: HashMap<String, Duration>,
 }
 
 impl Baselines {
@@ -255,6 +270,7 @@ impl Baselines {
             cells: HashMap::new(),
             dirty: HashSet::new(),
             alerted: HashSet::new(),
+            hot: HashMap::new(),
         }
     }
 
@@ -302,6 +318,52 @@ impl Baselines {
             self.finish_learning(s);
         }
         self.alerted.retain(|(instance, _)| running.iter().any(|s| &s.instance == instance));
+        self.hot.retain(|instance, _| running.iter().any(|s| &s.instance == instance));
+    }
+
+    /// One sample's CPU use of the subject's instance (`cores` over the last
+    /// `interval`): the cell's peak while it learns; afterwards an anomaly
+    /// once the instance has stayed above three times the peak (and half a
+    /// core more) for as long as the cell learned, at most a minute.
+    pub fn cpu(&mut self, s: &Subject, cores: f64, interval: Duration) -> Option<Anomaly> {
+        if s.on_anomaly == OnAnomaly::Ignore || !cores.is_finite() || cores < 0.0 {
+            return None;
+        }
+        let milli = (cores * 1000.0).round() as u64;
+        let b = self.baseline(s);
+        if !b.learned {
+            if milli > b.cpu_peak_millicores {
+                b.cpu_peak_millicores = milli;
+                self.dirty.insert(s.cell.clone());
+            }
+            return None;
+        }
+        let peak = b.cpu_peak_millicores;
+        let threshold = (3 * peak).max(peak + 500);
+        if milli <= threshold {
+            self.hot.remove(&s.instance);
+            return None;
+        }
+        let hot = self.hot.entry(s.instance.clone()).or_default();
+        *hot += interval;
+        let sustain = s.learning.min(Duration::from_secs(60));
+        if *hot < sustain {
+            return None;
+        }
+        let message = format!(
+            "used {cores:.2} cores for {} s; while learning, {} {} used at most {:.2}",
+            hot.as_secs(),
+            s.cell,
+            s.version,
+            peak as f64 / 1000.0
+        );
+        self.alerted.insert((s.instance.clone(), "cpu".to_owned())).then(|| Anomaly {
+            instance: s.instance.clone(),
+            cell: s.cell.clone(),
+            kind: Kind::Cpu,
+            message,
+            response: s.on_anomaly,
+        })
     }
 
     /// A run of the subject's instance that lasted `ran` beyond what
@@ -516,6 +578,34 @@ mod tests {
             ..web("web-server.2", "1.0.0")
         };
         assert_eq!(b.connect(&listed, at("198.51.100.9:9999"), "sh", 6), None, "the allow-list judges");
+    }
+
+    #[test]
+    fn sustained_cpu_far_above_the_learned_peak_is_alerted_once() {
+        let mut b = Baselines::new(None);
+        let s = web("web-server.1", "1.0.0");
+        let second = Duration::from_secs(1);
+        assert_eq!(b.cpu(&s, 0.2, second), None);
+        assert_eq!(b.cpu(&s, 0.05, second), None);
+        b.advance(std::slice::from_ref(&s), Duration::from_secs(5));
+        // Threshold: max(3 x 0.2, 0.2 + 0.5) = 0.7 cores, for 5 s (the learning).
+        for _ in 0..10 {
+            assert_eq!(b.cpu(&s, 0.69, second), None, "at the threshold");
+        }
+        for _ in 0..4 {
+            assert_eq!(b.cpu(&s, 1.0, second), None, "not yet sustained");
+        }
+        assert_eq!(b.cpu(&s, 0.1, second), None, "a dip starts the count again");
+        for _ in 0..4 {
+            assert_eq!(b.cpu(&s, 1.0, second), None);
+        }
+        let a = b.cpu(&s, 1.0, second).expect("five seconds above");
+        assert_eq!(a.kind, Kind::Cpu);
+        assert_eq!(
+            a.message,
+            "used 1.00 cores for 5 s; while learning, web-server 1.0.0 used at most 0.20"
+        );
+        assert_eq!(b.cpu(&s, 1.0, second), None, "once per instance");
     }
 
     #[test]

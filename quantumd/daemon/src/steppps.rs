@@ -564,6 +564,7 @@ impl Sampler {
                     tracing::debug!(instance, error = %e, "cell cgroup not read");
                 }
                 self.observe_usage(&collection.figures, &cells);
+                self.judge_cpu(&collection.figures);
                 let cells = u32::try_from(collection.figures.cells.len()).unwrap_or(u32::MAX);
                 *self.figures.write().unwrap_or_else(PoisonError::into_inner) = collection.figures;
                 // No receiver is no error: the bus may not be up yet.
@@ -573,6 +574,19 @@ impl Sampler {
                 });
             }
             Err(e) => tracing::warn!(error = %e, "cannot read /proc for STEPPPS"),
+        }
+    }
+
+    /// Judges each watched instance's CPU in this sample against its baseline.
+    fn judge_cpu(&mut self, figures: &Figures) {
+        for c in &self.cells {
+            let Some(cores) = figures.cells.get(&c.instance).and_then(|f| f.rates.cpu_cores) else {
+                continue;
+            };
+            if let Some(anomaly) = self.baselines.cpu(&c.subject, cores, self.options.interval) {
+                tracing::warn!(instance = c.instance, cores, "a cell's CPU is far above its baseline");
+                let _ = self.anomalies.send(anomaly);
+            }
         }
     }
 

@@ -238,8 +238,10 @@ pub struct Alert {
     pub time_ns: u64,
     pub instance: String,
     pub cell: String,
-    /// `exec` (a program it did not run while its baseline was learned) or
-    /// `network` (connections its `network-allow` refused).
+    /// `exec` (a program it did not run while its baseline was learned),
+    /// `connect` (a TCP destination it did not connect to then), `cpu`
+    /// (sustained CPU far above its learned peak) or `network`
+    /// (connections its `network-allow` refused).
     pub kind: String,
     /// The cell's `[policy] on-anomaly`: `alert`, or `stop` (it was stopped).
     pub response: String,
@@ -477,7 +479,7 @@ pub trait Quantum1 {
     fn cell_tuned(&self, instance: &str, cell: &str, old_weight: u64, new_weight: u64, reason: &str) -> zbus::Result<()>;
 
     /// Emitted when a running cell does what its baseline or its manifest
-    /// does not allow for: `kind` is `exec` or `network`, `response` the
+    /// does not allow for: `kind` is `exec`, `connect`, `cpu` or `network`, `response` the
     /// cell's `[policy] on-anomaly` (`alert`, or `stop`: it is being
     /// stopped). The same alert is in the trail (`Alerts`).
     #[zbus(signal)]

@@ -442,18 +442,25 @@ EXIT STATUS:
         #[arg(long)]
         json: bool,
     },
-    /// Show security alerts: cells that ran a program outside their
-    /// learned baseline, or whose network allow-list refused a connection.
+    /// Show security alerts: cells that ran a program, connected somewhere
+    /// or used CPU unlike their learned baseline, or whose network
+    /// allow-list refused a connection.
     ///
-    /// quantumd learns each cell's baseline from STEPPPS EVENT: the
-    /// programs (by process name) its manifest names, and those its
-    /// instances exec while it runs for its first `[policy] learning`
-    /// (default 1m, summed over its runs; a new version learns afresh). Afterwards an exec outside that set is an
-    /// `exec` alert, once per instance and program. Connections and
-    /// datagrams refused by `[isolation] network-allow` are `network`
-    /// alerts at once (then at most one a minute per instance). With
-    /// `[policy] on-anomaly = "stop"` the instance is also stopped;
-    /// `"ignore"` turns both off for the cell.
+    /// quantumd learns each cell's baseline from STEPPPS EVENT and SPACE
+    /// while the cell runs for its first `[policy] learning` (default 1m,
+    /// summed over its runs; a new version learns afresh): the programs it
+    /// execs (by process name; those its manifest names are in from the
+    /// start), the TCP destinations it connects to (as `tcp:PORT@CLASS`,
+    /// CLASS loopback, private or public) and the most CPU it uses. After
+    /// that: an exec outside the set is an `exec` alert and a new
+    /// destination a `connect` alert, once per instance and program or
+    /// destination (a cell with a network-allow list is judged by its list
+    /// instead); using more than three times its peak CPU (and half a core
+    /// more) for as long as it learned (at most a minute) is a `cpu` alert.
+    /// Connections and datagrams refused by `[isolation] network-allow` are
+    /// `network` alerts at once (then at most one a minute per instance).
+    /// With `[policy] on-anomaly = "stop"` the instance is also stopped;
+    /// `"ignore"` turns all of this off for the cell.
     ///
     /// Alerts are entries of the signed trail (action `alert`); this reads
     /// them from there. With --json, an array of objects (`seq`, `time-ns`,

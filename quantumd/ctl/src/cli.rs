@@ -470,15 +470,8 @@ EXIT STATUS:
         after_help = "EXAMPLES:\n    quantumctl alerts\n    quantumctl alerts --cell web-server --json\n    quantumctl alerts --follow\n\nEXIT STATUS:\n    0 success (with or without alerts); 1 the trail cannot be read;\n    2 quantumd unreachable."
     )]
     Alerts {
-        /// Only alerts about this cell.
-        #[arg(long, value_name = "NAME")]
-        cell: Option<String>,
-        /// Only alerts from this trail sequence number on.
-        #[arg(long, value_name = "SEQ", default_value_t = 0)]
-        since: u64,
-        /// Only the last N alerts (0: all).
-        #[arg(short = 'n', long, value_name = "N", default_value_t = 50)]
-        limit: u32,
+        #[command(flatten)]
+        range: TrailRange,
         /// Keep printing new alerts as they are recorded.
         #[arg(short, long)]
         follow: bool,
@@ -546,20 +539,27 @@ pub enum TriggerCommand {
     },
 }
 
+/// Which trail entries (or alerts, which are trail entries) to show.
+#[derive(Debug, clap::Args)]
+pub struct TrailRange {
+    /// Only those about this cell.
+    #[arg(long, value_name = "NAME")]
+    pub cell: Option<String>,
+    /// Only those from this trail sequence number on.
+    #[arg(long, value_name = "SEQ", default_value_t = 0)]
+    pub since: u64,
+    /// Only the last N (0: all).
+    #[arg(short = 'n', long, value_name = "N", default_value_t = 50)]
+    pub limit: u32,
+}
+
 #[derive(Debug, clap::Subcommand)]
 pub enum TrailCommand {
     /// Show trail entries, oldest first.
     #[command(after_help = "EXAMPLES:\n    quantumctl trail show -n 20\n    quantumctl trail show --cell web-server --json")]
     Show {
-        /// Only entries about this cell.
-        #[arg(long, value_name = "NAME")]
-        cell: Option<String>,
-        /// Only entries from this sequence number on.
-        #[arg(long, value_name = "SEQ", default_value_t = 0)]
-        since: u64,
-        /// Only the last N entries (0: all).
-        #[arg(short = 'n', long, value_name = "N", default_value_t = 50)]
-        limit: u32,
+        #[command(flatten)]
+        range: TrailRange,
         #[arg(long)]
         json: bool,
     },

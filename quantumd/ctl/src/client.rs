@@ -9,7 +9,7 @@ use anyhow::{anyhow, Context};
 use quantum_bus::{Error, Quantum1Proxy};
 use zbus::zvariant::Fd;
 
-use crate::cli::{CellCommand, CliCommand, TrailCommand, TriggerCommand};
+use crate::cli::{CellCommand, CliCommand, TrailCommand, TrailRange, TriggerCommand};
 use crate::output;
 
 /// A failed request: printed, then exit status 1.
@@ -259,7 +259,10 @@ async fn execute(proxy: &Quantum1Proxy<'_>, command: CliCommand) -> Result<ExitC
                 print!("{}", output::cell_state(op, &name, &report));
             }
         }
-        CliCommand::Trail(TrailCommand::Show { cell, since, limit, json }) => {
+        CliCommand::Trail(TrailCommand::Show {
+            range: TrailRange { cell, since, limit },
+            json,
+        }) => {
             let entries = proxy
                 .trail_show(cell.as_deref().unwrap_or(""), since, limit)
                 .await
@@ -271,9 +274,7 @@ async fn execute(proxy: &Quantum1Proxy<'_>, command: CliCommand) -> Result<ExitC
             }
         }
         CliCommand::Alerts {
-            cell,
-            since,
-            limit,
+            range: TrailRange { cell, since, limit },
             follow,
             json,
         } => {

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{catalog, json, wait_for, Node};
+use support::{catalog, json, wait_for, Monitor, Node};
 
 /// A web server as the catalog's is: python's http.server on a port of its own.
 fn web_cell(name: &str, port: u16, policy: &str) -> String {
@@ -80,46 +80,12 @@ fn get(port: u16) -> bool {
     reply.starts_with("HTTP/1.0 200")
 }
 
-/// `CellAlert` signals as a listener sees them, from a real `dbus-monitor`.
-struct Monitor {
-    child: std::process::Child,
-    out: tempfile::NamedTempFile,
-}
-
-impl Monitor {
-    fn start(bus_address: &str) -> Monitor {
-        let out = tempfile::NamedTempFile::new().expect("temp file");
-        let child = Command::new("dbus-monitor")
-            .args([
-                "--address",
-                bus_address,
-                "type='signal',interface='org.quantumos.Quantum1',member='CellAlert'",
-            ])
-            .stdout(out.reopen().expect("reopen"))
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("dbus-monitor (package dbus) must be installed");
-        Monitor { child, out }
-    }
-
-    fn text(&self) -> String {
-        std::fs::read_to_string(self.out.path()).unwrap_or_default()
-    }
-}
-
-impl Drop for Monitor {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn a_web_server_that_runs_a_shell_it_never_ran_while_learning_is_alerted_within_seconds() {
     let port = free_port();
     let cat = catalog(&[("web", &web_cell("web", port, "learning = \"2s\""))]);
     let node = Node::start(cat.path());
-    let monitor = Monitor::start(&node.bus_address);
+    let monitor = Monitor::start(&node.bus_address, "CellAlert");
     let started = json(&node.ok(&["run", "web", "--json"]));
     let instance = started["instance"].as_str().expect("instance").to_owned();
     wait_for("the web server to answer", Duration::from_secs(30), || get(port).then_some(()));

@@ -8,7 +8,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{catalog, sh_cell, wait_for, Node};
+use support::{catalog, sh_cell, wait_for, Monitor, Node};
 
 fn figures(node: &Node, args: &[&str]) -> serde_json::Value {
     let mut all = vec!["steppps", "--json"];
@@ -170,75 +170,45 @@ fn metrics_are_served_as_prometheus_text_on_a_unix_socket_when_configured() {
     assert!(text.contains("# TYPE quantumos_node_cpus gauge"), "{text}");
 }
 
-/// `FiguresChanged` as a listener sees it, from a real `dbus-monitor`.
-struct Monitor {
-    child: std::process::Child,
-    out: tempfile::NamedTempFile,
-}
-
-impl Monitor {
-    fn start(bus_address: &str) -> Monitor {
-        let out = tempfile::NamedTempFile::new().expect("temp file");
-        let child = std::process::Command::new("dbus-monitor")
-            .args([
-                "--address",
-                bus_address,
-                "type='signal',interface='org.quantumos.Quantum1',member='FiguresChanged'",
-            ])
-            .stdout(out.reopen().expect("reopen"))
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("dbus-monitor (package dbus) must be installed");
-        Monitor { child, out }
-    }
-
-    /// The `cells` argument of every signal so far, in order.
-    fn cells(&self) -> Vec<u32> {
-        let text = std::fs::read_to_string(self.out.path()).unwrap_or_default();
-        let mut seen = Vec::new();
-        let mut lines = text.lines();
-        while let Some(line) = lines.next() {
-            if line.starts_with("signal ") && line.contains("member=FiguresChanged") {
-                let args: Vec<&str> = lines.by_ref().take(2).map(str::trim).collect();
-                assert!(args.len() == 2 && args[0].starts_with("uint64 "), "{args:?}");
-                seen.push(args[1].trim_start_matches("uint32 ").parse().expect("uint32 cells"));
-            }
+/// The `cells` argument of every `FiguresChanged` signal `monitor` saw, in order.
+fn signalled_cells(monitor: &Monitor) -> Vec<u32> {
+    let text = monitor.text();
+    let mut seen = Vec::new();
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        if line.starts_with("signal ") && line.contains("member=FiguresChanged") {
+            let args: Vec<&str> = lines.by_ref().take(2).map(str::trim).collect();
+            assert!(args.len() == 2 && args[0].starts_with("uint64 "), "{args:?}");
+            seen.push(args[1].trim_start_matches("uint32 ").parse().expect("uint32 cells"));
         }
-        seen
     }
-}
-
-impl Drop for Monitor {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    seen
 }
 
 #[test]
 fn figures_changed_is_signalled_each_sample_while_a_cell_runs_and_once_after_the_last_ends() {
     let cat = catalog(&[("sleeper", &sh_cell("sleeper", "exec sleep 600", ""))]);
     let node = Node::start(cat.path());
-    let monitor = Monitor::start(&node.bus_address);
+    let monitor = Monitor::start(&node.bus_address, "FiguresChanged");
     // Nothing runs: nothing wakes a listener.
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(monitor.cells(), Vec::<u32>::new(), "no cell, no signal");
+    assert_eq!(signalled_cells(&monitor), Vec::<u32>::new(), "no cell, no signal");
 
     let started = support::json(&node.ok(&["run", "sleeper", "--json"]));
     let instance = started["instance"].as_str().expect("instance").to_owned();
     wait_for("three signals covering the cell", Duration::from_secs(30), || {
-        (monitor.cells().iter().filter(|&&n| n == 1).count() >= 3).then_some(())
+        (signalled_cells(&monitor).iter().filter(|&&n| n == 1).count() >= 3).then_some(())
     });
     // Each one says figures are there to read: Steppps has the cell.
     assert!(figures(&node, &[])["cells"][&instance].is_object());
 
     node.ok(&["stop", &instance]);
     wait_for("the signal that the last cell has gone", Duration::from_secs(30), || {
-        monitor.cells().contains(&0).then_some(())
+        signalled_cells(&monitor).contains(&0).then_some(())
     });
-    let after = monitor.cells().len();
+    let after = signalled_cells(&monitor).len();
     std::thread::sleep(Duration::from_secs(3));
-    let seen = monitor.cells();
+    let seen = signalled_cells(&monitor);
     assert_eq!(seen.len(), after, "quiet again once no cell runs: {seen:?}");
     assert_eq!(seen.iter().filter(|&&n| n == 0).count(), 1, "{seen:?}");
 }

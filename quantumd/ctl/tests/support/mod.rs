@@ -302,3 +302,39 @@ pub fn trail(node: &Node) -> Vec<serde_json::Value> {
         .cloned()
         .unwrap_or_default()
 }
+
+/// Signals of quantumd's interface named `member`, as a listener sees them,
+/// from a real `dbus-monitor` on the node's bus.
+pub struct Monitor {
+    child: std::process::Child,
+    out: tempfile::NamedTempFile,
+}
+
+impl Monitor {
+    pub fn start(bus_address: &str, member: &str) -> Monitor {
+        let out = tempfile::NamedTempFile::new().expect("temp file");
+        let child = Command::new("dbus-monitor")
+            .args([
+                "--address",
+                bus_address,
+                &format!("type='signal',interface='org.quantumos.Quantum1',member='{member}'"),
+            ])
+            .stdout(out.reopen().expect("reopen"))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dbus-monitor (package dbus) must be installed");
+        Monitor { child, out }
+    }
+
+    /// Everything dbus-monitor printed so far.
+    pub fn text(&self) -> String {
+        std::fs::read_to_string(self.out.path()).unwrap_or_default()
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

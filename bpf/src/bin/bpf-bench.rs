@@ -7,6 +7,8 @@
 //!   machine pays) and inside it (what a cell pays).
 //! - `hackbench`: many processes and sockets, unpinned.
 //! - Ring buffer throughput: exits of a fork storm in a cell, consumed live.
+//! - A network allow-list's price per cell start: loading `netpolicy.bpf.o`
+//!   (one verifier pass) and attaching it, against a cgroup mkdir+rmdir.
 //!
 //! Needs root, `perf` (linux-perf) and `hackbench` (rt-tests). Run with
 //! `cargo run --release -p quantum-bpf --bin bpf-bench [-- REPETITIONS]`
@@ -95,6 +97,7 @@ fn run(bench: &Bench, reps: usize) -> Result<()> {
 
     program_time(bench)?;
     ring_buffer(bench)?;
+    net_policy(bench, reps)?;
     println!("\ntotal {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
 }
@@ -184,6 +187,41 @@ fn program_stats() -> (u64, u64) {
     libbpf_rs::query::ProgInfoIter::default()
         .filter(|p| p.name.to_string_lossy().starts_with("qt_"))
         .fold((0, 0), |(ns, runs), p| (ns + p.run_time_ns, runs + p.run_cnt))
+}
+
+/// What `[isolation] network-allow` adds to a cell's start: a fresh
+/// allow-list program loaded and attached to its cgroup (quantumd loads
+/// one per start), in alternation with what every start does anyway,
+/// making and removing the cell's cgroup.
+fn net_policy(bench: &Bench, reps: usize) -> Result<()> {
+    use quantum_bpf::{Destination, NetPolicy};
+    let rules = [Destination {
+        protocol: quantum_model::Protocol::Tcp,
+        ports: (443, 443),
+        net: Some(("10.0.0.0".parse()?, 8)),
+    }];
+    let (mut policy_ms, mut cgroup_ms) = (Vec::new(), Vec::new());
+    for i in 0..reps.max(3) * 5 {
+        let dir = bench.ancestor.join(format!("np-{i}"));
+        let start = Instant::now();
+        fs::create_dir(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
+        fs::remove_dir(&dir)?;
+        cgroup_ms.push(start.elapsed().as_secs_f64() * 1e3);
+
+        fs::create_dir(&dir)?;
+        let start = Instant::now();
+        let mut p = NetPolicy::load(&rules).context("load the allow-list")?;
+        p.attach(&dir).context("attach the allow-list")?;
+        policy_ms.push(start.elapsed().as_secs_f64() * 1e3);
+        drop(p);
+        fs::remove_dir(&dir)?;
+    }
+    let (policy, cgroup) = (median(policy_ms), median(cgroup_ms));
+    println!(
+        "\nnetwork-allow per cell start: load + attach {policy:.2} ms (median), vs cgroup mkdir+rmdir {cgroup:.2} ms: ratio {:.1}",
+        policy / cgroup
+    );
+    Ok(())
 }
 
 /// Exit events of a fork storm in the cell, consumed as they come.

@@ -363,7 +363,27 @@ fn clean_soak_of_catalog_cells_raises_no_alert() {
         "soak over {secs} s: {runs} task runs ({failed} failed), {requests} requests, {} alerts",
         found.len()
     );
+    // What was judged rather than learned: the cells whose learning ended.
+    let mut learned = Vec::new();
+    for e in std::fs::read_dir(node.state_dir().join("baselines"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let b = json(&std::fs::read_to_string(e.path()).unwrap_or_default());
+        let name = e.file_name().to_string_lossy().trim_end_matches(".json").to_owned();
+        eprintln!("  {name}: learned {} after {} ms; {}", b["learned"], b["learned-ms"], b["execs"]);
+        if b["learned"] == true {
+            learned.push(name);
+        }
+    }
     assert_eq!(found, Vec::<serde_json::Value>::new(), "{}", node.log());
+    if secs >= 600 {
+        assert!(
+            learned.iter().any(|c| c == "web-server"),
+            "the web server was judged, not only learned: {learned:?}"
+        );
+    }
     assert!(
         requests > 0 && runs > failed,
         "the soak did work: {runs} runs, {failed} failed, {requests} requests"

@@ -50,7 +50,7 @@ fn cgroup_of(node: &Node, instance: &str) -> PathBuf {
 
 /// Waits until the cell's baseline says learning is over.
 fn wait_learned(node: &Node, cell: &str) {
-    let file = node.state_dir().join("baselines").join(format!("{cell}.json"));
+    let file = node.state_dir().join("baselines").join(format!("{cell}@1.0.0.json"));
     wait_for("the baseline to be learned", Duration::from_secs(30), || {
         let text = std::fs::read_to_string(&file).ok()?;
         (json(&text)["learned"] == true).then_some(())
@@ -229,7 +229,7 @@ fn a_task_of_a_moment_learns_and_is_judged_though_no_sample_sees_it_run() {
     let node = Node::start(cat.path());
     // Runs of a few ms each, ended before any sample: their whole running
     // time counts when they end.
-    let file = node.state_dir().join("baselines").join("quick.json");
+    let file = node.state_dir().join("baselines").join("quick@1.0.0.json");
     let mut runs = 0;
     while !std::fs::read_to_string(&file).is_ok_and(|t| json(&t)["learned"] == true) {
         let out = node.ctl(&["run", "quick", "prog=/usr/bin/uname"]);
@@ -380,7 +380,7 @@ fn clean_soak_of_catalog_cells_raises_no_alert() {
     assert_eq!(found, Vec::<serde_json::Value>::new(), "{}", node.log());
     if secs >= 600 {
         assert!(
-            learned.iter().any(|c| c == "web-server"),
+            learned.iter().any(|c| c.starts_with("web-server@")),
             "the web server was judged, not only learned: {learned:?}"
         );
     }

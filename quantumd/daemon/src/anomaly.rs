@@ -6,7 +6,7 @@
 //! file's base name, at most 15 bytes). It learns for its first `[policy]
 //! learning` of running time, one clock per cell summed over its instances
 //! and runs (and quantumd's restarts: the baseline is kept in
-//! `<state>/baselines/<cell>.json`), seeded with what the manifest names:
+//! `<state>/baselines/<cell>@<version>.json`), seeded with what the manifest names:
 //! its program, and every word of its command line that is a program on
 //! the system path (the tools a `sh -c` script calls, whichever branch a
 //! run takes), and what the runtime execs on the way to the program. From then on, an exec outside
@@ -253,8 +253,9 @@ impl Baseline {
 pub struct Baselines {
     /// `None`: nothing is kept (tests, or a state directory that failed).
     dir: Option<PathBuf>,
+    /// By [`key`]: cell and version.
     cells: HashMap<String, Baseline>,
-    /// Cells whose baseline changed since it was last written.
+    /// Keys whose baseline changed since it was last written.
     dirty: HashSet<String>,
     /// (instance, program) pairs already alerted.
     alerted: HashSet<(String, String)>,
@@ -274,17 +275,17 @@ impl Baselines {
         }
     }
 
-    fn file(dir: &Path, cell: &str) -> PathBuf {
-        dir.join(format!("{cell}.json"))
+    fn file(dir: &Path, key: &str) -> PathBuf {
+        dir.join(format!("{key}.json"))
     }
 
-    /// The subject's cell's baseline: kept, or new when none is kept or the
-    /// kept one is for another version (or unreadable: logged, relearned).
+    /// The subject's baseline: kept, or new when none is kept (or the kept
+    /// one is unreadable: logged, relearned).
     fn baseline(&mut self, s: &Subject) -> &mut Baseline {
-        let stale = self.cells.get(&s.cell).is_none_or(|b| b.version != s.version);
-        if stale {
+        let key = key(s);
+        if !self.cells.contains_key(&key) {
             let kept = self.dir.as_deref().and_then(|dir| {
-                let path = Baselines::file(dir, &s.cell);
+                let path = Baselines::file(dir, &key);
                 let text = std::fs::read_to_string(&path).ok()?;
                 serde_json::from_str::<Baseline>(&text)
                     .map_err(|e| tracing::warn!(path = %path.display(), error = %e, "unreadable baseline; learning afresh"))
@@ -293,13 +294,13 @@ impl Baselines {
             let b = match kept {
                 Some(b) if b.version == s.version => b,
                 _ => {
-                    self.dirty.insert(s.cell.clone());
+                    self.dirty.insert(key.clone());
                     Baseline::new(s)
                 }
             };
-            self.cells.insert(s.cell.clone(), b);
+            self.cells.insert(key.clone(), b);
         }
-        self.cells.get_mut(&s.cell).expect("inserted above")
+        self.cells.get_mut(&key).expect("inserted above")
     }
 
     /// Counts `elapsed` of running time for each cell among `running` (once
@@ -307,7 +308,7 @@ impl Baselines {
     pub fn advance(&mut self, running: &[Subject], elapsed: Duration) {
         let mut seen = HashSet::new();
         for s in running {
-            if s.on_anomaly == OnAnomaly::Ignore || !seen.insert(s.cell.clone()) {
+            if s.on_anomaly == OnAnomaly::Ignore || !seen.insert(key(s)) {
                 continue;
             }
             let b = self.baseline(s);
@@ -334,7 +335,7 @@ impl Baselines {
         if !b.learned {
             if milli > b.cpu_peak_millicores {
                 b.cpu_peak_millicores = milli;
-                self.dirty.insert(s.cell.clone());
+                self.dirty.insert(key(s));
             }
             return None;
         }
@@ -377,17 +378,17 @@ impl Baselines {
             return;
         }
         b.learned_ms += u64::try_from(ran.as_millis()).unwrap_or(u64::MAX);
-        self.dirty.insert(s.cell.clone());
+        self.dirty.insert(key(s));
         self.finish_learning(s);
     }
 
     fn finish_learning(&mut self, s: &Subject) {
-        let Some(b) = self.cells.get_mut(&s.cell) else { return };
+        let Some(b) = self.cells.get_mut(&key(s)) else { return };
         if !b.learned && b.learned_ms >= u64::try_from(s.learning.as_millis()).unwrap_or(u64::MAX) {
             b.learned = true;
             let programs: Vec<&str> = b.execs.iter().map(String::as_str).collect();
             tracing::info!(cell = s.cell, version = s.version, programs = ?programs, "baseline learned");
-            self.dirty.insert(s.cell.clone());
+            self.dirty.insert(key(s));
         }
     }
 
@@ -404,7 +405,7 @@ impl Baselines {
         }
         if !b.learned {
             b.execs.insert(comm.to_owned());
-            self.dirty.insert(s.cell.clone());
+            self.dirty.insert(key(s));
             return None;
         }
         let known: Vec<&str> = b
@@ -436,14 +437,14 @@ impl Baselines {
         if s.on_anomaly == OnAnomaly::Ignore || s.allow_list {
             return None;
         }
-        let key = destination_key(to);
+        let dest = destination_key(to);
         let b = self.baseline(s);
-        if b.connects.contains(&key) {
+        if b.connects.contains(&dest) {
             return None;
         }
         if !b.learned {
-            b.connects.insert(key);
-            self.dirty.insert(s.cell.clone());
+            b.connects.insert(dest);
+            self.dirty.insert(key(s));
             return None;
         }
         let known = if b.connects.is_empty() {
@@ -455,11 +456,11 @@ impl Baselines {
             )
         };
         let message = format!(
-            "{comm} (pid {pid}) connected to {to} ({key}); while learning, {} {} {known}",
+            "{comm} (pid {pid}) connected to {to} ({dest}); while learning, {} {} {known}",
             s.cell, s.version
         );
         self.alerted
-            .insert((s.instance.clone(), format!("connect {key}")))
+            .insert((s.instance.clone(), format!("connect {dest}")))
             .then(|| Anomaly {
                 instance: s.instance.clone(),
                 cell: s.cell.clone(),
@@ -483,18 +484,25 @@ impl Baselines {
             tracing::warn!(dir = %dir.display(), error = %e, "cannot keep baselines");
             return;
         }
-        for cell in std::mem::take(&mut self.dirty) {
-            let Some(b) = self.cells.get(&cell) else { continue };
-            let path = Baselines::file(dir, &cell);
+        for key in std::mem::take(&mut self.dirty) {
+            let Some(b) = self.cells.get(&key) else { continue };
+            let path = Baselines::file(dir, &key);
             let written = serde_json::to_vec_pretty(b)
                 .map_err(|e| e.to_string())
                 .and_then(|json| crate::store::write_atomically(&path, &json, false).map_err(|e| crate::command::error_chain(&e)));
             if let Err(error) = written {
                 tracing::warn!(path = %path.display(), error, "cannot write a baseline");
-                self.dirty.insert(cell);
+                self.dirty.insert(key);
             }
         }
     }
+}
+
+/// Which baseline a subject's is: one per cell and version, so that an
+/// upgrade learns afresh while instances of the old version still run on
+/// theirs. Also its file's name under the baselines directory.
+fn key(s: &Subject) -> String {
+    format!("{}@{}", s.cell, s.version)
 }
 
 /// Turns each unit's refusal count into anomalies: one when refusals first
@@ -659,6 +667,10 @@ mod tests {
         assert!(b.exec(&one, "awk", 2).is_some());
         let upgraded = web("web-server.3", "1.1.0");
         assert_eq!(b.exec(&upgraded, "awk", 3), None, "1.1.0 is learning");
+        // Both versions running at once keep their own baselines.
+        assert!(b.exec(&one, "sed", 4).is_some(), "1.0.0 stays learned beside 1.1.0");
+        b.advance(&[one.clone(), upgraded.clone()], Duration::from_secs(5));
+        assert!(b.exec(&upgraded, "sed", 5).is_some(), "1.1.0 learned on its own clock");
     }
 
     #[test]
@@ -685,7 +697,7 @@ mod tests {
         let mut again = Baselines::new(Some(dir.path().to_owned()));
         assert_eq!(again.exec(&s, "gzip", 2), None);
         assert!(again.exec(&s, "sh", 3).is_some(), "learning was over before the restart");
-        std::fs::write(dir.path().join("web-server.json"), "{torn").expect("write");
+        std::fs::write(dir.path().join("web-server@1.0.0.json"), "{torn").expect("write");
         let mut torn = Baselines::new(Some(dir.path().to_owned()));
         assert_eq!(torn.exec(&s, "sh", 4), None, "an unreadable baseline is learned afresh");
     }

@@ -540,7 +540,7 @@ fn anomaly_alerts(g: &Guest) -> Result<()> {
     let instance = info["instance"].as_str().context("id")?.to_owned();
     wait_state(g, &instance, &["running"], Duration::from_secs(60))?;
     eventually("alert-web's baseline to be learned", Duration::from_secs(60), || {
-        let text = g.run("cat /var/lib/quantumd/baselines/alert-web.json")?.stdout;
+        let text = g.run("cat /var/lib/quantumd/baselines/alert-web@1.0.0.json")?.stdout;
         Ok(text.contains("\"learned\": true").then_some(()))
     })?;
     let alerts = |cell: &str| -> Result<Vec<serde_json::Value>> {

@@ -22,6 +22,9 @@
 #   make test-iso-desktop  the live ISO with a desktop: sway and the assistant
 #                     on tty1 in QEMU, a screenshot in target/desktop-screenshots/
 #   make test-kernel-vm  only test-vm's kernel scenarios
+#   make soak         not in `make test` (30 minutes): the real catalog's cells
+#                     at ordinary work raise no security-ai alert
+#                     (QUANTUM_SOAK_SECS=N shortens it)
 #
 # Other targets: deps, rootfs, image, deb, iso, iso-check, vm-run, demo, lint, fmt,
 # kernel, kmod, kernel-debs, test-kmod (kernel/README.md).
@@ -33,7 +36,7 @@ export CARGO_TERM_COLOR ?= never
 # may hold test binaries built in another checkout).
 export QUANTUM_CACHE ?= $(CURDIR)/.cache
 
-.PHONY: all run test test-unit test-host test-desktop test-bpf bench lint fmt demo build model
+.PHONY: all run test test-unit test-host test-desktop test-bpf soak bench lint fmt demo build model
 
 all: build
 
@@ -67,6 +70,10 @@ test-host: deps build model
 # for quantumd's cgroup2 mount; sway and the assistant run as nobody.
 test-desktop: deps build model
 	$(CARGO) test -p quantumos-assistant --test desktop
+
+# security-ai's false-alert side over 30 minutes (quantumd/ctl/tests/soak.rs).
+soak: deps build
+	$(CARGO) test -p quantumctl --test soak -- --nocapture
 
 # eBPF telemetry alone (root, BTF): unit tests and the real-kernel tests.
 test-bpf: deps

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{catalog, json, wait_for, Monitor, Node};
+use support::{alerts, catalog, free_port, get, json, wait_for, Monitor, Node};
 
 /// A web server as the catalog's is: python's http.server on a port of its own.
 fn web_cell(name: &str, port: u16, policy: &str) -> String {
@@ -21,14 +21,6 @@ fn web_cell(name: &str, port: u16, policy: &str) -> String {
          exec = [\"/usr/bin/python3\", \"-m\", \"http.server\", \"--bind\", \"127.0.0.1\", \"{port}\"]\n\
          [lifecycle]\nkind = \"service\"\nrestart = \"no\"\n[isolation]\nnetwork = \"host\"\n[policy]\n{policy}\n"
     )
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
-fn alerts(node: &Node) -> Vec<serde_json::Value> {
-    json(&node.ok(&["alerts", "--json"])).as_array().cloned().unwrap_or_default()
 }
 
 /// The cgroup directory of `instance`'s unit under this node.
@@ -67,17 +59,6 @@ fn inject_shell(cgroup: &Path) -> std::process::Child {
         .stdout(Stdio::null())
         .spawn()
         .expect("sh")
-}
-
-fn get(port: u16) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = s.write_all(b"GET / HTTP/1.0\r\n\r\n");
-    let mut reply = String::new();
-    let _ = s.read_to_string(&mut reply);
-    reply.starts_with("HTTP/1.0 200")
 }
 
 #[test]
@@ -260,18 +241,19 @@ fn a_task_of_a_moment_learns_and_is_judged_though_no_sample_sees_it_run() {
 
 #[test]
 fn a_cell_that_starts_burning_cpu_it_never_used_while_learning_is_alerted() {
-    // Idle while it learns (2 s), then two busy loops: bash builtins, so no
-    // exec and no connect, only CPU.
-    let script = "sleep 4; while :; do :; done & while :; do :; done";
+    // Idle while it learns (2 s), then four busy loops (bash builtins, so
+    // no exec and no connect, only CPU): well above half a core even on a
+    // busy 2-core machine.
+    let script = "sleep 4; for i in 1 2 3; do while :; do :; done & done; while :; do :; done";
     let cell = format!(
         "[cell]\nname = \"miner\"\nversion = \"1.0.0\"\ndescription = \"test cell\"\nexec = [\"/bin/bash\", \"-c\", {script:?}]\n\
-         [resources]\ncpu-max = 2.0\n[lifecycle]\nkind = \"service\"\nrestart = \"no\"\n[policy]\nlearning = \"2s\"\n"
+         [resources]\ncpu-max = 4.0\n[lifecycle]\nkind = \"service\"\nrestart = \"no\"\n[policy]\nlearning = \"2s\"\n"
     );
     let cat = catalog(&[("miner", &cell)]);
     let node = Node::start(cat.path());
     let started = json(&node.ok(&["run", "miner", "--json"]));
     let instance = started["instance"].as_str().expect("instance").to_owned();
-    let alert = wait_for("a cpu alert", Duration::from_secs(20), || {
+    let alert = wait_for("a cpu alert", Duration::from_secs(60), || {
         alerts(&node).into_iter().find(|a| a["kind"] == "cpu")
     });
     assert_eq!(alert["instance"], instance.as_str());
@@ -282,110 +264,4 @@ fn a_cell_that_starts_burning_cpu_it_never_used_while_learning_is_alerted() {
     );
     node.ok(&["stop", &instance]);
     assert_eq!(alerts(&node).len(), 1, "{:?}", alerts(&node));
-}
-
-/// The false-alert side: the real catalog's cells doing ordinary work for
-/// `QUANTUM_SOAK_SECS` (default 1800: the issue's 30 minutes) raise no
-/// alert. Too long for every CI run; run it with
-/// `cargo test -p quantumctl --test alerts -- --ignored --nocapture clean_soak`.
-#[test]
-#[ignore = "a 30-minute soak; run on purpose"]
-fn clean_soak_of_catalog_cells_raises_no_alert() {
-    let secs: u64 = std::env::var("QUANTUM_SOAK_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(1800);
-    let catalog = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packaging/cells");
-    let node = Node::start(&catalog);
-    let work = tempfile::tempdir().expect("tempdir");
-    let data = work.path().join("data");
-    let out = work.path().join("out");
-    std::fs::create_dir_all(data.join("sub")).expect("mkdir");
-    std::fs::create_dir_all(&out).expect("mkdir");
-    for i in 0..50 {
-        std::fs::write(data.join(format!("note-{i}.txt")), format!("line {i}\nfoo bar {i}\n")).expect("write");
-    }
-    std::fs::write(data.join("sub/report.md"), "# report\nfoo\n").expect("write");
-    for f in std::fs::read_dir(&data).expect("ls").flatten() {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(f.path(), std::fs::Permissions::from_mode(0o755));
-    }
-    let _ = std::fs::set_permissions(work.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755));
-    let _ = std::fs::set_permissions(&out, std::os::unix::fs::PermissionsExt::from_mode(0o777));
-
-    let port = free_port();
-    let d = data.display().to_string();
-    node.ok(&["run", "web-server", &format!("port={port}"), &format!("dir={d}")]);
-    node.ok(&["run", "system-monitor", "interval=1"]);
-    wait_for("the web server to answer", Duration::from_secs(30), || get(port).then_some(()));
-
-    let o = out.display().to_string();
-    let note = data.join("note-1.txt").display().to_string();
-    let tasks: Vec<Vec<String>> = [
-        vec!["file-search", "pattern=note", &format!("path={d}")],
-        vec!["file-search", "pattern=foo", &format!("path={d}"), "by=content"],
-        vec!["checksum", &format!("path={note}")],
-        vec!["checksum", &format!("path={note}"), "algorithm=b2"],
-        vec!["disk-usage", &format!("path={d}")],
-        vec!["archive", &format!("source={d}"), &format!("dest={o}"), "format=tar.gz"],
-        vec!["archive", &format!("source={d}"), &format!("dest={o}"), "format=zip"],
-        vec!["password-generator", "length=24"],
-    ]
-    .iter()
-    .map(|t| t.iter().map(|s| (*s).to_owned()).collect())
-    .collect();
-
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    let (mut runs, mut failed, mut requests) = (0u64, 0u64, 0u64);
-    let mut next_report = Instant::now();
-    while Instant::now() < deadline {
-        for t in &tasks {
-            let args: Vec<&str> = std::iter::once("run").chain(t.iter().map(String::as_str)).collect();
-            let out = node.ctl(&args);
-            runs += 1;
-            if !out.status.success() {
-                failed += 1;
-            }
-            for _ in 0..5 {
-                requests += u64::from(get(port));
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        }
-        let _ = std::fs::remove_dir_all(&out).and_then(|()| std::fs::create_dir_all(&out));
-        let _ = std::fs::set_permissions(&out, std::os::unix::fs::PermissionsExt::from_mode(0o777));
-        if Instant::now() >= next_report {
-            eprintln!(
-                "soak: {runs} task runs ({failed} failed), {requests} requests, {} alerts",
-                alerts(&node).len()
-            );
-            next_report = Instant::now() + Duration::from_secs(60);
-        }
-    }
-    let found = alerts(&node);
-    eprintln!(
-        "soak over {secs} s: {runs} task runs ({failed} failed), {requests} requests, {} alerts",
-        found.len()
-    );
-    // What was judged rather than learned: the cells whose learning ended.
-    let mut learned = Vec::new();
-    for e in std::fs::read_dir(node.state_dir().join("baselines"))
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let b = json(&std::fs::read_to_string(e.path()).unwrap_or_default());
-        let name = e.file_name().to_string_lossy().trim_end_matches(".json").to_owned();
-        eprintln!("  {name}: learned {} after {} ms; {}", b["learned"], b["learned-ms"], b["execs"]);
-        if b["learned"] == true {
-            learned.push(name);
-        }
-    }
-    assert_eq!(found, Vec::<serde_json::Value>::new(), "{}", node.log());
-    if secs >= 600 {
-        assert!(
-            learned.iter().any(|c| c.starts_with("web-server@")),
-            "the web server was judged, not only learned: {learned:?}"
-        );
-    }
-    assert!(
-        requests > 0 && runs > failed,
-        "the soak did work: {runs} runs, {failed} failed, {requests} requests"
-    );
 }

@@ -338,3 +338,29 @@ impl Drop for Monitor {
         let _ = self.child.wait();
     }
 }
+
+/// A TCP port free on loopback now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// `quantumctl alerts --json`: every alert, oldest first.
+pub fn alerts(node: &Node) -> Vec<serde_json::Value> {
+    json(&node.ok(&["alerts", "--json"])).as_array().cloned().unwrap_or_default()
+}
+
+/// Whether an HTTP GET of / on loopback `port` answers 200.
+pub fn get(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.write_all(b"GET / HTTP/1.0\r\n\r\n");
+    let mut reply = String::new();
+    let _ = s.read_to_string(&mut reply);
+    reply.starts_with("HTTP/1.0 200")
+}

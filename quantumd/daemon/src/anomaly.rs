@@ -45,7 +45,7 @@ const COMM_MAX: usize = 15;
 const RUNTIME_PROGRAMS: [&str; 2] = ["quantumd", "systemd-executo"];
 
 /// What kind of behaviour was out of the ordinary.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kind {
     /// A program the cell did not run while its baseline was learned.
     Exec,
@@ -257,8 +257,8 @@ pub struct Baselines {
     cells: HashMap<String, Baseline>,
     /// Keys whose baseline changed since it was last written.
     dirty: HashSet<String>,
-    /// (instance, program) pairs already alerted.
-    alerted: HashSet<(String, String)>,
+    /// What was already raised: instance, kind, and the program or destination.
+    alerted: HashSet<(String, Kind, String)>,
     /// How long each instance has been above its cell's CPU threshold.
     hot: HashMap<String, Duration>,
 }
@@ -318,7 +318,8 @@ impl Baselines {
             b.learned_ms += u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
             self.finish_learning(s);
         }
-        self.alerted.retain(|(instance, _)| running.iter().any(|s| &s.instance == instance));
+        self.alerted
+            .retain(|(instance, _, _)| running.iter().any(|s| &s.instance == instance));
         self.hot.retain(|instance, _| running.iter().any(|s| &s.instance == instance));
     }
 
@@ -358,10 +359,16 @@ impl Baselines {
             s.version,
             peak as f64 / 1000.0
         );
-        self.alerted.insert((s.instance.clone(), "cpu".to_owned())).then(|| Anomaly {
+        self.raise(s, Kind::Cpu, "", message)
+    }
+
+    /// The subject's anomaly of `kind` about `what` (a program, a
+    /// destination), unless it was already raised for this instance.
+    fn raise(&mut self, s: &Subject, kind: Kind, what: &str, message: String) -> Option<Anomaly> {
+        self.alerted.insert((s.instance.clone(), kind, what.to_owned())).then(|| Anomaly {
             instance: s.instance.clone(),
             cell: s.cell.clone(),
-            kind: Kind::Cpu,
+            kind,
             message,
             response: s.on_anomaly,
         })
@@ -420,13 +427,7 @@ impl Baselines {
             s.version,
             known.join(", ")
         );
-        self.alerted.insert((s.instance.clone(), comm.to_owned())).then(|| Anomaly {
-            instance: s.instance.clone(),
-            cell: s.cell.clone(),
-            kind: Kind::Exec,
-            message,
-            response: s.on_anomaly,
-        })
+        self.raise(s, Kind::Exec, comm, message)
     }
 
     /// A TCP connect to `to` by process `pid` (`comm`) in the subject's
@@ -459,15 +460,7 @@ impl Baselines {
             "{comm} (pid {pid}) connected to {to} ({dest}); while learning, {} {} {known}",
             s.cell, s.version
         );
-        self.alerted
-            .insert((s.instance.clone(), format!("connect {dest}")))
-            .then(|| Anomaly {
-                instance: s.instance.clone(),
-                cell: s.cell.clone(),
-                kind: Kind::Connect,
-                message,
-                response: s.on_anomaly,
-            })
+        self.raise(s, Kind::Connect, &dest, message)
     }
 
     /// Writes the baselines that changed; a failure is logged and retried
@@ -607,6 +600,8 @@ mod tests {
         for _ in 0..4 {
             assert_eq!(b.cpu(&s, 1.0, second), None);
         }
+        // A program named "cpu" is its own alert, not the CPU one.
+        assert!(b.exec(&s, "cpu", 9).is_some());
         let a = b.cpu(&s, 1.0, second).expect("five seconds above");
         assert_eq!(a.kind, Kind::Cpu);
         assert_eq!(

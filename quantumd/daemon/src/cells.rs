@@ -60,7 +60,7 @@ pub enum Event {
     BundleReady(Box<BundleRun>),
     /// The run-queue latency objective moves a cell's CPU weight.
     Tune(crate::steppps::Tuning),
-    /// A cell ran a program outside its baseline (security-ai).
+    /// A cell did what its baseline or its allow-list does not hold (security-ai).
     Anomaly(crate::anomaly::Anomaly),
     /// A restart's back-off has passed.
     Restart(String),

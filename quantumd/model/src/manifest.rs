@@ -73,6 +73,8 @@ pub struct Manifest {
     pub objectives: Objectives,
     pub state: State,
     pub policy: Policy,
+    /// `[provides]` and `[uses]`: the channels the cell serves and talks to.
+    pub channels: Channels,
     pub isolation: Isolation,
     /// `[needs] cells`: started before this cell and stopped after it.
     pub needs: Vec<CellName>,
@@ -259,6 +261,46 @@ impl Default for Policy {
             learning: Policy::DEFAULT_LEARNING,
         }
     }
+}
+
+/// `[provides] channels`, `[uses] channels` and `[uses] rate`: what the
+/// cell may serve to other cells and what it may connect to, through
+/// quantumd's channel broker (Cell 0 IPC, the `quantum-cell` SDK). The
+/// cell's token says exactly this; nothing else is reachable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Channels {
+    /// Bare channel names, served as `<this cell>/<name>`.
+    pub provides: Vec<String>,
+    /// `CELL/CHANNEL`s.
+    pub uses: Vec<String>,
+    /// At most this many connects (and listens) a second, per instance.
+    pub rate: u32,
+}
+
+impl Channels {
+    pub const DEFAULT_RATE: u32 = 100;
+
+    /// Whether the cell takes part in channels at all (and so gets a token).
+    pub fn any(&self) -> bool {
+        !self.provides.is_empty() || !self.uses.is_empty()
+    }
+}
+
+impl Default for Channels {
+    fn default() -> Self {
+        Channels {
+            provides: Vec::new(),
+            uses: Vec::new(),
+            rate: Channels::DEFAULT_RATE,
+        }
+    }
+}
+
+/// A channel's own name: what a cell name may be (lower-case letters,
+/// digits, dashes; a letter first; at most 63).
+pub fn is_channel_name(s: &str) -> bool {
+    s.parse::<CellName>().is_ok()
 }
 
 /// `[policy] on-anomaly`.

@@ -9,8 +9,8 @@ use toml_edit::{ImDocument, Item, TableLike, Value};
 
 use crate::diagnostic::Diagnostic;
 use crate::manifest::{
-    Artifact, CellName, ChildRef, Isolation, Kind, Lifecycle, Manifest, Network, Objectives, OnAnomaly, ParamSpec, ParamType, Policy,
-    Program, Resources, Restart, State, UserMode,
+    Artifact, CellName, Channels, ChildRef, Isolation, Kind, Lifecycle, Manifest, Network, Objectives, OnAnomaly, ParamSpec, ParamType, Policy,
+    is_channel_name, Program, Resources, Restart, State, UserMode,
 };
 use crate::netrule::NetRule;
 use crate::placeholder::{is_param_name, placeholders};
@@ -26,6 +26,8 @@ const TOP_KEYS: &[&str] = &[
     "objectives",
     "state",
     "policy",
+    "provides",
+    "uses",
     "isolation",
     "needs",
     "child",
@@ -38,6 +40,8 @@ const LIFECYCLE_KEYS: &[&str] = &["kind", "reach", "idle-timeout", "restart", "m
 const OBJECTIVES_KEYS: &[&str] = &["runq-latency-p99"];
 const STATE_KEYS: &[&str] = &["subvolume"];
 const POLICY_KEYS: &[&str] = &["on-anomaly", "learning"];
+const PROVIDES_KEYS: &[&str] = &["channels"];
+const USES_KEYS: &[&str] = &["channels", "rate"];
 const ISOLATION_KEYS: &[&str] = &["network", "network-allow", "user", "readable", "writable"];
 const NEEDS_KEYS: &[&str] = &["cells"];
 const CHILD_KEYS: &[&str] = &["name", "manifest", "count"];
@@ -128,6 +132,7 @@ fn home_of(key: &str) -> Option<&'static str> {
         ("objectives", OBJECTIVES_KEYS),
         ("state", STATE_KEYS),
         ("policy", POLICY_KEYS),
+        ("uses", USES_KEYS),
         ("isolation", ISOLATION_KEYS),
         ("needs", NEEDS_KEYS),
     ]
@@ -396,6 +401,7 @@ impl Walker {
         let objectives = self.objectives(root.get("objectives"));
         let state = self.state(root.get("state"));
         let policy = self.policy(root.get("policy"));
+        let channels = self.channels(root.get("provides"), root.get("uses"));
         let (isolation, isolation_spans) = self.isolation(root.get("isolation"));
         let (needs, needs_spans) = self.needs(root.get("needs"));
         let (children, child_manifest, child_count, child_index) = self.children(root.get("child"));
@@ -447,6 +453,7 @@ impl Walker {
                 objectives,
                 state,
                 policy,
+                channels,
                 isolation,
                 needs: needs.clone(),
                 children: children.clone(),
@@ -788,6 +795,63 @@ impl Walker {
             }
         }
         state
+    }
+
+    fn channels(&mut self, provides: Option<&Item>, uses: Option<&Item>) -> Channels {
+        let mut out = Channels::default();
+        if let Some(t) = provides.and_then(|item| self.table("provides", item)) {
+            self.check_keys("provides", t, PROVIDES_KEYS);
+            for (i, (s, span)) in t
+                .get("channels")
+                .and_then(|v| self.strings("provides.channels", v))
+                .unwrap_or_default()
+                .into_iter()
+                .enumerate()
+            {
+                let field = format!("provides.channels[{i}]");
+                if !is_channel_name(s) {
+                    self.error(
+                        field,
+                        span,
+                        format!("invalid channel name {s:?}: lower-case letters, digits and '-', starting with a letter, at most 63 (others reach it as CELL/{s})"),
+                    );
+                } else if out.provides.iter().any(|p| p == s) {
+                    self.error(field, span, format!("channel {s:?} is listed twice"));
+                } else {
+                    out.provides.push(s.to_owned());
+                }
+            }
+        }
+        if let Some(t) = uses.and_then(|item| self.table("uses", item)) {
+            self.check_keys("uses", t, USES_KEYS);
+            for (i, (s, span)) in t
+                .get("channels")
+                .and_then(|v| self.strings("uses.channels", v))
+                .unwrap_or_default()
+                .into_iter()
+                .enumerate()
+            {
+                let field = format!("uses.channels[{i}]");
+                match s.split_once('/') {
+                    Some((cell, channel)) if is_channel_name(cell) && is_channel_name(channel) => {
+                        if out.uses.iter().any(|u| u == s) {
+                            self.error(field, span, format!("channel {s:?} is listed twice"));
+                        } else {
+                            out.uses.push(s.to_owned());
+                        }
+                    }
+                    _ => self.error(
+                        field,
+                        span,
+                        format!("expected CELL/CHANNEL (the cell that provides it and the channel's name, e.g. \"echo-server/echo\"), found {s:?}"),
+                    ),
+                }
+            }
+            if let Some(n) = t.get("rate").and_then(|v| self.integer("uses.rate", v, 1..=100_000)) {
+                out.rate = n as u32;
+            }
+        }
+        out
     }
 
     fn policy(&mut self, item: Option<&Item>) -> Policy {

@@ -134,3 +134,20 @@ fn policy_defaults_to_alerting_after_a_minute_of_learning_and_reads_what_is_give
     assert_eq!(given.policy.on_anomaly, quantum_model::OnAnomaly::Stop);
     assert_eq!(given.policy.learning.secs(), 5);
 }
+
+#[test]
+fn channels_are_none_by_default_and_read_as_given() {
+    let base = "[cell]\nname = \"echo-client\"\nversion = \"1.0.0\"\ndescription = \"d\"\nexec = [\"/bin/true\"]\n";
+    let plain = quantum_model::parse_manifest(base).expect("valid");
+    assert!(!plain.channels.any());
+    assert_eq!(plain.channels.rate, quantum_model::Channels::DEFAULT_RATE);
+
+    let given = quantum_model::parse_manifest(&format!(
+        "{base}[provides]\nchannels = [\"figures\"]\n[uses]\nchannels = [\"echo-server/echo\"]\nrate = 10\n"
+    ))
+    .expect("valid");
+    assert!(given.channels.any());
+    assert_eq!(given.channels.provides, ["figures"]);
+    assert_eq!(given.channels.uses, ["echo-server/echo"]);
+    assert_eq!(given.channels.rate, 10);
+}

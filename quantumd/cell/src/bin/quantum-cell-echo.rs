@@ -1,0 +1,139 @@
+//! quantum-cell-echo: the example pair of channel cells, and the channel
+//! benchmark's two ends.
+//!
+//!   quantum-cell-echo serve CHANNEL          serve CHANNEL, echoing every frame
+//!   quantum-cell-echo ping CELL/CHANNEL [N] [SIZE] [--until-closed]
+//!                                            N round trips of SIZE bytes; prints
+//!                                            one JSON line of figures
+//!   quantum-cell-echo serve-stdin            echo on the stream socket that is
+//!                                            standard input (the raw baseline)
+//!   quantum-cell-echo raw [N] [SIZE]         the same ping over a plain socket
+//!                                            pair with a serve-stdin child
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use quantum_cell::{Channels, Stream};
+
+fn echo(mut stream: Stream) {
+    let mut buf = Vec::new();
+    while let Ok(true) = stream.recv(&mut buf) {
+        if stream.send(&buf).is_err() {
+            break;
+        }
+    }
+}
+
+fn serve(channel: &str) -> Result<(), String> {
+    let channels = Channels::from_env().map_err(|e| e.to_string())?;
+    let listener = channels.listen(channel).map_err(|e| format!("listen {channel}: {e}"))?;
+    eprintln!("serving {channel}");
+    loop {
+        let (stream, peer) = listener.accept().map_err(|e| format!("accept on {channel}: {e}"))?;
+        eprintln!("{} ({}) connected", peer.instance, peer.cell);
+        std::thread::spawn(move || echo(stream));
+    }
+}
+
+/// Round trips of `size` bytes; JSON figures on stdout.
+fn ping_over(stream: &mut Stream, n: usize, size: usize, label: &str) -> Result<(), String> {
+    let msg = vec![0x5au8; size];
+    let mut back = Vec::new();
+    let mut lat = Vec::with_capacity(n);
+    let start = Instant::now();
+    for i in 0..n {
+        let t = Instant::now();
+        stream.send(&msg).map_err(|e| format!("send {i}: {e}"))?;
+        match stream.recv(&mut back) {
+            Ok(true) if back == msg => {}
+            Ok(true) => return Err(format!("round trip {i}: the echo differs")),
+            Ok(false) => return Err(format!("round trip {i}: the stream ended")),
+            Err(e) => return Err(format!("round trip {i}: {e}")),
+        }
+        lat.push(t.elapsed());
+    }
+    let total = start.elapsed();
+    lat.sort();
+    let q = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or_default();
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    println!(
+        "{{\"path\":\"{label}\",\"round_trips\":{n},\"size\":{size},\"msgs_per_s\":{:.0},\"p50_us\":{:.1},\"p99_us\":{:.1}}}",
+        (2 * n) as f64 / total.as_secs_f64(),
+        us(q(0.50)),
+        us(q(0.99))
+    );
+    Ok(())
+}
+
+fn arg(args: &[String], i: usize, default: usize) -> Result<usize, String> {
+    args.get(i).map_or(Ok(default), |s| s.parse().map_err(|_| format!("not a number: {s}")))
+}
+
+fn run(args: &[String]) -> Result<(), String> {
+    match args.first().map(String::as_str) {
+        Some("serve") => serve(args.get(1).ok_or("serve: which channel?")?),
+        Some("ping") => {
+            let channel = args.get(1).ok_or("ping: which CELL/CHANNEL?")?;
+            let until_closed = args.iter().any(|a| a == "--until-closed");
+            let args: Vec<String> = args.iter().filter(|a| *a != "--until-closed").cloned().collect();
+            let (n, size) = (arg(&args, 2, 1000)?, arg(&args, 3, 64)?);
+            let channels = Channels::from_env().map_err(|e| e.to_string())?;
+            // The server may still be starting: a refusal for want of a
+            // listener is retried for a while, any other is final.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let (stream, peer) = loop {
+                match channels.connect(channel) {
+                    Ok(c) => break c,
+                    Err(quantum_cell::Error::Refused(r)) if r.contains("no instance") && Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(100))
+                    }
+                    Err(e) => return Err(format!("connect {channel}: {e}")),
+                }
+            };
+            eprintln!("connected to {} ({})", peer.instance, peer.cell);
+            let mut stream = stream;
+            ping_over(&mut stream, n, size, "channel")?;
+            if until_closed {
+                // Keep talking until quantumd ends the stream (revocation).
+                let mut back = Vec::new();
+                while stream.send(b"ping").is_ok() && matches!(stream.recv(&mut back), Ok(true)) {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                eprintln!("the stream to {} was closed", peer.instance);
+            }
+            Ok(())
+        }
+        Some("serve-stdin") => {
+            // SAFETY: fd 0 is the socket the parent passed and nothing else
+            // in this process uses standard input.
+            let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(0) };
+            echo(Stream::from_unix(std::os::unix::net::UnixStream::from(fd)).map_err(|e| e.to_string())?);
+            Ok(())
+        }
+        Some("raw") => {
+            let (n, size) = (arg(args, 1, 1000)?, arg(args, 2, 64)?);
+            let (mine, theirs) = std::os::unix::net::UnixStream::pair().map_err(|e| e.to_string())?;
+            let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+            let mut child = std::process::Command::new(exe)
+                .arg("serve-stdin")
+                .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(theirs)))
+                .spawn()
+                .map_err(|e| format!("starting the raw echo: {e}"))?;
+            let result = ping_over(&mut Stream::from_unix(mine).map_err(|e| e.to_string())?, n, size, "raw");
+            let _ = child.wait();
+            result
+        }
+        _ => Err("usage: quantum-cell-echo serve CHANNEL | ping CELL/CHANNEL [N] [SIZE] [--until-closed] | raw [N] [SIZE]".into()),
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("quantum-cell-echo: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

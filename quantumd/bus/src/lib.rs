@@ -282,6 +282,37 @@ pub struct CellStateReport {
 }
 
 /// Errors of the interface, mapped to D-Bus error names
+/// An open channel stream between two cell instances (Cell 0 IPC).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
+#[serde(rename_all = "kebab-case")]
+pub struct ChannelStream {
+    /// The instance that connected.
+    pub consumer: String,
+    /// The instance that serves it.
+    pub provider: String,
+    /// `CELL/CHANNEL`.
+    pub channel: String,
+    /// When the broker handed it out, microseconds since the Unix epoch.
+    pub opened_usec: u64,
+}
+
+/// An instance serving a channel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
+#[serde(rename_all = "kebab-case")]
+pub struct ChannelListener {
+    pub instance: String,
+    /// `CELL/CHANNEL`.
+    pub channel: String,
+}
+
+/// What the channel broker holds now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
+#[serde(rename_all = "kebab-case")]
+pub struct ChannelTable {
+    pub listening: Vec<ChannelListener>,
+    pub streams: Vec<ChannelStream>,
+}
+
 /// `org.quantumos.Quantum1.Error.<Variant>`; the text is for humans.
 #[derive(Debug, zbus::DBusError)]
 #[zbus(prefix = "org.quantumos.Quantum1.Error")]
@@ -438,6 +469,15 @@ pub trait Quantum1 {
     /// `cell` (empty: all) from sequence number `since_seq` on, at most the
     /// last `limit` (0: all).
     fn alerts(&self, cell: &str, since_seq: u64, limit: u32) -> Result<Vec<Alert>, Error>;
+
+    /// The channel broker's listeners and open streams.
+    fn channels(&self) -> Result<ChannelTable, Error>;
+
+    /// Revokes `instance`'s channels (`channel` empty: all; else one
+    /// `CELL/CHANNEL`) for the rest of its life: its open streams are shut
+    /// down and its token refused. Returns how many streams were closed.
+    /// Needs `org.quantumos.cells.manage`.
+    fn revoke_channels(&self, instance: &str, channel: &str) -> Result<u32, Error>;
 
     /// Verifies the whole trail: checksums, the hash chain, every seal's
     /// signature against this node's keys; names the first failing entry.

@@ -478,6 +478,42 @@ EXIT STATUS:
         #[arg(long)]
         json: bool,
     },
+    /// Show or revoke the channels between cells (Cell 0 IPC).
+    ///
+    /// A cell serves channels it lists under `[provides] channels` and
+    /// reaches those of other cells it lists under `[uses] channels`
+    /// (`CELL/CHANNEL`). Each instance gets a capability token (a macaroon
+    /// bound to the instance, with the channels, an expiry and a rate) as
+    /// the credential `quantum-channels`; quantumd's broker checks it, and
+    /// that the asking process is in that instance's cgroup, before it
+    /// hands both cells the ends of a fresh socket pair. Messages never
+    /// pass through quantumd. Every listen, connect, refusal and
+    /// revocation is in the trail (action `channel`).
+    ///
+    /// Without a subcommand: who listens on what, and the open streams.
+    #[command(
+        after_help = "EXAMPLES:\n    quantumctl channels\n    quantumctl channels --json\n    quantumctl channels revoke echo-client.4\n    quantumctl channels revoke echo-client.4 --channel echo-server/echo\n\nEXIT STATUS:\n    0 success; 1 refused (no broker, not allowed); 2 quantumd unreachable."
+    )]
+    Channels {
+        #[command(subcommand)]
+        command: Option<ChannelsCommand>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ChannelsCommand {
+    /// Shut down an instance's open streams and refuse its token from now
+    /// on, for the rest of the instance's life (kept across quantumd
+    /// restarts). Needs the right to manage cells.
+    Revoke {
+        /// The instance (CELL.N, as `quantumctl list` shows it).
+        instance: String,
+        /// Only this channel (CELL/CHANNEL); default all of them.
+        #[arg(long, value_name = "CELL/CHANNEL")]
+        channel: Option<String>,
+    },
 }
 
 #[derive(Debug, clap::Subcommand)]

@@ -9,7 +9,7 @@ use anyhow::{anyhow, Context};
 use quantum_bus::{Error, Quantum1Proxy};
 use zbus::zvariant::Fd;
 
-use crate::cli::{CellCommand, CliCommand, TrailCommand, TrailRange, TriggerCommand};
+use crate::cli::{CellCommand, ChannelsCommand, CliCommand, TrailCommand, TrailRange, TriggerCommand};
 use crate::output;
 
 /// A failed request: printed, then exit status 1.
@@ -310,6 +310,32 @@ async fn execute(proxy: &Quantum1Proxy<'_>, command: CliCommand) -> Result<ExitC
                     let fresh = read(next, 0).await?;
                     print(&fresh, &mut next);
                 }
+            }
+        }
+        CliCommand::Channels { command: None, json } => {
+            let table = proxy
+                .channels()
+                .await
+                .map_err(|e| Failed(request_failed("cannot list the channels", e)))?;
+            if json {
+                output::json(&table);
+            } else {
+                print!("{}", output::channels(&table));
+            }
+        }
+        CliCommand::Channels {
+            command: Some(ChannelsCommand::Revoke { instance, channel }),
+            json,
+        } => {
+            let closed = proxy
+                .revoke_channels(&instance, channel.as_deref().unwrap_or(""))
+                .await
+                .map_err(|e| Failed(request_failed(&format!("cannot revoke the channels of {instance}"), e)))?;
+            if json {
+                output::json(&serde_json::json!({ "instance": instance, "streams-closed": closed }));
+            } else {
+                let what = channel.map_or_else(|| "channels".to_owned(), |c| format!("channel {c}"));
+                println!("revoked the {what} of {instance}; {closed} open stream{} closed", if closed == 1 { "" } else { "s" });
             }
         }
         CliCommand::Steppps { cell, json, once, verbose } => {

@@ -201,6 +201,34 @@ pub fn alert(a: &quantum_bus::Alert) -> String {
     )
 }
 
+/// `channels`: who listens on what, then the open streams.
+pub fn channels(t: &quantum_bus::ChannelTable) -> String {
+    let mut out = String::new();
+    if t.listening.is_empty() {
+        out.push_str("no cell is listening on a channel\n");
+    } else {
+        out.push_str(&format!("{:<28} {}\n", "LISTENING", "CHANNEL"));
+        for l in &t.listening {
+            out.push_str(&format!("{:<28} {}\n", l.instance, l.channel));
+        }
+    }
+    if t.streams.is_empty() {
+        out.push_str("no open streams\n");
+    } else {
+        out.push_str(&format!("\n{:<24} {:<24} {:<28} {}\n", "CONSUMER", "PROVIDER", "CHANNEL", "OPENED"));
+        for s in &t.streams {
+            out.push_str(&format!(
+                "{:<24} {:<24} {:<28} {}\n",
+                s.consumer,
+                s.provider,
+                s.channel,
+                utc(s.opened_usec.saturating_mul(1000))
+            ));
+        }
+    }
+    out
+}
+
 /// `trigger list`: one block per trigger.
 pub fn triggers(list: &[quantum_bus::TriggerInfo]) -> String {
     let mut out = String::new();

@@ -268,6 +268,9 @@ pub struct Cells {
     trail: Result<Recorder, String>,
     /// The STEPPPS sampler, told which cells run at every tick.
     steppps: Option<Steppps>,
+    /// The channel broker (crate::channels): mints the tokens of cells with
+    /// channels; none when its socket could not be had.
+    channels: Option<crate::channels::Broker>,
     /// STEPPPS PSYCHOLOGY: each ended instance becomes a usage sample.
     history: Option<crate::psychology::History>,
     /// STEPPPS SCRIPT: cells run when something happens.
@@ -424,6 +427,7 @@ impl Cells {
             identity: None,
             trail: Err("the trail is not open yet".into()),
             steppps: None,
+            channels: None,
             history: None,
             refusals: crate::anomaly::Refusals::default(),
         }
@@ -438,6 +442,10 @@ impl Cells {
 
     pub fn set_steppps(&mut self, steppps: Steppps) {
         self.steppps = Some(steppps);
+    }
+
+    pub fn set_channels(&mut self, broker: crate::channels::Broker) {
+        self.channels = Some(broker);
     }
 
     /// Where bundles come from (the configured providers).
@@ -1034,9 +1042,18 @@ impl Cells {
         let base = if cwd.is_empty() { manifest_dir.clone() } else { PathBuf::from(cwd) };
         let Params {
             values: params,
-            secrets,
+            mut secrets,
             made: made_secrets,
         } = resolve_params(&m, given, &base)?;
+        let broker = match (m.channels.any(), &self.channels) {
+            (false, _) => None,
+            (true, Some(b)) => Some(b.clone()),
+            (true, None) => {
+                return Err(CommandError::Refused(format!(
+                    "cell \"{name}\" provides or uses channels, and quantumd's channel broker is not running (see quantumd's log)"
+                )))
+            }
+        };
 
         // Needed cells first: reuse a running top-level instance, or start one.
         stack.push(name.clone());
@@ -1065,7 +1082,13 @@ impl Cells {
         stack.pop();
 
         // A warm unit of the cell, when nothing else must be set up first.
-        let mut warm = if parent.is_none() && needs.is_empty() && m.children.is_empty() && !m.state.subvolume && secrets.is_empty() {
+        let mut warm = if parent.is_none()
+            && needs.is_empty()
+            && m.children.is_empty()
+            && !m.state.subvolume
+            && secrets.is_empty()
+            && broker.is_none()
+        {
             self.take_warm(&name, resolved.hash.to_hex().as_str())
         } else {
             None
@@ -1074,6 +1097,13 @@ impl Cells {
             Some(w) => w.instance.clone(),
             None => format!("{name}.{}", self.take_number()?),
         };
+        if let Some(b) = &broker {
+            // Beside the secrets, so that only the instance can read it.
+            let token = b
+                .mint(&id, &m)
+                .map_err(|e| CommandError::Backend(crate::command::error_chain(&e)))?;
+            secrets.insert(quantum_cell::wire::TOKEN_CREDENTIAL.to_owned(), token);
+        }
         let family = (!m.children.is_empty()).then(|| family_slice(slice, &id));
         if let Some(f) = &family {
             steps.push(Step::Slice(SliceSpec {
@@ -1202,6 +1232,9 @@ impl Cells {
             ("QUANTUM_CELL".to_owned(), r.cell.clone()),
             ("QUANTUM_INSTANCE".to_owned(), r.instance.clone()),
         ]);
+        if let Some(b) = self.channels.as_ref().filter(|_| m.channels.any()) {
+            env.insert(quantum_cell::wire::SOCKET_ENV.to_owned(), b.socket().display().to_string());
+        }
         for (k, v) in &r.params {
             env.insert(format!("QUANTUM_PARAM_{}", k.to_uppercase().replace('-', "_")), v.clone());
         }
@@ -1569,6 +1602,9 @@ impl Cells {
         let Some(inst) = self.instances.get_mut(&id) else { return };
         inst.last_exit = ev.exit.code();
         inst.ran = true;
+        if let Some(broker) = &self.channels {
+            broker.ended(&id);
+        }
         if inst.state == State::Stopping {
             return;
         }

@@ -58,6 +58,10 @@ pub struct Config {
     /// Serve STEPPPS figures as Prometheus text at /metrics: a loopback
     /// `ADDRESS:PORT` or the absolute path of a Unix socket. Empty: off.
     pub metrics: String,
+    /// The channel broker's socket (Cell 0 IPC), as cells are told it in
+    /// `$QUANTUM_CHANNELS`. Under systemd, quantumd-channels.socket passes
+    /// it; otherwise quantumd makes it here (mode 0666).
+    pub channels: PathBuf,
     /// `[cells]`: what the administrator says of catalog cells.
     pub cells: CellsConfig,
     /// `[prewarm]`: cells started before they are asked for.
@@ -140,6 +144,7 @@ impl Default for Config {
             keep_ended: 64,
             bpf: true,
             metrics: String::new(),
+            channels: PathBuf::from(quantum_cell::wire::DEFAULT_SOCKET),
             cells: CellsConfig::default(),
             prewarm: PrewarmConfig::default(),
         }

@@ -33,9 +33,17 @@ pub struct Quantum1 {
     pub logs: crate::logs::Source,
     /// STEPPPS PSYCHOLOGY: the usage history behind `Recommend`.
     pub history: crate::psychology::History,
+    /// The channel broker, when it runs.
+    pub channels: Option<crate::channels::Broker>,
 }
 
 impl Quantum1 {
+    fn broker(&self) -> Result<&crate::channels::Broker, Error> {
+        self.channels
+            .as_ref()
+            .ok_or_else(|| Error::Refused("quantumd's channel broker is not running (see quantumd's log)".to_owned()))
+    }
+
     async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T, CommandError>>) -> Command) -> Result<T, Error> {
         let (tx, rx) = oneshot::channel();
         self.commands
@@ -465,6 +473,40 @@ impl Quantum1 {
             alerts.drain(..alerts.len() - limit as usize);
         }
         Ok(alerts)
+    }
+
+    async fn channels(&self) -> Result<quantum_bus::ChannelTable, Error> {
+        let broker = self.broker()?;
+        let (streams, listening) = broker.list();
+        Ok(quantum_bus::ChannelTable {
+            listening: listening
+                .into_iter()
+                .map(|(instance, channel)| quantum_bus::ChannelListener { instance, channel })
+                .collect(),
+            streams: streams
+                .into_iter()
+                .map(|s| quantum_bus::ChannelStream {
+                    consumer: s.consumer,
+                    provider: s.provider,
+                    channel: s.channel,
+                    opened_usec: s.opened_usec,
+                })
+                .collect(),
+        })
+    }
+
+    async fn revoke_channels(&self, #[zbus(header)] header: Header<'_>, instance: String, channel: String) -> Result<u32, Error> {
+        self.authorize(&header).await?;
+        let actor = actor(&self.authorizer, &header).await;
+        if crate::runtime::instance_of_unit(&crate::runtime::unit_name(&instance)).is_none() {
+            return Err(Error::NotFound(format!("{instance:?} is not an instance id (CELL.N)")));
+        }
+        let broker = self.broker()?.clone();
+        let closed = tokio::task::spawn_blocking(move || broker.revoke(&instance, &channel, &actor))
+            .await
+            .map_err(|e| Error::Backend(format!("revoking: {e}")))?
+            .map_err(|e| Error::Backend(error_chain(&e)))?;
+        Ok(closed as u32)
     }
 
     async fn trail_verify(&self) -> Result<TrailReport, Error> {

@@ -4,6 +4,7 @@ mod anomaly;
 mod bundles;
 mod catalog;
 mod cell_state;
+mod channels;
 mod cells;
 mod command;
 mod config;
@@ -69,6 +70,10 @@ struct Args {
     /// The administrator's triggers, `*.toml` (overrides the configuration).
     #[arg(long, value_name = "DIR")]
     triggers: Option<PathBuf>,
+    /// The channel broker's socket, when systemd passes none (overrides
+    /// the configuration's `channels`).
+    #[arg(long, value_name = "PATH")]
+    channels: Option<PathBuf>,
     /// Replace the node identity with a new one, record it in the trail,
     /// and exit; quantumd.service must be stopped. The recovery path when
     /// the TPM no longer unseals the identity (PCR 7 changed, TPM cleared)
@@ -156,6 +161,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     if let Some(d) = args.triggers {
         config.triggers = d;
+    }
+    if let Some(p) = args.channels {
+        config.channels = p;
     }
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let result = if args.regenerate_identity {

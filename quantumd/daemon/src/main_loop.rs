@@ -133,7 +133,11 @@ pub async fn serve(config: Config, bus_address: Option<String>, socket: Option<s
     for name in config.cells.disabled.iter().filter(|n| !in_catalog.contains(*n)) {
         tracing::warn!(cell = %name, catalog = %config.catalog.display(), "a disabled cell is not in the catalog");
     }
+    let broker = open_broker(&config, trail.as_ref().ok().cloned());
     let mut cells = Cells::new(runtime, store, config, event_tx.clone());
+    if let Some(b) = &broker {
+        cells.set_channels(b.clone());
+    }
     cells.set_history(history.clone());
     cells.set_trust(identity.clone(), trail.clone());
     cells.set_bundles(bundles);
@@ -188,6 +192,7 @@ pub async fn serve(config: Config, bus_address: Option<String>, socket: Option<s
         steppps,
         logs: log_source,
         history,
+        channels: broker,
     };
     if let Some(listener) = crate::direct::listener(socket.as_deref())? {
         tracing::info!("serving quantumctl on the direct socket too");
@@ -287,6 +292,26 @@ pub async fn serve(config: Config, bus_address: Option<String>, socket: Option<s
         anyhow::bail!("lost the connection to systemd; exiting to be restarted");
     }
     Ok(())
+}
+
+/// The channel broker on its socket; none (and cells with channels are
+/// refused, saying why) when its key or socket cannot be had.
+fn open_broker(config: &Config, trail: Option<Recorder>) -> Option<crate::channels::Broker> {
+    let opened = crate::channels::Broker::open(&config.state_dir, config.channels.clone(), trail).and_then(|b| {
+        let listener = crate::channels::listener(&config.channels)?;
+        b.serve(listener)?;
+        Ok(b)
+    });
+    match opened {
+        Ok(b) => {
+            tracing::info!(socket = %config.channels.display(), "channel broker listening");
+            Some(b)
+        }
+        Err(e) => {
+            tracing::warn!(error = %crate::command::error_chain(&e), "no channel broker: cells with channels will not run");
+            None
+        }
+    }
 }
 
 /// How long a quantumd whose connection to systemd closed waits for a stop

@@ -128,6 +128,10 @@ impl Action {
     /// A cell behaved unlike its baseline or its manifest (security-ai):
     /// `INSTANCE: KIND: RESPONSE: MESSAGE` in the detail.
     pub const ALERT: Action = Action(Cow::Borrowed("alert"));
+    /// The channel broker (Cell 0 IPC): `listen INSTANCE: CELL/CHANNEL`,
+    /// `connect INSTANCE -> PROVIDER: CELL/CHANNEL`, `refused: WHO:
+    /// CHANNEL: WHY`, `revoke INSTANCE: WHAT; N open streams closed`.
+    pub const CHANNEL: Action = Action(Cow::Borrowed("channel"));
     /// Something that happened to the trail itself (a repair at open).
     pub const TRAIL: Action = Action(Cow::Borrowed("trail"));
 

@@ -79,8 +79,8 @@ impl Channels {
             socket: self.socket.clone(),
             source,
         };
-        let fd = socket::socket(socket::AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None)
-            .map_err(|e| broker(e.into()))?;
+        let fd =
+            socket::socket(socket::AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC, None).map_err(|e| broker(e.into()))?;
         let addr = socket::UnixAddr::new(&self.socket).map_err(|e| broker(e.into()))?;
         socket::connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr).map_err(|e| broker(e.into()))?;
         wire::send(fd.as_fd(), request, None).map_err(broker)?;

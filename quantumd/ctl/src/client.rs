@@ -335,7 +335,10 @@ async fn execute(proxy: &Quantum1Proxy<'_>, command: CliCommand) -> Result<ExitC
                 output::json(&serde_json::json!({ "instance": instance, "streams-closed": closed }));
             } else {
                 let what = channel.map_or_else(|| "channels".to_owned(), |c| format!("channel {c}"));
-                println!("revoked the {what} of {instance}; {closed} open stream{} closed", if closed == 1 { "" } else { "s" });
+                println!(
+                    "revoked the {what} of {instance}; {closed} open stream{} closed",
+                    if closed == 1 { "" } else { "s" }
+                );
             }
         }
         CliCommand::Steppps { cell, json, once, verbose } => {

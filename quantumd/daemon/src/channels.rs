@@ -141,7 +141,9 @@ pub struct Broker {
 
 impl std::fmt::Debug for Broker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Broker").field("socket", &self.shared.socket).finish_non_exhaustive()
+        f.debug_struct("Broker")
+            .field("socket", &self.shared.socket)
+            .finish_non_exhaustive()
     }
 }
 
@@ -158,10 +160,10 @@ fn load_key(dir: &Path) -> Result<MacaroonKey, ChannelError> {
     let path = dir.join("key");
     match fs::read(&path) {
         Ok(bytes) => {
-            let raw: [u8; 32] = bytes
-                .as_slice()
-                .try_into()
-                .map_err(|_| ChannelError::BadKey { path: path.clone(), len: bytes.len() })?;
+            let raw: [u8; 32] = bytes.as_slice().try_into().map_err(|_| ChannelError::BadKey {
+                path: path.clone(),
+                len: bytes.len(),
+            })?;
             Ok(MacaroonKey::from(raw))
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -285,7 +287,11 @@ fn check(key: &MacaroonKey, token: &str, instance: &str, op: Op<'_>, now: u64) -
     }
     // A token always carries its rate; one that somehow lost it is held
     // to the default rather than to none.
-    Ok(if rate == u32::MAX { quantum_model::Channels::DEFAULT_RATE } else { rate })
+    Ok(if rate == u32::MAX {
+        quantum_model::Channels::DEFAULT_RATE
+    } else {
+        rate
+    })
 }
 
 impl Broker {
@@ -379,7 +385,11 @@ impl Broker {
             *entry = (now, 0);
             left_out
         };
-        let more = if left_out > 0 { format!(" ({left_out} more refused before this)") } else { String::new() };
+        let more = if left_out > 0 {
+            format!(" ({left_out} more refused before this)")
+        } else {
+            String::new()
+        };
         self.record(asker, format!("refused: {asker}: {channel}: {reason}{more}"));
     }
 
@@ -474,7 +484,9 @@ impl Broker {
         }
         match op {
             Op::Listen(_) => {
-                let control = conn.try_clone().map_err(|e| format!("quantumd could not keep the connection: {e}"))?;
+                let control = conn
+                    .try_clone()
+                    .map_err(|e| format!("quantumd could not keep the connection: {e}"))?;
                 // Answered before it is listed (under the lock), so that no
                 // peer's stream can arrive ahead of the answer.
                 wire::send(conn.as_fd(), &Reply::Listening, None).map_err(|e| format!("answering: {e}"))?;
@@ -582,16 +594,23 @@ impl Broker {
             }
             let concerns = |i: &str, ch: &str| i == instance && (channel.is_empty() || ch == channel);
             self.close_where(&mut state, |w| match w {
-                Watched::Stream { info, .. } => {
-                    concerns(&info.consumer, &info.channel) || concerns(&info.provider, &info.channel)
-                }
-                Watched::Listener { instance: i, channel: ch, .. } => concerns(i, ch),
+                Watched::Stream { info, .. } => concerns(&info.consumer, &info.channel) || concerns(&info.provider, &info.channel),
+                Watched::Listener {
+                    instance: i, channel: ch, ..
+                } => concerns(i, ch),
             })
         };
-        let what = if channel.is_empty() { "all channels".to_owned() } else { channel.to_owned() };
+        let what = if channel.is_empty() {
+            "all channels".to_owned()
+        } else {
+            channel.to_owned()
+        };
         self.record(
             actor,
-            format!("revoke {instance}: {what}; {closed} open stream{} closed", if closed == 1 { "" } else { "s" }),
+            format!(
+                "revoke {instance}: {what}; {closed} open stream{} closed",
+                if closed == 1 { "" } else { "s" }
+            ),
         );
         Ok(closed)
     }
@@ -802,7 +821,14 @@ mod tests {
         assert!(e.contains("does not provide channel \"echo\""), "{e}");
         let e = check(key, &t, "web-server.2", Op::Connect("echo-server/echo"), now).expect_err("stolen");
         assert!(e.contains("instance echo-client.4's"), "{e}");
-        let e = check(key, &t, "echo-client.4", Op::Connect("echo-server/echo"), now + TOKEN_LIFETIME.as_secs()).expect_err("expired");
+        let e = check(
+            key,
+            &t,
+            "echo-client.4",
+            Op::Connect("echo-server/echo"),
+            now + TOKEN_LIFETIME.as_secs(),
+        )
+        .expect_err("expired");
         assert!(e.contains("expired"), "{e}");
     }
 
@@ -821,7 +847,14 @@ mod tests {
         widened.add_first_party_caveat("instance = echo-client.4").expect("c");
         widened.add_first_party_caveat("uses = sql-database/query").expect("c");
         let widened = widened.serialize(Format::V2).expect("s");
-        let e = check(&b.shared.key, &widened, "echo-client.4", Op::Connect("sql-database/query"), now_secs()).expect_err("altered");
+        let e = check(
+            &b.shared.key,
+            &widened,
+            "echo-client.4",
+            Op::Connect("sql-database/query"),
+            now_secs(),
+        )
+        .expect_err("altered");
         assert!(e.contains("does not verify"), "{e}");
         let e = check(&b.shared.key, "hello", "echo-client.4", Op::Connect("x/y"), now_secs()).expect_err("garbage");
         assert!(e.contains("not a channel token"), "{e}");
@@ -838,7 +871,9 @@ mod tests {
         let e = check(key, &only_figures, "echo-client.4", Op::Connect("echo-server/echo"), now).expect_err("narrowed");
         assert!(e.contains("narrowed to channel"), "{e}");
         let past = attenuate(&t, &Caveat::Expires(now - 1)).expect("narrow");
-        assert!(check(key, &past, "echo-client.4", Op::Listen("figures"), now).expect_err("expired").contains("expired"));
+        assert!(check(key, &past, "echo-client.4", Op::Listen("figures"), now)
+            .expect_err("expired")
+            .contains("expired"));
         let slower = attenuate(&t, &Caveat::Rate(2)).expect("narrow");
         assert_eq!(check(key, &slower, "echo-client.4", Op::Listen("figures"), now), Ok(2));
     }
@@ -849,7 +884,10 @@ mod tests {
         let b = Broker::open(dir.path(), dir.path().join("s"), None).expect("broker");
         let t = b.mint("echo-client.4", &manifest()).expect("mint");
         let again = Broker::open(dir.path(), dir.path().join("s"), None).expect("broker");
-        assert_eq!(check(&again.shared.key, &t, "echo-client.4", Op::Listen("figures"), now_secs()), Ok(7));
+        assert_eq!(
+            check(&again.shared.key, &t, "echo-client.4", Op::Listen("figures"), now_secs()),
+            Ok(7)
+        );
         fs::write(dir.path().join("channels/key"), b"short").expect("damage");
         let e = Broker::open(dir.path(), dir.path().join("s"), None).expect_err("damaged");
         assert!(e.to_string().contains("5 bytes, not 32"), "{e}");

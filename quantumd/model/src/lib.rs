@@ -19,8 +19,8 @@ pub mod units;
 pub use access::{limits, Access};
 pub use diagnostic::{Diagnostic, Located, SourceMap};
 pub use manifest::{
-    Artifact, CellName, Channels, ChildRef, Isolation, Kind, Lifecycle, Manifest, Network, Objectives, OnAnomaly, ParamSpec, ParamType, Policy,
-    is_channel_name, Program, Resources, Restart, State, UserMode,
+    is_channel_name, Artifact, CellName, Channels, ChildRef, Isolation, Kind, Lifecycle, Manifest, Network, Objectives, OnAnomaly,
+    ParamSpec, ParamType, Policy, Program, Resources, Restart, State, UserMode,
 };
 pub use netrule::{Host, NetRule, Protocol};
 pub use parse::parse_manifest;

@@ -9,8 +9,8 @@ use toml_edit::{ImDocument, Item, TableLike, Value};
 
 use crate::diagnostic::Diagnostic;
 use crate::manifest::{
-    Artifact, CellName, Channels, ChildRef, Isolation, Kind, Lifecycle, Manifest, Network, Objectives, OnAnomaly, ParamSpec, ParamType, Policy,
-    is_channel_name, Program, Resources, Restart, State, UserMode,
+    is_channel_name, Artifact, CellName, Channels, ChildRef, Isolation, Kind, Lifecycle, Manifest, Network, Objectives, OnAnomaly,
+    ParamSpec, ParamType, Policy, Program, Resources, Restart, State, UserMode,
 };
 use crate::netrule::NetRule;
 use crate::placeholder::{is_param_name, placeholders};

@@ -5,6 +5,12 @@
 //!   quantum-cell-echo ping CELL/CHANNEL [N] [SIZE] [--until-closed]
 //!                                            N round trips of SIZE bytes; prints
 //!                                            one JSON line of figures
+//!   quantum-cell-echo probe CELL/CHANNEL as-is|expired|forged
+//!                                            one connect with the cell's token as
+//!                                            given, narrowed to an expiry in the
+//!                                            past, or forged (its caveats under
+//!                                            another key); prints `connected` or
+//!                                            `refused: WHY` (the tests' prober)
 //!   quantum-cell-echo serve-stdin            echo on the stream socket that is
 //!                                            standard input (the raw baseline)
 //!   quantum-cell-echo raw [N] [SIZE]         the same ping over a plain socket
@@ -13,6 +19,7 @@
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use quantum_cell::token::{attenuate, caveats, Caveat};
 use quantum_cell::{Channels, Stream};
 
 fn echo(mut stream: Stream) {
@@ -54,7 +61,11 @@ fn ping_over(stream: &mut Stream, n: usize, size: usize, label: &str) -> Result<
     }
     let total = start.elapsed();
     lat.sort();
-    let q = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or_default();
+    let q = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     println!(
         "{{\"path\":\"{label}\",\"round_trips\":{n},\"size\":{size},\"msgs_per_s\":{:.0},\"p50_us\":{:.1},\"p99_us\":{:.1}}}",
@@ -65,8 +76,21 @@ fn ping_over(stream: &mut Stream, n: usize, size: usize, label: &str) -> Result<
     Ok(())
 }
 
+/// The token's caveats, signed with a key that is not the node's: what
+/// someone who read a token's format, but not quantumd's key, could make.
+fn forge(token: &str) -> Result<String, String> {
+    use libmacaroon::{Format, Macaroon, MacaroonKey};
+    let key = MacaroonKey::generate(b"a key that is not the node's");
+    let mut m = Macaroon::create(Some("quantumd"), &key, "forged").map_err(|e| e.to_string())?;
+    for c in caveats(token).map_err(|e| e.to_string())? {
+        m.add_first_party_caveat(c).map_err(|e| e.to_string())?;
+    }
+    m.serialize(Format::V2).map_err(|e| e.to_string())
+}
+
 fn arg(args: &[String], i: usize, default: usize) -> Result<usize, String> {
-    args.get(i).map_or(Ok(default), |s| s.parse().map_err(|_| format!("not a number: {s}")))
+    args.get(i)
+        .map_or(Ok(default), |s| s.parse().map_err(|_| format!("not a number: {s}")))
 }
 
 fn run(args: &[String]) -> Result<(), String> {
@@ -103,6 +127,22 @@ fn run(args: &[String]) -> Result<(), String> {
             }
             Ok(())
         }
+        Some("probe") => {
+            let channel = args.get(1).ok_or("probe: which CELL/CHANNEL?")?;
+            let channels = Channels::from_env().map_err(|e| e.to_string())?;
+            let token = match args.get(2).map_or("as-is", String::as_str) {
+                "as-is" => channels.token().to_owned(),
+                "expired" => attenuate(channels.token(), &Caveat::Expires(1)).map_err(|e| e.to_string())?,
+                "forged" => forge(channels.token())?,
+                other => return Err(format!("probe: unknown way {other:?} (as-is, expired, forged)")),
+            };
+            match channels.with_token(token).connect(channel) {
+                Ok(_) => println!("connected"),
+                Err(quantum_cell::Error::Refused(why)) => println!("refused: {why}"),
+                Err(e) => return Err(format!("probe {channel}: {e}")),
+            }
+            Ok(())
+        }
         Some("serve-stdin") => {
             // SAFETY: fd 0 is the socket the parent passed and nothing else
             // in this process uses standard input.
@@ -123,7 +163,7 @@ fn run(args: &[String]) -> Result<(), String> {
             let _ = child.wait();
             result
         }
-        _ => Err("usage: quantum-cell-echo serve CHANNEL | ping CELL/CHANNEL [N] [SIZE] [--until-closed] | raw [N] [SIZE]".into()),
+        _ => Err("usage: quantum-cell-echo serve CHANNEL | ping CELL/CHANNEL [N] [SIZE] [--until-closed] | probe CELL/CHANNEL as-is|expired|forged | raw [N] [SIZE]".into()),
     }
 }
 

@@ -43,6 +43,9 @@ pub struct Node {
     pub catalog: PathBuf,
     /// quantumd.toml text; flags still set the directories and the backend.
     config: String,
+    /// Where the channel broker's socket is (`--channels`): a directory
+    /// every user may enter, as cells run as other users.
+    pub channels: tempfile::TempDir,
 }
 
 impl Node {
@@ -91,6 +94,7 @@ impl Node {
             mount,
             catalog: catalog.to_owned(),
             config: config.to_owned(),
+            channels: open_dir(),
         };
         node.start_daemon();
         node
@@ -147,6 +151,8 @@ impl Node {
             .arg(&self.catalog)
             .arg("--socket")
             .arg(self.socket())
+            .arg("--channels")
+            .arg(self.channels.path().join("channels.sock"))
             .env("QUANTUM_BUS_ADDRESS", &self.bus_address);
         cmd
     }
@@ -270,6 +276,13 @@ impl Drop for Node {
         let _ = self.dbus.kill();
         let _ = self.dbus.wait();
     }
+}
+
+/// A new directory that every user may enter and read (mode 0755).
+pub fn open_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    dir
 }
 
 /// Writes `cells` (name -> cell.toml text) as a catalog in a new temp dir.

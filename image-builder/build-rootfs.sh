@@ -253,7 +253,7 @@ require_build_outputs() {
         case "$src" in
             target/*)
                 compgen -G "$TARGET_DIR/${src#target/}" >/dev/null ||
-                    die "build output $TARGET_DIR/${src#target/} is missing: run \`cargo build --release -p quantumd -p quantumctl\` (make image does)"
+                    die "build output $TARGET_DIR/${src#target/} is missing: run \`cargo build --release -p quantumd -p quantumctl -p quantum-cell\` (make image does)"
                 ;;
             cache/*)
                 compgen -G "$CACHE/${src#cache/}" >/dev/null ||

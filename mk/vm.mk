@@ -27,7 +27,7 @@ rootfs: deps
 	bash $(VM_BUILD) rootfs
 
 release-bins:
-	$(CARGO) build --release -p quantumd -p quantumctl
+	$(CARGO) build --release -p quantumd -p quantumctl -p quantum-cell
 
 # The intent engine's catalog embeddings, computed here (native speed) for
 # the image's catalog and model: embedding the catalog inside a TCG guest

@@ -364,9 +364,15 @@ impl Broker {
         t.serialize(Format::V2).map_err(mint)
     }
 
-    fn record(&self, actor: &str, detail: String) {
+    /// A `channel` trail entry about `instance` (its cell's, so that
+    /// `quantumctl trail show --cell` finds it), when it is a cell's.
+    fn record(&self, actor: &str, instance: &str, detail: String) {
         if let Some(t) = &self.shared.trail {
-            t.record(crate::trail::entry(actor, &quantum_trail::Action::CHANNEL).detail(detail));
+            let mut e = crate::trail::entry(actor, &quantum_trail::Action::CHANNEL).detail(detail);
+            if let Some(cell) = crate::runtime::instance_of_unit(&crate::runtime::unit_name(instance)).and_then(|i| i.rsplit_once('.')) {
+                e = e.cell(cell.0);
+            }
+            t.record(e);
         }
     }
 
@@ -390,7 +396,7 @@ impl Broker {
         } else {
             String::new()
         };
-        self.record(asker, format!("refused: {asker}: {channel}: {reason}{more}"));
+        self.record(asker, asker, format!("refused: {asker}: {channel}: {reason}{more}"));
     }
 
     /// Watches the provider ends and listening connections for their
@@ -502,7 +508,7 @@ impl Broker {
                     .map_err(|e| format!("quantumd could not watch the connection: {e}"))?;
                 state.listening.entry(full.clone()).or_default().push(key);
                 drop(state);
-                self.record(instance, format!("listen {instance}: {full}"));
+                self.record(instance, instance, format!("listen {instance}: {full}"));
                 Ok(None)
             }
             Op::Connect(ch) => {
@@ -547,7 +553,7 @@ impl Broker {
                 self.watch_fd(&mut state, Watched::Stream { info, end: theirs })
                     .map_err(|e| format!("quantumd could not watch the stream: {e}"))?;
                 drop(state);
-                self.record(instance, format!("connect {instance} -> {provider}: {ch}"));
+                self.record(instance, instance, format!("connect {instance} -> {provider}: {ch}"));
                 let peer = Peer {
                     instance: provider,
                     cell: provider_cell.to_owned(),
@@ -607,6 +613,7 @@ impl Broker {
         };
         self.record(
             actor,
+            instance,
             format!(
                 "revoke {instance}: {what}; {closed} open stream{} closed",
                 if closed == 1 { "" } else { "s" }

@@ -28,6 +28,10 @@ fn cells_are_isolated_and_limited_in_a_vm() {
         anomaly_alerts,
     );
     s.run(
+        "cells-talk-over-brokered-channels-a-forged-token-is-refused-and-revocation-closes-the-stream",
+        channels,
+    );
+    s.run(
         "a-dynamic-user-cell-cannot-read-quantumd-state-or-write-outside-writable",
         dynamic_user,
     );
@@ -83,6 +87,7 @@ fn cells_are_isolated_and_limited_in_a_vm() {
         ask_serves_a_folder,
     );
     s.run("256-concurrent-cells-all-run-then-all-stop", many_cells);
+    s.run("256-cells-talk-in-128-channel-pairs-at-once", many_channel_pairs);
     if let Err(e) = s.finish() {
         panic!("{e:#}");
     }
@@ -713,6 +718,128 @@ fn many_cells(g: &Guest) -> Result<()> {
     ensure!(stop.success() && stop.stdout.trim() == "256", "stop: {stop}");
     let left = g.run_ok("systemctl list-units --all --plain --no-legend 'quantum-tiny.*' | wc -l")?;
     ensure!(left.trim() == "0", "{} tiny units left", left.trim());
+    Ok(())
+}
+
+/// The example channel pair's manifests (quantum-cell-echo), small enough
+/// for hundreds at once: the server gets a thread per stream.
+const CH_LIMITS: &str = "[resources]\nmemory-min = \"0\"\nmemory-max = \"16M\"\ntasks-max = 8\n";
+
+fn ch_server(g: &Guest) -> Result<String> {
+    cell(
+        g,
+        "ch-server",
+        &format!(
+            "exec = [\"/usr/bin/quantum-cell-echo\", \"serve\", \"echo\"]\n{CH_LIMITS}\
+             [lifecycle]\nkind = \"service\"\nrestart = \"no\"\nidle-timeout = \"0\"\n[provides]\nchannels = [\"echo\"]"
+        ),
+    )
+}
+
+fn ch_client(g: &Guest, name: &str, args: &[&str]) -> Result<String> {
+    let argv: Vec<String> = std::iter::once("/usr/bin/quantum-cell-echo")
+        .chain(args.iter().copied())
+        .map(str::to_owned)
+        .collect();
+    cell(
+        g,
+        name,
+        &format!("exec = {argv:?}\n{CH_LIMITS}[lifecycle]\nkind = \"task\"\nrestart = \"no\"\n[uses]\nchannels = [\"ch-server/echo\"]"),
+    )
+}
+
+fn channel_table(g: &Guest) -> Result<serde_json::Value> {
+    let out = g.run_ok("quantumctl channels --json")?;
+    serde_json::from_str(&out).with_context(|| format!("not JSON: {out}"))
+}
+
+/// Cell 0 IPC under systemd: the broker socket from
+/// quantumd-channels.socket, the token as a LoadCredential=, dynamic users
+/// on both sides, the unprivileged quantumd checking the asker's cgroup.
+fn channels(g: &Guest) -> Result<()> {
+    let server = ch_server(g)?;
+    let ping = ch_client(g, "ch-ping", &["ping", "ch-server/echo", "500", "64"])?;
+    let forger = ch_client(g, "ch-forger", &["probe", "ch-server/echo", "forged"])?;
+    let holder = ch_client(g, "ch-holder", &["ping", "ch-server/echo", "5", "64", "--until-closed"])?;
+    let srv = run(g, &server)?["instance"].as_str().context("id")?.to_owned();
+    eventually("ch-server to listen", Duration::from_secs(60), || {
+        let t = channel_table(g)?;
+        Ok(t["listening"]
+            .as_array()
+            .is_some_and(|l| l.iter().any(|l| l["instance"] == srv.as_str()))
+            .then_some(()))
+    })?;
+
+    let out = g.run_with_timeout(&format!("quantumctl run {ping}"), Duration::from_secs(120))?;
+    ensure!(out.success(), "the pinging cell failed: {out}");
+    let figures: serde_json::Value = serde_json::from_str(out.stdout.trim()).with_context(|| format!("no figures: {out}"))?;
+    ensure!(figures["round_trips"] == 500, "{figures}");
+    report(format_args!(
+        "[qemu] channels: 500 round trips of 64 bytes between two cells: {} msgs/s, p50 {} us, p99 {} us (TCG)",
+        figures["msgs_per_s"], figures["p50_us"], figures["p99_us"]
+    ));
+
+    let out = g.run_with_timeout(&format!("quantumctl run {forger}"), Duration::from_secs(120))?;
+    ensure!(out.success(), "{out}");
+    ensure!(
+        out.stdout.starts_with("refused: the token does not verify"),
+        "a forged token was not refused: {out}"
+    );
+    let trail = g.run_ok("quantumctl trail show --cell ch-forger --json")?;
+    ensure!(trail.contains("refused: ch-forger."), "the refusal is not in the trail: {trail}");
+
+    let held = run(g, &holder)?["instance"].as_str().context("id")?.to_owned();
+    eventually("the holder's stream", Duration::from_secs(60), || {
+        let t = channel_table(g)?;
+        Ok(t["streams"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|s| s["consumer"] == held.as_str()))
+            .then_some(()))
+    })?;
+    let said = g.run_ok(&format!("quantumctl channels revoke {held}"))?;
+    ensure!(said.contains("1 open stream closed"), "{said}");
+    wait_state(g, &held, &["exited", "failed"], Duration::from_secs(30))?;
+    let logs = g.run_ok(&format!("quantumctl logs {held}"))?;
+    ensure!(logs.contains(&format!("the stream to {srv} was closed")), "{logs}");
+    g.run_ok(&format!("quantumctl stop {srv}"))?;
+    Ok(())
+}
+
+/// 128 servers and 128 clients, each client's round trips over a stream of
+/// its own; round robin gives every server one client.
+fn many_channel_pairs(g: &Guest) -> Result<()> {
+    let server = ch_server(g)?;
+    let pair = ch_client(g, "ch-pair", &["ping", "ch-server/echo", "20", "64"])?;
+    let started = Instant::now();
+    let out = g.run_with_timeout(
+        &format!("seq 128 | xargs -P 16 -I{{}} quantumctl run {server} >/dev/null 2>/run/qt/ch.err; echo $?; tail -n 5 /run/qt/ch.err"),
+        Duration::from_secs(600),
+    )?;
+    ensure!(out.stdout.starts_with("0\n"), "some servers did not start: {out}");
+    eventually("128 listeners", Duration::from_secs(300), || {
+        Ok((channel_table(g)?["listening"].as_array().map_or(0, Vec::len) == 128).then_some(()))
+    })?;
+    let out = g.run_with_timeout(
+        &format!("seq 128 | xargs -P 16 -I{{}} quantumctl run {pair} >/dev/null 2>/run/qt/ch.err; echo $?; tail -n 5 /run/qt/ch.err"),
+        Duration::from_secs(600),
+    )?;
+    ensure!(out.stdout.starts_with("0\n"), "some clients failed: {out}");
+    report(format_args!(
+        "[qemu] channels: 128 servers and 128 clients (256 cells) started and talked in {:.1} s",
+        started.elapsed().as_secs_f64()
+    ));
+    let trail = g.run_ok("quantumctl trail show --cell ch-pair -n 0 --json")?;
+    let entries: serde_json::Value = serde_json::from_str(&trail)?;
+    let served: std::collections::BTreeSet<String> = entries
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["action"] == "channel")
+        .filter_map(|e| e["detail"].as_str()?.split(" -> ").nth(1)?.split(':').next().map(str::to_owned))
+        .collect();
+    ensure!(served.len() == 128, "{} servers got a client", served.len());
+    let stop = g.run_with_timeout("quantumctl stop ch-server | tr ',' '\\n' | wc -l", Duration::from_secs(600))?;
+    ensure!(stop.success() && stop.stdout.trim() == "128", "stop: {stop}");
     Ok(())
 }
 

@@ -14,6 +14,9 @@ echo "== eBPF telemetry (TIME, EVENT): perf bench sched pipe and hackbench with 
 # bpf-bench runs bpf-workload (its sibling binary) for the ring-buffer rate.
 cargo build -q --release -p quantum-bpf --bins
 cargo run -q --release -p quantum-bpf --bin bpf-bench
+echo "== channels between cells (Cell 0 IPC): msgs/s and latency over a brokered stream vs a raw Unix socket pair, one pair and 256 pairs (cgroup backend, this host)"
+cargo build -q --release -p quantumd -p quantumctl -p quantum-cell
+cargo test -q --release -p quantumctl --test channel_bench -- --nocapture
 echo "== cell start: where its time goes (quantumd's stages), then quantumctl run vs systemd-run (plain, and with quantumd's whole sandbox), in a systemd-nspawn container"
 cargo run -q --release -p quantum-vmtest --bin quantum-bench -- --backend nspawn --profile "${BENCH_PROFILE:-50}" --starts "${BENCH_STARTS:-100}" --concurrent "${BENCH_CONCURRENT:-256}"
 if [ "${BENCH_VM:-1}" = 1 ]; then

@@ -151,3 +151,17 @@ fn channels_are_none_by_default_and_read_as_given() {
     assert_eq!(given.channels.uses, ["echo-server/echo"]);
     assert_eq!(given.channels.rate, 10);
 }
+
+#[test]
+fn the_example_channel_cells_are_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packaging/examples/channels");
+    let files = vec![dir.join("echo-server/cell.toml"), dir.join("echo-client/cell.toml")];
+    let set = validate(&files);
+    assert!(set.is_valid(), "{}", render(&set));
+    let (_, client) = set
+        .manifests
+        .iter()
+        .find(|(_, m)| m.name.as_str() == "echo-client")
+        .expect("echo-client");
+    assert_eq!(client.channels.uses, ["echo-server/echo"]);
+}

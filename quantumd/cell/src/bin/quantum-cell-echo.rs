@@ -47,6 +47,8 @@ fn ping_over(stream: &mut Stream, n: usize, size: usize, label: &str) -> Result<
     let msg = vec![0x5au8; size];
     let mut back = Vec::new();
     let mut lat = Vec::with_capacity(n);
+    let wall = |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros());
+    let start_us = wall(std::time::SystemTime::now());
     let start = Instant::now();
     for i in 0..n {
         let t = Instant::now();
@@ -60,6 +62,7 @@ fn ping_over(stream: &mut Stream, n: usize, size: usize, label: &str) -> Result<
         lat.push(t.elapsed());
     }
     let total = start.elapsed();
+    let end_us = wall(std::time::SystemTime::now());
     lat.sort();
     let q = |p: f64| {
         lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
@@ -68,7 +71,7 @@ fn ping_over(stream: &mut Stream, n: usize, size: usize, label: &str) -> Result<
     };
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     println!(
-        "{{\"path\":\"{label}\",\"round_trips\":{n},\"size\":{size},\"msgs_per_s\":{:.0},\"p50_us\":{:.1},\"p99_us\":{:.1}}}",
+        "{{\"path\":\"{label}\",\"round_trips\":{n},\"size\":{size},\"msgs_per_s\":{:.0},\"p50_us\":{:.1},\"p99_us\":{:.1},\"start_us\":{start_us},\"end_us\":{end_us}}}",
         (2 * n) as f64 / total.as_secs_f64(),
         us(q(0.50)),
         us(q(0.99))

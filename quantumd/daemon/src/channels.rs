@@ -56,6 +56,10 @@ pub const FD_NAME: &str = "quantumd-channels";
 const TOKEN_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
 /// A request must arrive this soon after the connection.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// At most this many requests are waited for at once; more connections
+/// are closed at once (a cell that opens connections and says nothing
+/// cannot make quantumd hold more than this).
+const MAX_PENDING: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChannelError {
@@ -130,6 +134,8 @@ struct Shared {
     trail: Option<Recorder>,
     epoll: Epoll,
     state: Mutex<State>,
+    /// Connections whose request is being waited for or handled.
+    pending: std::sync::atomic::AtomicUsize,
 }
 
 /// The broker: shared by the cell loop (mint, ended), the interface (list,
@@ -323,6 +329,7 @@ impl Broker {
                     revoked,
                     ..State::default()
                 }),
+                pending: std::sync::atomic::AtomicUsize::new(0),
             }),
         };
         let watcher = broker.clone();
@@ -680,8 +687,17 @@ impl Broker {
                         Err(_would_block) => continue,
                     }
                 };
+                use std::sync::atomic::Ordering;
+                if broker.shared.pending.fetch_add(1, Ordering::AcqRel) >= MAX_PENDING {
+                    broker.shared.pending.fetch_sub(1, Ordering::AcqRel);
+                    tracing::warn!("{MAX_PENDING} channel requests are pending already; a connection was closed");
+                    continue;
+                }
                 let broker = broker.clone();
-                tokio::spawn(async move { broker.handle(conn).await });
+                tokio::spawn(async move {
+                    broker.handle(conn).await;
+                    broker.shared.pending.fetch_sub(1, Ordering::AcqRel);
+                });
             }
         });
         Ok(())

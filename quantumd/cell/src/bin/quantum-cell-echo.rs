@@ -124,7 +124,7 @@ fn run(args: &[String]) -> Result<(), String> {
                 // Keep talking until quantumd ends the stream (revocation).
                 let mut back = Vec::new();
                 while stream.send(b"ping").is_ok() && matches!(stream.recv(&mut back), Ok(true)) {
-                    std::thread::sleep(Duration::from_millis(50));
+                    std::thread::sleep(Duration::from_millis(500));
                 }
                 eprintln!("the stream to {} was closed", peer.instance);
             }

@@ -147,10 +147,8 @@ fn a_forged_expired_foreign_or_stolen_token_is_refused_and_recorded() {
         ("wanderer", &probe("wanderer", "echo-server/admin", "as-is")),
         (
             "keeper",
-            &format!(
-                "[cell]\nname = \"keeper\"\nversion = \"1.0.0\"\ndescription = \"holds its token\"\nexec = [\"/bin/sleep\", \"60\"]\n\
-                 [uses]\nchannels = [\"echo-server/echo\"]\n"
-            ),
+            "[cell]\nname = \"keeper\"\nversion = \"1.0.0\"\ndescription = \"holds its token\"\nexec = [\"/bin/sleep\", \"60\"]\n\
+             [uses]\nchannels = [\"echo-server/echo\"]\n",
         ),
     ]);
     let node = Node::start(cat.path());

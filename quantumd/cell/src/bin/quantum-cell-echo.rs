@@ -4,7 +4,9 @@
 //!   quantum-cell-echo serve CHANNEL          serve CHANNEL, echoing every frame
 //!   quantum-cell-echo ping CELL/CHANNEL [N] [SIZE] [--until-closed]
 //!                                            N round trips of SIZE bytes; prints
-//!                                            one JSON line of figures
+//!                                            one JSON line of figures; then, with
+//!                                            --until-closed, a ping every 0.5 s
+//!                                            until the stream ends
 //!   quantum-cell-echo probe CELL/CHANNEL as-is|expired|forged
 //!                                            one connect with the cell's token as
 //!                                            given, narrowed to an expiry in the

@@ -5,8 +5,8 @@
 //!   quantum-cell-echo ping CELL/CHANNEL [N] [SIZE] [--until-closed]
 //!                                            N round trips of SIZE bytes; prints
 //!                                            one JSON line of figures; then, with
-//!                                            --until-closed, a ping every 0.5 s
-//!                                            until the stream ends
+//!                                            --until-closed, holds the stream open
+//!                                            until it ends (revoked, server gone)
 //!   quantum-cell-echo probe CELL/CHANNEL as-is|expired|forged
 //!                                            one connect with the cell's token as
 //!                                            given, narrowed to an expiry in the
@@ -123,11 +123,12 @@ fn run(args: &[String]) -> Result<(), String> {
             let mut stream = stream;
             ping_over(&mut stream, n, size, "channel")?;
             if until_closed {
-                // Keep talking until quantumd ends the stream (revocation).
+                // Hold the stream, idle (no CPU: hundreds of these run at
+                // once in the VM tier), until it ends: revoked, or the
+                // server's instance gone. The server sends nothing
+                // unasked, so the first thing read is the end.
                 let mut back = Vec::new();
-                while stream.send(b"ping").is_ok() && matches!(stream.recv(&mut back), Ok(true)) {
-                    std::thread::sleep(Duration::from_millis(500));
-                }
+                while matches!(stream.recv(&mut back), Ok(true)) {}
                 eprintln!("the stream to {} was closed", peer.instance);
             }
             Ok(())

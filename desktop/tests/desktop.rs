@@ -172,6 +172,8 @@ impl Desktop {
             .arg(self.path("cache"))
             .arg("--catalog")
             .arg(repo().join("packaging/cells"))
+            .arg("--channels")
+            .arg(self.path("channels.sock"))
             .env("QUANTUM_BUS_ADDRESS", &self.bus)
             .env("RUST_LOG", "info")
             .stderr(log)

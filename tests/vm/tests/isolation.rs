@@ -719,7 +719,9 @@ fn ch_client(g: &Guest, name: &str, args: &[&str]) -> Result<String> {
     cell(
         g,
         name,
-        &format!("exec = {argv:?}\n{CH_LIMITS}[lifecycle]\nkind = \"task\"\nrestart = \"no\"\n[uses]\nchannels = [\"ch-server/echo\"]"),
+        &format!(
+            "exec = {argv:?}\n{CH_LIMITS}[lifecycle]\nkind = \"task\"\nrestart = \"no\"\nidle-timeout = \"0\"\n[uses]\nchannels = [\"ch-server/echo\"]"
+        ),
     )
 }
 

@@ -39,6 +39,11 @@ fn client(name: &str, exe: &str, args: &[&str], uses: &str) -> String {
     )
 }
 
+/// A task that uses echo-server/echo.
+fn uses_echo(name: &str, exe: &str, args: &[&str]) -> String {
+    client(name, exe, args, "\"echo-server/echo\"")
+}
+
 fn run(node: &Node, cell: &str) -> String {
     json(&node.ok(&["run", "--json", cell]))["instance"]
         .as_str()
@@ -94,12 +99,7 @@ fn two_cells_talk_through_a_brokered_stream_and_the_trail_records_who_and_what()
         ("echo-server", &server(&exe)),
         (
             "echo-client",
-            &client(
-                "echo-client",
-                &exe,
-                &["ping", "echo-server/echo", "200", "64"],
-                "\"echo-server/echo\"",
-            ),
+            &uses_echo("echo-client", &exe, &["ping", "echo-server/echo", "200", "64"]),
         ),
     ]);
     let node = Node::start(cat.path());
@@ -138,7 +138,7 @@ fn two_cells_talk_through_a_brokered_stream_and_the_trail_records_who_and_what()
 fn a_forged_expired_foreign_or_stolen_token_is_refused_and_recorded() {
     let bins = open_dir();
     let exe = echo_binary(bins.path());
-    let probe = |name: &str, channel: &str, how: &str| client(name, &exe, &["probe", channel, how], "\"echo-server/echo\"");
+    let probe = |name: &str, channel: &str, how: &str| uses_echo(name, &exe, &["probe", channel, how]);
     let cat = catalog(&[
         ("echo-server", &server(&exe)),
         ("genuine", &probe("genuine", "echo-server/echo", "as-is")),
@@ -219,21 +219,11 @@ fn revoking_an_instance_closes_its_open_stream_and_refuses_it_from_then_on() {
         ("echo-server", &server(&exe)),
         (
             "echo-client",
-            &client(
-                "echo-client",
-                &exe,
-                &["ping", "echo-server/echo", "10", "64", "--until-closed"],
-                "\"echo-server/echo\"",
-            ),
+            &uses_echo("echo-client", &exe, &["ping", "echo-server/echo", "10", "64", "--until-closed"]),
         ),
         (
             "other-client",
-            &client(
-                "other-client",
-                &exe,
-                &["ping", "echo-server/echo", "10", "64", "--until-closed"],
-                "\"echo-server/echo\"",
-            ),
+            &uses_echo("other-client", &exe, &["ping", "echo-server/echo", "10", "64", "--until-closed"]),
         ),
     ]);
     let node = Node::start(cat.path());
@@ -279,7 +269,7 @@ fn a_cell_without_a_listener_is_told_so_and_a_cell_without_channels_gets_no_toke
     let cat = catalog(&[
         (
             "echo-client",
-            &client("echo-client", &exe, &["probe", "echo-server/echo", "as-is"], "\"echo-server/echo\""),
+            &uses_echo("echo-client", &exe, &["probe", "echo-server/echo", "as-is"]),
         ),
         (
             "plain",
@@ -312,12 +302,7 @@ fn two_hundred_fifty_six_cells_talk_in_pairs_at_once() {
         ("echo-server", &server(&exe)),
         (
             "echo-client",
-            &client(
-                "echo-client",
-                &exe,
-                &["ping", "echo-server/echo", "100", "64"],
-                "\"echo-server/echo\"",
-            ),
+            &uses_echo("echo-client", &exe, &["ping", "echo-server/echo", "100", "64"]),
         ),
     ]);
     // `list` keeps the last 64 ended instances by default: keep them all.

@@ -1550,6 +1550,9 @@ impl Cells {
 
     /// Forgets a live instance: record removed, links cut, moved to `ended`.
     async fn finish(&mut self, id: &str, state: &str, reason: &str) {
+        if let Some(broker) = &self.channels {
+            broker.ended(id);
+        }
         let Some(inst) = self.instances.remove(id) else { return };
         self.store.remove(id);
         for n in &inst.record.needs {
@@ -1599,12 +1602,15 @@ impl Cells {
         let Some(id) = instance_of_unit(&ev.unit).map(str::to_owned) else {
             return;
         };
-        let Some(inst) = self.instances.get_mut(&id) else { return };
-        inst.last_exit = ev.exit.code();
-        inst.ran = true;
+        // Its process is gone: the streams it served end for their peers
+        // (quantumd's copy of their ends would keep them open), whether or
+        // not the instance is still known (a stop may have finished it).
         if let Some(broker) = &self.channels {
             broker.ended(&id);
         }
+        let Some(inst) = self.instances.get_mut(&id) else { return };
+        inst.last_exit = ev.exit.code();
+        inst.ran = true;
         if inst.state == State::Stopping {
             return;
         }

@@ -41,12 +41,13 @@ fn manifests(exe: &str, n: usize) -> Vec<(String, String)> {
         ),
         (
             "ping".to_owned(),
-            head("ping", &argv(&["ping", "echo-server/echo", &n, &size]))
-                + "[lifecycle]\nkind = \"task\"\nrestart = \"no\"\n[uses]\nchannels = [\"echo-server/echo\"]\nrate = 1000\n",
+            head("ping", &argv(&["ping", "echo-server/echo", &n, &size, "--at", "{at}"]))
+                + "[params.at]\ntype = \"string\"\ndefault = \"0\"\ndescription = \"when to start\"\n[lifecycle]\nkind = \"task\"\nrestart = \"no\"\n[uses]\nchannels = [\"echo-server/echo\"]\nrate = 1000\n",
         ),
         (
             "raw".to_owned(),
-            head("raw", &argv(&["raw", &n, &size])) + "[lifecycle]\nkind = \"task\"\nrestart = \"no\"\n",
+            head("raw", &argv(&["raw", &n, &size, "--at", "{at}"]))
+                + "[params.at]\ntype = \"string\"\ndefault = \"0\"\ndescription = \"when to start\"\n[lifecycle]\nkind = \"task\"\nrestart = \"no\"\n",
         ),
     ]
 }

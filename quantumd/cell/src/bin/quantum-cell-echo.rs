@@ -2,7 +2,7 @@
 //! benchmark's two ends.
 //!
 //!   quantum-cell-echo serve CHANNEL          serve CHANNEL, echoing every frame
-//!   quantum-cell-echo ping CELL/CHANNEL [N] [SIZE] [--until-closed]
+//!   quantum-cell-echo ping CELL/CHANNEL [N] [SIZE] [--until-closed] [--at UNIX-MS]
 //!                                            N round trips of SIZE bytes; prints
 //!                                            one JSON line of figures; then, with
 //!                                            --until-closed, holds the stream open
@@ -15,8 +15,10 @@
 //!                                            `refused: WHY` (the tests' prober)
 //!   quantum-cell-echo serve-stdin            echo on the stream socket that is
 //!                                            standard input (the raw baseline)
-//!   quantum-cell-echo raw [N] [SIZE]         the same ping over a plain socket
+//!   quantum-cell-echo raw [N] [SIZE] [--at UNIX-MS]
+//!                                            the same ping over a plain socket
 //!                                            pair with a serve-stdin child
+//!   (--at: the round trips start at that moment, after the connect)
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -93,6 +95,29 @@ fn forge(token: &str) -> Result<String, String> {
     m.serialize(Format::V2).map_err(|e| e.to_string())
 }
 
+/// `--at UNIX-MS` taken out of `args`: when the round trips start (the
+/// benchmark starts hundreds of pairs at one moment, so that they really
+/// run at once rather than as they were launched).
+fn start_at(args: &mut Vec<String>) -> Result<Option<u128>, String> {
+    let Some(i) = args.iter().position(|a| a == "--at") else {
+        return Ok(None);
+    };
+    let value = args.get(i + 1).ok_or("--at: which time (milliseconds since 1970)?")?;
+    let ms = value.parse().map_err(|_| format!("--at: not a time in milliseconds: {value}"))?;
+    args.drain(i..=i + 1);
+    Ok(Some(ms))
+}
+
+fn wait_until(at: Option<u128>) {
+    let Some(at) = at else { return };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    if at > now {
+        std::thread::sleep(Duration::from_millis((at - now) as u64));
+    }
+}
+
 fn arg(args: &[String], i: usize, default: usize) -> Result<usize, String> {
     args.get(i)
         .map_or(Ok(default), |s| s.parse().map_err(|_| format!("not a number: {s}")))
@@ -104,7 +129,8 @@ fn run(args: &[String]) -> Result<(), String> {
         Some("ping") => {
             let channel = args.get(1).ok_or("ping: which CELL/CHANNEL?")?;
             let until_closed = args.iter().any(|a| a == "--until-closed");
-            let args: Vec<String> = args.iter().filter(|a| *a != "--until-closed").cloned().collect();
+            let mut args: Vec<String> = args.iter().filter(|a| *a != "--until-closed").cloned().collect();
+            let at = start_at(&mut args)?;
             let (n, size) = (arg(&args, 2, 1000)?, arg(&args, 3, 64)?);
             let channels = Channels::from_env().map_err(|e| e.to_string())?;
             // The server may still be starting: a refusal for want of a
@@ -121,6 +147,7 @@ fn run(args: &[String]) -> Result<(), String> {
             };
             eprintln!("connected to {} ({})", peer.instance, peer.cell);
             let mut stream = stream;
+            wait_until(at);
             ping_over(&mut stream, n, size, "channel")?;
             if until_closed {
                 // Hold the stream, idle (no CPU: hundreds of these run at
@@ -157,7 +184,9 @@ fn run(args: &[String]) -> Result<(), String> {
             Ok(())
         }
         Some("raw") => {
-            let (n, size) = (arg(args, 1, 1000)?, arg(args, 2, 64)?);
+            let mut args = args.to_vec();
+            let at = start_at(&mut args)?;
+            let (n, size) = (arg(&args, 1, 1000)?, arg(&args, 2, 64)?);
             let (mine, theirs) = std::os::unix::net::UnixStream::pair().map_err(|e| e.to_string())?;
             let exe = std::env::current_exe().map_err(|e| e.to_string())?;
             let mut child = std::process::Command::new(exe)
@@ -165,6 +194,7 @@ fn run(args: &[String]) -> Result<(), String> {
                 .stdin(std::process::Stdio::from(std::os::fd::OwnedFd::from(theirs)))
                 .spawn()
                 .map_err(|e| format!("starting the raw echo: {e}"))?;
+            wait_until(at);
             let result = ping_over(&mut Stream::from_unix(mine).map_err(|e| e.to_string())?, n, size, "raw");
             let _ = child.wait();
             result

@@ -122,8 +122,9 @@ struct State {
     revoked: BTreeSet<String>,
     /// Requests this second, per instance: (second, count).
     rate: HashMap<String, (u64, u32)>,
-    /// When a refusal by each asker was last recorded, and how many were
-    /// left out since.
+    /// When a refusal was last recorded for each asker (an instance, or
+    /// `uid U` for processes outside cells: a pid would give every new
+    /// process a key of its own), and how many were left out since.
     refusals: HashMap<String, (Instant, u32)>,
 }
 
@@ -383,20 +384,23 @@ impl Broker {
         }
     }
 
-    /// A refusal, in the trail at most once a second per asker.
-    fn refused(&self, asker: &str, channel: &str, reason: &str) {
+    /// A refusal, in the trail at most once a second per `limit_key`.
+    fn refused(&self, asker: &str, limit_key: &str, channel: &str, reason: &str) {
         tracing::info!(asker, channel, reason, "channel request refused");
         let left_out = {
             let mut state = self.state();
             let now = Instant::now();
-            let entry = state.refusals.entry(asker.to_owned()).or_insert((now - Duration::from_secs(2), 0));
-            if now.duration_since(entry.0) < Duration::from_secs(1) {
-                entry.1 += 1;
-                return;
+            match state.refusals.get_mut(limit_key) {
+                Some(entry) if now.duration_since(entry.0) < Duration::from_secs(1) => {
+                    entry.1 += 1;
+                    return;
+                }
+                Some(entry) => std::mem::replace(entry, (now, 0)).1,
+                None => {
+                    state.refusals.insert(limit_key.to_owned(), (now, 0));
+                    0
+                }
             }
-            let left_out = entry.1;
-            *entry = (now, 0);
-            left_out
         };
         let more = if left_out > 0 {
             format!(" ({left_out} more refused before this)")
@@ -729,13 +733,14 @@ impl Broker {
         .await;
         let who = instance_of_pid(pid);
         let asker = who.clone().unwrap_or_else(|_| format!("pid {pid} (uid {uid})"));
+        let limit_key = who.clone().unwrap_or_else(|_| format!("uid {uid}"));
         let req = match asked {
             Ok(Ok(Some((req, _)))) => req,
             Ok(Ok(None)) => return,
             Ok(Err(e)) => {
                 let reason = format!("not a channel request: {e}");
                 let _ = wire::send(conn.get_ref().as_fd(), &Reply::Refused { reason: reason.clone() }, None);
-                self.refused(&asker, "-", &reason);
+                self.refused(&asker, &limit_key, "-", &reason);
                 return;
             }
             Err(_) => {
@@ -759,7 +764,7 @@ impl Broker {
             }
             Err(reason) => {
                 let _ = wire::send(conn.get_ref().as_fd(), &Reply::Refused { reason: reason.clone() }, None);
-                self.refused(&asker, &channel, &reason);
+                self.refused(&asker, &limit_key, &channel, &reason);
             }
         }
     }
@@ -777,7 +782,7 @@ pub fn listener(path: &Path) -> Result<OwnedFd, ChannelError> {
         set_nonblocking(&owned).map_err(ChannelError::Inherited)?;
         return Ok(owned);
     }
-    let bind = io_err("listen on", path);
+    let failed = |e: nix::errno::Errno| io_err("listen on", path)(e.into());
     match fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -789,11 +794,11 @@ pub fn listener(path: &Path) -> Result<OwnedFd, ChannelError> {
         SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
         None,
     )
-    .map_err(|e| io_err("listen on", path)(e.into()))?;
-    let addr = socket::UnixAddr::new(path).map_err(|e| io_err("listen on", path)(e.into()))?;
-    socket::bind(fd.as_raw_fd(), &addr).map_err(|e| io_err("listen on", path)(e.into()))?;
+    .map_err(failed)?;
+    let addr = socket::UnixAddr::new(path).map_err(failed)?;
+    socket::bind(fd.as_raw_fd(), &addr).map_err(failed)?;
     fs::set_permissions(path, fs::Permissions::from_mode(0o666)).map_err(io_err("open up", path))?;
-    socket::listen(&fd, socket::Backlog::new(1024).unwrap_or(socket::Backlog::MAXCONN)).map_err(|e| bind(e.into()))?;
+    socket::listen(&fd, socket::Backlog::new(1024).unwrap_or(socket::Backlog::MAXCONN)).map_err(failed)?;
     Ok(fd)
 }
 
@@ -924,6 +929,20 @@ mod tests {
         let again = Broker::open(dir.path(), dir.path().join("s"), None).expect("broker");
         assert!(Broker::is_revoked(&again.state(), "echo-client.4", "echo-server/echo"));
         assert!(!Broker::is_revoked(&again.state(), "echo-client.5", "echo-server/echo"));
+    }
+
+    #[test]
+    fn refusals_are_recorded_at_most_once_a_second_per_instance_or_uid() {
+        let (_d, b) = broker();
+        b.refused("a.1", "a.1", "x/y", "why");
+        b.refused("a.1", "a.1", "x/y", "why");
+        // Processes outside cells share their user's limit, whatever their pid.
+        b.refused("pid 5 (uid 7)", "uid 7", "x/y", "why");
+        b.refused("pid 6 (uid 7)", "uid 7", "x/y", "why");
+        let state = b.state();
+        assert_eq!(state.refusals.len(), 2);
+        assert_eq!(state.refusals["a.1"].1, 1, "the second refusal of a.1 is left out");
+        assert_eq!(state.refusals["uid 7"].1, 1);
     }
 
     #[test]

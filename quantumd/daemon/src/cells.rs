@@ -509,7 +509,7 @@ impl Cells {
             }
             let Some(id) = instance_of_unit(unit) else { continue };
             self.bump_id(id);
-            let cell = id.rsplit_once('.').map_or(id, |(c, _)| c).to_owned();
+            let cell = crate::runtime::cell_of_instance(id).to_owned();
             tracing::warn!(unit, "found a cell unit without a record; adopting it");
             let manifest_path = self.catalog.dir.join(&cell).join("cell.toml");
             let record = Record {

@@ -487,7 +487,7 @@ impl Broker {
             Request::Connect { channel, token } => (token, Op::Connect(channel)),
         };
         let rate = check(&self.shared.key, token, instance, op, now_secs())?;
-        let cell = instance.rsplit_once('.').map_or(instance, |(c, _)| c).to_owned();
+        let cell = crate::runtime::cell_of_instance(instance).to_owned();
         let full = match op {
             Op::Listen(ch) => format!("{cell}/{ch}"),
             Op::Connect(ch) => ch.to_owned(),

@@ -267,7 +267,7 @@ impl Steppps {
         let mut f = self.figures.read().unwrap_or_else(PoisonError::into_inner).clone();
         if let Some(cell) = cell {
             f.cells.retain(|_, c| c.cell == cell);
-            let keep = |instance: &String| instance.rsplit_once('.').map_or(instance.as_str(), |(c, _)| c) == cell;
+            let keep = |instance: &String| crate::runtime::cell_of_instance(instance) == cell;
             if let Availability::Available(t) = &mut f.time {
                 t.cells.retain(|i, _| keep(i));
             }

@@ -9,7 +9,7 @@ pub mod cgroup;
 pub mod spec;
 pub mod systemd;
 
-pub use spec::{instance_of_unit, unit_name, CredentialFiles, Limits, Sandbox, SharedFd, SliceSpec, Stdio, UnitSpec};
+pub use spec::{cell_of_instance, instance_of_unit, unit_name, CredentialFiles, Limits, Sandbox, SharedFd, SliceSpec, Stdio, UnitSpec};
 
 use tokio::sync::mpsc;
 

@@ -159,6 +159,12 @@ pub fn unit_name(instance: &str) -> String {
     format!("quantum-{instance}.service")
 }
 
+/// The cell an instance id `<cell>.<n>` is of (the id itself when it has no
+/// number).
+pub fn cell_of_instance(id: &str) -> &str {
+    id.rsplit_once('.').map_or(id, |(cell, _)| cell)
+}
+
 /// The instance id back from a unit name, if it is one of ours.
 pub fn instance_of_unit(unit: &str) -> Option<&str> {
     let id = unit.strip_prefix("quantum-")?.strip_suffix(".service")?;

@@ -5,7 +5,7 @@ use std::io::{self, BufReader, IoSlice, Read, Write};
 use std::net::Shutdown;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use nix::sys::socket::{self, SockFlag, SockType};
 
@@ -17,14 +17,11 @@ pub const MAX_FRAME: usize = 16 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("$CREDENTIALS_DIRECTORY is not set: this cell was not given a channel token (does its cell.toml list [provides] or [uses] channels?)")]
-    NoCredentials,
-    #[error("cannot read the channel token {}: {source}", path.display())]
-    Token {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(
+        "${} is not set: this cell was not given a channel token (does its cell.toml list [provides] or [uses] channels?)",
+        wire::TOKEN_ENV
+    )]
+    NoToken,
     #[error("cannot reach the channel broker at {}: {source}", socket.display())]
     Broker {
         socket: PathBuf,
@@ -49,12 +46,10 @@ pub struct Channels {
 impl Channels {
     /// What quantumd gives a cell: the socket in `$QUANTUM_CHANNELS`
     /// (default [`wire::DEFAULT_SOCKET`]) and the token in
-    /// `$CREDENTIALS_DIRECTORY/quantum-channels`.
+    /// `$QUANTUM_CHANNEL_TOKEN`.
     pub fn from_env() -> Result<Channels, Error> {
         let socket = std::env::var_os(wire::SOCKET_ENV).map_or_else(|| PathBuf::from(wire::DEFAULT_SOCKET), PathBuf::from);
-        let dir = std::env::var_os("CREDENTIALS_DIRECTORY").ok_or(Error::NoCredentials)?;
-        let path = Path::new(&dir).join(wire::TOKEN_CREDENTIAL);
-        let token = std::fs::read_to_string(&path).map_err(|source| Error::Token { path, source })?;
+        let token = std::env::var(wire::TOKEN_ENV).map_err(|_| Error::NoToken)?;
         Ok(Channels::new(socket, token.trim().to_owned()))
     }
 
@@ -283,9 +278,9 @@ mod tests {
     }
 
     #[test]
-    fn without_credentials_the_error_says_what_is_missing() {
+    fn without_a_token_the_error_says_what_is_missing() {
         // SAFETY (of the test): no other test in this crate reads it.
-        std::env::remove_var("CREDENTIALS_DIRECTORY");
+        std::env::remove_var(wire::TOKEN_ENV);
         let e = Channels::from_env().expect_err("no token");
         assert!(e.to_string().contains("[provides] or [uses] channels"), "{e}");
     }

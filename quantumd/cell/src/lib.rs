@@ -11,8 +11,8 @@
 //! ```
 //!
 //! quantumd then gives each instance a capability token (a macaroon bound
-//! to the instance, see [`token`]) as the systemd credential
-//! `quantum-channels`, and the broker socket in `$QUANTUM_CHANNELS`. A cell
+//! to the instance, see [`token`]) in `$QUANTUM_CHANNEL_TOKEN`, and the
+//! broker socket in `$QUANTUM_CHANNELS`. A cell
 //! asks the broker for a stream with its token; quantumd checks the token
 //! and that the asking process really is in that instance's cgroup (the
 //! kernel's SO_PEERCRED, not anything the cell says), then hands each side

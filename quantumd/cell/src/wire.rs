@@ -22,9 +22,13 @@ pub const SOCKET_ENV: &str = "QUANTUM_CHANNELS";
 /// Where the broker listens on a QuantumOS node
 /// (`quantumd-channels.socket`).
 pub const DEFAULT_SOCKET: &str = "/run/quantumd-channels.sock";
-/// The name of the cell's token among its systemd credentials
-/// (`$CREDENTIALS_DIRECTORY/quantum-channels`).
-pub const TOKEN_CREDENTIAL: &str = "quantum-channels";
+/// The environment variable holding the cell's token. Not a secret, so not
+/// a systemd credential: the token names its instance, and the broker
+/// honours it only from a process in that instance's cgroup, so a copy
+/// read by anyone else opens nothing (and in systemd 252 every unit's
+/// credentials are a mount in the host's namespace, which made each cell
+/// start ~60 % slower under TCG).
+pub const TOKEN_ENV: &str = "QUANTUM_CHANNEL_TOKEN";
 /// The largest message either side sends on the broker socket.
 pub const MAX_MESSAGE: usize = 16 * 1024;
 

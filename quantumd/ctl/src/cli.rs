@@ -483,8 +483,8 @@ EXIT STATUS:
     /// A cell serves channels it lists under `[provides] channels` and
     /// reaches those of other cells it lists under `[uses] channels`
     /// (`CELL/CHANNEL`). Each instance gets a capability token (a macaroon
-    /// bound to the instance, with the channels, an expiry and a rate) as
-    /// the credential `quantum-channels`; quantumd's broker checks it, and
+    /// bound to the instance, with the channels, an expiry and a rate) in
+    /// `$QUANTUM_CHANNEL_TOKEN`; quantumd's broker checks it, and
     /// that the asking process is in that instance's cgroup, before it
     /// hands both cells the ends of a fresh socket pair. Messages never
     /// pass through quantumd. Every listen, connect, refusal and

@@ -178,16 +178,17 @@ fn a_forged_expired_foreign_or_stolen_token_is_refused_and_recorded() {
         "{foreign}"
     );
 
-    // A genuine token, taken out of its cell by someone on the node (root
-    // here), is refused: the asking process is in no cell's cgroup.
+    // A genuine token, read out of its cell's environment by someone on the
+    // node (root here), is refused: the asking process is in no cell's
+    // cgroup.
     let keeper = run(&node, "keeper");
-    let copy = node
-        .state_dir()
-        .join("logs/credentials")
-        .join(format!("quantum-{keeper}.service"))
-        .join("quantum-channels");
     let token = wait_for("the keeper's token", Duration::from_secs(10), || {
-        std::fs::read_to_string(&copy).ok()
+        let pid = node.list().iter().find(|c| c["instance"] == keeper.as_str())?["pid"].as_u64()?;
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+        environ
+            .split(|&b| b == 0)
+            .find_map(|kv| kv.strip_prefix(b"QUANTUM_CHANNEL_TOKEN="))
+            .map(|t| String::from_utf8_lossy(t).into_owned())
     });
     let socket = node.channels.path().join("channels.sock");
     let stolen = quantum_cell::Channels::new(&socket, token).connect("echo-server/echo");

@@ -1042,18 +1042,14 @@ impl Cells {
         let base = if cwd.is_empty() { manifest_dir.clone() } else { PathBuf::from(cwd) };
         let Params {
             values: params,
-            mut secrets,
+            secrets,
             made: made_secrets,
         } = resolve_params(&m, given, &base)?;
-        let broker = match (m.channels.any(), &self.channels) {
-            (false, _) => None,
-            (true, Some(b)) => Some(b.clone()),
-            (true, None) => {
-                return Err(CommandError::Refused(format!(
-                    "cell \"{name}\" provides or uses channels, and quantumd's channel broker is not running (see quantumd's log)"
-                )))
-            }
-        };
+        if m.channels.any() && self.channels.is_none() {
+            return Err(CommandError::Refused(format!(
+                "cell \"{name}\" provides or uses channels, and quantumd's channel broker is not running (see quantumd's log)"
+            )));
+        }
 
         // Needed cells first: reuse a running top-level instance, or start one.
         stack.push(name.clone());
@@ -1087,7 +1083,7 @@ impl Cells {
             && m.children.is_empty()
             && !m.state.subvolume
             && secrets.is_empty()
-            && broker.is_none()
+            && !m.channels.any()
         {
             self.take_warm(&name, resolved.hash.to_hex().as_str())
         } else {
@@ -1097,13 +1093,6 @@ impl Cells {
             Some(w) => w.instance.clone(),
             None => format!("{name}.{}", self.take_number()?),
         };
-        if let Some(b) = &broker {
-            // Beside the secrets, so that only the instance can read it.
-            let token = b
-                .mint(&id, &m)
-                .map_err(|e| CommandError::Backend(crate::command::error_chain(&e)))?;
-            secrets.insert(quantum_cell::wire::TOKEN_CREDENTIAL.to_owned(), token);
-        }
         let family = (!m.children.is_empty()).then(|| family_slice(slice, &id));
         if let Some(f) = &family {
             steps.push(Step::Slice(SliceSpec {
@@ -1234,6 +1223,11 @@ impl Cells {
         ]);
         if let Some(b) = self.channels.as_ref().filter(|_| m.channels.any()) {
             env.insert(quantum_cell::wire::SOCKET_ENV.to_owned(), b.socket().display().to_string());
+            // In the environment, not a credential: see quantum_cell::wire::TOKEN_ENV.
+            let token = b
+                .mint(&r.instance, m)
+                .map_err(|e| CommandError::Backend(crate::command::error_chain(&e)))?;
+            env.insert(quantum_cell::wire::TOKEN_ENV.to_owned(), token);
         }
         for (k, v) in &r.params {
             env.insert(format!("QUANTUM_PARAM_{}", k.to_uppercase().replace('-', "_")), v.clone());

@@ -5,8 +5,8 @@
 //! token at plan time ([`Broker::mint`]): a macaroon under quantumd's
 //! channel key (`<state-dir>/channels/key`, 0600, made once) whose caveats
 //! bind it to the instance and say what it may serve and reach
-//! (`quantum_cell::token`). It goes to the cell as the systemd credential
-//! `quantum-channels`, beside its secrets.
+//! (`quantum_cell::token`). It goes to the cell in its environment
+//! (`quantum_cell::wire::TOKEN_ENV`, which says why not a credential).
 //!
 //! A cell asks on the broker socket (`SOCK_SEQPACKET`,
 //! `/run/quantumd-channels.sock` from `quantumd-channels.socket`, open to
@@ -51,8 +51,7 @@ use crate::trail::Recorder;
 pub const FD_NAME: &str = "quantumd-channels";
 /// How long a minted token is good for. A stream outlives its token; a
 /// cell running longer than this can no longer open new ones (a restart
-/// of its instance by quantumd does not mint a new token: the credential
-/// is written once per instance).
+/// of its instance keeps its unit's environment, and so its token).
 const TOKEN_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
 /// A request must arrive this soon after the connection.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);

@@ -85,7 +85,17 @@ impl<'g> Scenarios<'g> {
             return Ok(());
         }
         crate::report(format_args!("[{backend}] diagnostics\n{}", self.guest.diagnostics()));
-        let names: Vec<&str> = failed.iter().map(|o| o.name.as_str()).collect();
-        bail!("[{backend}] failed scenarios: {}", names.join(", "))
+        // The errors again after the diagnostics: CI shows a run's tail, and
+        // the guest's diagnostics push the scenarios' own lines out of it.
+        let errors: Vec<String> = failed
+            .iter()
+            .map(|o| format!("{}: {}", o.name, head_chars(o.error.as_deref().unwrap_or(""), 800)))
+            .collect();
+        bail!("[{backend}] failed scenarios:\n{}", errors.join("\n"))
     }
+}
+
+/// The first `max` characters of `text` (an error's context comes first).
+fn head_chars(text: &str, max: usize) -> &str {
+    text.char_indices().nth(max).map_or(text, |(i, _)| &text[..i])
 }

@@ -18,6 +18,11 @@
 //!   quantum-cell-echo raw [N] [SIZE] [--at UNIX-MS]
 //!                                            the same ping over a plain socket
 //!                                            pair with a serve-stdin child
+//!   quantum-cell-echo raw-serve PATH         echo on a plain Unix socket bound at
+//!                                            PATH, no broker (the baseline
+//!                                            between two cells)
+//!   quantum-cell-echo raw-ping PATH [N] [SIZE] [--at UNIX-MS]
+//!                                            the same ping, to a raw-serve cell
 //!   (--at: the round trips start at that moment, after the connect)
 
 use std::process::ExitCode;
@@ -42,6 +47,23 @@ fn serve(channel: &str) -> Result<(), String> {
     loop {
         let (stream, peer) = listener.accept().map_err(|e| format!("accept on {channel}: {e}"))?;
         eprintln!("{} ({}) connected", peer.instance, peer.cell);
+        std::thread::spawn(move || echo(stream));
+    }
+}
+
+/// What two cells that trust each other could do without quantumd: a
+/// Unix socket at a path both can reach, one echo thread per connection.
+fn raw_serve(path: &str) -> Result<(), String> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(format!("removing the old {path}: {e}")),
+    }
+    let listener = std::os::unix::net::UnixListener::bind(path).map_err(|e| format!("bind {path}: {e}"))?;
+    eprintln!("serving {path}");
+    loop {
+        let (socket, _) = listener.accept().map_err(|e| format!("accept on {path}: {e}"))?;
+        let stream = Stream::from_unix(socket).map_err(|e| e.to_string())?;
         std::thread::spawn(move || echo(stream));
     }
 }
@@ -199,7 +221,27 @@ fn run(args: &[String]) -> Result<(), String> {
             let _ = child.wait();
             result
         }
-        _ => Err("usage: quantum-cell-echo serve CHANNEL | ping CELL/CHANNEL [N] [SIZE] [--until-closed] | probe CELL/CHANNEL as-is|expired|forged | raw [N] [SIZE]".into()),
+        Some("raw-serve") => raw_serve(args.get(1).ok_or("raw-serve: which socket path?")?),
+        Some("raw-ping") => {
+            let mut args = args.to_vec();
+            let at = start_at(&mut args)?;
+            let path = args.get(1).ok_or("raw-ping: which socket path?")?;
+            let (n, size) = (arg(&args, 2, 1000)?, arg(&args, 3, 64)?);
+            // The server cell may still be binding its socket.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let socket = loop {
+                match std::os::unix::net::UnixStream::connect(path) {
+                    Ok(s) => break s,
+                    Err(e) if Instant::now() < deadline && matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => {
+                        std::thread::sleep(Duration::from_millis(100))
+                    }
+                    Err(e) => return Err(format!("connect {path}: {e}")),
+                }
+            };
+            wait_until(at);
+            ping_over(&mut Stream::from_unix(socket).map_err(|e| e.to_string())?, n, size, "raw-cells")
+        }
+        _ => Err("usage: quantum-cell-echo serve CHANNEL | ping CELL/CHANNEL [N] [SIZE] [--until-closed] | probe CELL/CHANNEL as-is|expired|forged | raw [N] [SIZE] | raw-serve PATH | raw-ping PATH [N] [SIZE]".into()),
     }
 }
 

@@ -1,0 +1,18 @@
+//! The cell network (issue 20): QuantumOS nodes that find each other through
+//! etcd. etcd (Raft; Debian's etcd-server) is the cluster's store, leases
+//! and watches; nothing here is a consensus of its own.
+//!
+//! A node joins when `/etc/quantumos/cluster.toml` names etcd endpoints
+//! ([`config`]). It registers a record signed by its node identity under a
+//! lease ([`record`]), keeps the lease alive, and watches every node's
+//! record ([`membership`]): a node whose lease runs out is gone from every
+//! view within the TTL; a record whose key is not trusted, or whose
+//! signature does not verify, is refused.
+
+pub mod config;
+pub mod membership;
+pub mod record;
+
+pub use config::{ClusterConfig, ConfigError};
+pub use membership::{Cluster, Connection, EtcdMember, Event, NodeView, Status};
+pub use record::{Capacity, NodeInfo, NodeRecord, RecordError};

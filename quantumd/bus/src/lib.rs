@@ -281,7 +281,6 @@ pub struct CellStateReport {
     pub snapshots: Vec<String>,
 }
 
-/// Errors of the interface, mapped to D-Bus error names
 /// An open channel stream between two cell instances (Cell 0 IPC).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
 #[serde(rename_all = "kebab-case")]
@@ -313,6 +312,72 @@ pub struct ChannelTable {
     pub streams: Vec<ChannelStream>,
 }
 
+/// A node of the cell network, as its signed record in etcd says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
+#[serde(rename_all = "kebab-case")]
+pub struct ClusterNode {
+    pub name: String,
+    /// Its node identity's key id (hex).
+    pub key_id: String,
+    /// Its quantumd's version.
+    pub version: String,
+    pub cpus: u32,
+    pub memory_bytes: u64,
+    pub memory_available_bytes: u64,
+    pub gpus: u32,
+    /// When it last wrote its record, microseconds since the Unix epoch.
+    pub updated_usec: u64,
+    /// This node itself.
+    pub this_node: bool,
+}
+
+/// A member of the etcd cluster the nodes share.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
+#[serde(rename_all = "kebab-case")]
+pub struct EtcdMember {
+    pub name: String,
+    /// Member id (hex).
+    pub id: String,
+    pub client_urls: Vec<String>,
+    pub leader: bool,
+}
+
+/// A node record that is not believed, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
+#[serde(rename_all = "kebab-case")]
+pub struct ClusterRefusal {
+    pub node: String,
+    pub why: String,
+}
+
+/// This node's place in the cell network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
+#[serde(rename_all = "kebab-case")]
+pub struct ClusterStatus {
+    /// `standalone` (no cluster file), `misconfigured`, `connecting`,
+    /// `joined` or `lost` (retrying).
+    pub state: String,
+    /// Why `misconfigured` or `lost`; empty otherwise.
+    pub error: String,
+    /// The cluster file.
+    pub config: String,
+    /// This node's name in the cluster.
+    pub node: String,
+    pub key_id: String,
+    pub endpoints: Vec<String>,
+    /// Since when `state` holds, microseconds since the Unix epoch.
+    pub since_usec: u64,
+    pub lease_ttl_s: u64,
+    pub etcd_members: Vec<EtcdMember>,
+    /// The nodes whose records verify, this one included.
+    pub nodes: Vec<ClusterNode>,
+    pub refused: Vec<ClusterRefusal>,
+    /// This node's public keys: the `.pub` file the other nodes trust it
+    /// by (`quantumctl cluster key`).
+    pub public_key: String,
+}
+
+/// Errors of the interface, mapped to D-Bus error names
 /// `org.quantumos.Quantum1.Error.<Variant>`; the text is for humans.
 #[derive(Debug, zbus::DBusError)]
 #[zbus(prefix = "org.quantumos.Quantum1.Error")]
@@ -478,6 +543,10 @@ pub trait Quantum1 {
     /// down and its token refused. Returns how many streams were closed.
     /// Needs `org.quantumos.cells.manage`.
     fn revoke_channels(&self, instance: &str, channel: &str) -> Result<u32, Error>;
+
+    /// This node's place in the cell network: the etcd cluster, the nodes
+    /// seen and those refused (`quantumctl cluster`).
+    fn cluster(&self) -> Result<ClusterStatus, Error>;
 
     /// Verifies the whole trail: checksums, the hash chain, every seal's
     /// signature against this node's keys; names the first failing entry.

@@ -199,6 +199,17 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packaging/examples/cluster.toml");
+        let text = std::fs::read_to_string(&path).expect("packaging/examples/cluster.toml");
+        let c = ClusterConfig::parse(&path, &text.replace("# node = ", "node = ")).expect("valid");
+        assert_eq!(
+            (c.node.as_str(), c.endpoints.len(), c.lease_ttl),
+            ("kitchen", 3, Duration::from_secs(3))
+        );
+    }
+
+    #[test]
     fn no_file_is_no_cluster() {
         assert_eq!(ClusterConfig::load(Path::new("/nonexistent/cluster.toml")).expect("ok"), None);
     }

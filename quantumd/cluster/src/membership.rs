@@ -27,6 +27,9 @@ use crate::record::{Capacity, NodeInfo, NodeRecord, RecordError};
 const REFRESH: Duration = Duration::from_secs(10);
 /// Wait between sessions.
 const RETRY: Duration = Duration::from_secs(1);
+/// How long one request to etcd may take. Not the client's own timeout,
+/// which would also cut the keep-alive and watch streams.
+const REQUEST: Duration = Duration::from_secs(5);
 
 /// Where this node stands with the cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -84,18 +87,32 @@ pub struct Status {
 /// What happened, for quantumd's trail and log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    Joined { lease: i64 },
-    Lost { why: String },
-    NodeUp { node: String, key_id: String },
-    NodeDown { node: String },
-    Refused { node: String, why: String },
+    Joined {
+        lease: i64,
+    },
+    Lost {
+        why: String,
+    },
+    NodeUp {
+        node: String,
+        key_id: String,
+    },
+    NodeDown {
+        node: String,
+    },
+    Refused {
+        node: String,
+        why: String,
+    },
+    /// Left the cluster (the lease revoked).
+    Left,
 }
 
 /// This node's membership: the task, and the view it keeps.
 pub struct Cluster {
     status: Arc<Mutex<Status>>,
     stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 struct Ctx {
@@ -136,7 +153,11 @@ impl Cluster {
             events,
         };
         let task = tokio::spawn(run(ctx, stopped));
-        Cluster { status, stop, task }
+        Cluster {
+            status,
+            stop,
+            task: Mutex::new(Some(task)),
+        }
     }
 
     pub fn status(&self) -> Status {
@@ -145,9 +166,12 @@ impl Cluster {
 
     /// Leaves the cluster: the lease is revoked (the others see this node
     /// go now, not after the TTL). Gives up after two seconds.
-    pub async fn leave(self) {
+    pub async fn leave(&self) {
         let _ = self.stop.send(true);
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.task).await;
+        let task = lock(&self.task).take();
+        if let Some(task) = task {
+            let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+        }
     }
 }
 
@@ -158,16 +182,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 async fn run(ctx: Ctx, mut stopped: watch::Receiver<bool>) {
     ctx.reload_trusted();
     let mut last_error = None;
-    // The session revokes the lease when told to stop; a session still
-    // connecting is dropped instead.
     let mut outer = stopped.clone();
     loop {
-        let why = tokio::select! {
-            r = session(&ctx, &mut stopped) => match r {
-                Ok(()) => return,
-                Err(why) => why,
-            },
-            _ = stop_asked(&mut outer) => return,
+        // The session itself answers a stop (it revokes the lease first);
+        // one still connecting is left to `leave`'s time limit.
+        let why = match session(&ctx, &mut stopped).await {
+            Ok(()) => return,
+            Err(why) => why,
         };
         // Said once per outage, not once a second.
         if last_error.as_ref() != Some(&why) {
@@ -195,39 +216,55 @@ async fn stop_asked(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
+/// One request, within [`REQUEST`]; errors say what was being done.
+async fn ask<T>(what: &str, request: impl std::future::Future<Output = Result<T, etcd_client::Error>>) -> Result<T, String> {
+    match tokio::time::timeout(REQUEST, request).await {
+        Ok(r) => r.map_err(|e| format!("{what}: {e}")),
+        Err(_) => Err(format!("{what}: no answer from etcd in {} s", REQUEST.as_secs())),
+    }
+}
+
 fn etcd(what: &str) -> impl Fn(etcd_client::Error) -> String + '_ {
     move |e| format!("{what}: {e}")
 }
 
 /// One session; `Ok` when asked to stop (after revoking the lease).
 async fn session(ctx: &Ctx, stopped: &mut watch::Receiver<bool>) -> Result<(), String> {
+    // HTTP/2 pings find a dead connection (a member gone, a cable out).
+    // Not more often than etcd allows (--grpc-keepalive-min-time, 5 s by
+    // default): a client that pings faster is sent away, and its streams
+    // with it. The lease's own keep-alive answers are the quicker sign.
     let options = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
-        .with_timeout(Duration::from_secs(5))
-        .with_keep_alive(Duration::from_secs(1), Duration::from_secs(2))
+        .with_keep_alive(Duration::from_secs(10), Duration::from_secs(3))
+        .with_keep_alive_while_idle(true)
         .with_require_leader(true);
     let endpoints = ctx.config.endpoints.join(", ");
-    let mut client = Client::connect(&ctx.config.endpoints, Some(options))
-        .await
-        .map_err(|e| format!("connecting to etcd at {endpoints}: {e}"))?;
+    let mut client = ask(
+        &format!("connecting to etcd at {endpoints}"),
+        Client::connect(&ctx.config.endpoints, Some(options)),
+    )
+    .await?;
     let ttl = ctx.config.lease_ttl.as_secs() as i64;
-    let lease = client.lease_grant(ttl, None).await.map_err(etcd("taking a lease"))?.id();
+    let lease = ask("taking a lease", client.lease_grant(ttl, None)).await?.id();
     ctx.register(&mut client, lease).await?;
-    let (mut keeper, mut alive) = client.lease_keep_alive(lease).await.map_err(etcd("keeping the lease alive"))?;
+    let (mut keeper, mut alive) = ask("keeping the lease alive", client.lease_keep_alive(lease)).await?;
     let prefix = ctx.config.nodes_prefix();
-    let all = client
-        .get(prefix.clone(), Some(GetOptions::new().with_prefix()))
-        .await
-        .map_err(etcd("reading the nodes"))?;
+    let all = ask(
+        "reading the nodes",
+        client.get(prefix.clone(), Some(GetOptions::new().with_prefix())),
+    )
+    .await?;
     let revision = all.header().map_or(0, |h| h.revision());
     ctx.resync(all.kvs().iter().map(|kv| (kv.key(), kv.value())));
-    let mut watching = client
-        .watch(
+    let mut watching = ask(
+        "watching the nodes",
+        client.watch(
             prefix.clone(),
             Some(WatchOptions::new().with_prefix().with_start_revision(revision + 1)),
-        )
-        .await
-        .map_err(etcd("watching the nodes"))?;
+        ),
+    )
+    .await?;
     ctx.etcd_members(&mut client).await;
     {
         let mut s = lock(&ctx.status);
@@ -241,11 +278,19 @@ async fn session(ctx: &Ctx, stopped: &mut watch::Receiver<bool>) -> Result<(), S
     let mut keep = tokio::time::interval(ctx.config.lease_ttl / 3);
     let mut refresh = tokio::time::interval(REFRESH);
     refresh.tick().await;
+    // No answer to the keep-alives for a whole TTL: the lease may be gone
+    // while the connection looks fine. Start over rather than believe it.
+    let mut answered = tokio::time::Instant::now();
     loop {
         tokio::select! {
-            _ = keep.tick() => keeper.keep_alive().await.map_err(etcd("keeping the lease alive"))?,
+            _ = keep.tick() => {
+                if answered.elapsed() > ctx.config.lease_ttl {
+                    return Err(format!("etcd did not answer the lease's keep-alives for {} s", ctx.config.lease_ttl.as_secs()));
+                }
+                ask("keeping the lease alive", keeper.keep_alive()).await?
+            }
             answer = alive.message() => match answer.map_err(etcd("keeping the lease alive"))? {
-                Some(a) if a.ttl() > 0 => {}
+                Some(a) if a.ttl() > 0 => answered = tokio::time::Instant::now(),
                 Some(_) => return Err("the lease expired: etcd took this node for dead".to_owned()),
                 None => return Err("etcd ended the lease's keep-alive stream".to_owned()),
             },
@@ -270,8 +315,9 @@ async fn session(ctx: &Ctx, stopped: &mut watch::Receiver<bool>) -> Result<(), S
                 ctx.etcd_members(&mut client).await;
             }
             _ = stop_asked(stopped) => {
-                let _ = client.lease_revoke(lease).await;
+                let _ = ask("leaving", client.lease_revoke(lease)).await;
                 tracing::info!(node = %ctx.config.node, "cluster: left (lease revoked)");
+                let _ = ctx.events.send(Event::Left);
                 return Ok(());
             }
         }
@@ -304,16 +350,17 @@ impl Ctx {
         };
         let record = NodeRecord::sign(info, &self.keys);
         let key = format!("{}{}", self.config.nodes_prefix(), self.config.node);
-        client
-            .put(key, record.to_json(), Some(PutOptions::new().with_lease(lease)))
-            .await
-            .map_err(etcd("registering this node"))?;
+        ask(
+            "registering this node",
+            client.put(key, record.to_json(), Some(PutOptions::new().with_lease(lease))),
+        )
+        .await?;
         Ok(())
     }
 
     async fn etcd_members(&self, client: &mut Client) {
-        let leader = client.status().await.map(|s| s.leader()).unwrap_or(0);
-        if let Ok(list) = client.member_list().await {
+        let leader = ask("", client.status()).await.map(|s| s.leader()).unwrap_or(0);
+        if let Ok(list) = ask("", client.member_list()).await {
             let members = list
                 .members()
                 .iter()
@@ -329,13 +376,15 @@ impl Ctx {
     }
 
     fn verify(&self, node: &str, value: &[u8]) -> Result<NodeView, RecordError> {
-        let check = |trusted: &TrustedKeys| NodeRecord::verify(node, value, trusted);
-        let result = match check(&lock(&self.trusted)) {
+        // The guard is dropped before reload_trusted takes the lock again.
+        let check = || NodeRecord::verify(node, value, &lock(&self.trusted));
+        let first = check();
+        let result = match first {
             // A node the administrator may have trusted since: read the
             // directory again before refusing it.
             Err(RecordError::Untrusted(_)) => {
                 self.reload_trusted();
-                check(&lock(&self.trusted))
+                check()
             }
             other => other,
         };

@@ -500,6 +500,57 @@ EXIT STATUS:
         #[arg(long)]
         json: bool,
     },
+    /// Show this node's place in the cell network (etcd cluster).
+    ///
+    /// When /etc/quantumos/cluster.toml exists (the `cluster` key of
+    /// quantumd.toml names another file), quantumd joins the etcd cluster it
+    /// names: it registers this node under a lease (`lease-ttl`, default 3
+    /// seconds) with a record signed by the node identity (its name, key,
+    /// version and capacity: CPUs, memory, GPUs), keeps the lease alive and
+    /// watches the other nodes' records. A node that stops keeping its
+    /// lease is gone from every view within the TTL. A record is believed
+    /// only when its key is one of the trusted nodes' (`*.pub` files in the
+    /// file's `trusted-nodes` directory, default /etc/quantumos/cluster/nodes)
+    /// and its signature verifies; others are listed as refused, with why.
+    /// Joins, losses, nodes up and down, refusals and leaving are in the
+    /// trail (action `cluster`).
+    ///
+    /// The file:
+    ///
+    ///     endpoints = ["http://10.0.0.1:2379", "http://10.0.0.2:2379", "http://10.0.0.3:2379"]
+    ///     node = "kitchen"          # default: the host name
+    ///     lease-ttl = 3             # seconds, 2 to 60
+    ///     trusted-nodes = "/etc/quantumos/cluster/nodes"
+    ///     prefix = "/quantumos"     # where in etcd
+    ///
+    /// Restart quantumd.service after changing it.
+    #[command(
+        after_help = "EXAMPLES:\n    quantumctl cluster status\n    quantumctl cluster nodes --json\n    quantumctl cluster key > kitchen.pub   # copy into the other nodes' trusted-nodes directory\n\nEXIT STATUS:\n    0 success (also when the node is on its own); 2 quantumd unreachable."
+    )]
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ClusterCommand {
+    /// The cluster as this node sees it: its state (standalone,
+    /// misconfigured, connecting, joined, lost), the etcd members and
+    /// leader, the nodes and the refused records.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The nodes whose signed records this node believes, with their
+    /// capacity.
+    Nodes {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print this node's public keys: the `NODE.pub` file the other nodes
+    /// trust it by.
+    Key,
 }
 
 #[derive(Debug, clap::Subcommand)]

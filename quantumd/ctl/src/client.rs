@@ -9,7 +9,7 @@ use anyhow::{anyhow, Context};
 use quantum_bus::{Error, Quantum1Proxy};
 use zbus::zvariant::Fd;
 
-use crate::cli::{CellCommand, ChannelsCommand, CliCommand, TrailCommand, TrailRange, TriggerCommand};
+use crate::cli::{CellCommand, ChannelsCommand, CliCommand, ClusterCommand, TrailCommand, TrailRange, TriggerCommand};
 use crate::output;
 
 /// A failed request: printed, then exit status 1.
@@ -339,6 +339,19 @@ async fn execute(proxy: &Quantum1Proxy<'_>, command: CliCommand) -> Result<ExitC
                     "revoked the {what} of {instance}; {closed} open stream{} closed",
                     if closed == 1 { "" } else { "s" }
                 );
+            }
+        }
+        CliCommand::Cluster { command } => {
+            let status = proxy
+                .cluster()
+                .await
+                .map_err(|e| Failed(request_failed("cannot read the cluster's status", e)))?;
+            match command {
+                ClusterCommand::Status { json: true } => output::json(&status),
+                ClusterCommand::Status { json: false } => print!("{}", output::cluster(&status)),
+                ClusterCommand::Nodes { json: true } => output::json(&status.nodes),
+                ClusterCommand::Nodes { json: false } => print!("{}", output::cluster_nodes(&status.nodes)),
+                ClusterCommand::Key => print!("{}", status.public_key),
             }
         }
         CliCommand::Steppps { cell, json, once, verbose } => {

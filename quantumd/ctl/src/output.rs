@@ -229,6 +229,80 @@ pub fn channels(t: &quantum_bus::ChannelTable) -> String {
     out
 }
 
+/// `cluster status`.
+pub fn cluster(s: &quantum_bus::ClusterStatus) -> String {
+    let mut out = String::new();
+    match s.state.as_str() {
+        "standalone" => {
+            out.push_str(&format!("standalone: this node is in no cluster ({} does not exist)\n", s.config));
+            return out;
+        }
+        "misconfigured" => {
+            out.push_str(&format!("standalone: the cluster file is not used: {}\n", s.error));
+            return out;
+        }
+        _ => {}
+    }
+    let since = if s.since_usec > 0 {
+        format!(" since {}", utc(s.since_usec.saturating_mul(1000)))
+    } else {
+        String::new()
+    };
+    out.push_str(&format!("node:      {} (key {})\n", s.node, s.key_id));
+    out.push_str(&format!("state:     {}{since}\n", s.state));
+    if !s.error.is_empty() {
+        out.push_str(&format!("error:     {}\n", s.error));
+    }
+    out.push_str(&format!("etcd:      {}\n", s.endpoints.join(", ")));
+    out.push_str(&format!("lease:     {} s\n", s.lease_ttl_s));
+    if !s.etcd_members.is_empty() {
+        out.push_str("\nETCD MEMBER          ID                LEADER  CLIENT URLS\n");
+        for m in &s.etcd_members {
+            out.push_str(&format!(
+                "{:<20} {:<17} {:<7} {}\n",
+                m.name,
+                m.id,
+                if m.leader { "yes" } else { "" },
+                m.client_urls.join(", ")
+            ));
+        }
+    }
+    out.push('\n');
+    out.push_str(&cluster_nodes(&s.nodes));
+    if !s.refused.is_empty() {
+        out.push_str("\nREFUSED              WHY\n");
+        for r in &s.refused {
+            out.push_str(&format!("{:<20} {}\n", r.node, r.why));
+        }
+    }
+    out
+}
+
+/// `cluster nodes`.
+pub fn cluster_nodes(nodes: &[quantum_bus::ClusterNode]) -> String {
+    if nodes.is_empty() {
+        return "no nodes\n".to_owned();
+    }
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    let mut out = format!(
+        "{:<20} {:>4} {:>17} {:>4}  {:<9} {}\n",
+        "NODE", "CPUS", "MEMORY FREE/TOTAL", "GPUS", "VERSION", "KEY"
+    );
+    for n in nodes {
+        let name = if n.this_node { format!("{} *", n.name) } else { n.name.clone() };
+        out.push_str(&format!(
+            "{:<20} {:>4} {:>17} {:>4}  {:<9} {}\n",
+            name,
+            n.cpus,
+            format!("{:.1}/{:.1} GiB", gib(n.memory_available_bytes), gib(n.memory_bytes)),
+            n.gpus,
+            n.version,
+            n.key_id.get(..16).unwrap_or(&n.key_id)
+        ));
+    }
+    out
+}
+
 /// `trigger list`: one block per trigger.
 pub fn triggers(list: &[quantum_bus::TriggerInfo]) -> String {
     let mut out = String::new();

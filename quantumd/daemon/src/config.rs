@@ -62,6 +62,9 @@ pub struct Config {
     /// `$QUANTUM_CHANNELS`. Under systemd, quantumd-channels.socket passes
     /// it; otherwise quantumd makes it here (mode 0666).
     pub channels: PathBuf,
+    /// The cell network's file (quantum-cluster): etcd endpoints, this
+    /// node's name, the trusted nodes. No file: the node is on its own.
+    pub cluster: PathBuf,
     /// `[cells]`: what the administrator says of catalog cells.
     pub cells: CellsConfig,
     /// `[prewarm]`: cells started before they are asked for.
@@ -145,6 +148,7 @@ impl Default for Config {
             bpf: true,
             metrics: String::new(),
             channels: PathBuf::from(quantum_cell::wire::DEFAULT_SOCKET),
+            cluster: PathBuf::from(quantum_cluster::config::DEFAULT_PATH),
             cells: CellsConfig::default(),
             prewarm: PrewarmConfig::default(),
         }

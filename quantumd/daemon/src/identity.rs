@@ -179,6 +179,11 @@ impl Identity {
             .map(|signed| signed.to_json())
     }
 
+    /// The node's keys, for signing its cluster record.
+    pub fn keys(&self) -> Arc<NodeKeys> {
+        self.keys.clone()
+    }
+
     pub fn signer(&self) -> NodeSigner {
         NodeSigner(self.keys.clone())
     }

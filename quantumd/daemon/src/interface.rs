@@ -35,6 +35,8 @@ pub struct Quantum1 {
     pub history: crate::psychology::History,
     /// The channel broker, when it runs.
     pub channels: Option<crate::channels::Broker>,
+    /// The cell network (standalone when there is no cluster file).
+    pub cluster: crate::cluster::Membership,
 }
 
 impl Quantum1 {
@@ -493,6 +495,10 @@ impl Quantum1 {
                 })
                 .collect(),
         })
+    }
+
+    async fn cluster(&self) -> quantum_bus::ClusterStatus {
+        self.cluster.status()
     }
 
     async fn revoke_channels(&self, #[zbus(header)] header: Header<'_>, instance: String, channel: String) -> Result<u32, Error> {

@@ -6,6 +6,7 @@ mod catalog;
 mod cell_state;
 mod cells;
 mod channels;
+mod cluster;
 mod command;
 mod config;
 mod credentials;

@@ -134,6 +134,7 @@ pub async fn serve(config: Config, bus_address: Option<String>, socket: Option<s
         tracing::warn!(cell = %name, catalog = %config.catalog.display(), "a disabled cell is not in the catalog");
     }
     let broker = open_broker(&config, trail.as_ref().ok().cloned());
+    let cluster = crate::cluster::Membership::start(&config.cluster, &identity, trail.as_ref().ok().cloned());
     let mut cells = Cells::new(runtime, store, config, event_tx.clone());
     if let Some(b) = &broker {
         cells.set_channels(b.clone());
@@ -193,6 +194,7 @@ pub async fn serve(config: Config, bus_address: Option<String>, socket: Option<s
         logs: log_source,
         history,
         channels: broker,
+        cluster: cluster.clone(),
     };
     if let Some(listener) = crate::direct::listener(socket.as_deref())? {
         tracing::info!("serving quantumctl on the direct socket too");
@@ -282,6 +284,7 @@ pub async fn serve(config: Config, bus_address: Option<String>, socket: Option<s
         }
     }
     tracing::info!("quantumd stopping; cells keep running and will be re-adopted");
+    cluster.leave().await;
     cells.flush_trail().await;
     notify(&[sd_notify::NotifyState::Stopping]);
     if lost_systemd {

@@ -132,6 +132,10 @@ impl Action {
     /// `connect INSTANCE -> PROVIDER: CELL/CHANNEL`, `refused: WHO:
     /// CHANNEL: WHY`, `revoke INSTANCE: WHAT; N open streams closed`.
     pub const CHANNEL: Action = Action(Cow::Borrowed("channel"));
+    /// The cell network (quantum-cluster): `joined as NODE (lease L)`,
+    /// `lost: WHY`, `node up NODE (key K)`, `node down NODE`, `refused
+    /// node NODE: WHY`, `left`.
+    pub const CLUSTER: Action = Action(Cow::Borrowed("cluster"));
     /// Something that happened to the trail itself (a repair at open).
     pub const TRAIL: Action = Action(Cow::Borrowed("trail"));
 

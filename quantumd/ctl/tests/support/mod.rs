@@ -176,6 +176,15 @@ impl Node {
             .expect("quantumctl")
     }
 
+    /// SIGTERM, as `systemctl stop` would, and wait for the exit.
+    pub fn stop_daemon(&mut self) {
+        if let Some(mut d) = self.daemon.take() {
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(d.id() as libc::pid_t, libc::SIGTERM) };
+            let _ = d.wait();
+        }
+    }
+
     /// kill -9, as a crash would.
     pub fn kill_daemon(&mut self) {
         if let Some(mut d) = self.daemon.take() {

@@ -350,6 +350,24 @@ pub struct ClusterRefusal {
     pub why: String,
 }
 
+/// A cell placed on the cell network.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
+#[serde(rename_all = "kebab-case")]
+pub struct ClusterPlacement {
+    /// `CELL-XXXXXXXX`.
+    pub id: String,
+    /// The catalog cell.
+    pub cell: String,
+    pub params: HashMap<String, String>,
+    /// The node that runs it.
+    pub node: String,
+    /// The node that placed it there.
+    pub by: String,
+    pub placed_usec: u64,
+    /// The instance running it, when that is on this node; empty otherwise.
+    pub instance: String,
+}
+
 /// This node's place in the cell network.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Type)]
 #[serde(rename_all = "kebab-case")]
@@ -372,6 +390,7 @@ pub struct ClusterStatus {
     /// The nodes whose records verify, this one included.
     pub nodes: Vec<ClusterNode>,
     pub refused: Vec<ClusterRefusal>,
+    pub placements: Vec<ClusterPlacement>,
     /// This node's public keys: the `.pub` file the other nodes trust it
     /// by (`quantumctl cluster key`).
     pub public_key: String,
@@ -547,6 +566,16 @@ pub trait Quantum1 {
     /// This node's place in the cell network: the etcd cluster, the nodes
     /// seen and those refused (`quantumctl cluster`).
     fn cluster(&self) -> Result<ClusterStatus, Error>;
+
+    /// Places catalog cell `cell` with `params` on the node of the cluster
+    /// with the most memory free, by a compare-and-swap in etcd; that node
+    /// runs it, and if it is lost another does. Needs
+    /// `org.quantumos.cells.manage`.
+    fn place(&self, cell: &str, params: HashMap<String, String>) -> Result<ClusterPlacement, Error>;
+
+    /// Removes placement `id`; the node running it stops it. Returns
+    /// whether there was one. Needs `org.quantumos.cells.manage`.
+    fn unplace(&self, id: &str) -> Result<bool, Error>;
 
     /// Verifies the whole trail: checksums, the hash chain, every seal's
     /// signature against this node's keys; names the first failing entry.

@@ -11,8 +11,10 @@
 
 pub mod config;
 pub mod membership;
+pub mod placement;
 pub mod record;
 
 pub use config::{ClusterConfig, ConfigError};
 pub use membership::{Cluster, Connection, EtcdMember, Event, NodeView, Status};
+pub use placement::Placement;
 pub use record::{Capacity, NodeInfo, NodeRecord, RecordError};

@@ -11,16 +11,17 @@
 //! wait; the view keeps the last nodes seen and says it is not connected.
 //! Leaving revokes the lease, so the others see this node go at once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use etcd_client::{Client, ConnectOptions, EventType, GetOptions, PutOptions, WatchOptions};
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions};
 use quantum_trust::{KeyPair, TrustedKeys};
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::ClusterConfig;
+use crate::placement::{self, Placement};
 use crate::record::{Capacity, NodeInfo, NodeRecord, RecordError};
 
 /// How often this node's record is written again (its capacity changes).
@@ -82,6 +83,8 @@ pub struct Status {
     pub nodes: Vec<NodeView>,
     /// Records that do not verify, by node name, and why.
     pub refused: BTreeMap<String, String>,
+    /// Every cell placed on the cluster, by id.
+    pub placements: Vec<Placement>,
 }
 
 /// What happened, for quantumd's trail and log.
@@ -106,11 +109,24 @@ pub enum Event {
     },
     /// Left the cluster (the lease revoked).
     Left,
+    /// A placement names this node: run it (again and again, it is said
+    /// on every change and resync; running it once is the holder's part).
+    Assigned(Placement),
+    /// A placement this node held was removed or moved: stop it.
+    Released {
+        id: String,
+    },
+    /// This node moved a lost node's cell.
+    Replaced {
+        id: String,
+        from: String,
+        to: String,
+    },
 }
 
 /// This node's membership: the task, and the view it keeps.
 pub struct Cluster {
-    status: Arc<Mutex<Status>>,
+    ctx: Arc<Ctx>,
     stop: watch::Sender<bool>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -119,9 +135,13 @@ struct Ctx {
     config: ClusterConfig,
     keys: Arc<KeyPair>,
     version: String,
-    status: Arc<Mutex<Status>>,
+    status: Mutex<Status>,
     events: mpsc::UnboundedSender<Event>,
     trusted: Mutex<TrustedKeys>,
+    /// The session's client while joined (placements go through it).
+    client: Mutex<Option<Client>>,
+    /// Each placement's last modification revision (for the compares).
+    revisions: Mutex<BTreeMap<String, i64>>,
 }
 
 fn now_usec() -> u64 {
@@ -131,7 +151,7 @@ fn now_usec() -> u64 {
 impl Cluster {
     /// Starts joining; returns at once. `version` goes into the record.
     pub fn start(config: ClusterConfig, keys: Arc<KeyPair>, version: &str, events: mpsc::UnboundedSender<Event>) -> Cluster {
-        let status = Arc::new(Mutex::new(Status {
+        let status = Mutex::new(Status {
             node: config.node.clone(),
             key_id: keys.key_id().to_string(),
             endpoints: config.endpoints.clone(),
@@ -142,26 +162,80 @@ impl Cluster {
             etcd_members: Vec::new(),
             nodes: Vec::new(),
             refused: BTreeMap::new(),
-        }));
+            placements: Vec::new(),
+        });
         let (stop, stopped) = watch::channel(false);
-        let ctx = Ctx {
+        let ctx = Arc::new(Ctx {
             trusted: Mutex::new(TrustedKeys::new()),
             config,
             keys,
             version: version.to_owned(),
-            status: status.clone(),
-            events,
-        };
-        let task = tokio::spawn(run(ctx, stopped));
-        Cluster {
             status,
+            events,
+            client: Mutex::new(None),
+            revisions: Mutex::new(BTreeMap::new()),
+        });
+        let task = tokio::spawn(run(ctx.clone(), stopped));
+        Cluster {
+            ctx,
             stop,
             task: Mutex::new(Some(task)),
         }
     }
 
     pub fn status(&self) -> Status {
-        lock(&self.status).clone()
+        lock(&self.ctx.status).clone()
+    }
+
+    /// Places `cell` on the node with the fewest placements (then the most
+    /// memory free): a new key, created only if it does not exist. The node
+    /// named runs it once it sees the key.
+    pub async fn place(&self, cell: &str, params: BTreeMap<String, String>) -> Result<Placement, String> {
+        let mut client = self.joined_client()?;
+        let node = {
+            let s = lock(&self.ctx.status);
+            let load = |node: &str| s.placements.iter().filter(|p| p.node == node).count();
+            s.nodes
+                .iter()
+                .min_by_key(|n| (load(&n.node), std::cmp::Reverse(n.capacity.memory_available_bytes), n.node.clone()))
+                .map(|n| n.node.clone())
+                .ok_or("no node is known yet")?
+        };
+        let p = Placement {
+            id: placement::new_id(cell),
+            cell: cell.to_owned(),
+            params,
+            node,
+            by: self.ctx.config.node.clone(),
+            placed_usec: now_usec(),
+        };
+        let key = self.ctx.placement_key(&p.id);
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key, p.to_json(), None)]);
+        let done = ask("placing the cell", client.txn(txn)).await?;
+        if !done.succeeded() {
+            return Err(format!("placement {} exists already", p.id));
+        }
+        Ok(p)
+    }
+
+    /// Removes a placement; its node stops the cell. `false`: none such.
+    pub async fn unplace(&self, id: &str) -> Result<bool, String> {
+        let mut client = self.joined_client()?;
+        let gone = ask("removing the placement", client.delete(self.ctx.placement_key(id), None)).await?;
+        Ok(gone.deleted() > 0)
+    }
+
+    fn joined_client(&self) -> Result<Client, String> {
+        let s = lock(&self.ctx.status);
+        match (s.connection, lock(&self.ctx.client).clone()) {
+            (Connection::Joined, Some(c)) => Ok(c),
+            _ => Err(format!(
+                "this node has not joined the cluster ({})",
+                s.error.as_deref().unwrap_or("connecting")
+            )),
+        }
     }
 
     /// Leaves the cluster: the lease is revoked (the others see this node
@@ -179,14 +253,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-async fn run(ctx: Ctx, mut stopped: watch::Receiver<bool>) {
+async fn run(ctx: Arc<Ctx>, mut stopped: watch::Receiver<bool>) {
     ctx.reload_trusted();
     let mut last_error = None;
     let mut outer = stopped.clone();
     loop {
         // The session itself answers a stop (it revokes the lease first);
         // one still connecting is left to `leave`'s time limit.
-        let why = match session(&ctx, &mut stopped).await {
+        let result = session(&ctx, &mut stopped).await;
+        *lock(&ctx.client) = None;
+        let why = match result {
             Ok(()) => return,
             Err(why) => why,
         };
@@ -249,22 +325,25 @@ async fn session(ctx: &Ctx, stopped: &mut watch::Receiver<bool>) -> Result<(), S
     let lease = ask("taking a lease", client.lease_grant(ttl, None)).await?.id();
     ctx.register(&mut client, lease).await?;
     let (mut keeper, mut alive) = ask("keeping the lease alive", client.lease_keep_alive(lease)).await?;
-    let prefix = ctx.config.nodes_prefix();
+    // Nodes and placements, read at one revision and watched from the next.
+    let prefix = format!("{}/", ctx.config.prefix);
     let all = ask(
-        "reading the nodes",
+        "reading the cluster",
         client.get(prefix.clone(), Some(GetOptions::new().with_prefix())),
     )
     .await?;
     let revision = all.header().map_or(0, |h| h.revision());
-    ctx.resync(all.kvs().iter().map(|kv| (kv.key(), kv.value())));
+    ctx.resync(all.kvs().iter().map(|kv| (kv.key(), kv.value(), kv.mod_revision())));
     let mut watching = ask(
-        "watching the nodes",
+        "watching the cluster",
         client.watch(
             prefix.clone(),
             Some(WatchOptions::new().with_prefix().with_start_revision(revision + 1)),
         ),
     )
     .await?;
+    // Nodes that went while this one was away leave their cells behind.
+    ctx.replace_orphans(&mut client).await?;
     ctx.etcd_members(&mut client).await;
     {
         let mut s = lock(&ctx.status);
@@ -272,6 +351,7 @@ async fn session(ctx: &Ctx, stopped: &mut watch::Receiver<bool>) -> Result<(), S
         s.error = None;
         s.since_usec = now_usec();
     }
+    *lock(&ctx.client) = Some(client.clone());
     tracing::info!(node = %ctx.config.node, lease, endpoints = %endpoints, "cluster: joined");
     let _ = ctx.events.send(Event::Joined { lease });
 
@@ -295,19 +375,26 @@ async fn session(ctx: &Ctx, stopped: &mut watch::Receiver<bool>) -> Result<(), S
                 None => return Err("etcd ended the lease's keep-alive stream".to_owned()),
             },
             changes = watching.message() => {
-                let Some(changes) = changes.map_err(etcd("watching the nodes"))? else {
-                    return Err("etcd ended the watch on the nodes".to_owned());
+                let Some(changes) = changes.map_err(etcd("watching the cluster"))? else {
+                    return Err("etcd ended the watch on the cluster".to_owned());
                 };
                 if changes.canceled() {
-                    return Err(format!("etcd cancelled the watch on the nodes: {}", changes.cancel_reason()));
+                    return Err(format!("etcd cancelled the watch on the cluster: {}", changes.cancel_reason()));
                 }
+                let mut lost = false;
                 for event in changes.events() {
                     let Some(kv) = event.kv() else { continue };
-                    let Some(node) = kv.key_str().ok().and_then(|k| k.strip_prefix(prefix.as_str())) else { continue };
-                    match event.event_type() {
-                        EventType::Put => ctx.seen(node, kv.value()),
-                        EventType::Delete => ctx.gone(node),
+                    let Ok(key) = kv.key_str() else { continue };
+                    match (ctx.key_kind(key), event.event_type()) {
+                        (Some(Key::Node(node)), EventType::Put) => ctx.seen(node, kv.value()),
+                        (Some(Key::Node(node)), EventType::Delete) => lost |= ctx.gone(node),
+                        (Some(Key::Cell(id)), EventType::Put) => ctx.placed(id, kv.value(), kv.mod_revision()),
+                        (Some(Key::Cell(id)), EventType::Delete) => ctx.unplaced(id),
+                        (None, _) => {}
                     }
+                }
+                if lost {
+                    ctx.replace_orphans(&mut client).await?;
                 }
             }
             _ = refresh.tick() => {
@@ -324,7 +411,103 @@ async fn session(ctx: &Ctx, stopped: &mut watch::Receiver<bool>) -> Result<(), S
     }
 }
 
+/// What a key under the prefix is.
+enum Key<'a> {
+    Node(&'a str),
+    Cell(&'a str),
+}
+
 impl Ctx {
+    fn key_kind<'a>(&self, key: &'a str) -> Option<Key<'a>> {
+        let rest = key.strip_prefix(self.config.prefix.as_str())?;
+        if let Some(node) = rest.strip_prefix("/nodes/") {
+            return Some(Key::Node(node));
+        }
+        rest.strip_prefix("/cells/").map(Key::Cell)
+    }
+
+    fn placement_key(&self, id: &str) -> String {
+        format!("{}/cells/{id}", self.config.prefix)
+    }
+
+    /// A placement was written.
+    fn placed(&self, id: &str, value: &[u8], revision: i64) {
+        let p = match Placement::from_json(value) {
+            Ok(p) if p.id == id => p,
+            Ok(_) | Err(_) => {
+                tracing::warn!(id, "cluster: a placement that does not read; ignored");
+                return;
+            }
+        };
+        lock(&self.revisions).insert(id.to_owned(), revision);
+        let me = self.config.node.as_str();
+        let mut s = lock(&self.status);
+        let was_mine = match s.placements.iter_mut().find(|q| q.id == id) {
+            Some(q) => std::mem::replace(q, p.clone()).node == me,
+            None => {
+                s.placements.push(p.clone());
+                s.placements.sort_by(|a, b| a.id.cmp(&b.id));
+                false
+            }
+        };
+        drop(s);
+        if p.node == me {
+            let _ = self.events.send(Event::Assigned(p));
+        } else if was_mine {
+            let _ = self.events.send(Event::Released { id: id.to_owned() });
+        }
+    }
+
+    /// A placement was removed.
+    fn unplaced(&self, id: &str) {
+        lock(&self.revisions).remove(id);
+        let mut s = lock(&self.status);
+        if let Some(i) = s.placements.iter().position(|p| p.id == id) {
+            let p = s.placements.remove(i);
+            if p.node == self.config.node {
+                let _ = self.events.send(Event::Released { id: id.to_owned() });
+            }
+        }
+    }
+
+    /// Moves the placements of nodes no longer alive to live ones, each by
+    /// a compare on the revision it was read at: of the survivors that try
+    /// the same move, one wins and the others' compares fail.
+    async fn replace_orphans(&self, client: &mut Client) -> Result<(), String> {
+        let moves: Vec<(Placement, String, i64)> = {
+            let s = lock(&self.status);
+            let alive: BTreeSet<String> = s.nodes.iter().map(|n| n.node.clone()).collect();
+            let orphans = s.placements.iter().filter(|p| !alive.contains(&p.node));
+            let revisions = lock(&self.revisions);
+            placement::spread(orphans, &alive, &s.placements)
+                .into_iter()
+                .filter_map(|(id, to)| {
+                    let p = s.placements.iter().find(|p| p.id == id)?.clone();
+                    let rev = *revisions.get(&id)?;
+                    Some((p, to, rev))
+                })
+                .collect()
+        };
+        for (p, to, rev) in moves {
+            let from = p.node.clone();
+            let moved = Placement {
+                node: to.clone(),
+                by: self.config.node.clone(),
+                placed_usec: now_usec(),
+                ..p
+            };
+            let key = self.placement_key(&moved.id);
+            let txn = Txn::new()
+                .when([Compare::mod_revision(key.clone(), CompareOp::Equal, rev)])
+                .and_then([TxnOp::put(key, moved.to_json(), None)]);
+            if ask("re-placing a cell", client.txn(txn)).await?.succeeded() {
+                tracing::info!(id = %moved.id, from = %from, to = %to, "cluster: cell re-placed");
+                let _ = self.events.send(Event::Replaced { id: moved.id, from, to });
+            }
+        }
+        Ok(())
+    }
+
     /// The administrator's `*.pub` files, and this node's own key. A bad
     /// file keeps the last good set (and says so).
     fn reload_trusted(&self) {
@@ -439,28 +622,46 @@ impl Ctx {
         }
     }
 
-    /// A record was deleted (its lease ran out or was revoked).
-    fn gone(&self, node: &str) {
+    /// A record was deleted (its lease ran out or was revoked); `true`
+    /// when a node believed alive is gone.
+    fn gone(&self, node: &str) -> bool {
         let mut s = lock(&self.status);
         s.refused.remove(node);
         if let Some(i) = s.nodes.iter().position(|n| n.node == node) {
             s.nodes.remove(i);
             tracing::info!(node, "cluster: node down");
             let _ = self.events.send(Event::NodeDown { node: node.to_owned() });
+            return true;
         }
+        false
     }
 
-    /// Every record, read at the start of a session: nodes not among them
-    /// went while this one was away.
-    fn resync<'a>(&self, records: impl Iterator<Item = (&'a [u8], &'a [u8])>) {
-        let prefix = self.config.nodes_prefix();
+    /// Every key, read at the start of a session: nodes and placements not
+    /// among them went while this one was away.
+    fn resync<'a>(&self, records: impl Iterator<Item = (&'a [u8], &'a [u8], i64)>) {
         let mut present = Vec::new();
-        for (key, value) in records {
-            let Some(node) = std::str::from_utf8(key).ok().and_then(|k| k.strip_prefix(prefix.as_str())) else {
-                continue;
-            };
-            present.push(node.to_owned());
-            self.seen(node, value);
+        let mut placements = Vec::new();
+        for (key, value, revision) in records {
+            match std::str::from_utf8(key).ok().and_then(|k| self.key_kind(k)) {
+                Some(Key::Node(node)) => {
+                    present.push(node.to_owned());
+                    self.seen(node, value);
+                }
+                Some(Key::Cell(id)) => {
+                    placements.push(id.to_owned());
+                    self.placed(id, value, revision);
+                }
+                None => {}
+            }
+        }
+        let removed: Vec<String> = lock(&self.status)
+            .placements
+            .iter()
+            .filter(|p| !placements.contains(&p.id))
+            .map(|p| p.id.clone())
+            .collect();
+        for id in removed {
+            self.unplaced(&id);
         }
         let vanished: Vec<String> = {
             let s = lock(&self.status);

@@ -525,7 +525,7 @@ EXIT STATUS:
     ///
     /// Restart quantumd.service after changing it.
     #[command(
-        after_help = "EXAMPLES:\n    quantumctl cluster status\n    quantumctl cluster nodes --json\n    quantumctl cluster key > kitchen.pub   # copy into the other nodes' trusted-nodes directory\n\nEXIT STATUS:\n    0 success (also when the node is on its own); 2 quantumd unreachable."
+        after_help = "EXAMPLES:\n    quantumctl cluster status\n    quantumctl cluster nodes --json\n    quantumctl cluster key > kitchen.pub   # copy into the other nodes' trusted-nodes directory\n    quantumctl cluster place web-server port=8080\n    quantumctl cluster unplace web-server-1a2b3c4d\n\nEXIT STATUS:\n    0 success (also when the node is on its own); 1 refused (not joined, not allowed, no such placement); 2 quantumd unreachable."
     )]
     Cluster {
         #[command(subcommand)]
@@ -551,6 +551,22 @@ pub enum ClusterCommand {
     /// Print this node's public keys: the `NODE.pub` file the other nodes
     /// trust it by.
     Key,
+    /// Place a catalog cell on the cluster: on the node with the most
+    /// memory free, by a compare-and-swap in etcd (two nodes never both
+    /// run it). That node runs it; if its lease runs out, the surviving
+    /// nodes place it again on the least loaded of them. Needs the right
+    /// to manage cells.
+    Place {
+        /// A catalog cell (every node has the catalog).
+        cell: String,
+        /// NAME=VALUE parameters, as for `run`.
+        params: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a placement (its id, as `place` and `status` show it): the
+    /// node running it stops it.
+    Unplace { id: String },
 }
 
 #[derive(Debug, clap::Subcommand)]

@@ -341,6 +341,32 @@ async fn execute(proxy: &Quantum1Proxy<'_>, command: CliCommand) -> Result<ExitC
                 );
             }
         }
+        CliCommand::Cluster {
+            command: ClusterCommand::Place { cell, params, json },
+        } => {
+            let params = parse_params(&params).map_err(Failed)?;
+            let p = proxy
+                .place(&cell, params)
+                .await
+                .map_err(|e| Failed(request_failed(&format!("cannot place {cell}"), e)))?;
+            if json {
+                output::json(&p);
+            } else {
+                println!("placed {} ({}) on {}", p.id, p.cell, p.node);
+            }
+        }
+        CliCommand::Cluster {
+            command: ClusterCommand::Unplace { id },
+        } => {
+            let removed = proxy
+                .unplace(&id)
+                .await
+                .map_err(|e| Failed(request_failed(&format!("cannot remove placement {id}"), e)))?;
+            if !removed {
+                return Err(Failed(anyhow!("no placement {id}")));
+            }
+            println!("removed placement {id}");
+        }
         CliCommand::Cluster { command } => {
             let status = proxy
                 .cluster()
@@ -352,6 +378,7 @@ async fn execute(proxy: &Quantum1Proxy<'_>, command: CliCommand) -> Result<ExitC
                 ClusterCommand::Nodes { json: true } => output::json(&status.nodes),
                 ClusterCommand::Nodes { json: false } => print!("{}", output::cluster_nodes(&status.nodes)),
                 ClusterCommand::Key => print!("{}", status.public_key),
+                ClusterCommand::Place { .. } | ClusterCommand::Unplace { .. } => unreachable!("answered above"),
             }
         }
         CliCommand::Steppps { cell, json, once, verbose } => {

@@ -269,6 +269,15 @@ pub fn cluster(s: &quantum_bus::ClusterStatus) -> String {
     }
     out.push('\n');
     out.push_str(&cluster_nodes(&s.nodes));
+    if !s.placements.is_empty() {
+        out.push_str(&format!(
+            "\n{:<28} {:<20} {:<20} {}\n",
+            "PLACEMENT", "CELL", "NODE", "INSTANCE HERE"
+        ));
+        for p in &s.placements {
+            out.push_str(&format!("{:<28} {:<20} {:<20} {}\n", p.id, p.cell, p.node, p.instance));
+        }
+    }
     if !s.refused.is_empty() {
         out.push_str("\nREFUSED              WHY\n");
         for r in &s.refused {

@@ -255,6 +255,124 @@ fn nodes_find_each_other_through_etcd_a_dead_one_is_gone_within_the_ttl_and_an_u
     }
 }
 
+/// Kills a node as a power cut would: quantumd and every cell it ran.
+fn crash(node: &mut Node) {
+    node.kill_daemon();
+    let _ = std::fs::write(node.cgroup_root.join("cgroup.kill"), "1");
+}
+
+/// Placement id -> the node whose quantumd runs it, from every live node's
+/// own word (its status names the instance it runs for a placement); and
+/// how many sleepers each node runs in all.
+fn held(nodes: &[&Node]) -> (std::collections::BTreeMap<String, Vec<String>>, Vec<usize>) {
+    let mut by_id: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    let mut running = Vec::new();
+    for node in nodes {
+        let s = status(node);
+        for p in s["placements"].as_array().into_iter().flatten() {
+            if p["instance"].as_str().is_some_and(|i| !i.is_empty()) {
+                by_id
+                    .entry(p["id"].as_str().unwrap_or_default().to_owned())
+                    .or_default()
+                    .push(s["node"].as_str().unwrap_or_default().to_owned());
+            }
+        }
+        running.push(
+            node.list()
+                .iter()
+                .filter(|c| c["cell"] == "sleeper" && c["state"] == "running")
+                .count(),
+        );
+    }
+    (by_id, running)
+}
+
+#[test]
+fn thirty_placed_cells_run_once_each_and_a_lost_nodes_cells_are_placed_again_within_five_seconds() {
+    let etcd = Etcd::start();
+    let cat = catalog(&[(
+        "sleeper",
+        "[cell]\nname = \"sleeper\"\nversion = \"1.0.0\"\ndescription = \"sleeps\"\nexec = [\"/bin/sleep\", \"600\"]\n\
+         [resources]\nmemory-min = \"0\"\nmemory-max = \"16M\"\n[lifecycle]\nkind = \"service\"\nrestart = \"no\"\nidle-timeout = \"0\"\n",
+    )]);
+    let files = tempfile::tempdir().expect("tempdir");
+    let trusted = files.path().join("nodes");
+    std::fs::create_dir(&trusted).expect("mkdir");
+    let mut nodes = Vec::new();
+    for name in ["n1", "n2", "n3"] {
+        let (mut node, key) = node_with_key(cat.path());
+        std::fs::write(trusted.join(format!("{name}.pub")), key).expect("trust");
+        let file = cluster_file(files.path(), name, &etcd.endpoints(), &trusted);
+        node.kill_daemon();
+        node.set_config(&format!("cluster = \"{}\"\n", file.display()));
+        node.start_daemon();
+        nodes.push(node);
+    }
+    for node in &nodes {
+        wait_for("three nodes", Duration::from_secs(30), || {
+            (names(&status(node)) == ["n1", "n2", "n3"]).then_some(())
+        });
+    }
+
+    let mut latencies = Vec::new();
+    let mut ids = Vec::new();
+    for _ in 0..30 {
+        let t = Instant::now();
+        let p = json(&nodes[0].ok(&["cluster", "place", "sleeper", "--json"]));
+        latencies.push(t.elapsed());
+        ids.push(p["id"].as_str().expect("id").to_owned());
+    }
+    latencies.sort();
+    println!(
+        "30 placements through quantumctl: p50 {:.1} ms, max {:.1} ms (D-Bus call, compare-and-swap in etcd)",
+        latencies[15].as_secs_f64() * 1e3,
+        latencies[29].as_secs_f64() * 1e3
+    );
+    let all: Vec<&Node> = nodes.iter().collect();
+    wait_for("30 placements running, once each", Duration::from_secs(60), || {
+        let (by_id, running) = held(&all);
+        (by_id.len() == 30 && by_id.values().all(|n| n.len() == 1) && running.iter().sum::<usize>() == 30).then_some(())
+    });
+    let (by_id, running) = held(&all);
+    println!("spread over n1, n2, n3: {running:?}");
+    assert!(running.iter().all(|&r| r > 0), "every node runs some: {running:?}");
+    assert_eq!(by_id.keys().cloned().collect::<Vec<_>>(), {
+        let mut sorted = ids.clone();
+        sorted.sort();
+        sorted
+    });
+
+    // n3 is lost with its cells; n1 and n2 take them over.
+    crash(&mut nodes[2]);
+    let lost = Instant::now();
+    let survivors: Vec<&Node> = nodes[..2].iter().collect();
+    wait_for("all 30 running on n1 and n2, once each", Duration::from_secs(30), || {
+        let (by_id, running) = held(&survivors);
+        (by_id.len() == 30 && by_id.values().all(|n| n.len() == 1) && running.iter().sum::<usize>() == 30).then_some(())
+    });
+    let took = lost.elapsed();
+    let (_, running) = held(&survivors);
+    println!(
+        "a lost node's cells ran again on the others {:.2} s after it died (lease TTL 2 s); n1, n2 now run {running:?}",
+        took.as_secs_f64()
+    );
+    assert!(took < Duration::from_secs(5), "seed 002: re-placed within 5 s, took {took:?}");
+    let moved: Vec<String> = cluster_trail(&nodes[0])
+        .into_iter()
+        .chain(cluster_trail(&nodes[1]))
+        .filter(|e| e.starts_with("re-placed "))
+        .collect();
+    assert!(!moved.is_empty(), "the re-placements are in the trail");
+
+    // Removing a placement stops its cell.
+    let id = ids[0].clone();
+    nodes[0].ok(&["cluster", "unplace", &id]);
+    wait_for("29 running", Duration::from_secs(10), || {
+        let (by_id, running) = held(&survivors);
+        (!by_id.contains_key(&id) && running.iter().sum::<usize>() == 29).then_some(())
+    });
+}
+
 #[test]
 fn without_a_cluster_file_a_node_is_on_its_own_and_a_bad_one_is_named_not_fatal() {
     let cat = catalog(&[]);

@@ -501,6 +501,23 @@ impl Quantum1 {
         self.cluster.status()
     }
 
+    async fn place(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+        cell: String,
+        params: HashMap<String, String>,
+    ) -> Result<quantum_bus::ClusterPlacement, Error> {
+        self.authorize(&header).await?;
+        cell.parse::<quantum_model::CellName>()
+            .map_err(|e| Error::InvalidManifest(e.to_string()))?;
+        self.cluster.place(&cell, params).await.map_err(Error::Refused)
+    }
+
+    async fn unplace(&self, #[zbus(header)] header: Header<'_>, id: String) -> Result<bool, Error> {
+        self.authorize(&header).await?;
+        self.cluster.unplace(&id).await.map_err(Error::Refused)
+    }
+
     async fn revoke_channels(&self, #[zbus(header)] header: Header<'_>, instance: String, channel: String) -> Result<u32, Error> {
         self.authorize(&header).await?;
         let actor = actor(&self.authorizer, &header).await;

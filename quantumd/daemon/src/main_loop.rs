@@ -134,7 +134,14 @@ pub async fn serve(config: Config, bus_address: Option<String>, socket: Option<s
         tracing::warn!(cell = %name, catalog = %config.catalog.display(), "a disabled cell is not in the catalog");
     }
     let broker = open_broker(&config, trail.as_ref().ok().cloned());
-    let cluster = crate::cluster::Membership::start(&config.cluster, &identity, trail.as_ref().ok().cloned());
+    let (cmd_tx, mut cmd_rx) = mpsc::channel(256);
+    let cluster = crate::cluster::Membership::start(
+        &config.cluster,
+        &identity,
+        trail.as_ref().ok().cloned(),
+        cmd_tx.clone(),
+        &config.state_dir,
+    );
     let mut cells = Cells::new(runtime, store, config, event_tx.clone());
     if let Some(b) = &broker {
         cells.set_channels(b.clone());
@@ -168,7 +175,6 @@ pub async fn serve(config: Config, bus_address: Option<String>, socket: Option<s
     }
     cells.arm_triggers().await;
 
-    let (cmd_tx, mut cmd_rx) = mpsc::channel(256);
     let private = bus_address.is_some();
     let builder = match &bus_address {
         Some(addr) => zbus::connection::Builder::address(addr.as_str()).context("bus address")?,

@@ -262,6 +262,11 @@ async fn run(ctx: Arc<Ctx>, mut stopped: watch::Receiver<bool>) {
         // one still connecting is left to `leave`'s time limit.
         let result = session(&ctx, &mut stopped).await;
         *lock(&ctx.client) = None;
+        // A session that had joined ends in a new outage, even if it says
+        // what the last one said.
+        if lock(&ctx.status).connection == Connection::Joined {
+            last_error = None;
+        }
         let why = match result {
             Ok(()) => return,
             Err(why) => why,

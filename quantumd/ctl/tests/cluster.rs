@@ -16,7 +16,8 @@ use support::{catalog, free_port, json, trail, wait_for, Node};
 struct Etcd {
     members: Vec<Option<Child>>,
     clients: Vec<u16>,
-    _dir: tempfile::TempDir,
+    commands: Vec<Command>,
+    dir: tempfile::TempDir,
 }
 
 impl Etcd {
@@ -28,13 +29,12 @@ impl Etcd {
             .enumerate()
             .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
             .collect();
-        let members = ports
+        let commands = ports
             .iter()
             .enumerate()
             .map(|(i, (client, peer))| {
-                let log = std::fs::File::create(dir.path().join(format!("m{i}.log"))).expect("log");
-                Command::new("etcd")
-                    .arg(format!("--name=m{i}"))
+                let mut cmd = Command::new("etcd");
+                cmd.arg(format!("--name=m{i}"))
                     .arg(format!("--data-dir={}", dir.path().join(format!("m{i}")).display()))
                     .arg(format!("--listen-client-urls=http://127.0.0.1:{client}"))
                     .arg(format!("--advertise-client-urls=http://127.0.0.1:{client}"))
@@ -43,24 +43,39 @@ impl Etcd {
                     .arg(format!("--initial-cluster={}", initial.join(",")))
                     .arg(format!("--initial-cluster-token=qtest-{}", std::process::id()))
                     .arg("--initial-cluster-state=new")
-                    .stdout(Stdio::null())
-                    .stderr(log)
-                    .spawn()
-                    .map(Some)
-                    .expect("etcd (apt install etcd-server; make deps)")
+                    .stdout(Stdio::null());
+                cmd
             })
             .collect();
-        let etcd = Etcd {
-            members,
+        let mut etcd = Etcd {
+            members: (0..3).map(|_| None).collect(),
             clients: ports.iter().map(|(c, _)| *c).collect(),
-            _dir: dir,
+            commands,
+            dir,
         };
+        for i in 0..3 {
+            etcd.start_member(i);
+        }
         for &port in &etcd.clients {
             wait_for("an etcd member to be healthy", Duration::from_secs(30), || {
                 healthy(port).then_some(())
             });
         }
         etcd
+    }
+
+    /// Starts member `i` (again: its data directory keeps what it had).
+    fn start_member(&mut self, i: usize) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("m{i}.log")))
+            .expect("log");
+        let child = self.commands[i]
+            .stderr(log)
+            .spawn()
+            .expect("etcd (apt install etcd-server; make deps)");
+        self.members[i] = Some(child);
     }
 
     fn endpoints(&self) -> Vec<String> {
@@ -289,7 +304,7 @@ fn held(nodes: &[&Node]) -> (std::collections::BTreeMap<String, Vec<String>>, Ve
 
 #[test]
 fn thirty_placed_cells_run_once_each_and_a_lost_nodes_cells_are_placed_again_within_five_seconds() {
-    let etcd = Etcd::start();
+    let mut etcd = Etcd::start();
     let cat = catalog(&[(
         "sleeper",
         "[cell]\nname = \"sleeper\"\nversion = \"1.0.0\"\ndescription = \"sleeps\"\nexec = [\"/bin/sleep\", \"600\"]\n\
@@ -371,6 +386,33 @@ fn thirty_placed_cells_run_once_each_and_a_lost_nodes_cells_are_placed_again_wit
         let (by_id, running) = held(&survivors);
         (!by_id.contains_key(&id) && running.iter().sum::<usize>() == 29).then_some(())
     });
+
+    // etcd gone altogether: no node can tell whether the others took its
+    // cells, so after the lease's TTL each stops them (fencing) rather
+    // than risk running them twice; once etcd is back, every placement
+    // runs again, once.
+    for i in 0..3 {
+        etcd.kill(i);
+    }
+    let cut = Instant::now();
+    wait_for("every node fenced", Duration::from_secs(15), || {
+        (held(&survivors).1.iter().sum::<usize>() == 0).then_some(())
+    });
+    println!(
+        "cut off from etcd, the nodes stopped their placed cells {:.2} s later",
+        cut.elapsed().as_secs_f64()
+    );
+    for i in 0..3 {
+        etcd.start_member(i);
+    }
+    wait_for("29 running again, once each", Duration::from_secs(60), || {
+        let (by_id, running) = held(&survivors);
+        (by_id.len() == 29 && by_id.values().all(|n| n.len() == 1) && running.iter().sum::<usize>() == 29).then_some(())
+    });
+    assert!(
+        cluster_trail(&nodes[0]).iter().any(|e| e.starts_with("fenced: ")),
+        "the fencing is in the trail"
+    );
 }
 
 #[test]

@@ -71,6 +71,7 @@ impl Membership {
                     trail: trail.clone(),
                     held: held.clone(),
                     file: held_file,
+                    lease_ttl: c.lease_ttl,
                 };
                 tokio::spawn(holder.serve(rx));
                 State::Member(Cluster::start(c, identity.keys(), env!("CARGO_PKG_VERSION"), tx))
@@ -212,14 +213,54 @@ struct Holder {
     trail: Option<Recorder>,
     held: Held,
     file: PathBuf,
+    lease_ttl: std::time::Duration,
 }
 
 impl Holder {
     async fn serve(self, mut events: mpsc::UnboundedReceiver<Event>) {
-        while let Some(event) = events.recv().await {
+        // Cut off from etcd for longer than the lease: the others have
+        // taken this node for dead and placed its cells elsewhere. Running
+        // them here too would run them twice, so they stop (fencing); the
+        // next session runs again whatever is still placed here.
+        let mut fence_at: Option<tokio::time::Instant> = None;
+        loop {
+            let fence = async {
+                match fence_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let event = tokio::select! {
+                e = events.recv() => match e {
+                    Some(e) => e,
+                    None => return,
+                },
+                () = fence => {
+                    fence_at = None;
+                    let ids: Vec<String> = lock(&self.held).keys().cloned().collect();
+                    let mut stopped = Vec::new();
+                    for id in ids {
+                        stopped.extend(self.stop(&id).await);
+                    }
+                    if !stopped.is_empty() {
+                        self.record(format!(
+                            "fenced: cut off from etcd for more than the lease ({} s); stopped {}",
+                            self.lease_ttl.as_secs(),
+                            stopped.join(", ")
+                        ));
+                    }
+                    continue;
+                }
+            };
             let detail = match event {
-                Event::Joined { lease } => format!("joined (lease {lease:x})"),
-                Event::Lost { why } => format!("lost: {why}"),
+                Event::Joined { lease } => {
+                    fence_at = None;
+                    format!("joined (lease {lease:x})")
+                }
+                Event::Lost { why } => {
+                    fence_at.get_or_insert(tokio::time::Instant::now() + self.lease_ttl);
+                    format!("lost: {why}")
+                }
                 Event::NodeUp { node, key_id } => format!("node up {node} (key {key_id})"),
                 Event::NodeDown { node } => format!("node down {node}"),
                 Event::Refused { node, why } => format!("refused node {node}: {why}"),
@@ -236,10 +277,14 @@ impl Holder {
                 // Recorded by `Membership::leave`.
                 Event::Left => continue,
             };
-            tracing::info!(detail = %detail, "cluster");
-            if let Some(t) = &self.trail {
-                t.record(crate::trail::entry("quantumd", &quantum_trail::Action::CLUSTER).detail(detail));
-            }
+            self.record(detail);
+        }
+    }
+
+    fn record(&self, detail: String) {
+        tracing::info!(detail = %detail, "cluster");
+        if let Some(t) = &self.trail {
+            t.record(crate::trail::entry("quantumd", &quantum_trail::Action::CLUSTER).detail(detail));
         }
     }
 

@@ -17,6 +17,8 @@ cargo run -q --release -p quantum-bpf --bin bpf-bench
 echo "== channels between cells (Cell 0 IPC): msgs/s and latency over a brokered stream vs a raw Unix socket pair, one pair and 256 pairs (cgroup backend, this host)"
 cargo build -q --release -p quantumd -p quantumctl -p quantum-cell
 cargo test -q --release -p quantumctl --test channel_bench -- --nocapture
+echo "== cell network: placement commit (Cluster::place) vs a bare etcd compare-and-swap, one etcd member on loopback"
+cargo run -q --release -p quantum-cluster --bin place-bench
 echo "== cell start: where its time goes (quantumd's stages), then quantumctl run vs systemd-run (plain, and with quantumd's whole sandbox), in a systemd-nspawn container"
 cargo run -q --release -p quantum-vmtest --bin quantum-bench -- --backend nspawn --profile "${BENCH_PROFILE:-50}" --starts "${BENCH_STARTS:-100}" --concurrent "${BENCH_CONCURRENT:-256}"
 if [ "${BENCH_VM:-1}" = 1 ]; then

@@ -7,7 +7,9 @@
 //! lease ([`record`]), keeps the lease alive, and watches every node's
 //! record ([`membership`]): a node whose lease runs out is gone from every
 //! view within the TTL; a record whose key is not trusted, or whose
-//! signature does not verify, is refused.
+//! signature does not verify, is refused. Cells placed on the cluster
+//! ([`placement`]) run on the node their key names, and move, by
+//! compare-and-swap, when that node is lost.
 
 pub mod config;
 pub mod membership;
